@@ -1,0 +1,25 @@
+"""Test settings: the real settings, made deterministic and fast.
+
+`make test` runs with no services at all (SQLite file under var/, ORM broker);
+`make test-postgres` sets DATABASE_URL and REDIS_URL before importing these.
+"""
+
+import os
+
+os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
+os.environ.setdefault("DOWNSTREAM_ENCRYPTION_KEY", "GUTmjgfsx7nEwG3Rg2c5D6yyYeRc7Z2ZyAOgL8cP_7s=")
+
+from config.settings import *  # noqa: E402,F403
+from config.settings import DATABASES, Q_CLUSTER, VAR_DIR  # noqa: E402
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not :memory:, so that a real qcluster or gunicorn process started by a test can
+    # open the same test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+
+# Tests that are about a task's logic run it in-process; tests about the worker start a real
+# qcluster with config.settings and the test database's URL.
+Q_CLUSTER = {**Q_CLUSTER, "sync": True}

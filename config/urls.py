@@ -1,0 +1,23 @@
+from django.contrib import admin
+from django.urls import path
+from django.views.generic import RedirectView
+
+from audiences import views_ingest
+
+urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
+    path("admin/", admin.site.urls),
+    # Segment / Customer.io Data Pipelines spec
+    path("ingest/v1/batch", views_ingest.batch, name="ingest-batch"),
+    path("ingest/v1/track", views_ingest.track, name="ingest-track"),
+    path("ingest/v1/identify", views_ingest.identify, name="ingest-identify"),
+    path("ingest/v1/page", views_ingest.page, name="ingest-page"),
+    path("ingest/v1/screen", views_ingest.screen, name="ingest-screen"),
+    # Customer.io Track API v1
+    path("track/api/v1/customers/<str:customer_id>", views_ingest.track_customer, name="track-customer"),
+    path(
+        "track/api/v1/customers/<str:customer_id>/events",
+        views_ingest.track_customer_event,
+        name="track-customer-event",
+    ),
+]
