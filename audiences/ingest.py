@@ -191,6 +191,12 @@ def source_revoke(*, source: Source) -> None:
 
 
 @transaction.atomic
+def person_mark_test(*, customer_ids: list[str], is_test: bool) -> int:
+    """Internal test accounts receive the 'Send test cohort' syncs."""
+    return Person.objects.filter(customer_id__in=customer_ids).update(is_test=is_test, updated_at=timezone.now())
+
+
+@transaction.atomic
 def person_erase(*, customer_id: str, source: Source | None = None) -> bool:
     """Erase a person and their events. Listeners of `person_erasing` act first (exits)."""
     person = Person.objects.select_for_update().filter(customer_id=customer_id).first()

@@ -1,0 +1,3 @@
+"""Periodic tasks of the audiences side, created by `manage.py setup_schedules`."""
+
+SCHEDULES = []
