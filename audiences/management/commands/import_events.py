@@ -148,16 +148,11 @@ class Command(BaseCommand):
     def _messages(self, handle, file_format):
         """(line number, message dict or the exception that made the line unreadable)."""
         if file_format == "csv":
-            reader = csv.DictReader(io.TextIOWrapper(handle, encoding="utf-8", errors="replace", newline=""))
-            if not reader.fieldnames or not any(c in reader.fieldnames for c in ID_COLUMNS):
-                raise CommandError(f"the CSV header needs a customer id column: one of {', '.join(ID_COLUMNS)}")
-            for row in reader:
-                if None in row:
-                    yield reader.line_num, ValueError("more fields than the header has columns")
-                elif any("\ufffd" in (value or "") for value in row.values()):
-                    yield reader.line_num, ValueError("not UTF-8")
-                else:
-                    yield reader.line_num, csv_row_to_message(row)
+            text = io.TextIOWrapper(handle, encoding="utf-8", errors="replace", newline="")
+            try:
+                yield from self._csv_rows(csv.DictReader(text))
+            finally:
+                text.detach()  # leave the byte stream open: progress reads its position
             return
         for number, line in enumerate(handle, 1):
             if not line.strip():
@@ -166,3 +161,14 @@ class Command(BaseCommand):
                 yield number, wire.decode_json_body(line, max_bytes=settings.INGEST_MAX_MESSAGE_BYTES)
             except wire.Rejected as exc:
                 yield number, ValueError(exc.problems[0].message)
+
+    def _csv_rows(self, reader):
+        if not reader.fieldnames or not any(c in reader.fieldnames for c in ID_COLUMNS):
+            raise CommandError(f"the CSV header needs a customer id column: one of {', '.join(ID_COLUMNS)}")
+        for row in reader:
+            if None in row:
+                yield reader.line_num, ValueError("more fields than the header has columns")
+            elif any("\ufffd" in (value or "") for value in row.values()):
+                yield reader.line_num, ValueError("not UTF-8")
+            else:
+                yield reader.line_num, csv_row_to_message(row)
