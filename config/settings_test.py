@@ -23,3 +23,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # Tests that are about a task's logic run it in-process; tests about the worker start a real
 # qcluster with config.settings and the test database's URL.
 Q_CLUSTER = {**Q_CLUSTER, "sync": True}
+
+# Live-server threads open their own connections; closing them per request lets the test
+# database be dropped at the end of the run.
+DATABASES["default"]["CONN_MAX_AGE"] = 0
