@@ -8,5 +8,8 @@ class AudiencesConfig(AppConfig):
 
     def ready(self):
         from .roles import ensure_roles
+        from .signals import people_changed
+        from .tasks import enqueue_pending_evaluation
 
         post_migrate.connect(ensure_roles, dispatch_uid="downstream-ensure-roles")
+        people_changed.connect(enqueue_pending_evaluation, dispatch_uid="downstream-realtime-evaluation")

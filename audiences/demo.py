@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import datetime, timedelta
 
 import requests
@@ -38,6 +39,8 @@ SKIN_TYPES = ("dry", "oily", "combination", "sensitive", "normal")
 PHONE_FORMATS = ("+1 (415) 555-{:04d}", "415-555-{:04d}", "+44 7700 9{:05d}", "")
 TEST_ACCOUNTS = 5
 DEMO_SOURCE = "demo"
+# Applied in order by `manage.py demo`; the sync side appends its own file.
+DEMO_CONFIG_FILES = [Path(__file__).with_name("demo_config.yaml")]
 
 
 @dataclass

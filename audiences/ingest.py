@@ -16,9 +16,10 @@ from datetime import datetime
 from django.db import connection, transaction
 from django.utils import timezone
 
+from .evaluation import leave_all_audiences, queue_people
 from .messages import Message
 from .models import Erasure, Event, EventStat, Person, Source, hash_write_key
-from .signals import announce_people_changed, person_erasing
+from .signals import announce_people_changed
 
 # SQLite allows 32,766 bound parameters per statement; 7 per event row.
 EVENT_ROWS_PER_STATEMENT = 2000
@@ -46,6 +47,7 @@ def ingest_messages(*, source: Source, messages: list[Message], received_at: dat
     if inserted:
         _bump_event_stats(inserted, person_ids)
     touched = tuple(sorted(person_ids[c] for c in {m.customer_id for m in messages}))
+    queue_people(touched, at=received_at)
     transaction.on_commit(lambda: announce_people_changed(touched))
     return IngestResult(
         accepted=len(identifies) + len(inserted),
@@ -198,11 +200,12 @@ def person_mark_test(*, customer_ids: list[str], is_test: bool) -> int:
 
 @transaction.atomic
 def person_erase(*, customer_id: str, source: Source | None = None) -> bool:
-    """Erase a person and their events. Listeners of `person_erasing` act first (exits)."""
+    """Erase a person and their events. They first leave every audience, and the exits are
+    announced (with `erasure` set, so the sync side keeps the identifiers it needs to send them)."""
     person = Person.objects.select_for_update().filter(customer_id=customer_id).first()
     if person is None:
         return False
-    person_erasing.send(sender=Person, person=person)
+    leave_all_audiences(person)
     events_deleted = Event.objects.filter(person=person).count()
     Erasure.objects.create(
         customer_id_hash=hash_write_key(customer_id), source=source, events_deleted=events_deleted

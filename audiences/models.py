@@ -1,9 +1,11 @@
 import hashlib
 import secrets
 
+from django.conf import settings
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
+from simple_history.models import HistoricalRecords
 
 
 def hash_write_key(key: str) -> str:
@@ -131,3 +133,209 @@ class Erasure(models.Model):
 
     def __str__(self):
         return f"erasure {self.customer_id_hash[:12]} at {self.erased_at:%Y-%m-%d %H:%M}"
+
+
+# --- audiences ------------------------------------------------------------------------------
+
+
+class NamingConvention(models.Model):
+    """A template of tokens, e.g. `{channel}_{intent}_{window}_{exclusions}`, with the values
+    or pattern each token allows. Audience names must parse under the default convention."""
+
+    key = models.SlugField(max_length=64, unique=True)
+    template = models.CharField(max_length=200)
+    tokens = models.JSONField(
+        default=dict,
+        help_text='Per token: {"values": [...]} or {"pattern": "regex"}, optionally "description".',
+    )
+    example = models.CharField(max_length=200, blank=True, default="")
+    is_default = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self):
+        return f"{self.key}: {self.template}"
+
+    def parse(self, name: str) -> dict:
+        from .naming import parse_name
+
+        return parse_name(self, name)
+
+
+class IdentifierPolicy(models.Model):
+    """Which identifier a destination joins on, and how it is normalised."""
+
+    CUSTOMER_ID, EMAIL, PHONE, CIO_ID, ATTRIBUTE = "customer_id", "email", "phone", "cio_id", "attribute"
+    FIELD_CHOICES = [
+        (CUSTOMER_ID, "Customer id"),
+        (EMAIL, "Email (trimmed, lower-cased)"),
+        (PHONE, "Phone (E.164)"),
+        (CIO_ID, "Customer.io cio_id"),
+        (ATTRIBUTE, "A named attribute"),
+    ]
+
+    key = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=120)
+    field = models.CharField(max_length=20, choices=FIELD_CHOICES)
+    attribute = models.CharField(max_length=64, blank=True, default="", help_text="When the field is an attribute.")
+    default_region = models.CharField(
+        max_length=2, default="US", help_text="Region for phone numbers written without a country code."
+    )
+    hash_sha256 = models.BooleanField(default=False, help_text="Send the SHA-256 of the normalised value.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["key"]
+        verbose_name_plural = "identifier policies"
+
+    def __str__(self):
+        return self.name
+
+    def identifier_for(self, person) -> str | None:
+        from .identifiers import identifier_for
+
+        return identifier_for(self, person)
+
+
+class PriorityGroup(models.Model):
+    """Ordered audiences: a person lands only in the highest-ranked one they qualify for."""
+
+    key = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=120)
+    description = models.TextField(blank=True, default="")
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self):
+        return self.name
+
+
+class Audience(models.Model):
+    ACTIVATION, SUPPRESSION = "activation", "suppression"
+    PURPOSE_CHOICES = [(ACTIVATION, "Activation"), (SUPPRESSION, "Suppression")]
+    RULES, CUSTOMERIO_SEGMENT = "rules", "customerio_segment"
+    SOURCE_CHOICES = [(RULES, "Rules"), (CUSTOMERIO_SEGMENT, "Customer.io segment")]
+    REALTIME = "realtime"
+
+    key = models.SlugField(max_length=64, unique=True, help_text="Stable identifier; never changes.")
+    name = models.CharField(max_length=200, unique=True)
+    name_tokens = models.JSONField(default=dict, blank=True, editable=False)
+    description = models.TextField(blank=True, default="")
+    purpose = models.CharField(max_length=20, choices=PURPOSE_CHOICES, default=ACTIVATION)
+    source_kind = models.CharField(max_length=30, choices=SOURCE_CHOICES, default=RULES)
+    rule = models.JSONField(default=dict, blank=True)
+    source_settings = models.JSONField(default=dict, blank=True)
+    exclusions = models.ManyToManyField(
+        "self", symmetrical=False, blank=True, related_name="excluded_from",
+        help_text="Suppression audiences whose members are taken out of this one.",
+    )
+    priority_group = models.ForeignKey(
+        PriorityGroup, null=True, blank=True, on_delete=models.SET_NULL, related_name="audiences"
+    )
+    priority_rank = models.PositiveIntegerField(null=True, blank=True, help_text="1 is the highest.")
+    cadence = models.CharField(
+        max_length=100, default=REALTIME, help_text="realtime, an interval such as 15m, or a cron expression."
+    )
+    identifier_policy = models.ForeignKey(
+        IdentifierPolicy, null=True, blank=True, on_delete=models.PROTECT, related_name="audiences"
+    )
+    enabled = models.BooleanField(default=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="audiences"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    # Kept by evaluation, so pages never count a million membership rows.
+    current_size = models.PositiveIntegerField(default=0, editable=False)
+    last_evaluated_at = models.DateTimeField(null=True, blank=True, editable=False)
+    next_evaluation_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    history = HistoricalRecords(m2m_fields=[exclusions], excluded_fields=["current_size", "last_evaluated_at", "next_evaluation_at"])
+
+    class Meta:
+        ordering = ["key"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["priority_group", "priority_rank"], name="audience_rank_unique_in_group",
+                condition=models.Q(priority_group__isnull=False),
+            )
+        ]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def is_realtime(self) -> bool:
+        return self.cadence == self.REALTIME
+
+
+class Membership(models.Model):
+    """A person in an audience from `entered_at` until `exited_at`; re-entry is a new row."""
+
+    audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="memberships")
+    person = models.ForeignKey(Person, on_delete=models.CASCADE, related_name="memberships")
+    entered_at = models.DateTimeField()
+    exited_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["audience", "person"], condition=models.Q(exited_at__isnull=True),
+                name="membership_one_open_per_person",
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["audience", "person"], condition=models.Q(exited_at__isnull=True), name="membership_current"
+            ),
+            models.Index(fields=["person", "entered_at"], name="membership_person_time"),
+            models.Index(fields=["audience", "entered_at"], name="membership_audience_entered"),
+            models.Index(fields=["audience", "exited_at"], name="membership_audience_exited"),
+        ]
+
+    def __str__(self):
+        return f"{self.person_id} in {self.audience_id} from {self.entered_at:%Y-%m-%d %H:%M}"
+
+
+class SizeSample(models.Model):
+    """An evaluation's outcome. Unchanged evaluations within the hour extend the last sample
+    (`last_at`, `evaluations`) instead of adding rows, so a realtime audience evaluated every
+    minute stores at most a couple of dozen rows a day while it is stable."""
+
+    audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="size_samples")
+    at = models.DateTimeField()
+    last_at = models.DateTimeField()
+    size = models.PositiveIntegerField()
+    entered = models.PositiveIntegerField(default=0)
+    exited = models.PositiveIntegerField(default=0)
+    evaluations = models.PositiveIntegerField(default=1)
+    full = models.BooleanField(default=True)
+    duration_ms = models.FloatField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["audience", "at"], name="sizesample_audience_at")]
+        ordering = ["audience", "at"]
+
+    def __str__(self):
+        return f"{self.audience_id} = {self.size} at {self.at:%Y-%m-%d %H:%M}"
+
+
+class PendingEvaluation(models.Model):
+    """People whose events or attributes changed and whom realtime audiences have not looked at
+    yet. Written in the ingest transaction; claimed and evaluated in one transaction by the
+    worker, so a crash in between loses nothing and a burst of ingest coalesces into one pass."""
+
+    person = models.OneToOneField(Person, on_delete=models.CASCADE, primary_key=True, related_name="+")
+    queued_at = models.DateTimeField()
+
+    def __str__(self):
+        return f"{self.person_id} since {self.queued_at:%H:%M:%S}"

@@ -6,7 +6,9 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from audiences.demo import DEMO_SOURCE, live_feed, load_demo
+from audiences.config import apply
+from audiences.demo import DEMO_CONFIG_FILES, DEMO_SOURCE, live_feed, load_demo
+from audiences.evaluation import evaluate_all
 from audiences.ingest import source_rotate_key
 from audiences.models import Person
 
@@ -49,7 +51,15 @@ class Command(BaseCommand):
             self._live(url=url, seed=seed, people=people, rate=rate)
 
     def _after_load(self):
-        """Later parts of the product hook their demo objects in here."""
+        """The playbook's conventions, policies and audiences, applied like any config file."""
+        from audiences.models import Audience
+
+        if Audience.objects.exists():
+            return
+        for path in DEMO_CONFIG_FILES:
+            apply(str(path))
+        for evaluation in evaluate_all():
+            self.stdout.write(f"  {evaluation.audience_key}: {evaluation.size:,} members")
 
     def _anchor(self, text):
         if not text:

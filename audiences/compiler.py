@@ -1,0 +1,252 @@
+"""Rules → one Django queryset over people (one SQL statement), the same on SQLite and PostgreSQL.
+
+Every leaf compiles to a two-valued boolean (EXISTS, or CASE WHEN ... THEN TRUE ELSE FALSE),
+so `not` never meets SQL's NULL and a missing attribute simply does not match. JSON values
+are compared only after checking their JSON type, because SQLite and PostgreSQL order mixed
+types differently. Event recency reads the per-person aggregates (`EventStat`); only counts in
+a window and property filters read the event table, through its (person, name, time) index.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db.models import BooleanField, Case, Count, Exists, Expression, OuterRef, Q, Value, When
+from django.db.models.fields.json import KeyTransform, compile_json_path
+
+from . import rules as r
+from .models import Audience, Event, EventStat, Membership, Person
+
+SQLITE_TYPES = {"integer": "number", "real": "number", "text": "string", "true": "boolean", "false": "boolean"}
+
+
+class JsonType(Expression):
+    """The JSON type of `column -> key` as PostgreSQL names it: number, string, boolean, null,
+    object, array; SQL NULL when the key is missing."""
+
+    output_field = None
+
+    def __init__(self, column: str, key: str):
+        from django.db.models import CharField, F
+
+        super().__init__(output_field=CharField())
+        self.transform = KeyTransform(key, F(column))
+
+    def resolve_expression(self, query=None, allow_joins=True, reuse=None, summarize=False, for_save=False):
+        clone = self.copy()
+        clone.transform = self.transform.resolve_expression(query, allow_joins, reuse, summarize, for_save)
+        return clone
+
+    def get_source_expressions(self):
+        return [self.transform]
+
+    def set_source_expressions(self, exprs):
+        (self.transform,) = exprs
+
+    def as_postgresql(self, compiler, connection):
+        sql, params = compiler.compile(self.transform)
+        return f"jsonb_typeof({sql})", params
+
+    def as_sqlite(self, compiler, connection):
+        lhs, params, keys = self.transform.preprocess_lhs(compiler, connection)
+        cases = " ".join(f"WHEN '{raw}' THEN '{name}'" for raw, name in SQLITE_TYPES.items())
+        raw = f"json_type({lhs}, %s)"
+        return f"(CASE {raw} {cases} ELSE {raw} END)", (*params, compile_json_path(keys), *params, compile_json_path(keys))
+
+
+class JsonTextContains(Expression):
+    """`column -> key` is a string containing `needle`, or an array with `needle` as an element."""
+
+    def __init__(self, column: str, key: str, needle: str):
+        from django.db.models import F
+
+        super().__init__(output_field=BooleanField())
+        self.transform = KeyTransform(key, F(column))
+        self.needle = needle
+
+    def resolve_expression(self, query=None, allow_joins=True, reuse=None, summarize=False, for_save=False):
+        clone = self.copy()
+        clone.transform = self.transform.resolve_expression(query, allow_joins, reuse, summarize, for_save)
+        return clone
+
+    def get_source_expressions(self):
+        return [self.transform]
+
+    def set_source_expressions(self, exprs):
+        (self.transform,) = exprs
+
+    def as_postgresql(self, compiler, connection):
+        sql, params = compiler.compile(self.transform)
+        return (
+            f"(CASE jsonb_typeof({sql}) WHEN 'string' THEN strpos(({sql}) #>> '{{}}', %s) > 0 "
+            f"WHEN 'array' THEN ({sql}) @> jsonb_build_array(%s::text) ELSE FALSE END)",
+            (*params, *params, self.needle, *params, self.needle),
+        )
+
+    def as_sqlite(self, compiler, connection):
+        lhs, params, keys = self.transform.preprocess_lhs(compiler, connection)
+        path = compile_json_path(keys)
+        return (
+            f"(CASE json_type({lhs}, %s) WHEN 'text' THEN instr(json_extract({lhs}, %s), %s) > 0 "
+            f"WHEN 'array' THEN EXISTS (SELECT 1 FROM json_each({lhs}, %s) AS j WHERE j.type = 'text' AND j.value = %s) "
+            "ELSE 0 END)",
+            (*params, path, *params, path, self.needle, *params, path, self.needle),
+        )
+
+
+def json_type_name(value) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "string"
+
+
+def _two_valued(q: Q) -> Q:
+    """CASE WHEN q THEN TRUE ELSE FALSE END: NULL (a missing key) becomes FALSE."""
+    return Q(Case(When(q, then=Value(True)), default=Value(False), output_field=BooleanField()))
+
+
+def _typed(column, key, kind):
+    from django.db.models.lookups import Exact
+
+    return Exact(JsonType(column, key), kind)
+
+
+def _json_equal_q(column: str, key: str, value) -> Q:
+    return Q(_typed(column, key, json_type_name(value))) & Q(**{f"{column}__{key}": value})
+
+
+def compile_attribute(node: r.AttributeCondition, now: datetime) -> Q:
+    column, key, value = "attributes", node.attribute, node.value
+    op = node.operator
+    if op == "exists":
+        present = Q(_present(column, key))
+        return present if value else ~present
+    if op == "eq":
+        return _two_valued(_json_equal_q(column, key, value))
+    if op == "ne":
+        return ~_two_valued(_json_equal_q(column, key, value))
+    if op == "in":
+        combined = Q()
+        for item in value:
+            combined |= _json_equal_q(column, key, item)
+        return _two_valued(combined)
+    if op in ("gt", "gte", "lt", "lte"):
+        return _two_valued(Q(_typed(column, key, "number")) & Q(**{f"{column}__{key}__{op}": value}))
+    if op == "contains":
+        return _two_valued(Q(JsonTextContains(column, key, value)))
+    # dates are unix seconds: older_than 60d ⇔ value < now − 60d
+    cutoff = (now - value.delta).timestamp()
+    comparison = "lt" if op == "older_than" else "gte"
+    return _two_valued(Q(_typed(column, key, "number")) & Q(**{f"{column}__{key}__{comparison}": cutoff}))
+
+
+def _present(column, key):
+    from django.db.models.lookups import In
+
+    return Case(
+        When(Q(In(JsonType(column, key), ["number", "string", "boolean", "object", "array"])), then=Value(True)),
+        default=Value(False),
+        output_field=BooleanField(),
+    )
+
+
+def _event_properties(node: r.EventCondition) -> Q:
+    q = Q()
+    for key, value in node.where:
+        q &= _json_equal_q("properties", key, value)
+    return q
+
+
+def compile_event(node: r.EventCondition, now: datetime) -> Q:
+    if not node.where and (node.min_count == 1 or node.within is None):
+        stats = EventStat.objects.filter(person=OuterRef("pk"), name=node.name)
+        if node.within:
+            stats = stats.filter(last_at__gte=now - node.within.delta)
+        elif node.last_between:
+            newer, older = node.last_between
+            stats = stats.filter(last_at__gte=now - older.delta, last_at__lte=now - newer.delta)
+        if node.min_count > 1:
+            stats = stats.filter(count__gte=node.min_count)
+        return Q(Exists(stats))
+
+    events = Event.objects.filter(person=OuterRef("pk"), name=node.name).filter(_event_properties(node))
+    if node.last_between:
+        newer, older = node.last_between
+        in_window = events.filter(occurred_at__gte=now - older.delta, occurred_at__lte=now - newer.delta)
+        later = events.filter(occurred_at__gt=now - newer.delta)
+        return Q(Exists(in_window)) & ~Q(Exists(later))
+    if node.within:
+        events = events.filter(occurred_at__gte=now - node.within.delta)
+    if node.min_count > 1:
+        events = events.order_by().values("person").annotate(n=Count("pk")).filter(n__gte=node.min_count)
+    return Q(Exists(events))
+
+
+def compile_in_audience(node: r.InAudience) -> Q:
+    return Q(Exists(Membership.objects.filter(person=OuterRef("pk"), audience__key=node.key, exited_at__isnull=True)))
+
+
+def compile_node(node, now: datetime) -> Q:
+    if isinstance(node, r.All):
+        combined = Q()
+        for child in node.children:
+            combined &= compile_node(child, now)
+        return combined
+    if isinstance(node, r.Any):
+        combined = Q()
+        for child in node.children:
+            combined |= compile_node(child, now)
+        return combined
+    if isinstance(node, r.Not):
+        return ~compile_node(node.child, now)
+    if isinstance(node, r.EventCondition):
+        return compile_event(node, now)
+    if isinstance(node, r.AttributeCondition):
+        return compile_attribute(node, now)
+    if isinstance(node, r.InAudience):
+        return compile_in_audience(node)
+    raise TypeError(f"not a rule node: {node!r}")
+
+
+def compile_rule(rule, now: datetime) -> Q:
+    """JSON rule (or parsed node) → a Q over Person."""
+    node = r.parse_rule(rule) if isinstance(rule, dict) else rule
+    return compile_node(node, now)
+
+
+def not_member_of(audience_ids) -> Q:
+    return ~Q(
+        Exists(Membership.objects.filter(person=OuterRef("pk"), audience_id__in=list(audience_ids), exited_at__isnull=True))
+    )
+
+
+def higher_ranked_ids(audience: Audience) -> list[int]:
+    if not audience.priority_group_id or audience.priority_rank is None:
+        return []
+    return list(
+        Audience.objects.filter(
+            priority_group_id=audience.priority_group_id, priority_rank__lt=audience.priority_rank, enabled=True
+        ).values_list("pk", flat=True)
+    )
+
+
+def audience_condition(
+    audience: Audience, now: datetime, *, base: Q | None = None, rule=None, exclusion_ids=None, higher_ids=None
+) -> Q:
+    """The audience's rule (or `base`, for member sources other than rules), minus its
+    suppression audiences, minus higher-ranked audiences of its priority group. Exclusions and
+    priority read current membership, which is why audiences are evaluated in dependency order."""
+    q = base if base is not None else compile_rule(audience.rule if rule is None else rule, now)
+    exclusions = list(audience.exclusions.values_list("pk", flat=True)) if exclusion_ids is None else exclusion_ids
+    if exclusions:
+        q &= not_member_of(exclusions)
+    higher = higher_ranked_ids(audience) if higher_ids is None else higher_ids
+    if higher:
+        q &= not_member_of(higher)
+    return q
+
+
+def members_queryset(audience: Audience, now: datetime, **overrides):
+    return Person.objects.filter(audience_condition(audience, now, **overrides))

@@ -1,0 +1,96 @@
+"""Preview: what an audience would be right now, before it is saved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.db.models import Count
+from django.utils import timezone
+
+from . import rules as r
+from .compiler import audience_condition
+from .identifiers import COVERAGE_SAMPLE, coverage, customer_id_policy
+from .models import Audience, IdentifierPolicy, Membership, Person, PriorityGroup
+
+SAMPLE_SIZE = 20
+
+
+@dataclass
+class Overlap:
+    key: str
+    name: str
+    purpose: str
+    count: int
+    share: float  # of the previewed audience
+
+
+@dataclass
+class Preview:
+    size: int
+    sample: list = field(default_factory=list)  # Person objects
+    overlaps: list = field(default_factory=list)
+    coverage_valid: int = 0
+    coverage_looked: int = 0
+    policy_name: str = ""
+
+    @property
+    def coverage(self) -> float | None:
+        return self.coverage_valid / self.coverage_looked if self.coverage_looked else None
+
+    @property
+    def coverage_is_estimate(self) -> bool:
+        return self.size > COVERAGE_SAMPLE
+
+
+def preview_condition(*, rule, exclusions=(), priority_group=None, priority_rank=None, key=None, now=None):
+    """A Q over people for an audience definition that need not be saved (validated rule)."""
+    now = now or timezone.now()
+    node = r.parse_rule(rule)
+    exclusion_ids = list(Audience.objects.filter(key__in=list(exclusions)).values_list("pk", flat=True))
+    higher_ids = []
+    if priority_group and priority_rank:
+        group = PriorityGroup.objects.filter(key=priority_group).first()
+        if group:
+            higher_ids = list(
+                group.audiences.filter(priority_rank__lt=priority_rank, enabled=True).exclude(key=key).values_list("pk", flat=True)
+            )
+    stand_in = Audience(key=key or "__preview__")
+    return audience_condition(stand_in, now, rule=node, exclusion_ids=exclusion_ids, higher_ids=higher_ids)
+
+
+def audience_preview(
+    *, rule, exclusions=(), priority_group=None, priority_rank=None, identifier_policy=None, key=None, now=None
+) -> Preview:
+    """Size now, 20 sample members (most recently active first), overlap with every other
+    audience's current members, and identifier coverage under the chosen policy."""
+    people = Person.objects.filter(
+        preview_condition(
+            rule=rule, exclusions=exclusions, priority_group=priority_group, priority_rank=priority_rank, key=key, now=now
+        )
+    )
+    size = people.count()
+    sample = list(people.order_by("-updated_at", "-pk")[:SAMPLE_SIZE])
+    counts = dict(
+        Membership.objects.filter(exited_at__isnull=True, person__in=people.values("pk"))
+        .exclude(audience__key=key)
+        .values_list("audience_id")
+        .annotate(n=Count("pk"))
+    )
+    overlaps = [
+        Overlap(a.key, a.name, a.purpose, counts.get(a.pk, 0), counts.get(a.pk, 0) / size if size else 0.0)
+        for a in Audience.objects.exclude(key=key).order_by("key")
+    ]
+    overlaps.sort(key=lambda o: (-o.count, o.key))
+    policy = IdentifierPolicy.objects.filter(key=identifier_policy).first() if identifier_policy else None
+    policy = policy or customer_id_policy()
+    valid, looked = coverage(policy, people.order_by("pk"))
+    return Preview(
+        size=size, sample=sample, overlaps=overlaps, coverage_valid=valid, coverage_looked=looked, policy_name=policy.name
+    )
+
+
+def audience_coverage(audience: Audience) -> tuple[int, int]:
+    """Identifier coverage of an audience's current members under its own policy (sampled)."""
+    policy = audience.identifier_policy or customer_id_policy()
+    members = Person.objects.filter(memberships__audience=audience, memberships__exited_at__isnull=True).order_by("pk")
+    return coverage(policy, members)
