@@ -1,0 +1,257 @@
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from io import StringIO
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.core.management import call_command
+
+from audiences.evaluation import evaluate_all, evaluate_audience, evaluate_due, evaluate_pending, next_evaluation
+from audiences.ingest import ingest_messages, person_erase, source_create
+from audiences.messages import Message
+from audiences.models import Audience, Membership, PendingEvaluation, Person, SizeSample
+from audiences.preview import audience_preview
+from audiences.services import audience_save, identifier_policy_save, priority_group_save
+from audiences.signals import membership_changed
+
+pytestmark = pytest.mark.django_db
+T0 = datetime(2026, 11, 29, 12, 0, tzinfo=dt_timezone.utc)
+
+
+@pytest.fixture
+def source():
+    return source_create(name="shop")[0]
+
+
+@pytest.fixture
+def announced():
+    """Every membership change announced to the sync side."""
+    seen = []
+
+    def receiver(sender, evaluation, **kwargs):
+        seen.append(evaluation)
+
+    membership_changed.connect(receiver)
+    yield seen
+    membership_changed.disconnect(receiver)
+
+
+def send(source, customer_id, name, at, **properties):
+    ingest_messages(
+        source=source,
+        messages=[Message("event", customer_id, f"{customer_id}-{name}-{at.timestamp()}", at, name=name, properties=properties)],
+        received_at=at,
+    )
+
+
+def identify(source, customer_id, at=T0, **traits):
+    ingest_messages(source=source, messages=[Message("identify", customer_id, f"i-{customer_id}", at, traits=traits)], received_at=at)
+
+
+def members(key):
+    return set(
+        Membership.objects.filter(audience__key=key, exited_at__isnull=True).values_list("person__customer_id", flat=True)
+    )
+
+
+def playbook():
+    """The seed's case: purchasers suppressed, carts split 0–2h and 2–24h with no overlap."""
+    audience_save(data={"key": "purchasers_24h", "name": "Purchasers 24h", "purpose": "suppression",
+                        "rule": {"event": "Order Completed", "within": "24h"}})
+    priority_group_save(data={"key": "carts", "name": "Cart abandoners"})
+    audience_save(data={"key": "cart_0_2h", "name": "Cart 0-2h", "rule": {"event": "Added to Cart", "within": "2h"},
+                        "exclusions": ["purchasers_24h"], "priority_group": "carts", "priority_rank": 1})
+    audience_save(data={"key": "cart_2_24h", "name": "Cart 2-24h", "rule": {"event": "Added to Cart", "within": "24h"},
+                        "exclusions": ["purchasers_24h"], "priority_group": "carts", "priority_rank": 2})
+
+
+def test_full_evaluation_writes_entries_history_and_a_size_sample(source, announced):
+    audience = audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
+    send(source, "a", "Added to Cart", T0 - timedelta(minutes=10))
+    send(source, "b", "Added to Cart", T0 - timedelta(hours=3))
+    evaluation = evaluate_audience(audience, now=T0)
+    assert (len(evaluation.entries), evaluation.exits, evaluation.size) == (1, [], 1)
+    membership = Membership.objects.get()
+    assert (membership.person.customer_id, membership.entered_at, membership.exited_at) == ("a", T0, None)
+    sample = SizeSample.objects.get()
+    assert (sample.size, sample.entered, sample.exited, sample.full) == (1, 1, 0, True)
+    assert [e.entries for e in announced] == [[membership.person_id]]
+    audience.refresh_from_db()
+    assert (audience.current_size, audience.last_evaluated_at) == (1, T0)
+
+
+def test_people_leave_when_the_window_passes_without_a_new_event(source):
+    audience = audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
+    send(source, "a", "Added to Cart", T0)
+    evaluate_audience(audience, now=T0)
+    assert members("carts") == {"a"}
+    evaluation = evaluate_audience(audience, now=T0 + timedelta(hours=2, seconds=1))
+    assert members("carts") == set() and len(evaluation.exits) == 1
+    row = Membership.objects.get()
+    assert row.exited_at == T0 + timedelta(hours=2, seconds=1)  # history kept, not deleted
+
+
+def test_re_entry_is_a_new_membership_row(source):
+    audience = audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
+    send(source, "a", "Added to Cart", T0)
+    evaluate_audience(audience, now=T0)
+    evaluate_audience(audience, now=T0 + timedelta(hours=3))
+    send(source, "a", "Added to Cart", T0 + timedelta(hours=4))
+    evaluate_audience(audience, now=T0 + timedelta(hours=4))
+    rows = list(Membership.objects.order_by("entered_at").values_list("entered_at", "exited_at"))
+    assert rows == [(T0, T0 + timedelta(hours=3)), (T0 + timedelta(hours=4), None)]
+
+
+def test_unchanged_evaluations_extend_the_last_sample_instead_of_adding_rows(source):
+    audience = audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "1d"}})
+    send(source, "a", "Added to Cart", T0)
+    for minute in range(0, 50, 2):
+        evaluate_audience(audience, now=T0 + timedelta(minutes=minute))
+    assert SizeSample.objects.count() == 1
+    sample = SizeSample.objects.get()
+    assert (sample.evaluations, sample.last_at) == (25, T0 + timedelta(minutes=48))
+    evaluate_audience(audience, now=T0 + timedelta(hours=2))
+    assert SizeSample.objects.count() == 2
+
+
+def test_suppression_takes_purchasers_out_of_the_activation_audience(source):
+    playbook()
+    send(source, "a", "Added to Cart", T0 - timedelta(minutes=30))
+    send(source, "b", "Added to Cart", T0 - timedelta(minutes=30))
+    send(source, "b", "Order Completed", T0 - timedelta(minutes=5))
+    evaluate_all(now=T0)
+    assert members("purchasers_24h") == {"b"}
+    assert members("cart_0_2h") == {"a"}
+
+
+def test_priority_group_puts_each_person_in_the_freshest_stage_only(source):
+    playbook()
+    send(source, "fresh", "Added to Cart", T0 - timedelta(minutes=30))
+    send(source, "stale", "Added to Cart", T0 - timedelta(hours=5))
+    send(source, "both", "Added to Cart", T0 - timedelta(hours=10))
+    send(source, "both", "Added to Cart", T0 - timedelta(minutes=10))
+    evaluate_all(now=T0)
+    assert members("cart_0_2h") == {"fresh", "both"}
+    assert members("cart_2_24h") == {"stale"}
+    # as time passes people move down a stage, and are never in both at once
+    for hours in (1, 2, 3, 23, 25):
+        evaluate_all(now=T0 + timedelta(hours=hours))
+        assert not members("cart_0_2h") & members("cart_2_24h")
+    assert members("cart_0_2h") == set() and members("cart_2_24h") == set()
+
+
+def test_evaluation_follows_dependencies_whatever_the_key_order(source):
+    audience_save(data={"key": "zz_buyers", "name": "Buyers", "purpose": "suppression",
+                        "rule": {"event": "Order Completed", "within": "1d"}})
+    audience_save(data={"key": "aa_carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "1d"},
+                        "exclusions": ["zz_buyers"]})
+    send(source, "a", "Added to Cart", T0)
+    send(source, "a", "Order Completed", T0)
+    assert [e.audience_key for e in evaluate_all(now=T0)] == ["zz_buyers", "aa_carts"]
+    assert members("aa_carts") == set()
+
+
+def test_a_dependency_cycle_is_refused_when_saved():
+    audience_save(data={"key": "one", "name": "One", "rule": {"attribute": "x", "exists": True}})
+    audience_save(data={"key": "two", "name": "Two", "rule": {"in_audience": "one"}})
+    with pytest.raises(ValidationError) as refused:
+        audience_save(instance=Audience.objects.get(key="one"), data={"rule": {"in_audience": "two"}})
+    assert "one → two → one" in str(refused.value)
+
+
+def test_realtime_audiences_follow_ingest_for_the_touched_people_only(source, announced):
+    playbook()
+    send(source, "a", "Added to Cart", T0 - timedelta(minutes=20))
+    send(source, "b", "Added to Cart", T0 - timedelta(minutes=20))
+    evaluate_all(now=T0)
+    assert members("cart_0_2h") == {"a", "b"}
+    PendingEvaluation.objects.all().delete()
+    received = T0 + timedelta(seconds=1)
+    send(source, "b", "Order Completed", received)
+    assert PendingEvaluation.objects.filter(person__customer_id="b").exists()
+    assert evaluate_pending() == 1
+    assert members("purchasers_24h") == {"b"}
+    assert members("cart_0_2h") == {"a"}
+    exits = [e for e in announced if e.audience_key == "cart_0_2h" and e.exits]
+    assert exits and not exits[-1].full
+    person_b = Person.objects.get(customer_id="b").pk
+    assert exits[-1].triggered(person_b) == received  # lag is measured from the ingest request
+    assert not PendingEvaluation.objects.exists()
+
+
+def test_ingest_api_request_wakes_realtime_evaluation_after_commit(client, source, django_capture_on_commit_callbacks):
+    audience_save(data={"key": "buyers", "name": "Buyers", "rule": {"event": "Order Completed", "within": "1d"}})
+    source_key = source_create(name="web")[1]
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/ingest/v1/track", {"userId": "u1", "event": "Order Completed", "messageId": "m1"},
+            content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {source_key}",
+        )
+    assert response.status_code == 200
+    # test settings run the worker's task in-process (Q_CLUSTER sync); a real worker does it in ~0.1 s
+    assert members("buyers") == {"u1"}
+
+
+def test_erasure_leaves_every_audience_and_announces_the_exits(source, announced):
+    playbook()
+    send(source, "a", "Added to Cart", T0)
+    send(source, "a", "Order Completed", T0)
+    evaluate_all(now=T0)
+    assert members("purchasers_24h") == {"a"}
+    announced.clear()
+    person_erase(customer_id="a", source=source)
+    assert [(e.audience_key, e.erasure, len(e.exits)) for e in announced] == [("purchasers_24h", True, 1)]
+    assert Audience.objects.get(key="purchasers_24h").current_size == 0
+    assert not Person.objects.exists() and not Membership.objects.exists()
+
+
+def test_due_audiences_follow_their_cadence_and_are_claimed_once(source):
+    audience_save(data={"key": "hourly", "name": "Hourly", "cadence": "1h", "rule": {"attribute": "vip", "eq": True}})
+    audience_save(data={"key": "live", "name": "Live", "rule": {"attribute": "vip", "eq": True}})
+    audience_save(data={"key": "cron", "name": "Cron", "cadence": "0 6 * * *", "rule": {"attribute": "vip", "eq": True}})
+    identify(source, "a", vip=True)
+    assert sorted(e.audience_key for e in evaluate_due(now=T0)) == ["cron", "hourly", "live"]
+    assert evaluate_due(now=T0) == []  # claimed: an overlapping tick does nothing
+    assert [e.audience_key for e in evaluate_due(now=T0 + timedelta(minutes=1))] == ["live"]
+    assert sorted(e.audience_key for e in evaluate_due(now=T0 + timedelta(hours=1, minutes=1))) == ["hourly", "live"]
+    cron = Audience.objects.get(key="cron")
+    assert cron.next_evaluation_at == datetime(2026, 11, 30, 6, 0, tzinfo=dt_timezone.utc)
+    assert next_evaluation(cron, T0) == cron.next_evaluation_at
+
+
+def test_changing_the_rule_makes_the_audience_due_again(source):
+    audience = audience_save(data={"key": "hourly", "name": "Hourly", "cadence": "1h", "rule": {"attribute": "vip", "eq": True}})
+    evaluate_due(now=T0)
+    audience_save(instance=audience, data={"rule": {"attribute": "vip", "eq": False}})
+    assert [e.audience_key for e in evaluate_due(now=T0 + timedelta(minutes=1))] == ["hourly"]
+
+
+def test_preview_shows_size_sample_overlap_and_coverage(source):
+    playbook()
+    identifier_policy_save(data={"key": "email", "name": "Email", "field": "email"})
+    for n in range(30):
+        identify(source, f"p{n}", email=f"P{n}@Example.com " if n % 3 else "not-an-email")
+        send(source, f"p{n}", "Added to Cart", T0 - timedelta(minutes=n))
+    evaluate_all(now=T0)
+    preview = audience_preview(
+        rule={"event": "Added to Cart", "within": "1d"}, identifier_policy="email", now=T0
+    )
+    assert preview.size == 30
+    assert len(preview.sample) == 20
+    overlap = {o.key: o.count for o in preview.overlaps}
+    assert overlap == {"cart_0_2h": 30, "cart_2_24h": 0, "purchasers_24h": 0}
+    assert (preview.coverage_valid, preview.coverage_looked) == (20, 30)
+
+
+def test_evaluate_and_members_commands(source):
+    from django.utils import timezone
+
+    playbook()
+    send(source, "a", "Added to Cart", timezone.now())
+    out = StringIO()
+    call_command("evaluate", "purchasers_24h", "cart_0_2h", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("purchasers_24h: size 0") and lines[1].startswith("cart_0_2h:")
+    out = StringIO()
+    call_command("members", "cart_0_2h", stdout=out)
+    assert out.getvalue().split() == ["a"]
