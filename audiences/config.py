@@ -252,9 +252,11 @@ def plan(path: str, data: dict) -> list[Change]:
             differing = sorted(k for k in set(item) | set(have) if _normal(item.get(k)) != _normal(have.get(k)))
             if differing:
                 changes.append(Change(section.name, key, "change", differing))
-        for key in current:
-            if key not in wanted:
-                changes.append(Change(section.name, key, "delete"))
+        leaving = [item for key, item in current.items() if key not in wanted]
+        if section.order_items:
+            leaving = section.order_items(leaving)  # dependencies first: _write deletes in reverse
+        for item in leaving:
+            changes.append(Change(section.name, item["key"], "delete"))
     return changes
 
 
