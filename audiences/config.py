@@ -102,6 +102,12 @@ def audience_dict(a: Audience) -> dict:
     return _without_defaults(data, AUDIENCE_DEFAULTS)
 
 
+class DependencyCycle(ValueError):
+    def __init__(self, keys: list[str]):
+        self.keys = keys
+        super().__init__(" → ".join(keys))
+
+
 def _order_keys(items: dict[str, dict]) -> list[str]:
     from . import rules as r
 
@@ -126,7 +132,7 @@ def _order_keys(items: dict[str, dict]) -> list[str]:
         if key in done:
             return
         if key in trail:
-            raise ValueError("cycle")
+            raise DependencyCycle([*trail[trail.index(key):], key])
         for dep in sorted(deps(items[key])):
             place(dep, (*trail, key))
         done.add(key)
@@ -140,10 +146,7 @@ def _order_keys(items: dict[str, dict]) -> list[str]:
 def _order_audience_items(items: list[dict]) -> list[dict]:
     """Dependencies first, so that an audience can exclude one created by the same file."""
     by_key = {i["key"]: i for i in items}
-    try:
-        return [by_key[k] for k in _order_keys(by_key)]
-    except ValueError:
-        return items  # the cycle is reported by validation, naming the audience it concerns
+    return [by_key[k] for k in _order_keys(by_key)]  # a cycle raises DependencyCycle, reported by _write
 
 
 def _save_audience(data, instance, actor):
@@ -294,7 +297,12 @@ def _write(path, items, changes, actor):
     for section in SECTIONS:
         if section.name not in items:
             continue
-        ordered = section.order_items(items[section.name]) if section.order_items else items[section.name]
+        try:
+            ordered = section.order_items(items[section.name]) if section.order_items else items[section.name]
+        except DependencyCycle as cycle:
+            # Validation of one audience at a time cannot see a cycle among audiences the file creates.
+            errors.append(f"{path}: {section.name}[{cycle.keys[0]}]: this would make a dependency cycle: {cycle}")
+            continue
         for item in ordered:
             if (section.name, item["key"]) not in touched:
                 continue
