@@ -19,10 +19,10 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-DURATION = re.compile(r"^([1-9]\d{0,5})([mhdw])$")
+DURATION = re.compile(r"^([1-9]\d{0,5})([mhdw])\Z")
 UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 UNIT_WORDS = {"m": "minute", "h": "hour", "d": "day", "w": "week"}
-KEY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+KEY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}\Z")
 MAX_DEPTH = 12
 
 ATTRIBUTE_OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "exists", "contains", "older_than", "newer_than")
@@ -149,7 +149,7 @@ class _Parser:
             return self.attribute(data, path)
         self.no_extra_keys(data, ("in_audience",), path)
         key = data["in_audience"]
-        if not isinstance(key, str) or not re.match(r"^[-a-zA-Z0-9_]+$", key):
+        if not isinstance(key, str) or not re.match(r"^[-a-zA-Z0-9_]+\Z", key):
             self.fail(_join(path, "in_audience"), f"{_show(key)} is not an audience key")
             return None
         return InAudience(key)

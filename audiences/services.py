@@ -19,7 +19,7 @@ from .evaluation import dependencies, dependency_graph, find_cycle
 from .models import Audience, IdentifierPolicy, NamingConvention, PriorityGroup
 from .naming import parse_name, validate_convention
 
-SLUG = re.compile(r"^[-a-z0-9_]{1,64}$")
+SLUG = re.compile(r"^[-a-z0-9_]{1,64}\Z")
 AUDIENCE_FIELDS = (
     "key", "name", "description", "purpose", "source_kind", "rule", "source_settings", "exclusions",
     "priority_group", "priority_rank", "cadence", "identifier_policy", "enabled", "owner",
