@@ -293,13 +293,13 @@ def identifier_policy_save(*, data: dict, actor=None, instance: IdentifierPolicy
     policy.attribute = data.get("attribute", policy.attribute) or ""
     policy.default_region = data.get("default_region", policy.default_region or "US")
     policy.hash_sha256 = data.get("hash_sha256", policy.hash_sha256)
-    if policy.field not in dict(IdentifierPolicy.FIELD_CHOICES):
+    if not isinstance(policy.field, str) or policy.field not in dict(IdentifierPolicy.FIELD_CHOICES):
         errors["field"] = [f"{policy.field!r} is not an identifier: use {', '.join(dict(IdentifierPolicy.FIELD_CHOICES))}"]
-    elif policy.field == IdentifierPolicy.ATTRIBUTE and not r.KEY_NAME.match(policy.attribute or ""):
+    elif policy.field == IdentifierPolicy.ATTRIBUTE and not (isinstance(policy.attribute, str) and r.KEY_NAME.match(policy.attribute)):
         errors["attribute"] = ["name the attribute that holds the identifier (letters, digits, _ and -)"]
     elif policy.field != IdentifierPolicy.ATTRIBUTE and policy.attribute:
         errors["attribute"] = ["only an identifier of field 'attribute' names an attribute"]
-    if policy.default_region not in phonenumbers.SUPPORTED_REGIONS:
+    if not isinstance(policy.default_region, str) or policy.default_region not in phonenumbers.SUPPORTED_REGIONS:
         errors["default_region"] = [f"{policy.default_region!r} is not a region code such as US, GB, DE"]
     if not isinstance(policy.hash_sha256, bool):
         errors["hash_sha256"] = ["must be true or false"]
