@@ -157,6 +157,15 @@ def _delete_audience(instance, actor):
     services.audience_delete(audience=instance, actor=actor)
 
 
+def _delete_unused(instance, actor):
+    """Policies and groups: refuse while audiences use them, as the file would then not match
+    the database (a group's audiences silently lost it; a policy's deletion was a ProtectedError)."""
+    users = sorted(instance.audiences.values_list("key", flat=True))
+    if users:
+        raise ValidationError(f"{instance.key!r} is used by {', '.join(users)}; change those first")
+    instance.delete()
+
+
 register_section(Section(
     "naming_conventions", NamingConvention, convention_dict,
     lambda data, instance, actor: services.naming_convention_save(data=data, instance=instance, actor=actor)[0],
@@ -165,12 +174,12 @@ register_section(Section(
 register_section(Section(
     "identifier_policies", IdentifierPolicy, policy_dict,
     lambda data, instance, actor: services.identifier_policy_save(data=data, instance=instance, actor=actor),
-    lambda instance, actor: instance.delete(), POLICY_DEFAULTS,
+    _delete_unused, POLICY_DEFAULTS,
 ))
 register_section(Section(
     "priority_groups", PriorityGroup, group_dict,
     lambda data, instance, actor: services.priority_group_save(data=data, instance=instance, actor=actor),
-    lambda instance, actor: instance.delete(), GROUP_DEFAULTS,
+    _delete_unused, GROUP_DEFAULTS,
 ))
 register_section(Section(
     "audiences", Audience, audience_dict, _save_audience, _delete_audience, AUDIENCE_DEFAULTS,
