@@ -89,11 +89,11 @@ def audience_clean(data: dict, *, instance: Audience | None = None) -> dict:
             clean["name_tokens"] = {}
 
     purpose = clean.get("purpose", instance.purpose if instance else Audience.ACTIVATION)
-    if purpose not in dict(Audience.PURPOSE_CHOICES):
+    if not isinstance(purpose, str) or purpose not in dict(Audience.PURPOSE_CHOICES):
         fail("purpose", f"{purpose!r} is not a purpose: use activation or suppression")
 
     source_kind = clean.get("source_kind", instance.source_kind if instance else Audience.RULES)
-    if source_kind not in dict(Audience.SOURCE_CHOICES):
+    if not isinstance(source_kind, str) or source_kind not in dict(Audience.SOURCE_CHOICES):
         fail("source_kind", f"{source_kind!r} is not a source: use {' or '.join(dict(Audience.SOURCE_CHOICES))}")
 
     rule = clean.get("rule", instance.rule if instance else None)
@@ -243,8 +243,9 @@ def naming_convention_save(*, data: dict, actor=None, instance: NamingConvention
     tokens = data.get("tokens", instance.tokens if instance else {})
     problems = validate_convention(template if isinstance(template, str) else "", tokens)
     for problem in problems:
-        field, _, message = problem.partition(": ")
-        errors.setdefault(field.split(".")[0], []).append(problem)
+        where, _, message = problem.partition(": ")
+        field, _, inside = where.partition(".")
+        errors.setdefault(field, []).append(f"{inside}: {message}" if inside else message)
     unknown = set(data) - {"key", "template", "tokens", "example", "is_default"}
     for name in unknown:
         errors.setdefault(name, []).append("unknown field; expected key, template, tokens, example, is_default")

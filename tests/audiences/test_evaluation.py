@@ -255,3 +255,14 @@ def test_evaluate_and_members_commands(source):
     out = StringIO()
     call_command("members", "cart_0_2h", stdout=out)
     assert out.getvalue().split() == ["a"]
+
+
+@pytest.mark.parametrize("field,value", [
+    ("purpose", ["x"]), ("source_kind", {"a": 1}), ("cadence", 5), ("exclusions", [["x"]]),
+    ("priority_group", ["g"]), ("identifier_policy", 3), ("rule", "not a mapping"), ("name", 7), ("enabled", "yes"),
+])
+def test_wrongly_typed_audience_fields_get_a_message_not_a_crash(field, value):
+    with pytest.raises(ValidationError) as refused:
+        audience_save(data={"key": "x", "name": "X", "rule": {"attribute": "a", "exists": True}, field: value})
+    assert field in refused.value.message_dict
+    assert not Audience.objects.exists()

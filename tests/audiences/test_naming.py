@@ -101,17 +101,17 @@ def test_audience_save_refuses_a_name_that_breaks_the_convention(convention):
 
 
 def test_a_template_without_tokens_is_refused():
-    assert refused(template="paid audience", tokens={}) == {"template": ["template: needs at least one token such as {channel}"]}
+    assert refused(template="paid audience", tokens={}) == {"template": ["needs at least one token such as {channel}"]}
 
 
 def test_a_duplicate_token_is_refused():
     errors = refused(template="{channel}_{channel}", tokens={"channel": TOKENS["channel"]})
-    assert errors == {"template": ["template: a token appears twice"]}
+    assert errors == {"template": ["a token appears twice"]}
 
 
 def test_adjacent_tokens_need_a_separator():
     errors = refused(template="{channel}{intent}_{window}_{exclusions}")
-    assert errors == {"template": ["template: {channel} and {intent} need a separator between them"]}
+    assert errors == {"template": ["{channel} and {intent} need a separator between them"]}
 
 
 @pytest.mark.parametrize(
@@ -125,29 +125,29 @@ def test_adjacent_tokens_need_a_separator():
 )
 def test_a_token_needs_values_or_a_pattern_not_both_nor_neither(spec):
     errors = refused(tokens={**TOKENS, "channel": spec})
-    assert errors == {"tokens": ["tokens.channel: give either values: [...] or pattern: '...'"]}
+    assert errors == {"tokens": ["channel: give either values: [...] or pattern: '...'"]}
 
 
 @pytest.mark.parametrize("values", [[], "paid", ["paid", ""], ["paid", 3]])
 def test_token_values_must_be_a_non_empty_list_of_texts(values):
     errors = refused(tokens={**TOKENS, "channel": {"values": values}})
-    assert errors == {"tokens": ["tokens.channel.values: must be a non-empty list of texts"]}
+    assert errors == {"tokens": ["channel.values: must be a non-empty list of texts"]}
 
 
 def test_a_bad_regular_expression_is_refused_with_the_reason():
     errors = refused(tokens={**TOKENS, "window": {"pattern": "[0-9+"}})
     assert len(errors["tokens"]) == 1
-    assert errors["tokens"][0].startswith("tokens.window.pattern: not a regular expression (unterminated character set")
+    assert errors["tokens"][0].startswith("window.pattern: not a regular expression (unterminated character set")
 
 
 def test_a_token_not_in_the_template_is_refused():
     errors = refused(tokens={**TOKENS, "region": {"values": ["us"]}})
-    assert errors == {"tokens": ["tokens.region: not in the template"]}
+    assert errors == {"tokens": ["region: not in the template"]}
 
 
 def test_a_token_of_the_template_without_a_spec_is_refused():
     tokens = {k: v for k, v in TOKENS.items() if k != "window"}
-    assert refused(tokens=tokens) == {"tokens": ["tokens.window: give either values: [...] or pattern: '...'"]}
+    assert refused(tokens=tokens) == {"tokens": ["window: give either values: [...] or pattern: '...'"]}
 
 
 def test_an_example_that_does_not_parse_is_refused():
