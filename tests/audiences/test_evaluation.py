@@ -70,12 +70,12 @@ def test_full_evaluation_writes_entries_history_and_a_size_sample(source, announ
     send(source, "a", "Added to Cart", T0 - timedelta(minutes=10))
     send(source, "b", "Added to Cart", T0 - timedelta(hours=3))
     evaluation = evaluate_audience(audience, now=T0)
-    assert (len(evaluation.entries), evaluation.exits, evaluation.size) == (1, [], 1)
+    assert (len(evaluation.entries), list(evaluation.exits), evaluation.size) == (1, [], 1)
     membership = Membership.objects.get()
     assert (membership.person.customer_id, membership.entered_at, membership.exited_at) == ("a", T0, None)
     sample = SizeSample.objects.get()
     assert (sample.size, sample.entered, sample.exited, sample.full) == (1, 1, 0, True)
-    assert [e.entries for e in announced] == [[membership.person_id]]
+    assert [list(e.entries) for e in announced] == [[membership.person_id]]
     audience.refresh_from_db()
     assert (audience.current_size, audience.last_evaluated_at) == (1, T0)
 
@@ -266,3 +266,12 @@ def test_wrongly_typed_audience_fields_get_a_message_not_a_crash(field, value):
         audience_save(data={"key": "x", "name": "X", "rule": {"attribute": "a", "exists": True}, field: value})
     assert field in refused.value.message_dict
     assert not Audience.objects.exists()
+
+
+def test_evaluations_do_not_add_to_the_setting_history(source):
+    audience = audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
+    send(source, "a", "Added to Cart", T0)
+    before = audience.history.count()
+    evaluate_audience(audience, now=T0)
+    evaluate_audience(audience, now=T0 + timedelta(hours=3))
+    assert audience.history.count() == before
