@@ -24,6 +24,7 @@ from . import rules as r
 from .compiler import audience_condition
 from .models import Audience, Membership, PendingEvaluation, Person, SizeSample
 from .signals import membership_changed
+from .sources import source_for
 
 SAMPLE_MERGE_WINDOW = timedelta(minutes=1)
 SAMPLE_EXTEND_WINDOW = timedelta(hours=1)
@@ -293,19 +294,17 @@ def leave_all_audiences(person: Person, *, now: datetime | None = None) -> list[
     return evaluations
 
 
-# Sources of members other than rules (a Customer.io segment) register a condition here:
-# kind → function(audience, now) -> Q over Person. The sync side registers its kinds.
-SOURCE_CONDITIONS = {}
-
-
 def source_condition(audience: Audience, now: datetime):
     if audience.source_kind == Audience.RULES:
         return audience_condition(audience, now)
-    try:
-        base = SOURCE_CONDITIONS[audience.source_kind]
-    except KeyError:
-        raise ValueError(f"audience {audience.key}: no member source is registered for {audience.source_kind!r}")
-    return audience_condition(audience, now, base=base(audience, now))
+    return audience_condition(audience, now, base=source_for(audience.source_kind).condition(audience, now))
+
+
+def refresh_source(audience: Audience) -> None:
+    """Before a full evaluation of a non-rule audience: fetch its members again. Outside the
+    evaluation transaction, because a pull takes as long as the source's rate limit says."""
+    if audience.source_kind != Audience.RULES:
+        source_for(audience.source_kind).refresh(audience)
 
 
 # --- many audiences -------------------------------------------------------------------------
@@ -318,12 +317,16 @@ def enabled_audiences():
 def evaluate_all(keys=None, *, now: datetime | None = None) -> list[Evaluation]:
     """Full evaluation, dependencies first. With keys, only those (still in dependency order)."""
     audiences = enabled_audiences() if not keys else Audience.objects.filter(key__in=keys).prefetch_related("exclusions")
-    return [evaluate_audience(a, now=now) for a in dependency_order(audiences)]
+    evaluations = []
+    for audience in dependency_order(audiences):
+        refresh_source(audience)
+        evaluations.append(evaluate_audience(audience, now=now))
+    return evaluations
 
 
 def evaluate_people(person_ids, *, triggered_at=None, now: datetime | None = None) -> list[Evaluation]:
     """Realtime audiences, for these people only, dependencies first."""
-    realtime = enabled_audiences().filter(cadence=Audience.REALTIME)
+    realtime = enabled_audiences().filter(cadence=Audience.REALTIME, source_kind=Audience.RULES)
     return [
         evaluate_audience(a, now=now, person_ids=person_ids, triggered_at=triggered_at)
         for a in dependency_order(realtime)
@@ -407,5 +410,6 @@ def evaluate_due(*, now: datetime | None = None) -> list[Evaluation]:
         )
         if not claimed.update(next_evaluation_at=next_evaluation(audience, moment)):
             continue
+        refresh_source(audience)
         done.append(evaluate_audience(audience, now=now))
     return done

@@ -113,6 +113,22 @@ def audience_clean(data: dict, *, instance: Audience | None = None) -> dict:
                 if key in referenced:
                     fail("rule", "in_audience: an audience cannot refer to itself")
 
+    elif source_kind != Audience.RULES and isinstance(source_kind, str) and source_kind in dict(Audience.SOURCE_CHOICES):
+        from .sources import SOURCES
+
+        source = SOURCES.get(source_kind)
+        settings_ = clean.get("source_settings", instance.source_settings if instance else {})
+        if source is None:
+            fail("source_kind", f"{source_kind} audiences need the sync side, which is not installed")
+        else:
+            for problem in source.validate(settings_):
+                fail("source_settings", problem)
+        if rule:
+            fail("rule", f"a {source_kind} audience takes its members from the source; leave the rule out")
+        cadence_value = clean.get("cadence", instance.cadence if instance else Audience.REALTIME)
+        if cadence_value == Audience.REALTIME:
+            fail("cadence", "a Customer.io segment is pulled on a schedule: use an interval such as 15m or a cron expression")
+
     exclusion_keys = clean.get("exclusions")
     if exclusion_keys is None:
         exclusion_keys = [a.key for a in instance.exclusions.all()] if instance else []

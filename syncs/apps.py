@@ -4,3 +4,13 @@ from django.apps import AppConfig
 class SyncsConfig(AppConfig):
     name = "syncs"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from audiences.signals import membership_changed
+
+        from . import config, sources
+        from .outbox import on_membership_changed
+
+        membership_changed.connect(on_membership_changed, dispatch_uid="downstream-outbox")
+        config.register()
+        sources.register()

@@ -1,0 +1,351 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+from simple_history.models import HistoricalRecords
+
+from audiences.models import Audience, IdentifierPolicy, Person
+
+from .crypto import decrypt, encrypt
+
+
+class EncryptedCredentials(models.Model):
+    """Credentials encrypted at rest (Fernet, key from DOWNSTREAM_ENCRYPTION_KEY). The value
+    is never shown again after save; config files hold `env:NAME` references, kept beside it."""
+
+    credentials_encrypted = models.TextField(blank=True, default="", editable=False)
+    credential_refs = models.JSONField(default=dict, blank=True, editable=False)
+    credentials_changed_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def credentials(self) -> dict:
+        return decrypt(self.credentials_encrypted) if self.credentials_encrypted else {}
+
+    def set_credentials(self, values: dict, refs: dict | None = None) -> None:
+        self.credentials_encrypted = encrypt(values) if values else ""
+        self.credential_refs = dict(refs or {})
+        self.credentials_changed_at = timezone.now()
+
+    def credential_names(self) -> list[str]:
+        return sorted(self.credentials)
+
+
+class Destination(EncryptedCredentials):
+    LIVELIKE, WEBHOOK, FILE = "livelike", "webhook", "file"
+    KIND_CHOICES = [(LIVELIKE, "LiveLike"), (WEBHOOK, "Signed webhook"), (FILE, "File export")]
+
+    key = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=120)
+    kind = models.CharField(max_length=20, choices=KIND_CHOICES)
+    settings = models.JSONField(default=dict, blank=True, help_text="Non-secret settings: base URL, client id, headers, format.")
+    batch_size = models.PositiveIntegerField(default=500)
+    rate_limit_per_s = models.FloatField(default=10.0, help_text="Requests per second at most.")
+    timeout_s = models.FloatField(default=10.0, help_text="Seconds before a request is given up and retried.")
+    max_attempts = models.PositiveIntegerField(default=8)
+    retry_base_s = models.FloatField(default=2.0, help_text="First retry delay; doubles each attempt, with jitter.")
+    retry_cap_s = models.FloatField(default=300.0)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    # One sender at a time per destination (a lease taken by conditional UPDATE), so that the
+    # rate limit holds across workers and a person's changes leave in order.
+    lease_owner = models.CharField(max_length=64, blank=True, default="", editable=False)
+    lease_until = models.DateTimeField(null=True, blank=True, editable=False)
+    # The destination asked us (Retry-After) not to call before this time.
+    not_before = models.DateTimeField(null=True, blank=True, editable=False)
+
+    history = HistoricalRecords(
+        excluded_fields=["credentials_encrypted", "lease_owner", "lease_until", "not_before"]
+    )
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def lease_seconds(self) -> float:
+        return 2 * self.timeout_s + 5
+
+
+class CustomerIoWorkspace(EncryptedCredentials):
+    """Where `customerio_segment` audiences are pulled from (App API key, US or EU)."""
+
+    REGIONS = [("us", "US"), ("eu", "EU")]
+
+    key = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=120)
+    region = models.CharField(max_length=2, choices=REGIONS, default="us")
+    base_url = models.URLField(blank=True, default="", help_text="Overrides the region's host (tests, proxies).")
+    rate_limit_per_s = models.FloatField(default=10.0)
+    timeout_s = models.FloatField(default=30.0)
+
+    history = HistoricalRecords(excluded_fields=["credentials_encrypted"])
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self):
+        return self.name
+
+
+class SegmentMember(models.Model):
+    """The last pulled member list of a `customerio_segment` audience; evaluation diffs it
+    against current membership exactly as it diffs a rule's result."""
+
+    audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="+")
+    person = models.ForeignKey(Person, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["audience", "person"], name="segmentmember_unique")]
+
+
+class Sync(models.Model):
+    MEMBERSHIP, EVENTS = "membership", "events"
+    MODE_CHOICES = [(MEMBERSHIP, "Membership (add / remove)"), (EVENTS, "Events (entered / exited)")]
+
+    key = models.SlugField(max_length=64, unique=True)
+    audience = models.ForeignKey(Audience, on_delete=models.PROTECT, related_name="syncs")
+    destination = models.ForeignKey(Destination, on_delete=models.PROTECT, related_name="syncs")
+    mode = models.CharField(max_length=20, choices=MODE_CHOICES, default=MEMBERSHIP)
+    fields = models.JSONField(
+        default=list, blank=True,
+        help_text="Allow-list of person attributes sent beside the identifier, audience name and entry time.",
+    )
+    identifier_policy = models.ForeignKey(
+        IdentifierPolicy, null=True, blank=True, on_delete=models.PROTECT, related_name="syncs",
+        help_text="Defaults to the audience's policy, then to the customer id.",
+    )
+    downstream_audience_id = models.CharField(
+        max_length=120, blank=True, default="", help_text="The audience id downstream; defaults to the audience key."
+    )
+    paused = models.BooleanField(default=False)
+    dry_run = models.BooleanField(default=False, help_text="Record exactly what would be sent; send nothing.")
+    test_cohort_only = models.BooleanField(default=False, help_text="Send only internal test accounts.")
+    removal_guard_share = models.FloatField(
+        default=0.30, help_text="Hold removals above this share of the audience until a person approves them."
+    )
+    enabled = models.BooleanField(default=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self):
+        return f"{self.audience} → {self.destination}"
+
+    @property
+    def downstream_id(self) -> str:
+        return self.downstream_audience_id or self.audience.key
+
+    def policy(self):
+        from audiences.identifiers import customer_id_policy
+
+        return self.identifier_policy or self.audience.identifier_policy or customer_id_policy()
+
+
+class SyncRun(models.Model):
+    RUNNING, SUCCEEDED, PARTIAL, FAILED = "running", "succeeded", "partial", "failed"
+    STATUS_CHOICES = [(RUNNING, "Running"), (SUCCEEDED, "Succeeded"), (PARTIAL, "Partly failed"), (FAILED, "Failed")]
+    DELIVER, DRY_RUN, TEST_COHORT, PULL = "deliver", "dry_run", "test_cohort", "pull"
+    KIND_CHOICES = [(DELIVER, "Delivery"), (DRY_RUN, "Dry run"), (TEST_COHORT, "Test cohort"), (PULL, "Segment pull")]
+
+    sync = models.ForeignKey(Sync, on_delete=models.CASCADE, related_name="runs")
+    kind = models.CharField(max_length=20, choices=KIND_CHOICES, default=DELIVER)
+    status = models.CharField(max_length=20, choices=STATUS_CHOICES, default=RUNNING)
+    planned = models.PositiveIntegerField(default=0)
+    sent = models.PositiveIntegerField(default=0)
+    rejected = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0)
+    retried = models.PositiveIntegerField(default=0)
+    requests = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        indexes = [models.Index(fields=["sync", "started_at"], name="syncrun_sync_started")]
+        ordering = ["-started_at"]
+
+    def __str__(self):
+        return f"{self.sync.key} {self.kind} {self.started_at:%Y-%m-%d %H:%M:%S} {self.status}"
+
+    @property
+    def duration_s(self) -> float | None:
+        return (self.finished_at - self.started_at).total_seconds() if self.finished_at else None
+
+
+class RemovalHold(models.Model):
+    """Removals held back because there were too many at once (or the source fell to zero),
+    until a person approves or discards them."""
+
+    PENDING, APPROVED, DISCARDED = "pending", "approved", "discarded"
+    DECISIONS = [(PENDING, "Waiting for a decision"), (APPROVED, "Approved"), (DISCARDED, "Discarded")]
+
+    sync = models.ForeignKey(Sync, on_delete=models.CASCADE, related_name="holds")
+    reason = models.CharField(max_length=200)
+    removals = models.PositiveIntegerField()
+    audience_size_before = models.PositiveIntegerField()
+    opened_at = models.DateTimeField(default=timezone.now)
+    decision = models.CharField(max_length=20, choices=DECISIONS, default=PENDING)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-opened_at"]
+
+    def __str__(self):
+        return f"{self.removals:,} removals held on {self.sync.key}: {self.reason}"
+
+
+class Delivery(models.Model):
+    """The outbox: one membership change waiting for, or done with, one sync."""
+
+    ENTER, EXIT = "enter", "exit"
+    ACTION_CHOICES = [(ENTER, "Enter"), (EXIT, "Exit")]
+    PENDING, SENDING, SENT, REJECTED, DEAD, CANCELLED, HELD, SKIPPED, DRY_RUN = (
+        "pending", "sending", "sent", "rejected", "dead", "cancelled", "held", "skipped", "dry_run",
+    )
+    STATE_CHOICES = [
+        (PENDING, "Pending"), (SENDING, "Sending"), (SENT, "Sent"), (REJECTED, "Rejected by destination"),
+        (DEAD, "Dead letter"), (CANCELLED, "Cancelled (entry and exit never sent)"), (HELD, "Held"),
+        (SKIPPED, "Skipped"), (DRY_RUN, "Dry run (not sent)"),
+    ]
+    OPEN_STATES = (PENDING, SENDING, HELD)
+
+    sync = models.ForeignKey(Sync, on_delete=models.CASCADE, related_name="deliveries")
+    person = models.ForeignKey(Person, null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries")
+    customer_id = models.CharField(max_length=150, help_text="Kept when the person is erased.")
+    action = models.CharField(max_length=5, choices=ACTION_CHOICES)
+    triggered_at = models.DateTimeField(help_text="When the change that caused this reached Downstream.")
+    changed_at = models.DateTimeField(help_text="When the person entered or left the audience.")
+    created_at = models.DateTimeField(default=timezone.now)
+    state = models.CharField(max_length=10, choices=STATE_CHOICES, default=PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_error = models.TextField(blank=True, default="")
+    response_status = models.PositiveIntegerField(null=True, blank=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    batch_id = models.UUIDField(null=True, blank=True)
+    run = models.ForeignKey(SyncRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries")
+    hold = models.ForeignKey(RemovalHold, null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries")
+    # What was (or, for erasures, will be) sent: identifier and mapped fields.
+    payload = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # what the sender claims next, in order; sent rows drop out of the index
+            models.Index(fields=["sync", "id"], condition=models.Q(state="pending"), name="delivery_pending"),
+            # a person's changes leave in order: the claim looks for an earlier open one
+            models.Index(fields=["sync", "customer_id", "id"], name="delivery_person_order"),
+            models.Index(fields=["person", "created_at"], name="delivery_person_time"),
+            models.Index(fields=["sync", "acknowledged_at"], name="delivery_sync_acked"),
+            models.Index(fields=["batch_id"], name="delivery_batch"),
+        ]
+        verbose_name_plural = "deliveries"
+
+    def __str__(self):
+        return f"{self.action} {self.customer_id} → {self.sync_id} ({self.state})"
+
+    @property
+    def lag_s(self) -> float | None:
+        if self.acknowledged_at:
+            return (self.acknowledged_at - self.triggered_at).total_seconds()
+        return None
+
+
+def new_batch_id() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+class DeliveryBatch(models.Model):
+    """One attempt at one request to a destination: what was sent, how long it took, what came
+    back. A batch that failed is retried as the same batch (same batch id, next attempt), so
+    receivers can recognise a repeat."""
+
+    batch_id = models.UUIDField(db_index=True)
+    sync = models.ForeignKey(Sync, on_delete=models.CASCADE, related_name="batches")
+    run = models.ForeignKey(SyncRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="batches")
+    attempt = models.PositiveIntegerField(default=1)
+    sent_at = models.DateTimeField(default=timezone.now)
+    duration_ms = models.FloatField(default=0)
+    status = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    rows = models.JSONField(default=list, help_text="[{delivery, action, identifier, fields}] as sent.")
+
+    class Meta:
+        indexes = [models.Index(fields=["sync", "sent_at"], name="deliverybatch_sync_sent")]
+        ordering = ["-sent_at"]
+
+    def __str__(self):
+        return f"batch {self.id} ({len(self.rows)} rows, {self.status or self.error[:40]})"
+
+
+class Alert(models.Model):
+    """An open condition someone should look at. Opened and resolved by the system (one open
+    alert per `key`), acknowledged by a person; notified once on opening and once on resolving."""
+
+    ZERO_COUNT, SUDDEN_DROP, FAILING_SYNC, LAG_OVER_TARGET, LOW_COVERAGE, STALE_SYNC, MASS_REMOVAL = (
+        "zero_count", "sudden_drop", "failing_sync", "lag_over_target", "low_coverage", "stale_sync", "mass_removal",
+    )
+    KIND_CHOICES = [
+        (ZERO_COUNT, "Audience at zero"), (SUDDEN_DROP, "Sudden drop"), (FAILING_SYNC, "Failing sync"),
+        (LAG_OVER_TARGET, "Suppression lag over target"), (LOW_COVERAGE, "Low identifier coverage"),
+        (STALE_SYNC, "Stale sync"), (MASS_REMOVAL, "Mass removal held"),
+    ]
+
+    key = models.CharField(max_length=200, help_text="One open alert per key, e.g. zero_count:audience:12.")
+    kind = models.CharField(max_length=30, choices=KIND_CHOICES)
+    audience = models.ForeignKey(Audience, null=True, blank=True, on_delete=models.CASCADE, related_name="alerts")
+    sync = models.ForeignKey(Sync, null=True, blank=True, on_delete=models.CASCADE, related_name="alerts")
+    message = models.TextField()
+    details = models.JSONField(default=dict, blank=True)
+    opened_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    notified_open_at = models.DateTimeField(null=True, blank=True)
+    notified_resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["key"], condition=models.Q(resolved_at__isnull=True), name="alert_one_open_per_key")
+        ]
+        indexes = [models.Index(fields=["resolved_at", "opened_at"], name="alert_open_time")]
+        ordering = ["-opened_at"]
+
+    def __str__(self):
+        return self.message
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at is None
+
+
+class SourcePull(models.Model):
+    """One pull of a Customer.io segment's members."""
+
+    audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="pulls")
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    members = models.PositiveIntegerField(default=0)
+    people_created = models.PositiveIntegerField(default=0)
+    unmapped = models.PositiveIntegerField(default=0, help_text="Members with neither a known id, email nor cio_id.")
+    requests = models.PositiveIntegerField(default=0)
+    throttled = models.PositiveIntegerField(default=0)
+    attributes_fetched = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self):
+        return f"pull of {self.audience.key} at {self.started_at:%Y-%m-%d %H:%M}: {self.members:,} members"

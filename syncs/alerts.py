@@ -1,0 +1,42 @@
+"""Opening, resolving and acknowledging alerts. One open alert per key; opening an alert that
+is already open updates its message instead of opening a second one."""
+
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .models import Alert
+
+
+def alert_open(*, key: str, kind: str, message: str, audience=None, sync=None, details: dict | None = None) -> Alert:
+    existing = Alert.objects.filter(key=key, resolved_at__isnull=True).first()
+    if existing:
+        if existing.message != message or (details is not None and existing.details != details):
+            existing.message = message
+            existing.details = details if details is not None else existing.details
+            existing.save(update_fields=["message", "details"])
+        return existing
+    try:
+        with transaction.atomic():
+            return Alert.objects.create(
+                key=key, kind=kind, message=message, audience=audience, sync=sync, details=details or {}
+            )
+    except IntegrityError:  # opened by a concurrent check a moment ago
+        return Alert.objects.get(key=key, resolved_at__isnull=True)
+
+
+def alert_resolve(*, key: str) -> Alert | None:
+    alert = Alert.objects.filter(key=key, resolved_at__isnull=True).first()
+    if alert:
+        alert.resolved_at = timezone.now()
+        alert.save(update_fields=["resolved_at"])
+    return alert
+
+
+def alert_acknowledge(*, alert: Alert, actor) -> Alert:
+    if alert.acknowledged_at is None:
+        alert.acknowledged_at = timezone.now()
+        alert.acknowledged_by = actor
+        alert.save(update_fields=["acknowledged_at", "acknowledged_by"])
+    return alert

@@ -1,0 +1,74 @@
+"""Destinations, Customer.io workspaces and syncs in the configuration file. Credentials are
+exported as their `env:NAME` references (or `keep` when typed into a form), never as values."""
+
+from audiences.config import Section, _without_defaults, register_section
+
+from . import services
+from .models import CustomerIoWorkspace, Destination, Sync
+
+DESTINATION_DEFAULTS = {
+    "settings": {}, "credentials": {}, "batch_size": 500, "rate_limit_per_s": 10.0, "timeout_s": 10.0,
+    "max_attempts": 8, "retry_base_s": 2.0, "retry_cap_s": 300.0,
+}
+WORKSPACE_DEFAULTS = {"region": "us", "base_url": "", "rate_limit_per_s": 10.0, "timeout_s": 30.0, "credentials": {}}
+SYNC_DEFAULTS = {
+    "mode": Sync.MEMBERSHIP, "fields": [], "identifier_policy": None, "downstream_audience_id": "", "paused": False,
+    "dry_run": False, "test_cohort_only": False, "removal_guard_share": 0.3, "enabled": True, "owner": None,
+}
+
+
+def _refs(obj) -> dict:
+    return {name: obj.credential_refs.get(name, services.KEEP) for name in obj.credential_names()}
+
+
+def destination_dict(d: Destination) -> dict:
+    data = {
+        "key": d.key, "name": d.name, "kind": d.kind, "settings": d.settings, "credentials": _refs(d),
+        "batch_size": d.batch_size, "rate_limit_per_s": d.rate_limit_per_s, "timeout_s": d.timeout_s,
+        "max_attempts": d.max_attempts, "retry_base_s": d.retry_base_s, "retry_cap_s": d.retry_cap_s,
+    }
+    return _without_defaults(data, DESTINATION_DEFAULTS)
+
+
+def workspace_dict(w: CustomerIoWorkspace) -> dict:
+    data = {"key": w.key, "name": w.name, "region": w.region, "base_url": w.base_url,
+            "rate_limit_per_s": w.rate_limit_per_s, "timeout_s": w.timeout_s, "credentials": _refs(w)}
+    return _without_defaults(data, WORKSPACE_DEFAULTS)
+
+
+def sync_dict(s: Sync) -> dict:
+    data = {
+        "key": s.key, "audience": s.audience.key, "destination": s.destination.key, "mode": s.mode, "fields": s.fields,
+        "identifier_policy": s.identifier_policy.key if s.identifier_policy else None,
+        "downstream_audience_id": s.downstream_audience_id, "paused": s.paused, "dry_run": s.dry_run,
+        "test_cohort_only": s.test_cohort_only, "removal_guard_share": s.removal_guard_share, "enabled": s.enabled,
+        "owner": s.owner.username if s.owner else None,
+    }
+    return _without_defaults(data, SYNC_DEFAULTS)
+
+
+def _refuse_if_used(instance, used_by, what):
+    from django.core.exceptions import ValidationError
+
+    keys = sorted(used_by.values_list("key", flat=True))
+    if keys:
+        raise ValidationError(f"{what} {instance.key!r} is used by {', '.join(keys)}; change those first")
+    instance.delete()
+
+
+def register():
+    register_section(Section(
+        "customerio_workspaces", CustomerIoWorkspace, workspace_dict,
+        lambda data, instance, actor: services.workspace_save(data=data, instance=instance, actor=actor),
+        lambda instance, actor: instance.delete(), WORKSPACE_DEFAULTS,
+    ), after="identifier_policies")
+    register_section(Section(
+        "destinations", Destination, destination_dict,
+        lambda data, instance, actor: services.destination_save(data=data, instance=instance, actor=actor),
+        lambda instance, actor: _refuse_if_used(instance, instance.syncs.all(), "destination"), DESTINATION_DEFAULTS,
+    ))
+    register_section(Section(
+        "syncs", Sync, sync_dict,
+        lambda data, instance, actor: services.sync_save(data=data, instance=instance, actor=actor),
+        lambda instance, actor: instance.delete(), SYNC_DEFAULTS,
+    ))

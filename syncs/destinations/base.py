@@ -1,0 +1,107 @@
+"""What every destination transport shares: the rows it sends, its answer, its one error type."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import requests
+from requests.adapters import HTTPAdapter
+
+USER_AGENT = "Downstream/0.1 (+audience sync)"
+
+
+class TransportError(Exception):
+    """A request that did not go through. `permanent` means retrying the same request will not
+    help (bad credentials, a refused payload); `retry_after` is the destination's own wish."""
+
+    def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None, status: int | None = None):
+        super().__init__(message)
+        self.permanent = permanent
+        self.retry_after = retry_after
+        self.status = status
+
+
+@dataclass
+class OutRow:
+    """One change as it leaves: the delivery it came from and what goes on the wire."""
+
+    delivery_id: int
+    action: str  # enter or exit
+    identifier: str
+    changed_at: datetime
+    fields: dict = field(default_factory=dict)
+
+    @property
+    def is_enter(self) -> bool:
+        return self.action == "enter"
+
+
+@dataclass
+class SendResult:
+    accepted: list[int] = field(default_factory=list)  # delivery ids
+    rejected: dict[int, str] = field(default_factory=dict)  # delivery id → the destination's reason
+    status: int | None = None
+    requests: int = 1
+
+
+_local = threading.local()
+
+
+def session() -> requests.Session:
+    """One keep-alive session per thread (requests' Session is not thread-safe)."""
+    if not hasattr(_local, "session"):
+        s = requests.Session()
+        s.headers["User-Agent"] = USER_AGENT
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
+        s.mount("http://", adapter)
+        s.mount("https://", adapter)
+        _local.session = s
+    return _local.session
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+        from datetime import timezone
+
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def post_json(url: str, *, data: bytes, headers: dict, timeout: float) -> requests.Response:
+    """POST and turn every way of not getting an answer into a TransportError."""
+    try:
+        response = session().post(url, data=data, headers={"Content-Type": "application/json", **headers}, timeout=timeout)
+    except requests.Timeout:
+        raise TransportError(f"no answer within {timeout:g} s")
+    except requests.ConnectionError as exc:
+        raise TransportError(f"connection failed: {exc.__class__.__name__}")
+    except requests.RequestException as exc:
+        raise TransportError(f"request failed: {exc}")
+    if response.status_code == 429:
+        raise TransportError(
+            "rate limited (429)", retry_after=parse_retry_after(response.headers.get("Retry-After")), status=429
+        )
+    if response.status_code >= 500:
+        raise TransportError(f"server error {response.status_code}: {response.text[:200]}", status=response.status_code)
+    if response.status_code in (401, 403):
+        raise TransportError(
+            f"{response.status_code}: the destination refused the credentials ({response.text[:200]})",
+            permanent=True, status=response.status_code,
+        )
+    if response.status_code == 404:
+        raise TransportError(f"404: not found at {url} (check the base URL and ids)", permanent=True, status=404)
+    return response
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")

@@ -1,0 +1,66 @@
+"""Files for platforms that take manual uploads: CSV or JSONL per audience.
+
+Changes are appended to a daily delta file; `write_snapshot` writes every current member.
+Files land in `settings.directory` (default var/exports/<destination key>).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from django.conf import settings as django_settings
+from django.utils import timezone
+
+from .base import OutRow, SendResult, TransportError, iso
+
+COLUMNS = ["action", "identifier", "changed_at"]
+
+
+class Transport:
+    max_batch = 5000
+
+    def __init__(self, destination):
+        options = destination.settings or {}
+        self.format = options.get("format", "csv")
+        if self.format not in ("csv", "jsonl"):
+            raise TransportError(f"file format {self.format!r} is not csv or jsonl", permanent=True)
+        self.directory = Path(options.get("directory") or django_settings.VAR_DIR / "exports" / destination.key)
+
+    def _path(self, sync, kind: str) -> Path:
+        folder = self.directory / sync.audience.key
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = timezone.now().strftime("%Y%m%d" if kind == "delta" else "%Y%m%d-%H%M%S")
+        return folder / f"{sync.key}-{kind}-{stamp}.{self.format}"
+
+    def _write(self, path: Path, records: list[dict], field_names: list[str]) -> None:
+        new = not path.exists()
+        buffer = io.StringIO()
+        if self.format == "csv":
+            writer = csv.DictWriter(buffer, fieldnames=COLUMNS + field_names, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerows(records)
+        else:
+            buffer.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        try:
+            with open(path, "a", encoding="utf-8", newline="") as handle:
+                handle.write(buffer.getvalue())
+        except OSError as exc:
+            raise TransportError(f"cannot write {path}: {exc.strerror}")
+
+    def send(self, rows: list[OutRow], *, batch_id: str, sync) -> SendResult:
+        field_names = list(sync.fields)
+        records = [
+            {"action": r.action, "identifier": r.identifier, "changed_at": iso(r.changed_at), **r.fields} for r in rows
+        ]
+        self._write(self._path(sync, "delta"), records, field_names)
+        return SendResult(accepted=[r.delivery_id for r in rows], status=None)
+
+    def write_snapshot(self, sync, rows: list[OutRow]) -> Path:
+        path = self._path(sync, "snapshot")
+        records = [{"action": "member", "identifier": r.identifier, "changed_at": iso(r.changed_at), **r.fields} for r in rows]
+        self._write(path, records, list(sync.fields))
+        return path

@@ -1,0 +1,67 @@
+"""Any HTTP endpoint: JSON batches signed with HMAC-SHA256 over the body.
+
+Headers: `X-Downstream-Signature: sha256=<hex>`, `X-Downstream-Batch-Id: <uuid>` (the same id
+when a batch is retried, so the receiver can ignore a repeat), plus custom headers. A receiver
+may answer 200 with `{"rejected": [{"index": i, "reason": "..."}]}` to refuse single rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+from django.utils import timezone
+
+from .base import OutRow, SendResult, TransportError, iso, post_json
+
+
+def sign(body: bytes, secret: str) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class Transport:
+    max_batch = 1000
+
+    def __init__(self, destination):
+        settings = destination.settings or {}
+        credentials = destination.credentials
+        self.url = settings.get("url", "")
+        self.secret = credentials.get("signing_secret", "")
+        self.headers = {**(settings.get("headers") or {}), **(credentials.get("headers") or {})}
+        self.timeout = destination.timeout_s
+        if not self.url or not self.secret:
+            raise TransportError("a webhook needs a URL (settings) and a signing secret (credentials)", permanent=True)
+
+    def send(self, rows: list[OutRow], *, batch_id: str, sync) -> SendResult:
+        policy = sync.policy()
+        body = json.dumps({
+            "batch_id": batch_id,
+            "sync": sync.key,
+            "audience": {"key": sync.audience.key, "name": sync.audience.name, "downstream_id": sync.downstream_id},
+            "sent_at": iso(timezone.now()),
+            "identifier_type": policy.key,
+            "changes": [
+                {"action": row.action, "identifier": row.identifier, "changed_at": iso(row.changed_at), "fields": row.fields}
+                for row in rows
+            ],
+        }).encode()
+        response = post_json(
+            self.url, data=body, timeout=self.timeout,
+            headers={**self.headers, "X-Downstream-Signature": sign(body, self.secret), "X-Downstream-Batch-Id": batch_id},
+        )
+        if response.status_code >= 300:
+            raise TransportError(f"{response.status_code}: {response.text[:300]}", permanent=True, status=response.status_code)
+        rejected = {}
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        for item in (answer.get("rejected") or []) if isinstance(answer, dict) else []:
+            index = item.get("index") if isinstance(item, dict) else None
+            if isinstance(index, int) and 0 <= index < len(rows):
+                rejected[rows[index].delivery_id] = str(item.get("reason") or "rejected by the receiver")
+        return SendResult(
+            accepted=[r.delivery_id for r in rows if r.delivery_id not in rejected], rejected=rejected,
+            status=response.status_code,
+        )

@@ -1,0 +1,111 @@
+"""Membership changes → outbox rows, in the evaluation's own transaction.
+
+`audiences` announces every change on `membership_changed`; this module writes one Delivery
+per enabled sync of the audience, holds mass removals for a person's decision, and wakes the
+delivery worker once the transaction has committed.
+"""
+
+from __future__ import annotations
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from audiences.models import Audience, Person
+
+from .alerts import alert_open
+from .models import Alert, Delivery, RemovalHold, Sync
+from .payload import payload_for
+
+# Below this many removals a run is never held, whatever the share (a five-person cart
+# audience losing three people at night is normal).
+MIN_HELD_REMOVALS = 10
+INSERT_CHUNK = 5000
+
+
+def on_membership_changed(sender, evaluation, **kwargs):
+    syncs = list(Sync.objects.filter(audience_id=evaluation.audience_id, enabled=True).select_related("audience", "destination"))
+    if not syncs:
+        return
+    size_before = evaluation.size + len(evaluation.exits) - len(evaluation.entries)
+    for sync in syncs:
+        hold = removal_hold_for(sync, evaluation, size_before)
+        write_deliveries(sync, Delivery.ENTER, evaluation.entries, evaluation)
+        write_deliveries(sync, Delivery.EXIT, evaluation.exits, evaluation, hold=hold)
+    destination_ids = sorted({s.destination_id for s in syncs})
+    transaction.on_commit(lambda: enqueue_delivery(destination_ids))
+
+
+def removal_hold_for(sync: Sync, evaluation, size_before: int) -> RemovalHold | None:
+    if not evaluation.full or not evaluation.exits:
+        return None
+    removals = len(evaluation.exits)
+    if evaluation.size == 0 and sync.audience.source_kind != Audience.RULES:
+        reason = "the source returned no members at all"
+    elif removals >= MIN_HELD_REMOVALS and removals > sync.removal_guard_share * size_before:
+        reason = f"{removals:,} of {size_before:,} members ({removals / size_before:.0%}) would be removed at once"
+    else:
+        return None
+    hold = RemovalHold.objects.create(sync=sync, reason=reason, removals=removals, audience_size_before=size_before)
+    alert_open(
+        key=f"mass_removal:hold:{hold.pk}", kind=Alert.MASS_REMOVAL, sync=sync, audience=sync.audience,
+        message=f"{sync.key}: removals held: {reason}. Approve or discard them on the sync page.",
+        details={"hold": hold.pk, "removals": removals, "size_before": size_before},
+    )
+    return hold
+
+
+def write_deliveries(sync: Sync, action: str, person_ids, evaluation, *, hold: RemovalHold | None = None) -> int:
+    if not len(person_ids):
+        return 0
+    state = Delivery.HELD if hold else Delivery.PENDING
+    if evaluation.erasure or evaluation.triggered_at or len(person_ids) <= INSERT_CHUNK:
+        return _write_with_orm(sync, action, person_ids, evaluation, state, hold)
+    return _write_with_sql(sync, action, person_ids, evaluation, state, hold)
+
+
+def _write_with_orm(sync, action, person_ids, evaluation, state, hold) -> int:
+    now = timezone.now()
+    people = Person.objects.in_bulk(list(person_ids))
+    rows = []
+    for person_id in person_ids:
+        person = people.get(person_id)
+        if person is None:
+            continue
+        rows.append(Delivery(
+            sync=sync, person=person, customer_id=person.customer_id, action=action,
+            triggered_at=evaluation.triggered(person_id), changed_at=evaluation.at, created_at=now,
+            next_attempt_at=now, state=state, hold=hold,
+            # the person is about to be erased: take what must be sent now
+            payload=payload_for(sync, person) if evaluation.erasure else None,
+        ))
+    Delivery.objects.bulk_create(rows, batch_size=2000)
+    return len(rows)
+
+
+def _write_with_sql(sync, action, person_ids, evaluation, state, hold) -> int:
+    """A first evaluation can bring a million entries: INSERT ... SELECT, in chunks."""
+    adapt = connection.ops.adapt_datetimefield_value
+    now = timezone.now()
+    delivery = connection.ops.quote_name(Delivery._meta.db_table)
+    person = connection.ops.quote_name(Person._meta.db_table)
+    written = 0
+    with connection.cursor() as cursor:
+        for start in range(0, len(person_ids), INSERT_CHUNK):
+            chunk = list(person_ids[start : start + INSERT_CHUNK])
+            cursor.execute(
+                f"INSERT INTO {delivery} (sync_id, person_id, customer_id, action, triggered_at, changed_at, created_at, "
+                "state, attempts, next_attempt_at, last_error, hold_id) "
+                f"SELECT %s, p.id, p.customer_id, %s, %s, %s, %s, %s, 0, %s, '', %s FROM {person} p "
+                f"WHERE p.id IN ({', '.join(['%s'] * len(chunk))}) ORDER BY p.id",
+                [sync.pk, action, adapt(evaluation.at), adapt(evaluation.at), adapt(now), state, adapt(now),
+                 hold.pk if hold else None, *chunk],
+            )
+            written += cursor.rowcount
+    return written
+
+
+def enqueue_delivery(destination_ids) -> None:
+    from django_q.tasks import async_task
+
+    for destination_id in destination_ids:
+        async_task("syncs.tasks.deliver", destination_id, task_name=f"deliver to destination {destination_id}")

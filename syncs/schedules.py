@@ -1,0 +1,11 @@
+from django_q.models import Schedule
+
+SCHEDULES = [
+    {
+        "name": "deliver-due",
+        "func": "syncs.tasks.deliver_due",
+        "schedule_type": Schedule.MINUTES,
+        "minutes": 1,
+        "repeats": -1,
+    },
+]

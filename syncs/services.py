@@ -1,0 +1,333 @@
+"""Writes on the sync side: destinations, workspaces, syncs, holds, test cohorts.
+
+Same habits as audiences.services: plain data in, ValidationError keyed by field out, nothing
+half-written. Credentials arrive as values (admin form) or `env:NAME` references (config as
+code); either way they are encrypted, and a reference is kept so exports never hold a value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from urllib.parse import urlparse
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from audiences.models import Audience, IdentifierPolicy, Membership
+from audiences.rules import KEY_NAME
+from audiences.services import _set_actor, _slug_problem
+
+from .alerts import alert_resolve
+from .models import CustomerIoWorkspace, Delivery, Destination, RemovalHold, Sync
+from .payload import PERSON_COLUMNS
+
+CREDENTIALS = {
+    Destination.LIVELIKE: ("producer_token",),
+    Destination.WEBHOOK: ("signing_secret", "headers"),
+    Destination.FILE: (),
+}
+SETTINGS = {
+    Destination.LIVELIKE: ("base_url", "client_id"),
+    Destination.WEBHOOK: ("url", "headers"),
+    Destination.FILE: ("directory", "format"),
+}
+REQUIRED_SETTINGS = {Destination.LIVELIKE: ("client_id",), Destination.WEBHOOK: ("url",), Destination.FILE: ()}
+REQUIRED_CREDENTIALS = {Destination.LIVELIKE: ("producer_token",), Destination.WEBHOOK: ("signing_secret",), Destination.FILE: ()}
+KEEP = "keep"  # in a config file: leave the stored credential as it is
+ENV = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def resolve_credentials(raw: dict, *, allowed, stored: dict, stored_refs: dict, errors: dict, field: str = "credentials"):
+    """{name: value | 'env:NAME' | 'keep'} → (values, refs)."""
+    values, refs = {}, {}
+    if not isinstance(raw, dict):
+        errors.setdefault(field, []).append("must be a mapping of credential names to env:NAME references")
+        return values, refs
+    for name, given in raw.items():
+        if name not in allowed:
+            errors.setdefault(field, []).append(f"{name}: unknown credential; expected {', '.join(allowed) or 'none'}")
+            continue
+        if given == KEEP:
+            if name not in stored:
+                errors.setdefault(field, []).append(f"{name}: 'keep' but nothing is stored yet; give env:NAME")
+                continue
+            values[name], refs[name] = stored[name], stored_refs.get(name, KEEP)
+        elif isinstance(given, str) and (match := ENV.match(given)):
+            if match.group(1) not in os.environ:
+                errors.setdefault(field, []).append(f"{name}: the environment variable {match.group(1)} is not set")
+                continue
+            values[name], refs[name] = os.environ[match.group(1)], given
+        elif isinstance(given, (str, dict)) and given:
+            values[name], refs[name] = given, KEEP  # typed into a form: stored, never exported
+        else:
+            errors.setdefault(field, []).append(f"{name}: give a value or env:NAME")
+    return values, refs
+
+
+def _check_url(value, errors, field):
+    parsed = urlparse(value) if isinstance(value, str) else None
+    if not parsed or parsed.scheme not in ("http", "https") or not parsed.netloc:
+        errors.setdefault(field, []).append(f"{value!r} is not an http(s) URL")
+
+
+@transaction.atomic
+def destination_save(*, data: dict, actor=None, instance: Destination | None = None) -> Destination:
+    errors: dict[str, list[str]] = {}
+    allowed = {"key", "name", "kind", "settings", "credentials", "batch_size", "rate_limit_per_s", "timeout_s",
+               "max_attempts", "retry_base_s", "retry_cap_s"}
+    for name in sorted(set(data) - allowed):
+        errors.setdefault(name, []).append(f"unknown field; expected one of {', '.join(sorted(allowed))}")
+    destination = instance or Destination()
+    key = data.get("key", destination.key)
+    if instance and key != instance.key:
+        errors.setdefault("key", []).append("the key of a destination never changes")
+    elif problem := _slug_problem(key):
+        errors.setdefault("key", []).append(problem)
+    elif not instance and Destination.objects.filter(key=key).exists():
+        errors.setdefault("key", []).append(f"a destination with key {key!r} already exists")
+    destination.key = key
+    destination.name = data.get("name", destination.name or key)
+    kind = data.get("kind", destination.kind)
+    if kind not in dict(Destination.KIND_CHOICES):
+        errors.setdefault("kind", []).append(f"{kind!r} is not a destination kind: use {', '.join(dict(Destination.KIND_CHOICES))}")
+        kind = None
+    elif instance and kind != instance.kind:
+        errors.setdefault("kind", []).append("the kind of a destination never changes; create a new one")
+    destination.kind = kind
+    options = data.get("settings", destination.settings or {})
+    if not isinstance(options, dict):
+        errors.setdefault("settings", []).append("must be a mapping")
+        options = {}
+    if kind:
+        for name in sorted(set(options) - set(SETTINGS[kind])):
+            errors.setdefault("settings", []).append(f"{name}: unknown setting for {kind}; expected {', '.join(SETTINGS[kind])}")
+        for name in REQUIRED_SETTINGS[kind]:
+            if not options.get(name):
+                errors.setdefault("settings", []).append(f"{name}: required for {kind}")
+        for name in ("base_url", "url"):
+            if options.get(name):
+                _check_url(options[name], errors, "settings")
+        if "headers" in options and not (
+            isinstance(options["headers"], dict) and all(isinstance(v, str) for v in options["headers"].values())
+        ):
+            errors.setdefault("settings", []).append("headers: must be a mapping of header names to texts")
+        if options.get("format") not in (None, "csv", "jsonl"):
+            errors.setdefault("settings", []).append("format: use csv or jsonl")
+    destination.settings = options
+    for name, low, high in (("batch_size", 1, 5000), ("max_attempts", 1, 50)):
+        value = data.get(name, getattr(destination, name))
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            errors.setdefault(name, []).append(f"must be a whole number from {low} to {high}")
+        else:
+            setattr(destination, name, value)
+    if kind == Destination.LIVELIKE and destination.batch_size > 500:
+        errors.setdefault("batch_size", []).append("LiveLike takes at most 500 rows a request")
+    for name, low, high in (("rate_limit_per_s", 0.01, 1000), ("timeout_s", 0.1, 120), ("retry_base_s", 0.01, 600), ("retry_cap_s", 0.1, 86400)):
+        value = data.get(name, getattr(destination, name))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            errors.setdefault(name, []).append(f"must be a number from {low:g} to {high:g}")
+        else:
+            setattr(destination, name, float(value))
+    if "credentials" in data and kind:
+        values, refs = resolve_credentials(
+            data["credentials"], allowed=CREDENTIALS[kind], stored=destination.credentials if instance else {},
+            stored_refs=destination.credential_refs if instance else {}, errors=errors,
+        )
+    elif instance:
+        values, refs = destination.credentials, destination.credential_refs
+    else:
+        values, refs = {}, {}
+    if kind:
+        for name in REQUIRED_CREDENTIALS[kind]:
+            if name not in values:
+                errors.setdefault("credentials", []).append(f"{name}: required for {kind}")
+    if errors:
+        raise ValidationError(errors)
+    if values != (destination.credentials if instance else {}) or refs != (destination.credential_refs if instance else {}):
+        destination.set_credentials(values, refs)
+    _set_actor(destination, actor)
+    destination.save()
+    return destination
+
+
+@transaction.atomic
+def workspace_save(*, data: dict, actor=None, instance: CustomerIoWorkspace | None = None) -> CustomerIoWorkspace:
+    errors: dict[str, list[str]] = {}
+    allowed = {"key", "name", "region", "base_url", "credentials", "rate_limit_per_s", "timeout_s"}
+    for name in sorted(set(data) - allowed):
+        errors.setdefault(name, []).append(f"unknown field; expected one of {', '.join(sorted(allowed))}")
+    workspace = instance or CustomerIoWorkspace()
+    key = data.get("key", workspace.key)
+    if problem := _slug_problem(key):
+        errors.setdefault("key", []).append(problem)
+    elif not instance and CustomerIoWorkspace.objects.filter(key=key).exists():
+        errors.setdefault("key", []).append(f"a workspace with key {key!r} already exists")
+    workspace.key = key
+    workspace.name = data.get("name", workspace.name or key)
+    workspace.region = data.get("region", workspace.region)
+    if workspace.region not in ("us", "eu"):
+        errors.setdefault("region", []).append("use us or eu")
+    workspace.base_url = data.get("base_url", workspace.base_url) or ""
+    if workspace.base_url:
+        _check_url(workspace.base_url, errors, "base_url")
+    for name, low, high in (("rate_limit_per_s", 0.1, 100), ("timeout_s", 1, 300)):
+        value = data.get(name, getattr(workspace, name))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            errors.setdefault(name, []).append(f"must be a number from {low:g} to {high:g}")
+        else:
+            setattr(workspace, name, float(value))
+    values, refs = (workspace.credentials, workspace.credential_refs) if instance else ({}, {})
+    if "credentials" in data:
+        values, refs = resolve_credentials(
+            data["credentials"], allowed=("app_key",), stored=values, stored_refs=refs, errors=errors
+        )
+    if "app_key" not in values:
+        errors.setdefault("credentials", []).append("app_key: required (an App API key)")
+    if errors:
+        raise ValidationError(errors)
+    if not instance or values != workspace.credentials or refs != workspace.credential_refs:
+        workspace.set_credentials(values, refs)
+    _set_actor(workspace, actor)
+    workspace.save()
+    return workspace
+
+
+SYNC_FIELDS = {"key", "audience", "destination", "mode", "fields", "identifier_policy", "downstream_audience_id",
+               "paused", "dry_run", "test_cohort_only", "removal_guard_share", "enabled", "owner"}
+
+
+@transaction.atomic
+def sync_save(*, data: dict, actor=None, instance: Sync | None = None) -> Sync:
+    from django.contrib.auth import get_user_model
+
+    errors: dict[str, list[str]] = {}
+    for name in sorted(set(data) - SYNC_FIELDS):
+        errors.setdefault(name, []).append(f"unknown field; expected one of {', '.join(sorted(SYNC_FIELDS))}")
+    sync = instance or Sync()
+    key = data.get("key", sync.key)
+    if instance and key != instance.key:
+        errors.setdefault("key", []).append("the key of a sync never changes")
+    elif problem := _slug_problem(key):
+        errors.setdefault("key", []).append(problem)
+    elif not instance and Sync.objects.filter(key=key).exists():
+        errors.setdefault("key", []).append(f"a sync with key {key!r} already exists")
+    sync.key = key
+    audience_key = data.get("audience", sync.audience.key if instance else None)
+    audience = Audience.objects.filter(key=audience_key).first() if isinstance(audience_key, str) else None
+    if not audience:
+        errors.setdefault("audience", []).append(f"there is no audience {audience_key!r}")
+    elif instance and audience.pk != instance.audience_id:
+        errors.setdefault("audience", []).append("a sync's audience never changes; create a new sync")
+    destination_key = data.get("destination", sync.destination.key if instance else None)
+    destination = Destination.objects.filter(key=destination_key).first() if isinstance(destination_key, str) else None
+    if not destination:
+        errors.setdefault("destination", []).append(f"there is no destination {destination_key!r}")
+    elif instance and destination.pk != instance.destination_id:
+        errors.setdefault("destination", []).append("a sync's destination never changes; create a new sync")
+    mode = data.get("mode", sync.mode)
+    if mode not in dict(Sync.MODE_CHOICES):
+        errors.setdefault("mode", []).append("use membership or events")
+    elif mode == Sync.EVENTS and destination and destination.kind != Destination.LIVELIKE:
+        errors.setdefault("mode", []).append("events mode is for LiveLike destinations")
+    sync.mode = mode
+    fields = data.get("fields", sync.fields)
+    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+        errors.setdefault("fields", []).append("must be a list of attribute names")
+    else:
+        for name in fields:
+            if name not in PERSON_COLUMNS and not KEY_NAME.match(name):
+                errors.setdefault("fields", []).append(f"{name!r} is not an attribute name")
+        if len(set(fields)) != len(fields):
+            errors.setdefault("fields", []).append("a field is listed twice")
+        sync.fields = fields
+    policy_key = data.get("identifier_policy", sync.identifier_policy.key if instance and sync.identifier_policy else None)
+    sync.identifier_policy = None
+    if policy_key:
+        sync.identifier_policy = IdentifierPolicy.objects.filter(key=policy_key).first() if isinstance(policy_key, str) else None
+        if not sync.identifier_policy:
+            errors.setdefault("identifier_policy", []).append(f"there is no identifier policy {policy_key!r}")
+    sync.downstream_audience_id = data.get("downstream_audience_id", sync.downstream_audience_id) or ""
+    if not isinstance(sync.downstream_audience_id, str) or len(sync.downstream_audience_id) > 120:
+        errors.setdefault("downstream_audience_id", []).append("must be a text of at most 120 characters")
+    for name in ("paused", "dry_run", "test_cohort_only", "enabled"):
+        value = data.get(name, getattr(sync, name))
+        if not isinstance(value, bool):
+            errors.setdefault(name, []).append("must be true or false")
+        else:
+            setattr(sync, name, value)
+    share = data.get("removal_guard_share", sync.removal_guard_share)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+        errors.setdefault("removal_guard_share", []).append("must be a share between 0 and 1, such as 0.3")
+    else:
+        sync.removal_guard_share = float(share)
+    if "owner" in data:
+        owner = data["owner"]
+        sync.owner = get_user_model().objects.filter(username=owner).first() if owner else None
+        if owner and not sync.owner:
+            errors.setdefault("owner", []).append(f"there is no user {owner!r}")
+    elif not instance and getattr(actor, "is_authenticated", False):
+        sync.owner = actor
+    if errors:
+        raise ValidationError(errors)
+    sync.audience, sync.destination = audience, destination
+    _set_actor(sync, actor)
+    sync.save()
+    return sync
+
+
+@transaction.atomic
+def sync_set_paused(*, sync: Sync, paused: bool, actor=None) -> Sync:
+    sync.paused = paused
+    _set_actor(sync, actor)
+    sync.save(update_fields=["paused", "updated_at"])
+    if not paused:
+        from .outbox import enqueue_delivery
+
+        transaction.on_commit(lambda: enqueue_delivery([sync.destination_id]))
+    return sync
+
+
+@transaction.atomic
+def hold_decide(*, hold: RemovalHold, approve: bool, actor=None) -> int:
+    """Approve: the held removals are sent. Discard: they are cancelled (the destination keeps
+    those people). Either way the alert is resolved."""
+    hold = RemovalHold.objects.select_for_update().get(pk=hold.pk)
+    if hold.decision != RemovalHold.PENDING:
+        raise ValidationError(f"this hold was already {hold.get_decision_display().lower()}")
+    held = Delivery.objects.filter(hold=hold, state=Delivery.HELD)
+    if approve:
+        count = held.update(state=Delivery.PENDING, next_attempt_at=timezone.now())
+    else:
+        count = held.update(state=Delivery.CANCELLED, last_error=f"removal discarded by {actor or 'a person'}")
+    hold.decision = RemovalHold.APPROVED if approve else RemovalHold.DISCARDED
+    hold.decided_by = actor if getattr(actor, "is_authenticated", False) else None
+    hold.decided_at = timezone.now()
+    hold.save()
+    alert_resolve(key=f"mass_removal:hold:{hold.pk}")
+    if approve:
+        from .outbox import enqueue_delivery
+
+        transaction.on_commit(lambda: enqueue_delivery([hold.sync.destination_id]))
+    return count
+
+
+@transaction.atomic
+def sync_send_test_cohort(*, sync: Sync, actor=None) -> int:
+    """Queue an entry for every internal test account currently in the audience, so a team can
+    watch entry, exit and suppression end to end before launch."""
+    now = timezone.now()
+    memberships = Membership.objects.filter(
+        audience=sync.audience, exited_at__isnull=True, person__is_test=True
+    ).select_related("person")
+    rows = [
+        Delivery(sync=sync, person=m.person, customer_id=m.person.customer_id, action=Delivery.ENTER,
+                 triggered_at=now, changed_at=m.entered_at, next_attempt_at=now)
+        for m in memberships
+    ]
+    Delivery.objects.bulk_create(rows)
+    from .outbox import enqueue_delivery
+
+    transaction.on_commit(lambda: enqueue_delivery([sync.destination_id]))
+    return len(rows)

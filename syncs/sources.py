@@ -1,0 +1,169 @@
+"""Customer.io segments as a member source: pull the members through the App API, map them to
+people, keep them as the audience's snapshot; evaluation then diffs the snapshot exactly as it
+diffs a rule, so entries and exits take the same path to the outbox."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from array import array
+
+from django.db import connection, transaction
+from django.db.models import Exists, OuterRef, Q
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+from audiences.models import Audience, Membership, Person
+from audiences.sources import MemberSource, register_source
+
+from .customerio import AppApiClient
+from .destinations.base import TransportError
+from .models import CustomerIoWorkspace, SegmentMember, SourcePull, Sync
+
+KIND = Audience.CUSTOMERIO_SEGMENT
+CHUNK = 5000
+
+
+def validate_settings(settings) -> list[str]:
+    if not isinstance(settings, dict):
+        return ["must be a mapping with workspace and segment_id"]
+    problems = []
+    for name in sorted(set(settings) - {"workspace", "segment_id"}):
+        problems.append(f"{name}: unknown setting; expected workspace and segment_id")
+    workspace = settings.get("workspace")
+    if not isinstance(workspace, str) or not CustomerIoWorkspace.objects.filter(key=workspace).exists():
+        problems.append(f"workspace: there is no Customer.io workspace {workspace!r}")
+    segment_id = settings.get("segment_id")
+    if not isinstance(segment_id, int) or isinstance(segment_id, bool) or segment_id < 1:
+        problems.append("segment_id: the segment's number, as shown under Usage on its page in Customer.io")
+    return problems
+
+
+def condition(audience: Audience, now):
+    return Q(Exists(SegmentMember.objects.filter(audience=audience, person=OuterRef("pk"))))
+
+
+def _people_for(page: list[dict], pull: SourcePull) -> list[int]:
+    """Map one page of identifiers to person ids: by customer id (creating people we have not
+    seen), else by email, else by cio_id."""
+    by_id = {str(i["id"]): i for i in page if i.get("id")}
+    found = dict(Person.objects.filter(customer_id__in=list(by_id)).values_list("customer_id", "pk"))
+    missing = [c for c in by_id if c not in found]
+    if missing:
+        now = timezone.now()
+        Person.objects.bulk_create(
+            [Person(customer_id=c, email=by_id[c].get("email") or "", cio_id=by_id[c].get("cio_id") or "",
+                    created_at=now, updated_at=now) for c in missing],
+            ignore_conflicts=True, batch_size=CHUNK,
+        )
+        created = dict(Person.objects.filter(customer_id__in=missing).values_list("customer_id", "pk"))
+        pull.people_created += len(created)
+        found.update(created)
+    ids = list(found.values())
+    rest = [i for i in page if not i.get("id")]
+    emails = {i["email"].strip().lower() for i in rest if i.get("email")}
+    if emails:
+        matched = Person.objects.alias(email_lower=Lower("email")).filter(email_lower__in=emails)
+        by_email = dict(matched.values_list("email_lower", "pk"))
+        ids += by_email.values()
+        rest = [i for i in rest if (i.get("email") or "").strip().lower() not in by_email]
+    cio_ids = {i["cio_id"] for i in rest if i.get("cio_id")}
+    if cio_ids:
+        by_cio = dict(Person.objects.filter(cio_id__in=cio_ids).values_list("cio_id", "pk"))
+        ids += by_cio.values()
+        rest = [i for i in rest if i.get("cio_id") not in by_cio]
+    pull.unmapped += len(rest)
+    return ids
+
+
+def _replace_snapshot(audience: Audience, person_ids: array) -> tuple[int, int]:
+    wanted = set(person_ids)
+    have = set(SegmentMember.objects.filter(audience=audience).values_list("person_id", flat=True).iterator(chunk_size=20000))
+    add, remove = sorted(wanted - have), sorted(have - wanted)
+    table = connection.ops.quote_name(SegmentMember._meta.db_table)
+    with connection.cursor() as cursor:
+        for start in range(0, len(remove), CHUNK):
+            chunk = remove[start : start + CHUNK]
+            cursor.execute(
+                f"DELETE FROM {table} WHERE audience_id = %s AND person_id IN ({', '.join(['%s'] * len(chunk))})",
+                [audience.pk, *chunk],
+            )
+        for start in range(0, len(add), CHUNK):
+            chunk = add[start : start + CHUNK]
+            values = ", ".join(["(%s, %s)"] * len(chunk))
+            params = [v for pid in chunk for v in (audience.pk, pid)]
+            cursor.execute(f"INSERT INTO {table} (audience_id, person_id) VALUES {values}", params)
+    return len(add), len(remove)
+
+
+def _prefetched(pages, depth: int = 2):
+    """Fetch the next pages over HTTP while the current one is mapped in the database."""
+    box: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def produce():
+        try:
+            for page in pages:
+                box.put(page)
+        except BaseException as exc:  # handed to the consumer, raised there
+            box.put(exc)
+        box.put(done)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (item := box.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def pull_segment(audience: Audience, *, client: AppApiClient | None = None) -> SourcePull:
+    settings = audience.source_settings
+    pull = SourcePull.objects.create(audience=audience)
+    try:
+        workspace = CustomerIoWorkspace.objects.get(key=settings["workspace"])
+        client = client or AppApiClient(workspace)
+        person_ids = array("q")
+        for page in _prefetched(client.membership_pages(settings["segment_id"])):
+            person_ids.extend(_people_for(page, pull))
+            pull.members += len(page)
+        with transaction.atomic():
+            added, _ = _replace_snapshot(audience, person_ids)
+        pull.attributes_fetched = _fetch_mapped_attributes(audience, client)
+    except (TransportError, CustomerIoWorkspace.DoesNotExist, KeyError) as exc:
+        pull.error = str(exc) or exc.__class__.__name__
+        raise
+    finally:
+        pull.finished_at = timezone.now()
+        if client is not None:
+            pull.requests, pull.throttled = client.requests, client.throttled
+        pull.save()
+    return pull
+
+
+def _fetch_mapped_attributes(audience: Audience, client: AppApiClient) -> int:
+    """Attributes only for fields a sync maps, and only for people about to enter (those in the
+    snapshot but not yet members): 100 ids a call at the App API's pace."""
+    wanted = sorted({f for fields in Sync.objects.filter(audience=audience, enabled=True).values_list("fields", flat=True) for f in fields})
+    if not wanted:
+        return 0
+    entering = Person.objects.filter(
+        Exists(SegmentMember.objects.filter(audience=audience, person=OuterRef("pk"))),
+        ~Exists(Membership.objects.filter(audience=audience, person=OuterRef("pk"), exited_at__isnull=True)),
+    )
+    people = {p.customer_id: p for p in entering.only("pk", "customer_id", "attributes")}
+    if not people:
+        return 0
+    attributes = client.customer_attributes(sorted(people))
+    changed = []
+    for customer_id, values in attributes.items():
+        person = people.get(customer_id)
+        picked = {k: values[k] for k in wanted if k in values}
+        if person and picked and any(person.attributes.get(k) != v for k, v in picked.items()):
+            person.attributes = {**person.attributes, **picked}
+            changed.append(person)
+    Person.objects.bulk_update(changed, ["attributes"], batch_size=1000)
+    return len(attributes)
+
+
+def register():
+    register_source(MemberSource(kind=KIND, condition=condition, refresh=lambda a: pull_segment(a), validate=validate_settings))

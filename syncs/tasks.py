@@ -1,0 +1,33 @@
+"""Worker entry points of the sync side. Tasks take ids, are idempotent, call one service."""
+
+from django.utils import timezone
+from django_q.tasks import async_task
+
+from .delivery import deliver_destination
+from .models import Delivery, Destination
+
+
+def deliver(destination_id: int):
+    summary = deliver_destination(destination_id)
+    if summary.leased and _due_now(destination_id):
+        # time was up with work left: hand over to a fresh task rather than outlive the timeout
+        async_task("syncs.tasks.deliver", destination_id, task_name=f"deliver to destination {destination_id}")
+    return {"sent": summary.sent, "rejected": summary.rejected, "retried": summary.retried, "dead": summary.dead}
+
+
+def _due_now(destination_id: int) -> bool:
+    return Delivery.objects.filter(
+        sync__destination_id=destination_id, sync__enabled=True, sync__paused=False,
+        state=Delivery.PENDING, next_attempt_at__lte=timezone.now(),
+    ).exists()
+
+
+def deliver_due():
+    """Once a minute: wake a sender for every destination with due rows (retries whose
+    backoff ran out, rows a lost task left behind)."""
+    woken = []
+    for destination_id in Destination.objects.values_list("pk", flat=True):
+        if _due_now(destination_id) or Delivery.objects.filter(sync__destination_id=destination_id, state=Delivery.SENDING).exists():
+            async_task("syncs.tasks.deliver", destination_id, task_name=f"deliver to destination {destination_id}")
+            woken.append(destination_id)
+    return woken
