@@ -63,7 +63,7 @@ def _people_for(page: list[dict], pull: SourcePull) -> list[int]:
     rest = [i for i in page if not i.get("id")]
     emails = {i["email"].strip().lower() for i in rest if i.get("email")}
     if emails:
-        matched = Person.objects.alias(email_lower=Lower("email")).filter(email_lower__in=emails)
+        matched = Person.objects.annotate(email_lower=Lower("email")).filter(email_lower__in=emails)
         by_email = dict(matched.values_list("email_lower", "pk"))
         ids += by_email.values()
         rest = [i for i in rest if (i.get("email") or "").strip().lower() not in by_email]
