@@ -120,7 +120,8 @@ else:
     }
 
 Q_CLUSTER = {
-    "name": "downstream",
+    # the broker's queue name; a test run uses its own, so runs side by side never share tasks
+    "name": env.str("Q_NAME", default="downstream"),
     "workers": env.int("Q_WORKERS", default=2),
     "timeout": env.int("Q_TIMEOUT", default=300),
     # retry must stay well above timeout, otherwise a slow task is handed to a second worker

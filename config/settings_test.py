@@ -8,6 +8,10 @@ import os
 
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
 os.environ.setdefault("DOWNSTREAM_ENCRYPTION_KEY", "GUTmjgfsx7nEwG3Rg2c5D6yyYeRc7Z2ZyAOgL8cP_7s=")
+# Runs side by side (a developer's and CI's) get their own test database and broker queue;
+# worker processes started by tests inherit these through the environment.
+RUN_ID = os.environ.setdefault("DOWNSTREAM_TEST_RUN", str(os.getpid()))
+os.environ.setdefault("Q_NAME", f"downstream-test-{RUN_ID}")
 
 from config.settings import *  # noqa: E402,F403
 from config.settings import DATABASES, Q_CLUSTER, VAR_DIR  # noqa: E402
@@ -18,7 +22,9 @@ EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not :memory:, so that a real qcluster or gunicorn process started by a test can
     # open the same test database.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{RUN_ID}.sqlite3")}
+else:
+    DATABASES["default"]["TEST"] = {"NAME": f"test_downstream_{RUN_ID}"}
 
 # Tests that are about a task's logic run it in-process; tests about the worker start a real
 # qcluster with config.settings and the test database's URL.

@@ -61,12 +61,12 @@ def process_env(**extra) -> dict:
 
 
 def clear_broker() -> None:
-    """Tasks left in Redis by an earlier run must not reach this run's worker."""
+    """Tasks left in this run's Redis queue by an earlier test must not reach the next worker."""
     if getattr(settings, "REDIS_URL", ""):
         import redis
 
         client = redis.from_url(settings.REDIS_URL)
-        for key in client.scan_iter("*"):
+        for key in client.scan_iter(f"*{settings.Q_CLUSTER['name']}*"):
             client.delete(key)
 
 
