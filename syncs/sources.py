@@ -19,6 +19,7 @@ from audiences.sources import MemberSource, register_source
 from .customerio import AppApiClient
 from .destinations.base import TransportError
 from .models import CustomerIoWorkspace, SegmentMember, SourcePull, Sync
+from .payload import PERSON_COLUMNS
 
 KIND = Audience.CUSTOMERIO_SEGMENT
 CHUNK = 5000
@@ -143,7 +144,9 @@ def pull_segment(audience: Audience, *, client: AppApiClient | None = None) -> S
 def _fetch_mapped_attributes(audience: Audience, client: AppApiClient) -> int:
     """Attributes only for fields a sync maps, and only for people about to enter (those in the
     snapshot but not yet members): 100 ids a call at the App API's pace."""
-    wanted = sorted({f for fields in Sync.objects.filter(audience=audience, enabled=True).values_list("fields", flat=True) for f in fields})
+    # person columns (email, phone, ...) are sent from the person, never from its attributes
+    wanted = sorted({f for fields in Sync.objects.filter(audience=audience, enabled=True).values_list("fields", flat=True)
+                     for f in fields if f not in PERSON_COLUMNS})
     if not wanted:
         return 0
     entering = Person.objects.filter(
