@@ -1,9 +1,17 @@
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.db.models import Q
 from django.db.models.functions import Lower
 
 from .ingest import source_revoke, source_rotate_key
-from .models import Erasure, Event, EventStat, Person, Source
+from simple_history.admin import SimpleHistoryAdmin
+
+from . import services
+from .models import (
+    Audience, Erasure, Event, EventStat, IdentifierPolicy, Membership, NamingConvention, Person, PriorityGroup, SizeSample,
+    Source,
+)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -19,6 +27,53 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class _DryRun(Exception):
+    pass
+
+
+class ServiceAdmin(SimpleHistoryAdmin):
+    """Admin forms write through the services, so the admin validates exactly like config as
+    code. The form's clean() runs the service inside a rolled-back transaction to collect its
+    errors as form errors; save_model() runs it for real."""
+
+    save_service = None
+
+    def service_data(self, form) -> dict:
+        raise NotImplementedError
+
+    def _call(self, request, form, pk):
+        instance = form._meta.model.objects.get(pk=pk) if pk else None
+        return type(self).save_service(data=self.service_data(form), actor=request.user, instance=instance)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+        model_admin, pk = self, obj.pk if obj else None
+
+        class CheckedByService(form_class):
+            def clean(self):
+                cleaned = super().clean()
+                if self.errors:
+                    return cleaned
+                try:
+                    with transaction.atomic():
+                        model_admin._call(request, self, pk)
+                        raise _DryRun
+                except _DryRun:
+                    pass
+                except ValidationError as exc:
+                    for field, errors in exc.message_dict.items():
+                        self.add_error(field if field in self.fields else None, errors)
+                return cleaned
+
+        return CheckedByService
+
+    def save_model(self, request, obj, form, change):
+        obj.pk = self._call(request, form, obj.pk if change else None).pk
+
+    def save_related(self, request, form, formsets, change):
+        pass  # the service has written everything
 
 
 @admin.register(Source)
@@ -101,3 +156,72 @@ class EventStatAdmin(ReadOnlyAdmin):
 @admin.register(Erasure)
 class ErasureAdmin(ReadOnlyAdmin):
     list_display = ("erased_at", "customer_id_hash", "source", "events_deleted")
+
+
+@admin.register(NamingConvention)
+class NamingConventionAdmin(ServiceAdmin):
+    list_display = ("key", "template", "example", "is_default")
+    fields = ("key", "template", "tokens", "example", "is_default")
+
+    @staticmethod
+    def save_service(*, data, actor, instance):
+        convention, broken = services.naming_convention_save(data=data, actor=actor, instance=instance)
+        return convention
+
+    def service_data(self, form):
+        return {k: form.cleaned_data[k] for k in self.fields}
+
+
+@admin.register(IdentifierPolicy)
+class IdentifierPolicyAdmin(ServiceAdmin):
+    list_display = ("key", "name", "field", "attribute", "hash_sha256", "default_region")
+    fields = ("key", "name", "field", "attribute", "default_region", "hash_sha256")
+    save_service = services.identifier_policy_save
+
+    def service_data(self, form):
+        return {k: form.cleaned_data[k] for k in self.fields}
+
+
+@admin.register(PriorityGroup)
+class PriorityGroupAdmin(ServiceAdmin):
+    list_display = ("key", "name")
+    fields = ("key", "name", "description")
+    save_service = services.priority_group_save
+
+    def service_data(self, form):
+        return {k: form.cleaned_data[k] for k in self.fields}
+
+
+@admin.register(Audience)
+class AudienceAdmin(ServiceAdmin):
+    list_display = ("key", "name", "purpose", "cadence", "current_size", "last_evaluated_at", "enabled")
+    list_filter = ("purpose", "enabled", "source_kind")
+    search_fields = ("key", "name")
+    fields = ("key", "name", "description", "purpose", "source_kind", "rule", "source_settings", "exclusions",
+              "priority_group", "priority_rank", "cadence", "identifier_policy", "enabled", "owner")
+    filter_horizontal = ("exclusions",)
+    save_service = services.audience_save
+
+    def service_data(self, form):
+        data = {k: form.cleaned_data[k] for k in self.fields}
+        data["exclusions"] = [a.key for a in data["exclusions"]]
+        for name in ("priority_group", "identifier_policy"):
+            data[name] = data[name].key if data[name] else None
+        data["owner"] = data["owner"].username if data["owner"] else None
+        return data
+
+
+@admin.register(Membership)
+class MembershipAdmin(ReadOnlyAdmin):
+    list_display = ("audience", "person", "entered_at", "exited_at")
+    list_select_related = ("audience", "person")
+    search_fields = ("=person__customer_id",)
+    list_filter = ("audience",)
+    ordering = ("-id",)
+
+
+@admin.register(SizeSample)
+class SizeSampleAdmin(ReadOnlyAdmin):
+    list_display = ("audience", "at", "size", "entered", "exited", "evaluations", "full")
+    list_filter = ("audience",)
+    ordering = ("-at",)

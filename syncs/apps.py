@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from django.apps import AppConfig
 
 
@@ -6,6 +8,7 @@ class SyncsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        from audiences.demo import DEMO_CONFIG_FILES
         from audiences.signals import membership_changed
 
         from . import config, sources
@@ -14,3 +17,6 @@ class SyncsConfig(AppConfig):
         membership_changed.connect(on_membership_changed, dispatch_uid="downstream-outbox")
         config.register()
         sources.register()
+        demo_file = Path(__file__).with_name("demo_config.yaml")
+        if demo_file not in DEMO_CONFIG_FILES:
+            DEMO_CONFIG_FILES.append(demo_file)

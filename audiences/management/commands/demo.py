@@ -1,3 +1,4 @@
+import os
 from datetime import datetime
 
 from django.conf import settings
@@ -56,6 +57,8 @@ class Command(BaseCommand):
 
         if Audience.objects.exists():
             return
+        # the demo's LiveLike destination runs dry; its token only has to exist
+        os.environ.setdefault("LIVELIKE_PRODUCER_TOKEN", "demo-token-not-a-real-one")
         for path in DEMO_CONFIG_FILES:
             apply(str(path))
         for evaluation in evaluate_all():

@@ -1,0 +1,176 @@
+from django import forms
+from django.contrib import admin, messages
+
+from audiences.admin import ReadOnlyAdmin, ServiceAdmin
+
+from . import services
+from .alerts import alert_acknowledge
+from .models import (
+    Alert, CustomerIoWorkspace, Delivery, DeliveryBatch, Destination, RemovalHold, SourcePull, Sync, SyncRun,
+)
+
+
+class CredentialField(forms.CharField):
+    widget = forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("help_text", "Stored encrypted and never shown again. Leave empty to keep the stored value.")
+        super().__init__(**kwargs)
+
+
+class DestinationForm(forms.ModelForm):
+    producer_token = CredentialField(label="LiveLike producer token")
+    signing_secret = CredentialField(label="Webhook signing secret")
+
+    class Meta:
+        model = Destination
+        fields = ["key", "name", "kind", "settings", "batch_size", "rate_limit_per_s", "timeout_s", "max_attempts",
+                  "retry_base_s", "retry_cap_s"]
+
+
+@admin.register(Destination)
+class DestinationAdmin(ServiceAdmin):
+    form = DestinationForm
+    save_service = services.destination_save
+    list_display = ("key", "name", "kind", "batch_size", "rate_limit_per_s", "credentials_set")
+    readonly_fields = ("credentials_changed_at", "lease_owner", "lease_until", "not_before")
+
+    @admin.display(description="Credentials")
+    def credentials_set(self, obj):
+        return ", ".join(obj.credential_names()) or "none"
+
+    def service_data(self, form):
+        data = {k: form.cleaned_data[k] for k in DestinationForm.Meta.fields}
+        given = {k: form.cleaned_data[k] for k in ("producer_token", "signing_secret") if form.cleaned_data.get(k)}
+        if given:
+            stored = form.instance.credentials if form.instance.pk else {}
+            data["credentials"] = {**{k: services.KEEP for k in stored}, **given}
+        return data
+
+
+class WorkspaceForm(forms.ModelForm):
+    app_key = CredentialField(label="App API key")
+
+    class Meta:
+        model = CustomerIoWorkspace
+        fields = ["key", "name", "region", "base_url", "rate_limit_per_s", "timeout_s"]
+
+
+@admin.register(CustomerIoWorkspace)
+class WorkspaceAdmin(ServiceAdmin):
+    form = WorkspaceForm
+    save_service = services.workspace_save
+    list_display = ("key", "name", "region")
+
+    def service_data(self, form):
+        data = {k: form.cleaned_data[k] for k in WorkspaceForm.Meta.fields}
+        if form.cleaned_data.get("app_key"):
+            data["credentials"] = {"app_key": form.cleaned_data["app_key"]}
+        return data
+
+
+class SyncForm(forms.ModelForm):
+    class Meta:
+        model = Sync
+        fields = ["key", "audience", "destination", "mode", "fields", "identifier_policy", "downstream_audience_id",
+                  "paused", "dry_run", "test_cohort_only", "removal_guard_share", "enabled", "owner"]
+
+
+@admin.register(Sync)
+class SyncAdmin(ServiceAdmin):
+    form = SyncForm
+    save_service = services.sync_save
+    list_display = ("key", "audience", "destination", "mode", "paused", "dry_run", "test_cohort_only", "enabled")
+    list_filter = ("paused", "dry_run", "destination")
+    actions = ("pause", "resume", "send_test_cohort")
+
+    def service_data(self, form):
+        data = dict(form.cleaned_data)
+        for name in ("audience", "destination", "identifier_policy"):
+            data[name] = data[name].key if data.get(name) else None
+        data["owner"] = data["owner"].username if data.get("owner") else None
+        return data
+
+    @admin.action(description="Pause the selected syncs (changes keep queueing)")
+    def pause(self, request, queryset):
+        for sync in queryset:
+            services.sync_set_paused(sync=sync, paused=True, actor=request.user)
+        self.message_user(request, f"Paused {queryset.count()} sync(s).")
+
+    @admin.action(description="Resume the selected syncs")
+    def resume(self, request, queryset):
+        for sync in queryset:
+            services.sync_set_paused(sync=sync, paused=False, actor=request.user)
+        self.message_user(request, f"Resumed {queryset.count()} sync(s).")
+
+    @admin.action(description="Send the test cohort (internal test accounts in the audience)")
+    def send_test_cohort(self, request, queryset):
+        for sync in queryset:
+            count = services.sync_send_test_cohort(sync=sync, actor=request.user)
+            self.message_user(request, f"{sync.key}: queued {count} test account(s).")
+
+
+@admin.register(RemovalHold)
+class RemovalHoldAdmin(ReadOnlyAdmin):
+    list_display = ("sync", "removals", "audience_size_before", "reason", "opened_at", "decision", "decided_by")
+    list_filter = ("decision",)
+    actions = ("approve", "discard")
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.has_perm("syncs.change_sync")
+
+    def _decide(self, request, queryset, approve):
+        for hold in queryset.filter(decision=RemovalHold.PENDING):
+            count = services.hold_decide(hold=hold, approve=approve, actor=request.user)
+            self.message_user(request, f"{hold.sync.key}: {'released' if approve else 'discarded'} {count} removal(s).")
+
+    @admin.action(description="Approve: send the held removals")
+    def approve(self, request, queryset):
+        self._decide(request, queryset, True)
+
+    @admin.action(description="Discard: never send the held removals")
+    def discard(self, request, queryset):
+        self._decide(request, queryset, False)
+
+
+@admin.register(Alert)
+class AlertAdmin(ReadOnlyAdmin):
+    list_display = ("opened_at", "kind", "message", "resolved_at", "acknowledged_at", "acknowledged_by")
+    list_filter = ("kind",)
+    actions = ("acknowledge",)
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.has_perm("syncs.change_alert")
+
+    @admin.action(description="Acknowledge the selected alerts")
+    def acknowledge(self, request, queryset):
+        for alert in queryset:
+            alert_acknowledge(alert=alert, actor=request.user)
+
+
+@admin.register(SyncRun)
+class SyncRunAdmin(ReadOnlyAdmin):
+    list_display = ("started_at", "sync", "kind", "status", "planned", "sent", "rejected", "skipped", "retried", "requests")
+    list_filter = ("status", "kind")
+    list_select_related = ("sync",)
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(ReadOnlyAdmin):
+    list_display = ("id", "sync", "customer_id", "action", "state", "attempts", "triggered_at", "acknowledged_at", "last_error")
+    list_filter = ("state", "action")
+    search_fields = ("=customer_id", "=batch_id")
+    list_select_related = ("sync",)
+    ordering = ("-id",)
+
+
+@admin.register(DeliveryBatch)
+class DeliveryBatchAdmin(ReadOnlyAdmin):
+    list_display = ("sent_at", "sync", "batch_id", "attempt", "status", "duration_ms", "error")
+    list_select_related = ("sync",)
+
+
+@admin.register(SourcePull)
+class SourcePullAdmin(ReadOnlyAdmin):
+    list_display = ("started_at", "audience", "members", "people_created", "unmapped", "requests", "throttled", "error")
