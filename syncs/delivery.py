@@ -270,8 +270,11 @@ def _active_syncs(destination: Destination) -> list[Sync]:
 
 
 def next_due(destination: Destination):
+    """When the next row can be claimed. Rows waiting behind an earlier open row of their person
+    (a retry, a held removal) are not due: counting them made the sender spin until that row."""
     return (
         Delivery.objects.filter(sync__destination=destination, sync__enabled=True, sync__paused=False, state=Delivery.PENDING)
+        .filter(~_first_open_before())
         .aggregate(at=Min("next_attempt_at"))["at"]
     )
 

@@ -3,7 +3,7 @@
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from .delivery import deliver_destination
+from .delivery import _first_open_before, deliver_destination
 from .models import Delivery, Destination
 
 
@@ -19,7 +19,7 @@ def _due_now(destination_id: int) -> bool:
     return Delivery.objects.filter(
         sync__destination_id=destination_id, sync__enabled=True, sync__paused=False,
         state=Delivery.PENDING, next_attempt_at__lte=timezone.now(),
-    ).exists()
+    ).filter(~_first_open_before()).exists()
 
 
 def deliver_due():
