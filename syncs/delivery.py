@@ -281,9 +281,11 @@ def next_due(destination: Destination):
 
 def _finish(run: SyncRun) -> None:
     run.finished_at = timezone.now()
-    if run.retried and not run.sent:
+    # every failed request leaves its error, also when its rows went straight to dead letters
+    failed = run.retried or run.error
+    if failed and not run.sent:
         run.status = SyncRun.FAILED
-    elif run.retried or run.rejected:
+    elif failed or run.rejected:
         run.status = SyncRun.PARTIAL
     else:
         run.status = SyncRun.SUCCEEDED
