@@ -181,7 +181,8 @@ def send_batch(sync: Sync, batch_id: uuid.UUID, attempt: int, *, transport, limi
             Delivery.objects.filter(pk=delivery_id).update(state=Delivery.SKIPPED, last_error=reason, run=run)
         run.skipped += len(skipped)
         summary.skipped += len(skipped)
-    run.planned += len(deliveries)
+    # a batch retried within the same run was planned on its first attempt already
+    run.planned += sum(1 for d in deliveries if d.run_id != run.pk)
     if not rows:
         return
     sent_rows = [{"delivery": r.delivery_id, "action": r.action, "identifier": r.identifier, "fields": r.fields} for r in rows]
