@@ -318,7 +318,9 @@ def deliver_destination(destination_id: int, *, max_seconds: float = 240, sleep=
                 if wait > WAIT_HORIZON_S:
                     break
                 sleep(wait)
-                renew_lease(destination, token)
+                if not renew_lease(destination, token):
+                    log.warning("destination %s: lease lost while waiting; stopping", destination.key)
+                    return summary
                 continue
             progressed = False
             for sync in _active_syncs(destination):
@@ -346,7 +348,11 @@ def deliver_destination(destination_id: int, *, max_seconds: float = 240, sleep=
                     break
                 if wait > 0:
                     sleep(min(wait, WAIT_HORIZON_S))
-                renew_lease(destination, token)
+                # a wait can outlast the lease (up to WAIT_HORIZON_S against 2 * timeout + 5 s):
+                # if another sender has taken it meanwhile, sending on would make two senders
+                if not renew_lease(destination, token):
+                    log.warning("destination %s: lease lost while waiting; stopping", destination.key)
+                    return summary
     finally:
         for run in runs.values():
             _finish(run)
