@@ -79,16 +79,29 @@ def recover_orphans(destination: Destination) -> int:
 
 def cancel_unsent_pairs(sync: Sync) -> int:
     """An entry and an exit of the same person that were never sent cancel out: of a run of
-    alternating never-attempted changes, only the last one matters, and only if the run is odd."""
+    never-attempted changes, only the last one matters, and only if it differs from where the run
+    began (the opposite of its first change). Runs are not always alternating (a test-cohort
+    entry repeats an unsent entry), and a held row splits a run: its decision is still to come."""
     pending = Delivery.objects.filter(sync=sync, state=Delivery.PENDING, attempts=0)
     repeated = pending.values("customer_id").annotate(n=Count("pk")).filter(n__gt=1).values("customer_id")
+    rows = (
+        Delivery.objects.filter(sync=sync, customer_id__in=repeated, state__in=(Delivery.PENDING, Delivery.HELD))
+        .order_by("customer_id", "id").values_list("customer_id", "id", "action", "state", "attempts")
+    )
+    runs: list[list[tuple[int, str]]] = [[]]
+    person = None
+    for customer_id, delivery_id, action, state, attempts in rows:
+        unsent = state == Delivery.PENDING and attempts == 0
+        if customer_id != person or not unsent:
+            runs.append([])
+            person = customer_id
+        if unsent:
+            runs[-1].append((delivery_id, action))
     cancel = []
-    rows = pending.filter(customer_id__in=repeated).order_by("customer_id", "id").values_list("customer_id", "id")
-    by_person: dict[str, list[int]] = {}
-    for customer_id, delivery_id in rows:
-        by_person.setdefault(customer_id, []).append(delivery_id)
-    for ids in by_person.values():
-        cancel += ids if len(ids) % 2 == 0 else ids[:-1]
+    for run in runs:
+        if len(run) > 1:
+            ids = [delivery_id for delivery_id, _ in run]
+            cancel += ids if run[0][1] != run[-1][1] else ids[:-1]
     if cancel:
         Delivery.objects.filter(pk__in=cancel, state=Delivery.PENDING, attempts=0).update(
             state=Delivery.CANCELLED, last_error="cancelled out by a later change that was not sent either"
