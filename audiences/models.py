@@ -258,8 +258,15 @@ class Audience(models.Model):
     current_size = models.PositiveIntegerField(default=0, editable=False)
     last_evaluated_at = models.DateTimeField(null=True, blank=True, editable=False)
     next_evaluation_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Share of current members with a valid identifier under the audience's policy (sampled),
+    # refreshed hourly by the alert check.
+    identifier_coverage = models.FloatField(null=True, blank=True, editable=False)
+    coverage_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
 
-    history = HistoricalRecords(m2m_fields=[exclusions], excluded_fields=["current_size", "last_evaluated_at", "next_evaluation_at"])
+    history = HistoricalRecords(
+        m2m_fields=[exclusions],
+        excluded_fields=["current_size", "last_evaluated_at", "next_evaluation_at", "identifier_coverage", "coverage_checked_at"],
+    )
 
     class Meta:
         ordering = ["key"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from django.db import models
 from django.db.models import Count
 from django.utils import timezone
 
@@ -94,3 +95,27 @@ def audience_coverage(audience: Audience) -> tuple[int, int]:
     policy = audience.identifier_policy or customer_id_policy()
     members = Person.objects.filter(memberships__audience=audience, memberships__exited_at__isnull=True).order_by("pk")
     return coverage(policy, members)
+
+
+def refresh_coverage(audience: Audience, *, now=None) -> float | None:
+    valid, looked = audience_coverage(audience)
+    share = valid / looked if looked else None
+    Audience.objects.filter(pk=audience.pk).update(identifier_coverage=share, coverage_checked_at=now or timezone.now())
+    audience.identifier_coverage = share
+    return share
+
+
+def refresh_stale_coverage(*, older_than=None, limit: int = 20) -> int:
+    """Audiences whose coverage was measured longest ago first, a few per run."""
+    from datetime import timedelta
+
+    now = timezone.now()
+    cutoff = now - (older_than or timedelta(hours=1))
+    stale = Audience.objects.filter(enabled=True).filter(
+        models.Q(coverage_checked_at__isnull=True) | models.Q(coverage_checked_at__lt=cutoff)
+    ).order_by(models.F("coverage_checked_at").asc(nulls_first=True))[:limit]
+    count = 0
+    for audience in stale:
+        refresh_coverage(audience, now=now)
+        count += 1
+    return count

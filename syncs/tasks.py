@@ -31,3 +31,17 @@ def deliver_due():
             async_task("syncs.tasks.deliver", destination_id, task_name=f"deliver to destination {destination_id}")
             woken.append(destination_id)
     return woken
+
+
+def check_alerts():
+    """Once a minute: refresh a few audiences' identifier coverage, open and resolve alerts,
+    send the notifications owed."""
+    from audiences.preview import refresh_stale_coverage
+
+    from .monitoring import check_alerts as run_checks
+    from .monitoring import notify_alerts
+
+    refresh_stale_coverage()
+    result = run_checks()
+    result["notified"] = notify_alerts()
+    return result

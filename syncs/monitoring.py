@@ -1,0 +1,186 @@
+"""The periodic check: open and resolve alerts, then notify (email and a Slack-compatible chat
+webhook) once when an alert opens and once when it resolves."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import requests
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db.models import Max
+from django.urls import reverse
+from django.utils import timezone
+
+from audiences.evaluation import interval_of
+from audiences.models import Audience, SizeSample
+
+from .alerts import alert_open, alert_resolve
+from .models import Alert, Delivery, Sync, SyncRun
+from .selectors import oldest_open_delivery, suppression_lag, trailing_mean
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    drop_share: float = 0.5  # below half its trailing 7-day mean
+    drop_min_mean: float = 20  # too small to call a drop below this
+    failed_runs: int = 3
+    lag_target_s: float = 60.0
+    min_coverage: float = 0.8
+    stale_factor: float = 3.0
+
+    @classmethod
+    def from_settings(cls):
+        return cls(**getattr(settings, "ALERT_THRESHOLDS", {}))
+
+
+def check_alerts(*, now: datetime | None = None, thresholds: Thresholds | None = None) -> dict[str, int]:
+    now = now or timezone.now()
+    limits = thresholds or Thresholds.from_settings()
+    opened_before = set(Alert.objects.filter(resolved_at__isnull=True).values_list("key", flat=True))
+    wanted: dict[str, dict] = {}
+    audiences = list(Audience.objects.filter(enabled=True))
+    _audience_alerts(audiences, now, limits, wanted)
+    syncs = list(Sync.objects.filter(enabled=True).select_related("audience", "destination"))
+    _sync_alerts(syncs, now, limits, wanted)
+    for key, spec in wanted.items():
+        alert_open(key=key, **spec)
+    checked_kinds = {Alert.ZERO_COUNT, Alert.SUDDEN_DROP, Alert.FAILING_SYNC, Alert.LAG_OVER_TARGET,
+                     Alert.LOW_COVERAGE, Alert.STALE_SYNC}
+    resolved = 0
+    for alert in Alert.objects.filter(resolved_at__isnull=True, kind__in=checked_kinds):
+        if alert.key not in wanted:
+            alert_resolve(key=alert.key)
+            resolved += 1
+    return {"open": len(wanted), "opened": len(set(wanted) - opened_before), "resolved": resolved}
+
+
+def _audience_alerts(audiences, now, limits, wanted):
+    ids = [a.pk for a in audiences]
+    had_members = dict(
+        SizeSample.objects.filter(audience_id__in=ids, at__gte=now - timedelta(days=30))
+        .values("audience_id").annotate(m=Max("size")).values_list("audience_id", "m")
+    )
+    means = trailing_mean(ids, until=now - timedelta(hours=1))
+    synced = set(Sync.objects.filter(enabled=True).values_list("audience_id", flat=True))
+    for audience in audiences:
+        if audience.last_evaluated_at is None:
+            continue
+        if audience.current_size == 0 and had_members.get(audience.pk):
+            wanted[f"zero_count:audience:{audience.pk}"] = dict(
+                kind=Alert.ZERO_COUNT, audience=audience,
+                message=f"{audience.name} is at 0 members (it had up to {had_members[audience.pk]:,} in the last 30 days). "
+                        "Check the tracking of its events and its rule.",
+            )
+            continue
+        mean = means.get(audience.pk)
+        if mean and mean >= limits.drop_min_mean and audience.current_size < limits.drop_share * mean:
+            wanted[f"sudden_drop:audience:{audience.pk}"] = dict(
+                kind=Alert.SUDDEN_DROP, audience=audience,
+                message=f"{audience.name} fell to {audience.current_size:,}, under {limits.drop_share:.0%} of its "
+                        f"7-day mean ({mean:,.0f}).",
+                details={"size": audience.current_size, "mean": round(mean, 1)},
+            )
+        if audience.pk in synced and audience.identifier_coverage is not None and audience.current_size:
+            if audience.identifier_coverage < limits.min_coverage:
+                wanted[f"low_coverage:audience:{audience.pk}"] = dict(
+                    kind=Alert.LOW_COVERAGE, audience=audience,
+                    message=f"Only {audience.identifier_coverage:.0%} of {audience.name} have a valid identifier under "
+                            f"its policy (target {limits.min_coverage:.0%}): the rest never match downstream.",
+                )
+
+
+def _sync_alerts(syncs, now, limits, wanted):
+    ids = [s.pk for s in syncs]
+    oldest = oldest_open_delivery(ids)
+    recent_runs: dict[int, list[str]] = {}
+    for sync_id, status in (
+        SyncRun.objects.filter(sync_id__in=ids).exclude(status=SyncRun.RUNNING).order_by("sync_id", "-started_at")
+        .values_list("sync_id", "status")
+    ):
+        runs = recent_runs.setdefault(sync_id, [])
+        if len(runs) < limits.failed_runs:
+            runs.append(status)
+    dead = set(
+        Delivery.objects.filter(sync_id__in=ids, state=Delivery.DEAD, created_at__gte=now - timedelta(days=1))
+        .values_list("sync_id", flat=True).distinct()
+    )
+    for sync in syncs:
+        runs = recent_runs.get(sync.pk, [])
+        if (len(runs) == limits.failed_runs and all(s == SyncRun.FAILED for s in runs)) or sync.pk in dead:
+            why = f"{limits.failed_runs} failed runs in a row" if sync.pk not in dead else "dead letters in the last 24 hours"
+            wanted[f"failing_sync:sync:{sync.pk}"] = dict(
+                kind=Alert.FAILING_SYNC, sync=sync, audience=sync.audience,
+                message=f"{sync.key} is failing: {why}. Open the sync page for the errors.",
+            )
+        if sync.paused:
+            continue
+        if sync.audience.purpose == Audience.SUPPRESSION:
+            lag = suppression_lag(sync, since=now - timedelta(hours=1))
+            if lag.p95 is not None and lag.p95 > limits.lag_target_s:
+                wanted[f"lag_over_target:sync:{sync.pk}"] = dict(
+                    kind=Alert.LAG_OVER_TARGET, sync=sync, audience=sync.audience,
+                    message=f"{sync.key}: suppression lag p95 {lag.p95:,.1f} s over the last hour "
+                            f"(target {limits.lag_target_s:g} s); people who bought still see ads.",
+                    details={"p95": lag.p95, "count": lag.count},
+                )
+        cadence = interval_of(sync.audience.cadence) or timedelta(minutes=1)
+        waiting_since = oldest.get(sync.pk)
+        if waiting_since and now - waiting_since > limits.stale_factor * cadence:
+            wanted[f"stale_sync:sync:{sync.pk}"] = dict(
+                kind=Alert.STALE_SYNC, sync=sync, audience=sync.audience,
+                message=f"{sync.key} is stale: changes have waited since {waiting_since:%Y-%m-%d %H:%M} UTC "
+                        f"(over {limits.stale_factor:g}× its cadence) without going out. Is the worker running?",
+            )
+
+
+# --- notifications --------------------------------------------------------------------------
+
+
+def alert_link(alert: Alert) -> str:
+    base = settings.BASE_URL.rstrip("/")
+    if alert.sync_id:
+        return base + reverse("dashboard:sync", args=[alert.sync.key])
+    if alert.audience_id:
+        return base + reverse("dashboard:audience", args=[alert.audience.key])
+    return base + reverse("dashboard:alerts")
+
+
+def _send(alert: Alert, *, resolved: bool) -> None:
+    verb = "Resolved" if resolved else "Alert"
+    text = f"[Downstream] {verb}: {alert.message}"
+    link = alert_link(alert)
+    if settings.ALERT_EMAILS:
+        send_mail(
+            subject=text[:150], message=f"{alert.message}\n\n{link}\n", from_email=settings.DEFAULT_FROM_EMAIL,
+            recipient_list=settings.ALERT_EMAILS,
+        )
+    if settings.ALERT_WEBHOOK_URL:
+        response = requests.post(
+            settings.ALERT_WEBHOOK_URL, json={"text": f"{text} <{link}|Open in Downstream>"}, timeout=10
+        )
+        response.raise_for_status()
+
+
+def notify_alerts() -> int:
+    """Open notifications first, then resolutions; each claimed by a conditional UPDATE so two
+    workers never notify twice, and given back when sending fails, so none is lost."""
+    sent = 0
+    for field, resolved in (("notified_open_at", False), ("notified_resolved_at", True)):
+        pending = Alert.objects.filter(**{f"{field}__isnull": True})
+        if resolved:
+            pending = pending.filter(resolved_at__isnull=False, notified_open_at__isnull=False)
+        for alert in pending.select_related("sync", "audience"):
+            if not Alert.objects.filter(pk=alert.pk, **{f"{field}__isnull": True}).update(**{field: timezone.now()}):
+                continue
+            try:
+                _send(alert, resolved=resolved)
+                sent += 1
+            except (requests.RequestException, OSError) as exc:
+                log.warning("alert %s: notification failed, will retry: %s", alert.pk, exc)
+                Alert.objects.filter(pk=alert.pk).update(**{field: None})
+    return sent

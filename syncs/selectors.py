@@ -1,0 +1,200 @@
+"""Reads shared by the dashboard, the audience and sync pages, the weekly review and the alert
+checks. Each is a bounded number of queries whatever the number of audiences or samples."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db.models import Count, Max, Min, OuterRef, Q, Subquery
+from django.utils import timezone
+
+from audiences.models import Audience, SizeSample
+
+from .models import Delivery, Sync, SyncRun
+
+LAG_SAMPLE = 5000
+
+
+@dataclass
+class LagFigures:
+    count: int
+    p50: float | None
+    p95: float | None
+    max: float | None
+
+
+def percentile(sorted_values: list[float], share: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(share * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def lag_figures(values: list[float]) -> LagFigures:
+    values = sorted(values)
+    return LagFigures(len(values), percentile(values, 0.5), percentile(values, 0.95), values[-1] if values else None)
+
+
+def _lag_seconds(deliveries) -> list[float]:
+    rows = deliveries.order_by("-acknowledged_at").values_list("acknowledged_at", "triggered_at")[:LAG_SAMPLE]
+    return [max(0.0, (acked - triggered).total_seconds()) for acked, triggered in rows]
+
+
+def acknowledged(sync_ids=None, *, since: datetime, until: datetime | None = None, action: str | None = None):
+    deliveries = Delivery.objects.filter(state=Delivery.SENT, acknowledged_at__gte=since)
+    if until:
+        deliveries = deliveries.filter(acknowledged_at__lt=until)
+    if sync_ids is not None:
+        deliveries = deliveries.filter(sync_id__in=list(sync_ids))
+    if action:
+        deliveries = deliveries.filter(action=action)
+    return deliveries
+
+
+def suppression_lag(sync: Sync, *, since: datetime, until: datetime | None = None) -> LagFigures:
+    """Request → destination acknowledgement, for the changes that suppress: people entering a
+    suppression audience (and leaving an activation one)."""
+    action = Delivery.ENTER if sync.audience.purpose == Audience.SUPPRESSION else Delivery.EXIT
+    return lag_figures(_lag_seconds(acknowledged([sync.pk], since=since, until=until, action=action)))
+
+
+def suppression_lag_by_sync(sync_ids, *, since: datetime) -> dict[int, LagFigures]:
+    rows = (
+        acknowledged(sync_ids, since=since)
+        .filter(
+            Q(action=Delivery.ENTER, sync__audience__purpose=Audience.SUPPRESSION)
+            | Q(action=Delivery.EXIT, sync__audience__purpose=Audience.ACTIVATION)
+        )
+        .order_by("-acknowledged_at")
+        .values_list("sync_id", "acknowledged_at", "triggered_at")[: LAG_SAMPLE * 4]
+    )
+    values = defaultdict(list)
+    for sync_id, acked, triggered in rows:
+        values[sync_id].append(max(0.0, (acked - triggered).total_seconds()))
+    return {sync_id: lag_figures(v) for sync_id, v in values.items()}
+
+
+def lag_histogram(values: list[float], edges=(0.5, 1, 2, 5, 10, 30, 60, 300)) -> list[tuple[str, int]]:
+    buckets = [0] * (len(edges) + 1)
+    for value in values:
+        position = next((i for i, edge in enumerate(edges) if value <= edge), len(edges))
+        buckets[position] += 1
+    labels = [f"≤ {edge:g} s" for edge in edges] + [f"> {edges[-1]:g} s"]
+    return list(zip(labels, buckets))
+
+
+def suppression_lag_values(sync: Sync, *, since: datetime) -> list[float]:
+    action = Delivery.ENTER if sync.audience.purpose == Audience.SUPPRESSION else Delivery.EXIT
+    return _lag_seconds(acknowledged([sync.pk], since=since, action=action))
+
+
+def suppression_lag_series(sync: Sync, *, since: datetime, bucket: timedelta) -> list[tuple[datetime, LagFigures]]:
+    action = Delivery.ENTER if sync.audience.purpose == Audience.SUPPRESSION else Delivery.EXIT
+    rows = acknowledged([sync.pk], since=since, action=action).values_list("acknowledged_at", "triggered_at")[: LAG_SAMPLE * 4]
+    grouped = defaultdict(list)
+    for acked, triggered in rows:
+        grouped[_floor(acked, since, bucket)].append(max(0.0, (acked - triggered).total_seconds()))
+    return [(start, lag_figures(grouped[start])) for start in sorted(grouped)]
+
+
+def _floor(moment: datetime, origin: datetime, bucket: timedelta) -> datetime:
+    return origin + ((moment - origin) // bucket) * bucket
+
+
+# --- sizes ----------------------------------------------------------------------------------
+
+
+def size_series(audience_ids, *, since: datetime, until: datetime | None = None, bucket: timedelta) -> dict:
+    """Per audience: [(bucket start, size at the end of the bucket, entered, exited)]. Buckets
+    without a sample carry the size forward."""
+    until = until or timezone.now()
+    samples = SizeSample.objects.filter(audience_id__in=list(audience_ids), at__gte=since, at__lt=until).order_by("at")
+    raw = defaultdict(dict)
+    for audience_id, at, size, entered, exited in samples.values_list("audience_id", "at", "size", "entered", "exited"):
+        start = _floor(at, since, bucket)
+        last_size, total_in, total_out = raw[audience_id].get(start, (size, 0, 0))
+        raw[audience_id][start] = (size, total_in + entered, total_out + exited)
+    before = size_before(audience_ids, at=since)
+    series = {}
+    slots = int((until - since) / bucket) + 1
+    for audience_id in audience_ids:
+        size = before.get(audience_id)
+        points = []
+        for n in range(slots):
+            start = since + n * bucket
+            if start >= until:
+                break
+            if start in raw[audience_id]:
+                size, entered, exited = raw[audience_id][start]
+            else:
+                entered = exited = 0
+            points.append((start, size, entered, exited))
+        series[audience_id] = points
+    return series
+
+
+def size_before(audience_ids, *, at: datetime) -> dict[int, int]:
+    """Each audience's size as of `at`: its last sample before then (one query)."""
+    latest = SizeSample.objects.filter(audience_id=OuterRef("pk"), at__lt=at).order_by("-at").values("size")[:1]
+    return dict(
+        Audience.objects.filter(pk__in=list(audience_ids)).annotate(size=Subquery(latest)).values_list("pk", "size")
+    )
+
+
+def trailing_mean(audience_ids, *, until: datetime, days: int = 7) -> dict[int, float]:
+    """Mean size over the trailing days, by daily buckets (carrying sizes forward)."""
+    series = size_series(audience_ids, since=until - timedelta(days=days), until=until, bucket=timedelta(days=1))
+    means = {}
+    for audience_id, points in series.items():
+        sizes = [size for _, size, _, _ in points if size is not None]
+        if sizes:
+            means[audience_id] = sum(sizes) / len(sizes)
+    return means
+
+
+# --- syncs ----------------------------------------------------------------------------------
+
+
+def last_runs(sync_ids) -> dict[int, SyncRun]:
+    latest = SyncRun.objects.filter(sync_id=OuterRef("sync_id")).order_by("-started_at").values("pk")[:1]
+    runs = SyncRun.objects.filter(sync_id__in=list(sync_ids), pk=Subquery(latest))
+    return {run.sync_id: run for run in runs}
+
+
+def last_success(sync_ids) -> dict[int, datetime]:
+    return dict(
+        SyncRun.objects.filter(sync_id__in=list(sync_ids), status=SyncRun.SUCCEEDED)
+        .values("sync_id").annotate(at=Max("finished_at")).values_list("sync_id", "at")
+    )
+
+
+def delivery_counts(sync_ids, *, since: datetime) -> dict[int, dict[str, int]]:
+    counts = defaultdict(lambda: defaultdict(int))
+    rows = (
+        Delivery.objects.filter(sync_id__in=list(sync_ids), created_at__gte=since)
+        .values("sync_id", "state").annotate(n=Count("pk")).values_list("sync_id", "state", "n")
+    )
+    for sync_id, state, n in rows:
+        counts[sync_id][state] = n
+    return counts
+
+
+def rejected_rows(sync: Sync, *, limit: int = 100):
+    return (
+        Delivery.objects.filter(sync=sync, state__in=[Delivery.REJECTED, Delivery.DEAD])
+        .order_by("-id").select_related("person")[:limit]
+    )
+
+
+def run_durations(runs) -> list[float]:
+    return [r.duration_s for r in runs if r.duration_s is not None]
+
+
+def oldest_open_delivery(sync_ids) -> dict[int, datetime]:
+    return dict(
+        Delivery.objects.filter(sync_id__in=list(sync_ids), state=Delivery.PENDING)
+        .values("sync_id").annotate(at=Min("created_at"))
+        .values_list("sync_id", "at")
+    )
