@@ -7,6 +7,7 @@ code); either way they are encrypted, and a reference is kept so exports never h
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from urllib.parse import urlparse
@@ -64,6 +65,25 @@ def resolve_credentials(raw: dict, *, allowed, stored: dict, stored_refs: dict, 
         else:
             errors.setdefault(field, []).append(f"{name}: give a value or env:NAME")
     return values, refs
+
+
+def _check_secret_headers(values: dict, errors: dict) -> None:
+    """Secret headers arrive as a mapping (admin form) or, through env:NAME, as the JSON text of
+    one; the webhook transport needs the mapping."""
+    if "headers" not in values:
+        return
+    headers = values["headers"]
+    if isinstance(headers, str):
+        try:
+            headers = json.loads(headers)
+        except ValueError:
+            headers = None
+    if isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values()):
+        values["headers"] = headers
+    else:
+        errors.setdefault("credentials", []).append(
+            'headers: give a JSON object of header names to texts, such as {"Authorization": "Bearer ..."}'
+        )
 
 
 def _check_url(value, errors, field):
@@ -135,6 +155,7 @@ def destination_save(*, data: dict, actor=None, instance: Destination | None = N
             data["credentials"], allowed=CREDENTIALS[kind], stored=destination.credentials if instance else {},
             stored_refs=destination.credential_refs if instance else {}, errors=errors,
         )
+        _check_secret_headers(values, errors)
     elif instance:
         values, refs = destination.credentials, destination.credential_refs
     else:
