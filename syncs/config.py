@@ -47,6 +47,22 @@ def sync_dict(s: Sync) -> dict:
     return _without_defaults(data, SYNC_DEFAULTS)
 
 
+def _references_only(data: dict) -> dict:
+    """A configuration file names its secrets (env:NAME) or keeps the stored ones; a value
+    written into the file itself would end up in version control."""
+    from django.core.exceptions import ValidationError
+
+    credentials = data.get("credentials")
+    if isinstance(credentials, dict):
+        literal = sorted(name for name, given in credentials.items()
+                         if not (given == services.KEEP or (isinstance(given, str) and services.ENV.match(given))))
+        if literal:
+            raise ValidationError({"credentials": [
+                f"{name}: a configuration file holds env:NAME or keep, never the secret itself" for name in literal
+            ]})
+    return data
+
+
 def _refuse_if_used(instance, used_by, what):
     from django.core.exceptions import ValidationError
 
@@ -59,12 +75,12 @@ def _refuse_if_used(instance, used_by, what):
 def register():
     register_section(Section(
         "customerio_workspaces", CustomerIoWorkspace, workspace_dict,
-        lambda data, instance, actor: services.workspace_save(data=data, instance=instance, actor=actor),
+        lambda data, instance, actor: services.workspace_save(data=_references_only(data), instance=instance, actor=actor),
         lambda instance, actor: instance.delete(), WORKSPACE_DEFAULTS,
     ), after="identifier_policies")
     register_section(Section(
         "destinations", Destination, destination_dict,
-        lambda data, instance, actor: services.destination_save(data=data, instance=instance, actor=actor),
+        lambda data, instance, actor: services.destination_save(data=_references_only(data), instance=instance, actor=actor),
         lambda instance, actor: _refuse_if_used(instance, instance.syncs.all(), "destination"), DESTINATION_DEFAULTS,
     ))
     register_section(Section(
