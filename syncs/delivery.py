@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.db import transaction
-from django.db.models import Count, Exists, F, Min, OuterRef, Q
+from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q
 from django.utils import timezone
 
 from .destinations import OutRow, TransportError, transport_for
-from .models import Delivery, DeliveryBatch, Destination, Sync, SyncRun
+from .models import Delivery, DeliveryBatch, Destination, RemovalHold, Sync, SyncRun
 from .payload import no_identifier_reason, payload_for
 
 log = logging.getLogger(__name__)
@@ -119,12 +119,13 @@ def _first_open_before():
     )
 
 
-def claim_batch(sync: Sync, limit: int) -> tuple[uuid.UUID, int] | None:
+def claim_batch(sync: Sync, limit: int, *, retries: bool = True) -> tuple[uuid.UUID, int] | None:
     """Claim a retried batch whole (same rows, same batch id), else up to `limit` fresh rows in
-    order. Returns (batch id, attempt) or None."""
+    order. Returns (batch id, attempt) or None. `retries=False`: the caller knows no retried
+    batch is due, and the look-up (which reads every pending row when there is none) is skipped."""
     now = timezone.now()
     due = Delivery.objects.filter(sync=sync, state=Delivery.PENDING, next_attempt_at__lte=now)
-    retry = due.filter(batch_id__isnull=False).order_by("id").values_list("batch_id", flat=True).first()
+    retry = due.filter(batch_id__isnull=False).order_by("id").values_list("batch_id", flat=True).first() if retries else None
     if retry:
         claimed = Delivery.objects.filter(sync=sync, state=Delivery.PENDING, batch_id=retry).update(
             state=Delivery.SENDING, attempts=F("attempts") + 1
@@ -283,6 +284,21 @@ def _active_syncs(destination: Destination) -> list[Sync]:
     )
 
 
+def _next_retry_at(sync: Sync):
+    """When the sync's earliest retried batch is due; None when there is none."""
+    return Delivery.objects.filter(sync=sync, state=Delivery.PENDING, batch_id__isnull=False).aggregate(
+        at=Min("next_attempt_at"))["at"]
+
+
+def _new_rows_since(sync: Sync, seen: tuple | None) -> tuple:
+    """What cancel_unsent_pairs depends on and only a change elsewhere can alter while this sender
+    holds the lease: the newest pending row (new changes) and the last decision on a hold
+    (approved removals become pending again)."""
+    newest = Delivery.objects.filter(sync=sync, state=Delivery.PENDING).aggregate(n=Max("id"))["n"] or 0
+    decided = RemovalHold.objects.filter(sync=sync).aggregate(at=Max("decided_at"))["at"]
+    return (max(newest, seen[0] if seen else 0), decided)
+
+
 def next_due(destination: Destination):
     """When the next row can be claimed. Rows waiting behind an earlier open row of their person
     (a retry, a held removal) are not due: counting them made the sender spin until that row."""
@@ -315,6 +331,8 @@ def deliver_destination(destination_id: int, *, max_seconds: float = 240, sleep=
         return summary
     deadline = time.monotonic() + max_seconds
     runs: dict[int, SyncRun] = {}
+    cancel_seen: dict[int, tuple] = {}  # per sync: _new_rows_since at its last cancel_unsent_pairs
+    retry_at: dict[int, object] = {}  # per sync: _next_retry_at, until a retry is claimed or a batch fails
     try:
         destination = Destination.objects.get(pk=destination_id)
         recover_orphans(destination)
@@ -337,16 +355,31 @@ def deliver_destination(destination_id: int, *, max_seconds: float = 240, sleep=
                 continue
             progressed = False
             for sync in _active_syncs(destination):
-                summary.cancelled += cancel_unsent_pairs(sync)
+                # Both look-ups below read every pending row of the sync; at a backlog of a million
+                # rows, doing them before every batch held the sender to a fifth of its rate limit.
+                # Only this sender changes its rows while it holds the lease, so they are redone
+                # only when something else may have changed them.
+                seen = _new_rows_since(sync, cancel_seen.get(sync.pk))
+                if seen != cancel_seen.get(sync.pk):
+                    summary.cancelled += cancel_unsent_pairs(sync)
+                    cancel_seen[sync.pk] = seen
+                if sync.pk not in retry_at:
+                    retry_at[sync.pk] = _next_retry_at(sync)
                 limit = min(destination.batch_size, getattr(transport, "max_batch", destination.batch_size))
-                claimed = claim_batch(sync, limit)
+                retries = retry_at[sync.pk] is not None and retry_at[sync.pk] <= timezone.now()
+                claimed = claim_batch(sync, limit, retries=retries)
                 if not claimed:
                     continue
+                if retries or claimed[1] > 1:
+                    retry_at.pop(sync.pk)  # a retried batch was claimed: look again next time
                 progressed = True
                 run = runs.get(sync.pk) or runs.setdefault(
                     sync.pk, SyncRun.objects.create(sync=sync, kind=SyncRun.DRY_RUN if sync.dry_run else SyncRun.DELIVER)
                 )
+                retried_before = summary.retried + summary.dead
                 send_batch(sync, *claimed, transport=transport, limiter=limiter, run=run, summary=summary)
+                if summary.retried + summary.dead != retried_before:
+                    retry_at.pop(sync.pk, None)  # the batch failed and waits for its retry
                 if not renew_lease(destination, token):
                     log.warning("destination %s: lease lost; stopping", destination.key)
                     return summary
