@@ -206,3 +206,34 @@ def live_feed(*, url: str, write_key: str, seed: int, people: int, rate: float, 
             log(f"ingest API not reachable at {endpoint}: {exc.__class__.__name__}; retrying")
         sent += 1
         time.sleep(rng.expovariate(rate))
+
+
+def backfill_size_history(*, days: int, seed: int = 11) -> int:
+    """Synthetic hourly size samples for the week before the first evaluation, so that the demo's
+    charts have a shape (a daily rhythm around today's size). Demo only: real history comes
+    from evaluations."""
+    import math
+
+    from .models import Audience, SizeSample
+
+    rng = random.Random(seed)
+    rows = []
+    for audience in Audience.objects.all():
+        first = SizeSample.objects.filter(audience=audience).order_by("at").first()
+        if first is None:
+            continue
+        size = audience.current_size
+        swing = 0.35 if audience.cadence == Audience.REALTIME else 0.08
+        previous = size
+        for hours_back in range(days * 24, 0, -1):
+            at = first.at - timedelta(hours=hours_back)
+            rhythm = 1 + swing * math.sin((at.hour - 9) / 24 * 2 * math.pi)
+            value = max(0, round(size * rhythm * rng.uniform(0.9, 1.1)))
+            delta = value - previous
+            rows.append(SizeSample(
+                audience=audience, at=at, last_at=at, size=value, entered=max(delta, 0) + rng.randint(0, max(1, value // 20)),
+                exited=max(-delta, 0) + rng.randint(0, max(1, value // 20)), evaluations=60, full=True,
+            ))
+            previous = value
+    SizeSample.objects.bulk_create(rows, batch_size=2000)
+    return len(rows)

@@ -32,7 +32,7 @@ def _credentials(request) -> tuple[str, str] | None:
     return user, password
 
 
-def _unauthorized(message):
+def unauthorized(message):
     response = JsonResponse(
         {"code": "unauthorized", "message": message, "errors": [{"index": None, "field": "", "message": message}]},
         status=401,
@@ -55,7 +55,7 @@ def _method_not_allowed(allowed):
     return response
 
 
-def _read_body(request, max_bytes: int) -> object:
+def read_body(request, max_bytes: int) -> object:
     """The body, as JSON; the limit holds for the bytes on the wire and again once inflated."""
     declared = request.META.get("CONTENT_LENGTH") or "0"
     too_big = wire.Rejected(413, [wire.Problem(None, "", wire.too_big("the body", max_bytes), True)])
@@ -90,7 +90,7 @@ def ingest_endpoint(methods):
 # --- Segment / Customer.io Data Pipelines ---------------------------------------------------
 
 
-def _segment_source(request):
+def segment_source(request):
     credentials = _credentials(request)
     if credentials is None:
         return None
@@ -100,11 +100,11 @@ def _segment_source(request):
 def _segment_view(parse):
     @ingest_endpoint(["POST"])
     def view(request):
-        source = _segment_source(request)
+        source = segment_source(request)
         if source is None:
-            return _unauthorized("a valid write key is required as the Basic auth user name")
+            return unauthorized("a valid write key is required as the Basic auth user name")
         now = timezone.now()
-        body = _read_body(request, settings.INGEST_MAX_BODY_BYTES)
+        body = read_body(request, settings.INGEST_MAX_BODY_BYTES)
         result = ingest_messages(source=source, messages=parse(body, now=now), received_at=now)
         return JsonResponse({"success": True, "accepted": result.accepted, "duplicates": result.duplicates})
 
@@ -130,7 +130,7 @@ def _track_source(request):
 
 
 def _track_unauthorized():
-    return _unauthorized("Basic auth with your site id (the source name) and API key (its write key) is required")
+    return unauthorized("Basic auth with your site id (the source name) and API key (its write key) is required")
 
 
 @ingest_endpoint(["PUT", "DELETE"])
@@ -143,7 +143,7 @@ def track_customer(request, customer_id):
         person_erase(customer_id=customer_id, source=source)
         return JsonResponse({})
     now = timezone.now()
-    body = _read_body(request, settings.INGEST_MAX_MESSAGE_BYTES)
+    body = read_body(request, settings.INGEST_MAX_MESSAGE_BYTES)
     ingest_messages(source=source, messages=[wire.parse_track_attributes(customer_id, body, now=now)], received_at=now)
     return JsonResponse({})
 
@@ -155,6 +155,6 @@ def track_customer_event(request, customer_id):
         return _track_unauthorized()
     customer_id = wire.parse_track_customer_id(customer_id)
     now = timezone.now()
-    body = _read_body(request, settings.INGEST_MAX_MESSAGE_BYTES)
+    body = read_body(request, settings.INGEST_MAX_MESSAGE_BYTES)
     ingest_messages(source=source, messages=[wire.parse_track_event(customer_id, body, now=now)], received_at=now)
     return JsonResponse({})

@@ -349,3 +349,48 @@ class SourcePull(models.Model):
 
     def __str__(self):
         return f"pull of {self.audience.key} at {self.started_at:%Y-%m-%d %H:%M}: {self.members:,} members"
+
+
+class Outcome(models.Model):
+    """What downstream reports back per audience per day (POST /ingest/v1/outcomes)."""
+
+    audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="outcomes")
+    date = models.DateField()
+    source = models.ForeignKey("audiences.Source", on_delete=models.CASCADE, related_name="outcomes")
+    impressions = models.PositiveBigIntegerField(default=0)
+    reach = models.PositiveBigIntegerField(null=True, blank=True)
+    clicks = models.PositiveBigIntegerField(default=0)
+    conversions = models.PositiveBigIntegerField(default=0)
+    revenue = models.DecimalField(max_digits=14, decimal_places=2, null=True, blank=True)
+    spend = models.DecimalField(max_digits=14, decimal_places=2, default=0)
+    currency = models.CharField(max_length=3, default="USD")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["audience", "date", "source"], name="outcome_one_per_day_and_source")]
+        ordering = ["-date"]
+
+    def __str__(self):
+        return f"{self.audience.key} {self.date}: {self.conversions} conversions for {self.spend} {self.currency}"
+
+
+class Baseline(models.Model):
+    """Pre-launch figures the team captured for an audience, to compare outcomes against."""
+
+    audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="baselines")
+    captured_on = models.DateField(default=timezone.localdate)
+    cpa = models.DecimalField("CPA", max_digits=10, decimal_places=2, null=True, blank=True)
+    roas = models.DecimalField("ROAS", max_digits=8, decimal_places=2, null=True, blank=True)
+    frequency = models.DecimalField(max_digits=8, decimal_places=2, null=True, blank=True)
+    conversion_rate = models.DecimalField(max_digits=6, decimal_places=4, null=True, blank=True, help_text="0.025 for 2.5 %")
+    suppression_lag_s = models.FloatField(null=True, blank=True)
+    notes = models.TextField(blank=True, default="")
+    entered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["-captured_on"]
+
+    def __str__(self):
+        return f"baseline of {self.audience.key} on {self.captured_on}"

@@ -64,4 +64,4 @@ def test_person_search_is_exact_on_id_email_and_phone(admin_client):
 
 def test_dashboard_shows_that_no_worker_is_running(admin_client):
     response = admin_client.get("/admin/")
-    assert b"Not running" in response.content
+    assert b"Worker not running" in response.content

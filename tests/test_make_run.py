@@ -72,7 +72,7 @@ def test_run_serves_the_login_page_and_the_worker_shows_as_running(tmp_path):
         running = False
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not running:
-            running = "● Running" in session.get(url + "/admin/", timeout=10).text
+            running = "Worker running" in session.get(url + "/admin/", timeout=10).text
             time.sleep(0.5)
         assert running, "the dashboard never showed the worker as running"
     finally:

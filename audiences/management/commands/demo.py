@@ -1,7 +1,9 @@
 import os
+from io import StringIO
 from datetime import datetime
 
 from django.conf import settings
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
@@ -9,7 +11,10 @@ from django.utils.dateparse import parse_datetime
 
 from audiences.config import apply
 from audiences.demo import DEMO_CONFIG_FILES, DEMO_SOURCE, live_feed, load_demo
+from audiences.demo import backfill_size_history
 from audiences.evaluation import evaluate_all
+from audiences.preview import refresh_coverage
+from audiences.services import audience_save
 from audiences.ingest import source_rotate_key
 from audiences.models import Person
 
@@ -57,12 +62,20 @@ class Command(BaseCommand):
 
         if Audience.objects.exists():
             return
+        # the audiences name their owner, a demo login
+        call_command("demo_login", stdout=StringIO())
         # the demo's LiveLike destination runs dry; its token only has to exist
         os.environ.setdefault("LIVELIKE_PRODUCER_TOKEN", "demo-token-not-a-real-one")
         for path in DEMO_CONFIG_FILES:
             apply(str(path))
+        for audience in Audience.objects.all():
+            owner = "admin" if audience.cadence != Audience.REALTIME else "manager"
+            audience_save(instance=audience, data={"owner": owner})
         for evaluation in evaluate_all():
             self.stdout.write(f"  {evaluation.audience_key}: {evaluation.size:,} members")
+        backfill_size_history(days=7)
+        for audience in Audience.objects.all():
+            refresh_coverage(audience)
 
     def _anchor(self, text):
         if not text:

@@ -1,0 +1,148 @@
+"""Server-side SVG charts: sparklines, size-over-time with entries and exits, histograms.
+
+Drawn here rather than by a JavaScript library because every chart in the product is small and
+static (a page is a snapshot), they must print (the weekly review), and the pages must load
+fast with no script and no CDN. The SVG is built from numbers only; every text is escaped.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.utils.html import escape
+from django.utils.safestring import mark_safe
+
+INK, MUTED, ENTER, EXIT, GRID = "#2b6cb0", "#a0aec0", "#38a169", "#e53e3e", "#e2e8f0"
+
+
+def _scale(values, low, high, size):
+    span = (high - low) or 1
+    return [size - (v - low) / span * size for v in values]
+
+
+def sparkline(values: list[float | None], *, width: int = 120, height: int = 28, label: str = "") -> str:
+    points = [v for v in values if v is not None]
+    if len(points) < 2:
+        return mark_safe(f'<svg class="spark" width="{width}" height="{height}" role="img" aria-label="{escape(label or "no data yet")}"></svg>')
+    low, high = min(points), max(points)
+    step = width / (len(values) - 1)
+    ys = _scale([v if v is not None else low for v in values], low, high, height - 4)
+    path = " ".join(f"{'M' if i == 0 else 'L'}{i * step:.1f},{y + 2:.1f}" for i, y in enumerate(ys))
+    last_x, last_y = (len(values) - 1) * step, ys[-1] + 2
+    color = EXIT if points[-1] == 0 else INK
+    return mark_safe(
+        f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{escape(label)}"><path d="{path}" fill="none" stroke="{color}" stroke-width="1.5"/>'
+        f'<circle cx="{last_x:.1f}" cy="{last_y:.1f}" r="2.2" fill="{color}"/></svg>'
+    )
+
+
+def _fmt(value: float) -> str:
+    if value >= 1_000_000:
+        return f"{value / 1_000_000:.1f}M"
+    if value >= 10_000:
+        return f"{value / 1000:.0f}k"
+    if value >= 1000:
+        return f"{value / 1000:.1f}k"
+    return f"{value:g}" if value == int(value) else f"{value:.1f}"
+
+
+def size_chart(points: list[tuple[datetime, int | None, int, int]], *, width: int = 1100, height: int = 240,
+               label_format: str = "%b %d", title: str = "") -> str:
+    """Size as a line, entries (up) and exits (down) as bars under it."""
+    if not points:
+        return mark_safe('<p class="muted">No evaluations yet.</p>')
+    left, right, top, line_h, bars_h = 48, 10, 10, height - 80, 50
+    plot_w = width - left - right
+    sizes = [p[1] for p in points]
+    known = [s for s in sizes if s is not None] or [0]
+    high = max(known) or 1
+    step = plot_w / max(len(points) - 1, 1)
+    parts = [f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">']
+    for fraction in (0, 0.5, 1):
+        y = top + line_h - fraction * line_h
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="{GRID}"/>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="axis">{_fmt(high * fraction)}</text>')
+    path, started = [], False
+    for i, size in enumerate(sizes):
+        if size is None:
+            continue
+        x, y = left + i * step, top + line_h - size / high * line_h
+        path.append(f"{'L' if started else 'M'}{x:.1f},{y:.1f}")
+        started = True
+    if path:
+        parts.append(f'<path d="{" ".join(path)}" fill="none" stroke="{INK}" stroke-width="2"/>')
+    flows = [max(p[2], p[3]) for p in points]
+    flow_high = max(flows) or 1
+    base = top + line_h + 12 + bars_h / 2
+    bar_w = max(1.0, min(12.0, step * 0.35))
+    for i, (_, _, entered, exited) in enumerate(points):
+        x = left + i * step
+        if entered:
+            h = entered / flow_high * bars_h / 2
+            parts.append(f'<rect x="{x - bar_w:.1f}" y="{base - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{ENTER}"><title>+{entered:,}</title></rect>')
+        if exited:
+            h = exited / flow_high * bars_h / 2
+            parts.append(f'<rect x="{x:.1f}" y="{base:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{EXIT}"><title>-{exited:,}</title></rect>')
+    parts.append(f'<line x1="{left}" x2="{width - right}" y1="{base:.1f}" y2="{base:.1f}" stroke="{GRID}"/>')
+    ticks = max(1, len(points) // 6)
+    for i in range(0, len(points), ticks):
+        x = left + i * step
+        parts.append(f'<text x="{x:.1f}" y="{height - 4}" text-anchor="middle" class="axis">{escape(points[i][0].strftime(label_format))}</text>')
+    parts.append(
+        f'<text x="{width - right}" y="{top + line_h + 10}" text-anchor="end" class="axis">'
+        f'<tspan fill="{ENTER}">■ entered</tspan>  <tspan fill="{EXIT}">■ exited</tspan></text></svg>'
+    )
+    return mark_safe("".join(parts))
+
+
+def bars(items: list[tuple[str, float]], *, width: int = 520, row: int = 24, color: str = INK, unit: str = "") -> str:
+    """Horizontal bars with labels: histograms, overlaps."""
+    if not items:
+        return mark_safe('<p class="muted">Nothing yet.</p>')
+    high = max(v for _, v in items) or 1
+    label_w, value_w = 210, 60
+    plot = width - label_w - value_w
+    height = row * len(items) + 4
+    parts = [f'<svg class="chart bars" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">']
+    for i, (label, value) in enumerate(items):
+        y = i * row + 2
+        w = value / high * plot
+        short = label if len(label) <= 30 else label[:29] + "…"
+        parts.append(f'<text x="{label_w - 6}" y="{y + row * 0.65:.1f}" text-anchor="end" class="axis"><title>{escape(label)}</title>{escape(short)}</text>')
+        parts.append(f'<rect x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row - 8}" fill="{color}" rx="2"/>')
+        parts.append(f'<text x="{label_w + w + 4:.1f}" y="{y + row * 0.65:.1f}" class="axis">{escape(_fmt(value))}{escape(unit)}</text>')
+    parts.append("</svg>")
+    return mark_safe("".join(parts))
+
+
+def lag_chart(points: list[tuple[datetime, float | None, float | None]], *, width: int = 600, height: int = 200,
+              target: float | None = None) -> str:
+    """p50 and p95 suppression lag over time, with the target as a dashed line."""
+    known = [v for _, a, b in points for v in (a, b) if v is not None]
+    if not known:
+        return mark_safe('<p class="muted">No suppression has been acknowledged in this period.</p>')
+    left, right, top, plot_h = 48, 10, 10, height - 34
+    high = max(known + ([target] if target else [])) * 1.1 or 1
+    step = (width - left - right) / max(len(points) - 1, 1)
+    parts = [f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="suppression lag">']
+    for fraction in (0, 0.5, 1):
+        y = top + plot_h - fraction * plot_h
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="{GRID}"/>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="axis">{_fmt(high * fraction)} s</text>')
+    if target:
+        y = top + plot_h - target / high * plot_h
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="{EXIT}" stroke-dasharray="4 3"/>')
+    for index, color in ((1, MUTED), (2, INK)):
+        path = [
+            f"{'M' if not i else 'L'}{left + i * step:.1f},{top + plot_h - p[index] / high * plot_h:.1f}"
+            for i, p in enumerate(points) if p[index] is not None
+        ]
+        if path:
+            path[0] = "M" + path[0][1:]
+            parts.append(f'<path d="{" ".join(path)}" fill="none" stroke="{color}" stroke-width="2"/>')
+    ticks = max(1, len(points) // 6)
+    for i in range(0, len(points), ticks):
+        parts.append(f'<text x="{left + i * step:.1f}" y="{height - 4}" text-anchor="middle" class="axis">{escape(points[i][0].strftime("%H:%M"))}</text>')
+    parts.append(f'<text x="{width - right}" y="{top + 10}" text-anchor="end" class="axis"><tspan fill="{MUTED}">■ p50</tspan>  <tspan fill="{INK}">■ p95</tspan></text></svg>')
+    return mark_safe("".join(parts))

@@ -1,0 +1,53 @@
+"""Number formats for the pages. Every filter shows "—" for a missing value (None, or an
+empty string from a lookup on a missing object) instead of failing the page."""
+
+from django import template
+
+register = template.Library()
+
+
+def _number(value):
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@register.filter
+def intcomma_ds(value):
+    number = _number(value)
+    return "—" if number is None else f"{int(number):,}"
+
+
+@register.filter
+def percent(value, digits=0):
+    number = _number(value)
+    return "—" if number is None else f"{number * 100:.{int(digits)}f} %"
+
+
+@register.filter
+def percent_signed(value):
+    number = _number(value)
+    return "—" if number is None else f"{number * 100:+.0f} %"
+
+
+@register.filter
+def seconds(value):
+    number = _number(value)
+    if number is None:
+        return "—"
+    if number < 10:
+        return f"{number:.2f} s"
+    if number < 120:
+        return f"{number:.0f} s"
+    if number < 7200:
+        return f"{number / 60:.0f} min"
+    return f"{number / 3600:.1f} h"
+
+
+@register.filter
+def money(value):
+    number = _number(value)
+    return "—" if number is None else f"{number:,.2f}"

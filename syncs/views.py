@@ -1,0 +1,221 @@
+"""The dashboard pages. Thin: load, check permission, call one selector or service, render."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib import admin, messages
+from django.contrib.auth.decorators import permission_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Q
+from django.http import Http404
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from audiences import rules as r
+from audiences.models import Audience, Event, Membership, Person
+from audiences.preview import audience_preview
+
+from . import charts
+from .alerts import alert_acknowledge
+from .audit import person_timeline, setting_changes
+from .dashboard import dashboard_rows, open_alerts
+from .models import Alert, Delivery, DeliveryBatch, Destination, RemovalHold, Sync, SyncRun
+from .monitoring import Thresholds
+from .outcomes import outcome_rows
+from .review import weekly_review
+from .selectors import (
+    lag_histogram, rejected_rows, size_series, suppression_lag, suppression_lag_series, suppression_lag_values,
+)
+
+BUCKETS = {
+    "hour": (timedelta(hours=1), timedelta(hours=48), "%H:%M"),
+    "day": (timedelta(days=1), timedelta(days=60), "%b %d"),
+    "week": (timedelta(weeks=1), timedelta(weeks=52), "%b %d"),
+}
+
+
+def page(request, template, title, **context):
+    return render(request, template, {**admin.site.each_context(request), "title": title, **context})
+
+
+def home(request, extra_context=None):
+    filters = {k: request.GET.get(k, "") for k in ("purpose", "destination", "owner")}
+    rows = dashboard_rows(**filters)
+    owners = sorted({row.audience.owner.username for row in rows if row.audience.owner})
+    return page(
+        request, "dashboard/home.html", "Dashboard", rows=rows, alerts=open_alerts(), filters=filters,
+        destinations=Destination.objects.order_by("name"), owners=owners, **(extra_context or {}),
+    )
+
+
+def audience_detail(request, key):
+    audience = get_object_or_404(Audience.objects.select_related("owner", "identifier_policy", "priority_group"), key=key)
+    bucket_name = request.GET.get("by", "day") if request.GET.get("by") in BUCKETS else "day"
+    bucket, span, label = BUCKETS[bucket_name]
+    now = timezone.now()
+    first = audience.size_samples.order_by("at").values_list("at", flat=True).first()
+    since = max(now - span, first - bucket) if first else now - span  # no empty months before the first evaluation
+    series = size_series([audience.pk], since=since, until=now, bucket=bucket)[audience.pk]
+    names = dict(Audience.objects.values_list("key", "name"))
+    try:
+        rule_words = r.describe(r.parse_rule(audience.rule), names) if audience.rule else ""
+    except r.RuleError:
+        rule_words = "This rule no longer parses; open the editor to fix it."
+    preview = audience_preview(
+        rule=audience.rule or {"attribute": "__never__", "exists": True},
+        exclusions=list(audience.exclusions.values_list("key", flat=True)),
+        priority_group=audience.priority_group.key if audience.priority_group else None,
+        priority_rank=audience.priority_rank, identifier_policy=audience.identifier_policy.key if audience.identifier_policy else None,
+        key=audience.key,
+    ) if audience.source_kind == Audience.RULES else None
+    overlaps = [o for o in _current_overlaps(audience) if o[1]]
+    sample = Person.objects.filter(memberships__audience=audience, memberships__exited_at__isnull=True).order_by("-memberships__entered_at")[:20]
+    return page(
+        request, "dashboard/audience.html", audience.name, audience=audience, bucket=bucket_name, buckets=list(BUCKETS),
+        chart=charts.size_chart(series, label_format=label, title=f"{audience.name} size"),
+        series=[p for p in series if p[1] is not None][-14:],
+        rule_words=rule_words, exclusions=audience.exclusions.all(), preview=preview, overlaps=overlaps,
+        overlap_chart=charts.bars([(name, count) for name, count in overlaps[:10]]), sample=sample,
+        syncs=audience.syncs.select_related("destination"), outcomes=outcome_rows(audience, days=14),
+        alerts=audience.alerts.filter(resolved_at__isnull=True), can_edit=request.user.has_perm("audiences.change_audience"),
+    )
+
+
+def _current_overlaps(audience):
+    from django.db.models import Count
+
+    members = Membership.objects.filter(audience=audience, exited_at__isnull=True).values("person_id")
+    counts = dict(
+        Membership.objects.filter(exited_at__isnull=True, person_id__in=members).exclude(audience=audience)
+        .values_list("audience_id").annotate(n=Count("pk"))
+    )
+    names = dict(Audience.objects.exclude(pk=audience.pk).values_list("pk", "name"))
+    return sorted(((names[pk], n) for pk, n in counts.items() if pk in names), key=lambda x: -x[1])
+
+
+def sync_detail(request, key):
+    sync = get_object_or_404(Sync.objects.select_related("audience", "destination"), key=key)
+    now = timezone.now()
+    runs = list(sync.runs.all()[:30])
+    lag_values = suppression_lag_values(sync, since=now - timedelta(days=1))
+    lag = suppression_lag(sync, since=now - timedelta(days=1))
+    series = suppression_lag_series(sync, since=now - timedelta(hours=24), bucket=timedelta(hours=1))
+    target = Thresholds.from_settings().lag_target_s
+    batches = {str(b.batch_id): b for b in DeliveryBatch.objects.filter(sync=sync).order_by("-sent_at")[:200]}
+    rejected = [(d, _sent_row(batches.get(str(d.batch_id)), d.pk)) for d in rejected_rows(sync, limit=50)]
+    return page(
+        request, "dashboard/sync.html", f"{sync.audience.name} → {sync.destination.name}", sync=sync, runs=runs,
+        lag=lag, lag_chart=charts.lag_chart([(at, f.p50, f.p95) for at, f in series], target=target), target=target,
+        lag_histogram=charts.bars(lag_histogram(lag_values)), rejected=rejected,
+        holds=sync.holds.filter(decision=RemovalHold.PENDING), decided_holds=sync.holds.exclude(decision=RemovalHold.PENDING)[:10],
+        dry_runs=DeliveryBatch.objects.filter(sync=sync, error__startswith="dry run")[:20],
+        pending=sync.deliveries.filter(state=Delivery.PENDING).count(),
+        can_change=request.user.has_perm("syncs.change_sync"),
+    )
+
+
+def _sent_row(batch, delivery_id):
+    if not batch:
+        return None
+    return next((row for row in batch.rows if row.get("delivery") == delivery_id), None)
+
+
+@require_POST
+@permission_required("syncs.change_sync", raise_exception=True)
+def sync_pause(request, key):
+    from .services import sync_set_paused
+
+    sync = get_object_or_404(Sync, key=key)
+    paused = request.POST.get("paused") == "1"
+    sync_set_paused(sync=sync, paused=paused, actor=request.user)
+    messages.success(request, f"{sync.key} {'paused: changes keep queueing' if paused else 'resumed'}.")
+    return redirect("dashboard:sync", key=key)
+
+
+@require_POST
+@permission_required("syncs.change_sync", raise_exception=True)
+def hold_decide(request, key, hold_id):
+    from .services import hold_decide as decide
+
+    hold = get_object_or_404(RemovalHold, pk=hold_id, sync__key=key)
+    approve = request.POST.get("decision") == "approve"
+    try:
+        count = decide(hold=hold, approve=approve, actor=request.user)
+    except ValidationError as exc:
+        messages.error(request, exc.messages[0])
+    else:
+        messages.success(request, f"{'Released' if approve else 'Discarded'} {count:,} held removal(s).")
+    return redirect("dashboard:sync", key=key)
+
+
+@require_POST
+@permission_required("syncs.change_sync", raise_exception=True)
+def send_test_cohort(request, key):
+    from .services import sync_send_test_cohort
+
+    sync = get_object_or_404(Sync, key=key)
+    count = sync_send_test_cohort(sync=sync, actor=request.user)
+    messages.success(request, f"Queued {count} internal test account(s) for {sync.destination.name}.")
+    return redirect("dashboard:sync", key=key)
+
+
+def alerts(request):
+    recent = Alert.objects.filter(resolved_at__isnull=False).select_related("audience", "sync")[:50]
+    return page(request, "dashboard/alerts.html", "Alerts", open=open_alerts(200), recent=recent,
+                can_ack=request.user.has_perm("syncs.change_alert"))
+
+
+@require_POST
+def alert_ack(request, alert_id):
+    if not request.user.has_perm("syncs.change_alert"):
+        raise PermissionDenied
+    alert = get_object_or_404(Alert, pk=alert_id)
+    alert_acknowledge(alert=alert, actor=request.user)
+    messages.success(request, "Alert acknowledged.")
+    return redirect(request.POST.get("next") or "dashboard:alerts")
+
+
+def people(request):
+    query = request.GET.get("q", "").strip()
+    found = []
+    if query:
+        from django.db.models.functions import Lower
+
+        found = list(
+            Person.objects.alias(email_lower=Lower("email"))
+            .filter(Q(customer_id=query) | Q(email_lower=query.lower()) | Q(phone=query) | Q(cio_id=query))[:20]
+        )
+        if len(found) == 1:
+            return redirect("dashboard:person", customer_id=found[0].customer_id)
+    return page(request, "dashboard/people.html", "Find a person", query=query, found=found)
+
+
+def person(request, customer_id):
+    person = Person.objects.filter(customer_id=customer_id).first()
+    if person is None:
+        raise Http404("No such person (they may have been erased).")
+    timeline = person_timeline(person)
+    return page(
+        request, "dashboard/person.html", f"Person {person.customer_id}", person=person, timeline=timeline,
+        current=Membership.objects.filter(person=person, exited_at__isnull=True).select_related("audience"),
+        event_count=Event.objects.filter(person=person).count(),
+    )
+
+
+def history(request):
+    kind = request.GET.get("kind", "")
+    return page(request, "dashboard/history.html", "Setting history", changes=setting_changes(kind=kind, limit=200), kind=kind)
+
+
+def review(request):
+    week = request.GET.get("week", "")
+    report = weekly_review(week_ending=week or None)
+    return page(request, "dashboard/review.html", f"Weekly review, week ending {report.end:%d %b %Y}", report=report)
+
+
+def runs(request, key):
+    sync = get_object_or_404(Sync, key=key)
+    return page(request, "dashboard/runs.html", f"Runs of {sync.key}", sync=sync,
+                runs=SyncRun.objects.filter(sync=sync).order_by("-started_at")[:200])
