@@ -35,6 +35,9 @@ class Section:
     delete: Callable  # (instance, actor) -> None
     defaults: dict = field(default_factory=dict)
     order_items: Callable | None = None  # items of the file -> items in the order to save
+    # (wanted item, current item, key) -> names of fields that differ; the default compares the
+    # two dicts. Sections with secrets compare what a reference resolves to, not only the text.
+    differences: Callable | None = None
 
     def canonical(self, item: dict) -> dict:
         return {**self.defaults, **item}
@@ -261,7 +264,10 @@ def plan(path: str, data: dict) -> list[Change]:
                 changes.append(Change(section.name, key, "create"))
                 continue
             have = section.canonical(current[key])
-            differing = sorted(k for k in set(item) | set(have) if _normal(item.get(k)) != _normal(have.get(k)))
+            if section.differences:
+                differing = sorted(section.differences(item, have, key))
+            else:
+                differing = plain_differences(item, have)
             if differing:
                 changes.append(Change(section.name, key, "change", differing))
         leaving = [item for key, item in current.items() if key not in wanted]
@@ -270,6 +276,10 @@ def plan(path: str, data: dict) -> list[Change]:
         for item in leaving:
             changes.append(Change(section.name, item["key"], "delete"))
     return changes
+
+
+def plain_differences(item: dict, have: dict, *, skip=()) -> list[str]:
+    return sorted(k for k in set(item) | set(have) if k not in skip and _normal(item.get(k)) != _normal(have.get(k)))
 
 
 def _normal(value):

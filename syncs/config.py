@@ -1,7 +1,9 @@
 """Destinations, Customer.io workspaces and syncs in the configuration file. Credentials are
 exported as their `env:NAME` references (or `keep` when typed into a form), never as values."""
 
-from audiences.config import Section, _without_defaults, register_section
+import os
+
+from audiences.config import Section, _without_defaults, plain_differences, register_section
 
 from . import services
 from .models import CustomerIoWorkspace, Destination, Sync
@@ -63,6 +65,43 @@ def _references_only(data: dict) -> dict:
     return data
 
 
+def credential_differences(model):
+    """A credential differs when the file names another reference, when the environment
+    variable it names now holds another value (a rotated secret), or when it is added or
+    dropped; `keep` equals whatever is stored."""
+
+    def differences(item: dict, have: dict, key: str) -> list[str]:
+        found = plain_differences(item, have, skip=("credentials",))
+        wanted, stored_refs = item.get("credentials") or {}, have.get("credentials") or {}
+        if not isinstance(wanted, dict):
+            return found + ["credentials"]
+        obj = model.objects.get(key=key)
+        stored = obj.credentials
+        for name in set(wanted) | set(stored_refs):
+            given = wanted.get(name)
+            if given == services.KEEP and name in stored:
+                continue
+            if given is None or given != stored_refs.get(name):
+                return found + ["credentials"]
+            match = services.ENV.match(given) if isinstance(given, str) else None
+            if match and os.environ.get(match.group(1)) is not None and _as_stored(name, os.environ[match.group(1)]) != stored.get(name):
+                return found + ["credentials"]
+        return found
+
+    return differences
+
+
+def _as_stored(name: str, value: str):
+    if name == "headers":
+        import json
+
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _refuse_if_used(instance, used_by, what):
     from django.core.exceptions import ValidationError
 
@@ -77,11 +116,13 @@ def register():
         "customerio_workspaces", CustomerIoWorkspace, workspace_dict,
         lambda data, instance, actor: services.workspace_save(data=_references_only(data), instance=instance, actor=actor),
         lambda instance, actor: instance.delete(), WORKSPACE_DEFAULTS,
+        differences=credential_differences(CustomerIoWorkspace),
     ), after="identifier_policies")
     register_section(Section(
         "destinations", Destination, destination_dict,
         lambda data, instance, actor: services.destination_save(data=_references_only(data), instance=instance, actor=actor),
         lambda instance, actor: _refuse_if_used(instance, instance.syncs.all(), "destination"), DESTINATION_DEFAULTS,
+        differences=credential_differences(Destination),
     ))
     register_section(Section(
         "syncs", Sync, sync_dict,

@@ -227,6 +227,9 @@ class Delivery(models.Model):
     action = models.CharField(max_length=5, choices=ACTION_CHOICES)
     triggered_at = models.DateTimeField(help_text="When the change that caused this reached Downstream.")
     changed_at = models.DateTimeField(help_text="When the person entered or left the audience.")
+    initial = models.BooleanField(
+        default=False, help_text="Queued when the sync was created, for people already in the audience (not a change: no lag)."
+    )
     created_at = models.DateTimeField(default=timezone.now)
     state = models.CharField(max_length=10, choices=STATE_CHOICES, default=PENDING)
     attempts = models.PositiveIntegerField(default=0)

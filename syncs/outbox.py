@@ -94,11 +94,11 @@ def _write_with_sql(sync, action, person_ids, evaluation, state, hold) -> int:
             chunk = list(person_ids[start : start + INSERT_CHUNK])
             cursor.execute(
                 f"INSERT INTO {delivery} (sync_id, person_id, customer_id, action, triggered_at, changed_at, created_at, "
-                "state, attempts, next_attempt_at, last_error, hold_id) "
-                f"SELECT %s, p.id, p.customer_id, %s, %s, %s, %s, %s, 0, %s, '', %s FROM {person} p "
+                "state, attempts, next_attempt_at, last_error, hold_id, initial) "
+                f"SELECT %s, p.id, p.customer_id, %s, %s, %s, %s, %s, 0, %s, '', %s, %s FROM {person} p "
                 f"WHERE p.id IN ({', '.join(['%s'] * len(chunk))}) ORDER BY p.id",
                 [sync.pk, action, adapt(evaluation.at), adapt(evaluation.at), adapt(now), state, adapt(now),
-                 hold.pk if hold else None, *chunk],
+                 hold.pk if hold else None, False, *chunk],
             )
             written += cursor.rowcount
     return written
@@ -109,3 +109,27 @@ def enqueue_delivery(destination_ids) -> None:
 
     for destination_id in destination_ids:
         async_task("syncs.tasks.deliver", destination_id, task_name=f"deliver to destination {destination_id}")
+
+
+def queue_current_members(sync: Sync) -> int:
+    """A new sync starts from the audience as it is: an entry for everyone already in it, or
+    their later exits would reach the destination before any entry."""
+    from audiences.models import Membership
+
+    adapt = connection.ops.adapt_datetimefield_value
+    now = adapt(timezone.now())
+    delivery = connection.ops.quote_name(Delivery._meta.db_table)
+    membership = connection.ops.quote_name(Membership._meta.db_table)
+    person = connection.ops.quote_name(Person._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {delivery} (sync_id, person_id, customer_id, action, triggered_at, changed_at, created_at, "
+            "state, attempts, next_attempt_at, last_error, initial) "
+            f"SELECT %s, m.person_id, p.customer_id, %s, %s, m.entered_at, %s, %s, 0, %s, '', %s FROM {membership} m "
+            f"JOIN {person} p ON p.id = m.person_id WHERE m.audience_id = %s AND m.exited_at IS NULL ORDER BY m.person_id",
+            [sync.pk, Delivery.ENTER, now, now, Delivery.PENDING, now, True, sync.audience_id],
+        )
+        queued = cursor.rowcount
+    if queued:
+        transaction.on_commit(lambda: enqueue_delivery([sync.destination_id]))
+    return queued

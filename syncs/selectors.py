@@ -43,7 +43,8 @@ def _lag_seconds(deliveries) -> list[float]:
 
 
 def acknowledged(sync_ids=None, *, since: datetime, until: datetime | None = None, action: str | None = None):
-    deliveries = Delivery.objects.filter(state=Delivery.SENT, acknowledged_at__gte=since)
+    # entries queued when a sync was created are not changes anyone waited for: no lag
+    deliveries = Delivery.objects.filter(state=Delivery.SENT, acknowledged_at__gte=since, initial=False)
     if until:
         deliveries = deliveries.filter(acknowledged_at__lt=until)
     if sync_ids is not None:

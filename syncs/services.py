@@ -295,6 +295,10 @@ def sync_save(*, data: dict, actor=None, instance: Sync | None = None) -> Sync:
     sync.audience, sync.destination = audience, destination
     _set_actor(sync, actor)
     sync.save()
+    if not instance:
+        from .outbox import queue_current_members
+
+        queue_current_members(sync)
     return sync
 
 
@@ -344,7 +348,7 @@ def sync_send_test_cohort(*, sync: Sync, actor=None) -> int:
     ).select_related("person")
     rows = [
         Delivery(sync=sync, person=m.person, customer_id=m.person.customer_id, action=Delivery.ENTER,
-                 triggered_at=now, changed_at=m.entered_at, next_attempt_at=now)
+                 triggered_at=now, changed_at=m.entered_at, next_attempt_at=now, initial=True)
         for m in memberships
     ]
     Delivery.objects.bulk_create(rows)

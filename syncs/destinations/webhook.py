@@ -1,7 +1,8 @@
 """Any HTTP endpoint: JSON batches signed with HMAC-SHA256 over the body.
 
 Headers: `X-Downstream-Signature: sha256=<hex>`, `X-Downstream-Batch-Id: <uuid>` (the same id
-when a batch is retried, so the receiver can ignore a repeat), plus custom headers. A receiver
+and, unless the person's mapped fields changed meanwhile, the same body when a batch is
+retried, so the receiver can ignore a repeat), `X-Downstream-Sent-At`, plus custom headers. A receiver
 may answer 200 with `{"rejected": [{"index": i, "reason": "..."}]}` to refuse single rows.
 """
 
@@ -39,7 +40,6 @@ class Transport:
             "batch_id": batch_id,
             "sync": sync.key,
             "audience": {"key": sync.audience.key, "name": sync.audience.name, "downstream_id": sync.downstream_id},
-            "sent_at": iso(timezone.now()),
             "identifier_type": policy.key,
             "changes": [
                 {"action": row.action, "identifier": row.identifier, "changed_at": iso(row.changed_at), "fields": row.fields}
@@ -48,7 +48,9 @@ class Transport:
         }).encode()
         response = post_json(
             self.url, data=body, timeout=self.timeout,
-            headers={**self.headers, "X-Downstream-Signature": sign(body, self.secret), "X-Downstream-Batch-Id": batch_id},
+            # the attempt's time travels in a header, so that a retried batch is the same body
+            headers={**self.headers, "X-Downstream-Signature": sign(body, self.secret), "X-Downstream-Batch-Id": batch_id,
+                     "X-Downstream-Sent-At": iso(timezone.now())},
         )
         if response.status_code >= 300:
             raise TransportError(f"{response.status_code}: {response.text[:300]}", permanent=True, status=response.status_code)
