@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 
-from django.contrib import admin, messages
+from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
+
+from config.admin import dashboard_context
 
 from . import editor
 from .models import Audience, IdentifierPolicy, PriorityGroup
@@ -77,7 +79,7 @@ def _form_data(post, audience: Audience | None) -> tuple[dict, list[str]]:
 def _render(request, audience, state, *, data=None, errors=None, status=200):
     title = f"Edit {audience.name}" if audience else "New audience"
     return render(request, "dashboard/audience_form.html", {
-        **admin.site.each_context(request), "title": title, "audience": audience, "state": state,
+        **dashboard_context(request), "title": title, "audience": audience, "state": state,
         "data": data or {}, "errors": errors or {}, **_choices(audience),
     }, status=status)
 

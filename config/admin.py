@@ -12,4 +12,16 @@ class DownstreamAdminSite(admin.AdminSite):
         from config.worker import worker_status
         from syncs.views import home
 
-        return home(request, extra_context={"worker": worker_status(), "app_list": self.get_app_list(request)})
+        return home(request, extra_context={"worker": worker_status()})
+
+
+def dashboard_context(request) -> dict:
+    """What the admin's base template needs, without the admin's app list (the dashboard pages
+    have no sidebar, and building the list checks every model's permissions)."""
+    from django.contrib.admin import site
+
+    return {
+        "site_title": site.site_title, "site_header": site.site_header, "site_url": site.site_url,
+        "has_permission": site.has_permission(request), "is_popup": False, "is_nav_sidebar_enabled": False,
+        "available_apps": [],
+    }

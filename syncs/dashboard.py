@@ -49,8 +49,8 @@ def dashboard_rows(*, purpose: str = "", destination: str = "", owner: str = "")
     audiences = list(audiences)
     ids = [a.pk for a in audiences]
     since = now - timedelta(days=SPARK_DAYS)
-    series = size_series(ids, since=since, until=now, bucket=timedelta(hours=2))
     week_ago = size_before(ids, at=since)
+    series = size_series(ids, since=since, until=now, bucket=timedelta(hours=2), before=week_ago)
     syncs = list(Sync.objects.filter(audience_id__in=ids).select_related("destination"))
     by_audience = defaultdict(list)
     for sync in syncs:

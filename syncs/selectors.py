@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db.models import Count, Max, Min, OuterRef, Q, Subquery
+from django.db.models import Count, F, Func, IntegerField, Max, Min, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
 from audiences.models import Audience, SizeSample
@@ -68,12 +68,13 @@ def suppression_lag_by_sync(sync_ids, *, since: datetime) -> dict[int, LagFigure
             Q(action=Delivery.ENTER, sync__audience__purpose=Audience.SUPPRESSION)
             | Q(action=Delivery.EXIT, sync__audience__purpose=Audience.ACTIVATION)
         )
+        .annotate(lag=F("acknowledged_at") - F("triggered_at"))  # computed by the database
         .order_by("-acknowledged_at")
-        .values_list("sync_id", "acknowledged_at", "triggered_at")[: LAG_SAMPLE * 4]
+        .values_list("sync_id", "lag")[: LAG_SAMPLE * 4]
     )
     values = defaultdict(list)
-    for sync_id, acked, triggered in rows:
-        values[sync_id].append(max(0.0, (acked - triggered).total_seconds()))
+    for sync_id, lag in rows:
+        values[sync_id].append(max(0.0, lag.total_seconds()))
     return {sync_id: lag_figures(v) for sync_id, v in values.items()}
 
 
@@ -107,31 +108,56 @@ def _floor(moment: datetime, origin: datetime, bucket: timedelta) -> datetime:
 # --- sizes ----------------------------------------------------------------------------------
 
 
-def size_series(audience_ids, *, since: datetime, until: datetime | None = None, bucket: timedelta) -> dict:
-    """Per audience: [(bucket start, size at the end of the bucket, entered, exited)]. Buckets
-    without a sample carry the size forward."""
+class BucketIndex(Func):
+    """Which bucket of `seconds` since `origin` a datetime column falls in, computed by the
+    database so that a year of samples never has to be turned into Python datetimes."""
+
+    output_field = IntegerField()
+
+    def __init__(self, column: str, *, origin: datetime, seconds: int):
+        super().__init__(F(column))
+        self.origin = int(origin.timestamp())
+        self.seconds = int(seconds)
+
+    def as_postgresql(self, compiler, connection):
+        sql, params = compiler.compile(self.source_expressions[0])
+        return f"FLOOR((EXTRACT(EPOCH FROM {sql}) - %s) / %s)::integer", (*params, self.origin, self.seconds)
+
+    def as_sqlite(self, compiler, connection):
+        sql, params = compiler.compile(self.source_expressions[0])
+        return f"((CAST(strftime('%%s', {sql}) AS INTEGER) - %s) / %s)", (*params, self.origin, self.seconds)
+
+
+def size_series(audience_ids, *, since: datetime, until: datetime | None = None, bucket: timedelta, before=None) -> dict:
+    """Per audience: [(bucket start, largest size in the bucket, entered, exited)]. Buckets
+    without a sample carry the size forward. Grouped by the database: one row per audience
+    and bucket comes back, not one per sample."""
     until = until or timezone.now()
-    samples = SizeSample.objects.filter(audience_id__in=list(audience_ids), at__gte=since, at__lt=until).order_by("at")
+    seconds = int(bucket.total_seconds())
+    grouped = (
+        SizeSample.objects.filter(audience_id__in=list(audience_ids), at__gte=since, at__lt=until)
+        .annotate(slot=BucketIndex("at", origin=since, seconds=seconds))
+        .values("audience_id", "slot")
+        .annotate(peak=Max("size"), entered_total=Sum("entered"), exited_total=Sum("exited"))
+        .order_by()
+        .values_list("audience_id", "slot", "peak", "entered_total", "exited_total")
+    )
     raw = defaultdict(dict)
-    for audience_id, at, size, entered, exited in samples.values_list("audience_id", "at", "size", "entered", "exited"):
-        start = _floor(at, since, bucket)
-        last_size, total_in, total_out = raw[audience_id].get(start, (size, 0, 0))
-        raw[audience_id][start] = (size, total_in + entered, total_out + exited)
-    before = size_before(audience_ids, at=since)
+    for audience_id, slot, peak, entered, exited in grouped:
+        raw[audience_id][slot] = (peak, entered, exited)
+    before = size_before(audience_ids, at=since) if before is None else before
+    slots = max(0, int((until - since) / bucket)) + (1 if (until - since) % bucket else 0)
     series = {}
-    slots = int((until - since) / bucket) + 1
     for audience_id in audience_ids:
         size = before.get(audience_id)
+        own = raw.get(audience_id, {})
         points = []
         for n in range(slots):
-            start = since + n * bucket
-            if start >= until:
-                break
-            if start in raw[audience_id]:
-                size, entered, exited = raw[audience_id][start]
+            if n in own:
+                size, entered, exited = own[n]
             else:
                 entered = exited = 0
-            points.append((start, size, entered, exited))
+            points.append((since + n * bucket, size, entered, exited))
         series[audience_id] = points
     return series
 
@@ -159,9 +185,10 @@ def trailing_mean(audience_ids, *, until: datetime, days: int = 7) -> dict[int, 
 
 
 def last_runs(sync_ids) -> dict[int, SyncRun]:
-    latest = SyncRun.objects.filter(sync_id=OuterRef("sync_id")).order_by("-started_at").values("pk")[:1]
-    runs = SyncRun.objects.filter(sync_id__in=list(sync_ids), pk=Subquery(latest))
-    return {run.sync_id: run for run in runs}
+    """Each sync's latest run: one index probe per sync, then the runs by id."""
+    latest = SyncRun.objects.filter(sync_id=OuterRef("pk")).order_by("-started_at").values("pk")[:1]
+    ids = Sync.objects.filter(pk__in=list(sync_ids)).annotate(run_id=Subquery(latest)).values_list("run_id", flat=True)
+    return {run.sync_id: run for run in SyncRun.objects.filter(pk__in=[i for i in ids if i])}
 
 
 def last_success(sync_ids) -> dict[int, datetime]:
