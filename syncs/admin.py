@@ -1,12 +1,14 @@
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
+from simple_history.admin import SimpleHistoryAdmin
 
 from audiences.admin import ReadOnlyAdmin, ServiceAdmin
 
 from . import services
 from .alerts import alert_acknowledge
 from .models import (
-    Alert, CustomerIoWorkspace, Delivery, DeliveryBatch, Destination, RemovalHold, SourcePull, Sync, SyncRun,
+    Alert, Baseline, CustomerIoWorkspace, Delivery, DeliveryBatch, Destination, Outcome, RemovalHold, SourcePull, Sync,
+    SyncRun,
 )
 
 
@@ -174,3 +176,25 @@ class DeliveryBatchAdmin(ReadOnlyAdmin):
 @admin.register(SourcePull)
 class SourcePullAdmin(ReadOnlyAdmin):
     list_display = ("started_at", "audience", "members", "people_created", "unmapped", "requests", "throttled", "error")
+
+
+@admin.register(Baseline)
+class BaselineAdmin(SimpleHistoryAdmin):
+    """Figures the team captured before launch, shown against outcomes in the weekly review."""
+
+    list_display = ("audience", "captured_on", "cpa", "roas", "frequency", "conversion_rate", "suppression_lag_s", "entered_by")
+    list_select_related = ("audience", "entered_by")
+    fields = ("audience", "captured_on", "cpa", "roas", "frequency", "conversion_rate", "suppression_lag_s", "notes")
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.entered_by = request.user
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(Outcome)
+class OutcomeAdmin(ReadOnlyAdmin):
+    list_display = ("date", "audience", "source", "impressions", "clicks", "conversions", "spend", "revenue", "currency")
+    list_filter = ("audience",)
+    list_select_related = ("audience", "source")
+    ordering = ("-date",)
