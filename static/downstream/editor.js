@@ -197,11 +197,15 @@
   yamlBox.addEventListener("input", yamlChanged);
 
   form.addEventListener("submit", async (event) => {
-    // Make sure the YAML the server saves is the rows' latest state.
+    // Make sure the YAML the server saves and the rows agree with the side edited last, and
+    // send the YAML back with the rows: a refused form must come back as it was typed.
     event.preventDefault();
     clearTimeout(timer);
-    if (lastSource === "form" && state.rows_fit !== false) await refresh("form");
-    document.getElementById("state_json").value = JSON.stringify({ match: formPayload("form").match, rows: readRows(), rows_fit: state.rows_fit });
+    if (lastSource === "yaml") await refresh("yaml");
+    else if (state.rows_fit !== false) await refresh("form");
+    document.getElementById("state_json").value = JSON.stringify({
+      match: formPayload("form").match, rows: readRows(), rows_fit: state.rows_fit, yaml: yamlBox.value,
+    });
     HTMLFormElement.prototype.submit.call(form);
   });
 
