@@ -70,6 +70,11 @@ class WeeklyReport:
     alerts_closed: int
     generated_at: datetime
 
+    @property
+    def last_day(self) -> date:
+        """The week's last day (`end` is the midnight after it)."""
+        return (self.end - timedelta(days=1)).date()
+
 
 def _week(week_ending) -> tuple[datetime, datetime]:
     if isinstance(week_ending, str):

@@ -212,7 +212,7 @@ def history(request):
 def review(request):
     week = request.GET.get("week", "")
     report = weekly_review(week_ending=week or None)
-    return page(request, "dashboard/review.html", f"Weekly review, week ending {report.end:%d %b %Y}", report=report)
+    return page(request, "dashboard/review.html", f"Weekly review, week ending {report.last_day:%d %b %Y}", report=report)
 
 
 def runs(request, key):

@@ -1,5 +1,3 @@
-from datetime import timedelta
-
 from django.conf import settings
 from django.core.mail import send_mail
 from django.core.management.base import BaseCommand, CommandError
@@ -21,14 +19,14 @@ class Command(BaseCommand):
         except ValueError:
             raise CommandError(f"--week-ending {week_ending!r} is not a date such as 2026-11-29")
         text = render_text(report)
-        last_day = (report.end - timedelta(days=1)).date().isoformat()
+        last_day = report.last_day.isoformat()
         link = settings.BASE_URL.rstrip("/") + reverse("dashboard:review") + f"?week={last_day}"
         self.stdout.write(text)
         if email:
             if not settings.ALERT_EMAILS:
                 raise CommandError("--email: ALERT_EMAILS is empty; set it in the environment")
             send_mail(
-                subject=f"Downstream weekly review, week ending {report.end:%d %b %Y}", message=f"{text}\nPrintable page: {link}\n",
+                subject=f"Downstream weekly review, week ending {report.last_day:%d %b %Y}", message=f"{text}\nPrintable page: {link}\n",
                 from_email=settings.DEFAULT_FROM_EMAIL, recipient_list=settings.ALERT_EMAILS,
             )
             self.stdout.write(f"Sent to {', '.join(settings.ALERT_EMAILS)}.")
