@@ -59,6 +59,20 @@ def person_timeline(person, *, limit: int = TIMELINE_LIMIT) -> list[Moment]:
     return moments[:limit]
 
 
+def _shown(model, name: str, value):
+    """A changed value as a person reads it: a related row by its name, not its id."""
+    field = model._meta.get_field(name)
+    if not field.is_relation or value in (None, "", []):
+        return value
+    if field.many_to_many:
+        target = field.m2m_reverse_field_name()
+        ids = [row.get(target) for row in value if isinstance(row, dict)]
+    else:
+        ids = [value]
+    names = {obj.pk: str(obj) for obj in field.related_model._default_manager.filter(pk__in=ids)}
+    return ", ".join(names.get(pk, f"#{pk} (deleted)") for pk in ids)
+
+
 TRACKED = {
     "audience": Audience, "naming convention": NamingConvention, "identifier policy": IdentifierPolicy,
     "priority group": PriorityGroup, "destination": Destination, "sync": Sync, "Customer.io workspace": CustomerIoWorkspace,
@@ -91,7 +105,10 @@ def setting_changes(*, kind: str = "", key: str = "", limit: int = 100) -> list[
                 previous = record.prev_record
                 if previous is not None:
                     delta = record.diff_against(previous)
-                    changes = [(c.field, c.old, c.new) for c in delta.changes if c.field not in HIDDEN_FIELDS]
+                    changes = [
+                        (c.field, _shown(model, c.field, c.old), _shown(model, c.field, c.new))
+                        for c in delta.changes if c.field not in HIDDEN_FIELDS
+                    ]
                     if model in (Destination, CustomerIoWorkspace) and record.credentials_changed_at != previous.credentials_changed_at:
                         changes.append(("credentials", "…", "replaced (not shown)"))
                 if not changes:
