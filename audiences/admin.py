@@ -98,13 +98,13 @@ class SourceAdmin(admin.ModelAdmin):
             f"Write key for {source.name}: {key}  (copy it now: it is stored hashed and will not be shown again)",
         )
 
-    @admin.action(description="Revoke the write key of the selected sources")
+    @admin.action(description="Revoke the write key of the selected sources", permissions=["change"])
     def revoke_keys(self, request, queryset):
         for source in queryset:
             source_revoke(source=source)
         self.message_user(request, f"Revoked {queryset.count()} key(s); requests with them now get 401.")
 
-    @admin.action(description="Issue a new write key (the old one stops working)")
+    @admin.action(description="Issue a new write key (the old one stops working)", permissions=["change"])
     def rotate_keys(self, request, queryset):
         for source in queryset:
             self._show_key_once(request, source, source_rotate_key(source=source))

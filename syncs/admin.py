@@ -1,5 +1,7 @@
 from django import forms
 from django.contrib import admin
+from django_q import admin as django_q_admin
+from django_q.models import Failure, Success
 from simple_history.admin import SimpleHistoryAdmin
 
 from audiences.admin import ReadOnlyAdmin, ServiceAdmin
@@ -94,19 +96,19 @@ class SyncAdmin(ServiceAdmin):
         data["owner"] = data["owner"].username if data.get("owner") else None
         return data
 
-    @admin.action(description="Pause the selected syncs (changes keep queueing)")
+    @admin.action(description="Pause the selected syncs (changes keep queueing)", permissions=["change"])
     def pause(self, request, queryset):
         for sync in queryset:
             services.sync_set_paused(sync=sync, paused=True, actor=request.user)
         self.message_user(request, f"Paused {queryset.count()} sync(s).")
 
-    @admin.action(description="Resume the selected syncs")
+    @admin.action(description="Resume the selected syncs", permissions=["change"])
     def resume(self, request, queryset):
         for sync in queryset:
             services.sync_set_paused(sync=sync, paused=False, actor=request.user)
         self.message_user(request, f"Resumed {queryset.count()} sync(s).")
 
-    @admin.action(description="Send the test cohort (internal test accounts in the audience)")
+    @admin.action(description="Send the test cohort (internal test accounts in the audience)", permissions=["change"])
     def send_test_cohort(self, request, queryset):
         for sync in queryset:
             count = services.sync_send_test_cohort(sync=sync, actor=request.user)
@@ -119,7 +121,9 @@ class RemovalHoldAdmin(ReadOnlyAdmin):
     list_filter = ("decision",)
     actions = ("approve", "discard")
 
-    def has_change_permission(self, request, obj=None):
+    # Deciding is an action through hold_decide, never an edit of the row: a "change"
+    # permission here would open an editable form that sets the decision and releases nothing.
+    def has_decide_permission(self, request):
         return request.user.has_perm("syncs.change_sync")
 
     def _decide(self, request, queryset, approve):
@@ -127,11 +131,11 @@ class RemovalHoldAdmin(ReadOnlyAdmin):
             count = services.hold_decide(hold=hold, approve=approve, actor=request.user)
             self.message_user(request, f"{hold.sync.key}: {'released' if approve else 'discarded'} {count} removal(s).")
 
-    @admin.action(description="Approve: send the held removals")
+    @admin.action(description="Approve: send the held removals", permissions=["decide"])
     def approve(self, request, queryset):
         self._decide(request, queryset, True)
 
-    @admin.action(description="Discard: never send the held removals")
+    @admin.action(description="Discard: never send the held removals", permissions=["decide"])
     def discard(self, request, queryset):
         self._decide(request, queryset, False)
 
@@ -142,10 +146,11 @@ class AlertAdmin(ReadOnlyAdmin):
     list_filter = ("kind",)
     actions = ("acknowledge",)
 
-    def has_change_permission(self, request, obj=None):
+    # Acknowledging is the one thing a person does to an alert; the system opens and resolves it.
+    def has_acknowledge_permission(self, request):
         return request.user.has_perm("syncs.change_alert")
 
-    @admin.action(description="Acknowledge the selected alerts")
+    @admin.action(description="Acknowledge the selected alerts", permissions=["acknowledge"])
     def acknowledge(self, request, queryset):
         for alert in queryset:
             alert_acknowledge(alert=alert, actor=request.user)
@@ -198,3 +203,23 @@ class OutcomeAdmin(ReadOnlyAdmin):
     list_filter = ("audience",)
     list_select_related = ("audience", "source")
     ordering = ("-date",)
+
+
+# django-q2's "resubmit" action runs the task again (and deletes a failure's record) for anyone
+# who can open the list, viewers included; here it needs the change permission no role has.
+@admin.action(description="Resubmit selected tasks to queue", permissions=["change"])
+def resubmit_task(model_admin, request, queryset):
+    django_q_admin.resubmit_task(model_admin, request, queryset)
+
+
+class SuccessAdmin(django_q_admin.TaskAdmin):
+    actions = [resubmit_task]
+
+
+class FailureAdmin(django_q_admin.FailAdmin):
+    actions = [resubmit_task]
+
+
+for _model, _model_admin in ((Success, SuccessAdmin), (Failure, FailureAdmin)):
+    admin.site.unregister(_model)
+    admin.site.register(_model, _model_admin)
