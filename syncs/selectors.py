@@ -142,11 +142,17 @@ def size_series(audience_ids, *, since: datetime, until: datetime | None = None,
         .order_by()
         .values_list("audience_id", "slot", "peak", "entered_total", "exited_total")
     )
+    slots = max(0, int((until - since) / bucket)) + (1 if (until - since) % bucket else 0)
     raw = defaultdict(dict)
     for audience_id, slot, peak, entered, exited in grouped:
+        # the database counts whole seconds from a whole-second origin, so a sample taken less
+        # than a second before `until` can come back one bucket past the last one: it joins the last
+        slot = min(slot, slots - 1)
+        if slot in raw[audience_id]:
+            was = raw[audience_id][slot]
+            peak, entered, exited = max(peak, was[0]), entered + was[1], exited + was[2]
         raw[audience_id][slot] = (peak, entered, exited)
     before = size_before(audience_ids, at=since) if before is None else before
-    slots = max(0, int((until - since) / bucket)) + (1 if (until - since) % bucket else 0)
     series = {}
     for audience_id in audience_ids:
         size = before.get(audience_id)
