@@ -11,6 +11,7 @@ from django.db.models import Q
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from audiences import rules as r
@@ -174,7 +175,10 @@ def alert_ack(request, alert_id):
     alert = get_object_or_404(Alert, pk=alert_id)
     alert_acknowledge(alert=alert, actor=request.user)
     messages.success(request, "Alert acknowledged.")
-    return redirect(request.POST.get("next") or "dashboard:alerts")
+    back = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        back = "dashboard:alerts"  # never send a signed-in person off to a URL a link chose
+    return redirect(back)
 
 
 def people(request):
