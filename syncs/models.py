@@ -317,6 +317,10 @@ class Alert(models.Model):
     acknowledged_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     notified_open_at = models.DateTimeField(null=True, blank=True)
     notified_resolved_at = models.DateTimeField(null=True, blank=True)
+    notified_channels = models.JSONField(
+        default=dict, blank=True, editable=False,
+        help_text='Channels each notification went out on, e.g. {"open": ["email"]}: a retry sends only the others.',
+    )
 
     class Meta:
         constraints = [

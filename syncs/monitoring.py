@@ -150,37 +150,59 @@ def alert_link(alert: Alert) -> str:
     return base + reverse("dashboard:alerts")
 
 
-def _send(alert: Alert, *, resolved: bool) -> None:
+def _channels(alert: Alert, *, resolved: bool) -> dict:
+    """The configured channels, each a function that sends this notification or raises."""
     verb = "Resolved" if resolved else "Alert"
     text = f"[Downstream] {verb}: {alert.message}"
     link = alert_link(alert)
+    channels = {}
     if settings.ALERT_EMAILS:
-        send_mail(
+        channels["email"] = lambda: send_mail(
             subject=text[:150], message=f"{alert.message}\n\n{link}\n", from_email=settings.DEFAULT_FROM_EMAIL,
             recipient_list=settings.ALERT_EMAILS,
         )
     if settings.ALERT_WEBHOOK_URL:
-        response = requests.post(
-            settings.ALERT_WEBHOOK_URL, json={"text": f"{text} <{link}|Open in Downstream>"}, timeout=10
-        )
-        response.raise_for_status()
+        def post():
+            response = requests.post(
+                settings.ALERT_WEBHOOK_URL, json={"text": f"{text} <{link}|Open in Downstream>"}, timeout=10
+            )
+            response.raise_for_status()
+
+        channels["webhook"] = post
+    return channels
 
 
 def notify_alerts() -> int:
     """Open notifications first, then resolutions; each claimed by a conditional UPDATE so two
-    workers never notify twice, and given back when sending fails, so none is lost."""
+    workers never notify twice, and given back when a channel fails, so none is lost. The
+    channels it already went out on are recorded and not sent again on the retry."""
     sent = 0
     for field, resolved in (("notified_open_at", False), ("notified_resolved_at", True)):
+        phase = "resolved" if resolved else "open"
         pending = Alert.objects.filter(**{f"{field}__isnull": True})
         if resolved:
             pending = pending.filter(resolved_at__isnull=False, notified_open_at__isnull=False)
         for alert in pending.select_related("sync", "audience"):
             if not Alert.objects.filter(pk=alert.pk, **{f"{field}__isnull": True}).update(**{field: timezone.now()}):
                 continue
-            try:
-                _send(alert, resolved=resolved)
-                sent += 1
-            except (requests.RequestException, OSError) as exc:
-                log.warning("alert %s: notification failed, will retry: %s", alert.pk, exc)
+            # read after the claim: a pass that failed a moment ago may have recorded a channel
+            done_by_phase = Alert.objects.values_list("notified_channels", flat=True).get(pk=alert.pk) or {}
+            done = list(done_by_phase.get(phase, []))
+            failed = False
+            for channel, send in _channels(alert, resolved=resolved).items():
+                if channel in done:
+                    continue
+                try:
+                    send()
+                except (requests.RequestException, OSError) as exc:
+                    log.warning("alert %s: %s notification failed, will retry: %s", alert.pk, channel, exc)
+                    failed = True
+                    continue
+                done.append(channel)
+                done_by_phase = {**done_by_phase, phase: done}
+                Alert.objects.filter(pk=alert.pk).update(notified_channels=done_by_phase)
+            if failed:
                 Alert.objects.filter(pk=alert.pk).update(**{field: None})
+            else:
+                sent += 1
     return sent
