@@ -132,7 +132,7 @@
     text(document.getElementById("preview-size"), preview.size.toLocaleString());
     text(document.getElementById("preview-size-label"), preview.size === 1 ? "person matches now" : "people match now");
     const coverage = preview.coverage === null ? "—" :
-      `${Math.round(preview.coverage * 100)} % with a valid ${preview.policy.toLowerCase()}` +
+      `${Math.round(preview.coverage * 100)} % have a valid identifier (${preview.policy})` +
       (preview.coverage_estimate ? ` (a sample of ${preview.coverage_looked.toLocaleString()})` : "");
     text(document.getElementById("preview-coverage"), coverage);
     list(document.getElementById("preview-overlaps"), preview.overlaps.filter((o) => o.count > 0),
@@ -163,6 +163,7 @@
     if (source === "form" && answer.yaml !== undefined) yamlBox.value = answer.yaml;
     if (source === "yaml" && answer.rows_fit !== undefined) {
       state.rows_fit = answer.rows_fit;
+      tooComplex.textContent = answer.rule === undefined ? tooComplex.dataset.broken : tooComplex.dataset.nested;
       if (answer.rows) { state.rows = answer.rows; state.match = answer.match; }
       renderRows();
     }
@@ -212,5 +213,11 @@
   yamlBox.value = state.yaml || "";
   renderRows();
   if (document.getElementById("id_name").value) checkName();
-  refresh(state.yaml && state.rows_fit === false ? "yaml" : "form");
+  const filledIn = (state.rows || []).some((row) => row.event || row.attribute || row.audience);
+  if (state.yaml || filledIn) {
+    refresh(state.yaml && state.rows_fit === false ? "yaml" : "form");
+  } else {
+    // a new, empty form: say what to do instead of reporting the empty condition as a mistake
+    text(document.getElementById("preview-size-label"), "Fill in a condition to see who matches.");
+  }
 })();
