@@ -26,14 +26,21 @@ def sparkline(values: list[float | None], *, width: int = 120, height: int = 28,
         return mark_safe(f'<svg class="spark" width="{width}" height="{height}" role="img" aria-label="{escape(label or "no data yet")}"></svg>')
     low, high = min(points), max(points)
     step = width / (len(values) - 1)
-    ys = _scale([v if v is not None else low for v in values], low, high, height - 4)
-    path = " ".join(f"{'M' if i == 0 else 'L'}{i * step:.1f},{y + 2:.1f}" for i, y in enumerate(ys))
-    last_x, last_y = (len(values) - 1) * step, ys[-1] + 2
+    # the line starts at the first known size: no flat week before an audience existed
+    known = [i for i, v in enumerate(values) if v is not None]
+    ys = _scale([values[i] for i in known], low, high, height - 4) if high > low else [(height - 4) / 2] * len(known)
+    path = " ".join(f"{'M' if n == 0 else 'L'}{i * step:.1f},{y + 2:.1f}" for n, (i, y) in enumerate(zip(known, ys)))
+    last_x, last_y = known[-1] * step, ys[-1] + 2
     color = EXIT if points[-1] == 0 else INK
+    # an audience younger than the window: say so beside its short line
+    new = (
+        f'<text x="{known[0] * step - 5:.1f}" y="{height / 2 + 4:.1f}" text-anchor="end" font-size="11" fill="{MUTED}">new</text>'
+        if known[0] * step > width * 0.6 else ""
+    )
     return mark_safe(
         f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="{escape(label)}"><path d="{path}" fill="none" stroke="{color}" stroke-width="1.5"/>'
-        f'<circle cx="{last_x:.1f}" cy="{last_y:.1f}" r="2.2" fill="{color}"/></svg>'
+        f'<circle cx="{last_x:.1f}" cy="{last_y:.1f}" r="2.2" fill="{color}"/>{new}</svg>'
     )
 
 
@@ -47,15 +54,17 @@ def _fmt(value: float) -> str:
     return f"{value:g}" if value == int(value) else f"{value:.1f}"
 
 
-def size_chart(points: list[tuple[datetime, int | None, int, int]], *, width: int = 1100, height: int = 240,
+def size_chart(points: list[tuple[datetime, int | None, int, int]], *, width: int = 1100, height: int = 260,
                label_format: str = "%b %d", title: str = "") -> str:
-    """Size as a line, entries (up) and exits (down) as bars under it."""
-    if not points:
-        return mark_safe('<p class="muted">No evaluations yet.</p>')
-    left, right, top, line_h, bars_h = 48, 10, 10, height - 80, 50
+    """Size as a line, entries (up) and exits (down) as bars under it, the legend above."""
+    if not any(p[1] is not None for p in points):
+        return mark_safe('<p class="muted">No evaluations yet: the chart starts with the first one.</p>')
+    # top: room for the legend; bottom: bars (50), a gap and the time labels
+    left, right, top, bars_h = 48, 10, 26, 50
+    line_h = height - top - bars_h - 42
     plot_w = width - left - right
     sizes = [p[1] for p in points]
-    known = [s for s in sizes if s is not None] or [0]
+    known = [s for s in sizes if s is not None]
     high = max(known) or 1
     step = plot_w / max(len(points) - 1, 1)
     parts = [f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">']
@@ -70,8 +79,9 @@ def size_chart(points: list[tuple[datetime, int | None, int, int]], *, width: in
         x, y = left + i * step, top + line_h - size / high * line_h
         path.append(f"{'L' if started else 'M'}{x:.1f},{y:.1f}")
         started = True
-    if path:
-        parts.append(f'<path d="{" ".join(path)}" fill="none" stroke="{INK}" stroke-width="2"/>')
+    parts.append(f'<path d="{" ".join(path)}" fill="none" stroke="{INK}" stroke-width="2"/>')
+    # the latest size as a dot: visible even when there is a single evaluation
+    parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{INK}"><title>{known[-1]:,}</title></circle>')
     flows = [max(p[2], p[3]) for p in points]
     flow_high = max(flows) or 1
     base = top + line_h + 12 + bars_h / 2
@@ -88,9 +98,10 @@ def size_chart(points: list[tuple[datetime, int | None, int, int]], *, width: in
     ticks = max(1, len(points) // 6)
     for i in range(0, len(points), ticks):
         x = left + i * step
-        parts.append(f'<text x="{x:.1f}" y="{height - 4}" text-anchor="middle" class="axis">{escape(points[i][0].strftime(label_format))}</text>')
+        anchor = "end" if x > width - right - 30 else "middle"  # the last label stays inside the chart
+        parts.append(f'<text x="{x:.1f}" y="{height - 4}" text-anchor="{anchor}" class="axis">{escape(points[i][0].strftime(label_format))}</text>')
     parts.append(
-        f'<text x="{width - right}" y="{top + line_h + 10}" text-anchor="end" class="axis">'
+        f'<text x="{width - right}" y="14" text-anchor="end" class="axis"><tspan fill="{INK}">― size</tspan>  '
         f'<tspan fill="{ENTER}">■ entered</tspan>  <tspan fill="{EXIT}">■ exited</tspan></text></svg>'
     )
     return mark_safe("".join(parts))
@@ -143,6 +154,8 @@ def lag_chart(points: list[tuple[datetime, float | None, float | None]], *, widt
             parts.append(f'<path d="{" ".join(path)}" fill="none" stroke="{color}" stroke-width="2"/>')
     ticks = max(1, len(points) // 6)
     for i in range(0, len(points), ticks):
-        parts.append(f'<text x="{left + i * step:.1f}" y="{height - 4}" text-anchor="middle" class="axis">{escape(points[i][0].strftime("%H:%M"))}</text>')
+        x = left + i * step
+        anchor = "end" if x > width - right - 20 else "middle"
+        parts.append(f'<text x="{x:.1f}" y="{height - 4}" text-anchor="{anchor}" class="axis">{escape(points[i][0].strftime("%H:%M"))}</text>')
     parts.append(f'<text x="{width - right}" y="{top + 10}" text-anchor="end" class="axis"><tspan fill="{MUTED}">■ p50</tspan>  <tspan fill="{INK}">■ p95</tspan></text></svg>')
     return mark_safe("".join(parts))
