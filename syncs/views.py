@@ -8,7 +8,7 @@ from django.contrib import admin, messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Q
-from django.http import Http404
+from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -215,7 +215,13 @@ def history(request):
 
 def review(request):
     week = request.GET.get("week", "")
-    report = weekly_review(week_ending=week or None)
+    try:
+        report = weekly_review(week_ending=week or None)
+    except (ValueError, OverflowError):  # not a date, or a day past 9999-12-30
+        return HttpResponseBadRequest(
+            f"week={week!r} is not a date: give the last day of the week, such as ?week=2026-11-29.",
+            content_type="text/plain; charset=utf-8",
+        )
     return page(request, "dashboard/review.html", f"Weekly review, week ending {report.last_day:%d %b %Y}", report=report)
 
 

@@ -16,7 +16,7 @@ class Command(BaseCommand):
     def handle(self, *args, week_ending, email, **options):
         try:
             report = weekly_review(week_ending=week_ending)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise CommandError(f"--week-ending {week_ending!r} is not a date such as 2026-11-29")
         text = render_text(report)
         last_day = report.last_day.isoformat()
