@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from django.contrib import admin, messages
+from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Q
@@ -17,6 +17,7 @@ from django.views.decorators.http import require_POST
 from audiences import rules as r
 from audiences.models import Audience, Event, Membership, Person
 from audiences.preview import audience_preview
+from config.admin import dashboard_context
 
 from . import charts
 from .alerts import alert_acknowledge
@@ -38,7 +39,7 @@ BUCKETS = {
 
 
 def page(request, template, title, **context):
-    return render(request, template, {**admin.site.each_context(request), "title": title, **context})
+    return render(request, template, {**dashboard_context(request), "title": title, **context})
 
 
 def home(request, extra_context=None):
