@@ -8,6 +8,7 @@ from .ingest import source_revoke, source_rotate_key
 from simple_history.admin import SimpleHistoryAdmin
 
 from . import services
+from .evaluation import dependencies
 from .models import (
     Audience, Erasure, Event, EventStat, IdentifierPolicy, Membership, NamingConvention, Person, PriorityGroup, SizeSample,
     Source,
@@ -201,6 +202,17 @@ class AudienceAdmin(ServiceAdmin):
               "priority_group", "priority_rank", "cadence", "identifier_policy", "enabled", "owner")
     filter_horizontal = ("exclusions",)
     save_service = services.audience_save
+
+    def get_deleted_objects(self, objs, request):
+        """The rule of services.audience_delete: an audience another one reads (an exclusion, its
+        rule, a higher rank of its group) is protected; deleting it would silently change the other."""
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        keys = {audience.key for audience in objs}
+        for other in Audience.objects.exclude(key__in=keys).prefetch_related("exclusions"):
+            used = sorted(keys & dependencies(other))
+            if used:
+                protected.append(f"{other.key} uses {', '.join(used)}: change it first")
+        return deleted, counts, perms_needed, protected
 
     def service_data(self, form):
         data = {k: form.cleaned_data[k] for k in self.fields}
