@@ -192,6 +192,15 @@ class PriorityGroupAdmin(ServiceAdmin):
     def service_data(self, form):
         return {k: form.cleaned_data[k] for k in self.fields}
 
+    def get_deleted_objects(self, objs, request):
+        """As config as code refuses: a group's audiences would silently lose it (and overlap)."""
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        for group in objs:
+            users = sorted(group.audiences.values_list("key", flat=True))
+            if users:
+                protected.append(f"{group.key} is used by {', '.join(users)}: change those first")
+        return deleted, counts, perms_needed, protected
+
 
 @admin.register(Audience)
 class AudienceAdmin(ServiceAdmin):
