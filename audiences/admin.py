@@ -1,5 +1,6 @@
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import Q
 from django.db.models.functions import Lower
@@ -30,11 +31,21 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class HistoryAdmin(SimpleHistoryAdmin):
+    """simple_history's "revert" form saves whatever is posted to it for anyone who may view the
+    history (it only hides the button from others); posting it needs the change permission."""
+
+    def history_form_view(self, request, object_id, version_id, extra_context=None):
+        if request.method == "POST" and not self.has_change_permission(request, self.get_object(request, unquote(object_id))):
+            raise PermissionDenied
+        return super().history_form_view(request, object_id, version_id, extra_context=extra_context)
+
+
 class _DryRun(Exception):
     pass
 
 
-class ServiceAdmin(SimpleHistoryAdmin):
+class ServiceAdmin(HistoryAdmin):
     """Admin forms write through the services, so the admin validates exactly like config as
     code. The form's clean() runs the service inside a rolled-back transaction to collect its
     errors as form errors; save_model() runs it for real."""

@@ -2,9 +2,8 @@ from django import forms
 from django.contrib import admin
 from django_q import admin as django_q_admin
 from django_q.models import Failure, Success
-from simple_history.admin import SimpleHistoryAdmin
 
-from audiences.admin import ReadOnlyAdmin, ServiceAdmin
+from audiences.admin import HistoryAdmin, ReadOnlyAdmin, ServiceAdmin
 
 from . import services
 from .alerts import alert_acknowledge
@@ -184,7 +183,7 @@ class SourcePullAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Baseline)
-class BaselineAdmin(SimpleHistoryAdmin):
+class BaselineAdmin(HistoryAdmin):
     """Figures the team captured before launch, shown against outcomes in the weekly review."""
 
     list_display = ("audience", "captured_on", "cpa", "roas", "frequency", "conversion_rate", "suppression_lag_s", "entered_by")
