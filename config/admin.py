@@ -9,9 +9,14 @@ class DownstreamAdminSite(admin.AdminSite):
 
     def index(self, request, extra_context=None):
         """The admin index is the dashboard: alerts first, then every audience."""
+        from django.core.exceptions import PermissionDenied
+
+        from config.middleware import may_read_dashboard
         from config.worker import worker_status
         from syncs.views import home
 
+        if not may_read_dashboard(request.user):
+            raise PermissionDenied("your account has no role: ask an admin to add you to Viewer or Retention manager")
         return home(request, extra_context={"worker": worker_status()})
 
 

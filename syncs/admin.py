@@ -54,6 +54,7 @@ class DestinationAdmin(ServiceAdmin):
 
 class WorkspaceForm(forms.ModelForm):
     app_key = CredentialField(label="App API key")
+    base_url = forms.URLField(required=False, assume_scheme="https", help_text="Overrides the region's host.")
 
     class Meta:
         model = CustomerIoWorkspace

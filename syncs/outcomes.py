@@ -43,7 +43,7 @@ def parse_outcomes(body) -> list[dict]:
             day = date.fromisoformat(item.get("date")) if isinstance(item.get("date"), str) else None
         except ValueError:
             day = None
-        if day is None or day > today + timedelta(days=1):
+        if day is None or day > today:
             problems.append(Problem(index, "date", "must be a day such as 2026-11-28, not in the future"))
         row["date"] = day
         for name in COUNTS:

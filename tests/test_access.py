@@ -65,3 +65,10 @@ def test_person_search_is_exact_on_id_email_and_phone(admin_client):
 def test_dashboard_shows_that_no_worker_is_running(admin_client):
     response = admin_client.get("/admin/")
     assert b"Worker not running" in response.content
+
+
+@pytest.mark.parametrize("path", ["/admin/", "/dashboard/alerts/", "/dashboard/people/", "/dashboard/review/weekly/"])
+def test_a_staff_account_without_a_role_sees_no_dashboard(client, path):
+    user = User.objects.create_user("norole", password="pw-for-tests-1", is_staff=True)
+    client.force_login(user)
+    assert client.get(path).status_code == 403
