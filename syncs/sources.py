@@ -57,11 +57,23 @@ def _pks_by(column: str, values) -> dict:
         return dict(cursor.fetchall())
 
 
-def _people_for(page: list[dict], pull: SourcePull) -> list[int]:
+def _snapshot_by_customer_id(audience: Audience) -> dict[str, int]:
+    """{customer id: person id} of the last snapshot. A segment mostly keeps its members, so
+    their pages are mapped from memory, and only newcomers are looked up in the database."""
+    return dict(
+        SegmentMember.objects.filter(audience=audience).values_list("person__customer_id", "person_id")
+        .iterator(chunk_size=20000)
+    )
+
+
+def _people_for(page: list[dict], pull: SourcePull, known: dict[str, int] | None = None) -> list[int]:
     """Map one page of identifiers to person ids: by customer id (creating people we have not
-    seen), else by email, else by cio_id."""
+    seen), else by email, else by cio_id. `known`: customer ids already mapped."""
     by_id = {str(i["id"]): i for i in page if i.get("id")}
-    found = _pks_by("customer_id", by_id)
+    known = known or {}
+    found = {c: known[c] for c in by_id if c in known}
+    if len(found) < len(by_id):
+        found.update(_pks_by("customer_id", [c for c in by_id if c not in found]))
     missing = [c for c in by_id if c not in found]
     if missing:
         now = timezone.now()
@@ -146,8 +158,9 @@ def pull_segment(audience: Audience, *, client: AppApiClient | None = None) -> S
         workspace = CustomerIoWorkspace.objects.get(key=settings["workspace"])
         client = client or AppApiClient(workspace)
         person_ids = array("q")
+        known = _snapshot_by_customer_id(audience)
         for page in _prefetched(client.membership_pages(settings["segment_id"])):
-            person_ids.extend(_people_for(page, pull))
+            person_ids.extend(_people_for(page, pull, known))
             pull.members += len(page)
         with transaction.atomic():
             added, _ = _replace_snapshot(audience, person_ids)
