@@ -1,0 +1,274 @@
+"""Suppression lag: from an `Order Completed` ingest request to LiveLike acknowledging the
+suppression add, through the real processes.
+
+Per backend, on a fresh database: an ingest source (`manage.py create_source`), a config file
+applied with `manage.py apply_config` (a realtime suppression audience `recent_purchasers`,
+{event: Order Completed, within: 24h}, and a LiveLike destination and sync pointing at a
+LiveLike contract server in its own process), `manage.py setup_schedules`, then gunicorn and
+one `manage.py qcluster`. Events are sent one per request to POST /ingest/v1/batch at a steady
+pace, each for a new userId; the wall time each request returned is recorded, and the lag is
+the time the contract server sent its 200 for that user's add row (`first_ack`) minus that.
+
+    .venv/bin/python benchmarks/suppression_lag.py [--events 200] [--per-second 4]
+        [--backends sqlite,postgres] [--web-workers 2]
+        [--pg-url postgres://postgres@127.0.0.1:5432/downstream_bench_lag]
+        [--redis-url redis://127.0.0.1:6379/14]
+
+Backends: `sqlite` is the embedded default (SQLite file, django-q2 ORM broker, one qcluster);
+`postgres` is PostgreSQL with the Redis broker (that Redis database is flushed first).
+Target: p95 <= 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import django_env, free_port, machine_line, reset_database, wait_for_port  # noqa: E402
+
+AUDIENCE = "recent_purchasers"
+TOKEN, CLIENT_ID = "lag-producer-token", "lag-client"
+WARM_UP = 3
+
+CONFIG = """\
+audiences:
+  - key: {audience}
+    name: {audience}
+    description: Bought in the last 24 hours; suppressed on LiveLike right after purchase.
+    purpose: suppression
+    rule: {{event: Order Completed, within: 24h}}
+    cadence: realtime
+destinations:
+  - key: livelike
+    name: LiveLike
+    kind: livelike
+    settings: {{base_url: "{base_url}", client_id: {client_id}}}
+    credentials: {{producer_token: "env:LAG_LIVELIKE_PRODUCER_TOKEN"}}
+    timeout_s: 2.0
+    retry_base_s: 0.5
+    retry_cap_s: 5.0
+syncs:
+  - key: recent-purchasers-livelike
+    audience: {audience}
+    destination: livelike
+"""
+
+
+def load_line() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
+
+
+def manage(env, *args) -> str:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
+
+
+class Processes:
+    """The contract server, gunicorn and the qcluster, stopped in the right way."""
+
+    def __init__(self):
+        self.livelike = self.web = self.worker = None
+
+    def start_livelike(self) -> str:
+        self.livelike = subprocess.Popen(
+            [sys.executable, "-m", "tests.contract_servers.livelike", "--port", "0", "--token", TOKEN,
+             "--client-id", CLIENT_ID],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )
+        line = self.livelike.stdout.readline().strip()
+        if not line.startswith("listening on "):
+            raise RuntimeError(f"the LiveLike contract server said {line!r}")
+        return line.removeprefix("listening on ")
+
+    def start_web(self, env, port: int, workers: int) -> None:
+        self.web = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-w", str(workers),
+             "--log-level", "warning"],
+            cwd=ROOT, env=env,
+        )
+        wait_for_port(port)
+
+    def start_worker(self, env) -> None:
+        self.worker = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            # SIGTERM to the cluster's main process only: it stops its own children; children
+            # killed first leave it waiting for them forever.
+            self.worker.terminate()
+            try:
+                self.worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                print("  (qcluster did not stop within 30 s; killing its process group)")
+            try:
+                os.killpg(self.worker.pid, signal.SIGKILL)  # whatever is left of the group
+            except ProcessLookupError:
+                pass
+            self.worker.wait()
+        for process in (self.web, self.livelike):
+            if process is not None:
+                process.terminate()
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def livelike_acks(url: str) -> dict[str, float]:
+    """{user_id: first acknowledgement of its add row in the audience} from GET /__state__."""
+    with urllib.request.urlopen(f"{url}/__state__?requests=0&rows=1", timeout=30) as answer:
+        rows = json.load(answer)["rows"]
+    acks: dict[str, float] = {}
+    for row in rows:
+        if row["audience_id"] == AUDIENCE and row["action"] is True and row["acked_at"] is not None:
+            user = row["user_id"]
+            acks[user] = min(acks.get(user, row["acked_at"]), row["acked_at"])
+    return acks
+
+
+def send_events(port: int, key: str, users: list[str], per_second: float, prefix: str) -> dict[str, float]:
+    """One Order Completed per request, at a steady pace; {user: wall time the 200 came back}."""
+    auth = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+    returned: dict[str, float] = {}
+    interval = 1.0 / per_second
+    started = time.monotonic()
+    for n, user in enumerate(users):
+        delay = started + n * interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        body = json.dumps({"batch": [{
+            "type": "track", "userId": user, "event": "Order Completed", "messageId": f"{prefix}-{n}",
+            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "properties": {"order_id": f"{prefix}-{n}", "revenue": 38.0},
+        }]})
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/ingest/v1/batch", body, {"Authorization": auth, "Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        if response.status != 200:
+            raise RuntimeError(f"ingest answered {response.status} for {user}")
+        returned[user] = time.time()
+    return returned
+
+
+def wait_for_acks(url: str, users, timeout: float) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        acks = livelike_acks(url)
+        if all(u in acks for u in users) or time.monotonic() > deadline:
+            return acks
+        time.sleep(0.5)
+
+
+def run_backend(name: str, url: str, redis_url: str, args) -> dict:
+    env = django_env(url, redis_url=redis_url, LOG_LEVEL="WARNING", LAG_LIVELIKE_PRODUCER_TOKEN=TOKEN)
+    if redis_url:
+        import redis
+
+        redis.from_url(redis_url).flushdb()
+    reset_database(url, env)
+    processes = Processes()
+    try:
+        livelike_url = processes.start_livelike()
+        key = manage(env, "create_source", "shop").strip().splitlines()[-1]
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "downstream.yaml"
+            config.write_text(CONFIG.format(audience=AUDIENCE, base_url=livelike_url + "/api/v1", client_id=CLIENT_ID))
+            manage(env, "apply_config", str(config))
+        manage(env, "setup_schedules")
+        port = free_port()
+        processes.start_web(env, port, args.web_workers)
+        processes.start_worker(env)
+
+        prefix = f"lag-{name}-{int(time.time())}"
+        warm = [f"{prefix}-warm-{i}" for i in range(WARM_UP)]
+        warm_returned = send_events(port, key, warm, 1.0, prefix + "-warm")
+        warm_acks = wait_for_acks(livelike_url, warm, 60)
+        warm_lags = [warm_acks[u] - warm_returned[u] for u in warm if u in warm_acks]
+
+        users = [f"{prefix}-{i:04d}" for i in range(args.events)]
+        sent_started = time.monotonic()
+        returned = send_events(port, key, users, args.per_second, prefix)
+        sending = time.monotonic() - sent_started
+        acks = wait_for_acks(livelike_url, users, args.wait)
+    finally:
+        processes.stop()
+        if redis_url:
+            import redis
+
+            redis.from_url(redis_url).flushdb()
+    lags = [acks[u] - returned[u] for u in users if u in acks]
+    return {
+        "backend": name, "lags": lags, "missing": len(users) - len(lags), "sending": sending, "warm": warm_lags,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200)
+    parser.add_argument("--per-second", type=float, default=4.0, help="ingest requests a second, one event each")
+    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the last acknowledgements")
+    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--pg-url", default=os.environ.get("BENCH_LAG_PG_URL", "postgres://postgres@127.0.0.1:5432/downstream_bench_lag"))
+    parser.add_argument("--redis-url", default=os.environ.get("BENCH_LAG_REDIS_URL", "redis://127.0.0.1:6379/14"))
+    args = parser.parse_args()
+
+    print(machine_line())
+    print(load_line())
+    print(
+        f"inputs: {args.events} Order Completed events, one per POST /ingest/v1/batch, {args.per_second:g} requests/s, "
+        f"each for a new userId (after {WARM_UP} warm-up events, not counted); realtime suppression audience "
+        f"{AUDIENCE} {{event: Order Completed, within: 24h}} synced to a LiveLike contract server (own process, "
+        f"no rate limit) through a destination with rate_limit_per_s 10, timeout_s 2; gunicorn {args.web_workers} "
+        f"sync workers, one qcluster (Q_WORKERS 2); lag = LiveLike's 200 for the add row - the ingest request's return"
+    )
+    backends = {
+        "sqlite": (f"sqlite:///{ROOT / 'var' / 'bench-lag.sqlite3'}", "", "SQLite file + ORM broker"),
+        "postgres": (args.pg_url, args.redis_url, f"PostgreSQL + Redis ({args.redis_url})"),
+    }
+    for name in args.backends.split(","):
+        url, redis_url, label = backends[name]
+        result = run_backend(name, url, redis_url, args)
+        lags = result["lags"]
+        warm = ", ".join(f"{lag:.2f}" for lag in result["warm"]) or "none acknowledged"
+        if not lags:
+            print(f"{name:9s} {label}: no acknowledgement at all ({result['missing']} missing)")
+            continue
+        p95 = percentile(lags, 0.95)
+        print(
+            f"{name:9s} {label}: lag p50 {statistics.median(lags):.2f} s  p95 {p95:.2f} s  max {max(lags):.2f} s  "
+            f"({len(lags)} acknowledged, {result['missing']} missing; sent in {result['sending']:.1f} s; "
+            f"warm-up lags {warm} s) {'meets' if p95 <= 2 and not result['missing'] else 'MISSES'} p95 <= 2 s; "
+            f"{load_line()}"
+        )
+
+
+if __name__ == "__main__":
+    main()
