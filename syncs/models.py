@@ -95,10 +95,15 @@ class CustomerIoWorkspace(EncryptedCredentials):
 
 class SegmentMember(models.Model):
     """The last pulled member list of a `customerio_segment` audience; evaluation diffs it
-    against current membership exactly as it diffs a rule's result."""
+    against current membership exactly as it diffs a rule's result.
 
-    audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="+")
-    person = models.ForeignKey(Person, on_delete=models.CASCADE, related_name="+")
+    No foreign-key constraints in the database: a first pull writes a million rows, and
+    checking each against its two parents cost more than the whole paging. Django's delete
+    still removes the rows of an erased person or a deleted audience (on_delete=CASCADE), and
+    the unique index (audience, person) serves look-ups by audience."""
+
+    audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="+", db_constraint=False, db_index=False)
+    person = models.ForeignKey(Person, on_delete=models.CASCADE, related_name="+", db_constraint=False)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["audience", "person"], name="segmentmember_unique")]

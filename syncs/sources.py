@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from array import array
 
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Exists, OuterRef, Q
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -102,33 +101,84 @@ def _people_for(page: list[dict], pull: SourcePull, known: dict[str, int] | None
     return ids
 
 
-def _replace_snapshot(audience: Audience, person_ids: array) -> tuple[int, int]:
-    wanted = set(person_ids)
-    have = set(SegmentMember.objects.filter(audience=audience).values_list("person_id", flat=True).iterator(chunk_size=20000))
-    add, remove = sorted(wanted - have), sorted(have - wanted)
+def _snapshot_insert(audience: Audience, person_ids: list[int]) -> None:
     table = connection.ops.quote_name(SegmentMember._meta.db_table)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            # arrays, not a placeholder per value (see _pks_by)
-            for start in range(0, len(remove), ARRAY_CHUNK):
-                cursor.execute(f"DELETE FROM {table} WHERE audience_id = %s AND person_id = ANY(%s)",
-                               [audience.pk, remove[start : start + ARRAY_CHUNK]])
-            for start in range(0, len(add), ARRAY_CHUNK):
+            # an array, not a placeholder per value (see _pks_by)
+            for start in range(0, len(person_ids), ARRAY_CHUNK):
                 cursor.execute(f"INSERT INTO {table} (audience_id, person_id) SELECT %s, unnest(%s::bigint[])",
-                               [audience.pk, add[start : start + ARRAY_CHUNK]])
-            return len(add), len(remove)
-        for start in range(0, len(remove), CHUNK):
-            chunk = remove[start : start + CHUNK]
+                               [audience.pk, person_ids[start : start + ARRAY_CHUNK]])
+            return
+        for start in range(0, len(person_ids), CHUNK):
+            chunk = person_ids[start : start + CHUNK]
+            params = [v for pid in chunk for v in (audience.pk, pid)]
+            cursor.execute(f"INSERT INTO {table} (audience_id, person_id) VALUES {', '.join(['(%s, %s)'] * len(chunk))}", params)
+
+
+class _Inserter:
+    """Writes snapshot rows from a thread of its own (its own database connection), so that
+    writing one page overlaps with looking up the next. Only on PostgreSQL and outside a
+    transaction: SQLite has one writer at a time, and a second connection could neither see
+    nor join a caller's transaction; there the rows are written inline."""
+
+    def __init__(self, audience: Audience):
+        self.audience = audience
+        self.box: queue.Queue = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.threaded = connection.vendor == "postgresql" and not connection.in_atomic_block
+        self.thread = threading.Thread(target=self._run, daemon=True) if self.threaded else None
+
+    def _run(self):
+        from django.db import connections
+
+        try:
+            while (ids := self.box.get()) is not None:
+                if ids and self.error is None:
+                    _snapshot_insert(self.audience, ids)
+        except BaseException as exc:  # raised in the pulling thread
+            self.error = exc
+            while self.box.get() is not None:
+                pass
+        finally:
+            connections.close_all()
+
+    def put(self, ids: list[int]) -> None:
+        if not self.threaded:
+            _snapshot_insert(self.audience, ids)
+            return
+        if self.error:
+            raise self.error
+        self.box.put(ids)
+
+    def __enter__(self):
+        if self.threaded:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if not self.threaded:
+            return
+        self.box.put(None)
+        self.thread.join()
+        if self.error and exc[0] is None:
+            raise self.error
+
+
+def _snapshot_remove(audience: Audience, person_ids: list[int]) -> None:
+    table = connection.ops.quote_name(SegmentMember._meta.db_table)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            for start in range(0, len(person_ids), ARRAY_CHUNK):
+                cursor.execute(f"DELETE FROM {table} WHERE audience_id = %s AND person_id = ANY(%s)",
+                               [audience.pk, person_ids[start : start + ARRAY_CHUNK]])
+            return
+        for start in range(0, len(person_ids), CHUNK):
+            chunk = person_ids[start : start + CHUNK]
             cursor.execute(
                 f"DELETE FROM {table} WHERE audience_id = %s AND person_id IN ({', '.join(['%s'] * len(chunk))})",
                 [audience.pk, *chunk],
             )
-        for start in range(0, len(add), CHUNK):
-            chunk = add[start : start + CHUNK]
-            values = ", ".join(["(%s, %s)"] * len(chunk))
-            params = [v for pid in chunk for v in (audience.pk, pid)]
-            cursor.execute(f"INSERT INTO {table} (audience_id, person_id) VALUES {values}", params)
-    return len(add), len(remove)
 
 
 def _prefetched(pages, depth: int = 2):
@@ -157,13 +207,19 @@ def pull_segment(audience: Audience, *, client: AppApiClient | None = None) -> S
     try:
         workspace = CustomerIoWorkspace.objects.get(key=settings["workspace"])
         client = client or AppApiClient(workspace)
-        person_ids = array("q")
         known = _snapshot_by_customer_id(audience)
-        for page in _prefetched(client.membership_pages(settings["segment_id"])):
-            person_ids.extend(_people_for(page, pull, known))
-            pull.members += len(page)
-        with transaction.atomic():
-            added, _ = _replace_snapshot(audience, person_ids)
+        have = set(known.values())
+        seen: set[int] = set()
+        with _Inserter(audience) as inserter:
+            for page in _prefetched(client.membership_pages(settings["segment_id"])):
+                ids = _people_for(page, pull, known)
+                # newcomers go in (on another connection) while the next page is mapped and the
+                # one after downloads; a pull that fails half-way leaves them there, and no
+                # evaluation runs on it (the next pull settles the snapshot)
+                inserter.put([pid for pid in dict.fromkeys(ids) if pid not in have and pid not in seen])
+                seen.update(ids)
+                pull.members += len(page)
+        _snapshot_remove(audience, sorted(have - seen))
         pull.attributes_fetched = _fetch_mapped_attributes(audience, client)
     except (TransportError, CustomerIoWorkspace.DoesNotExist, KeyError) as exc:
         pull.error = str(exc) or exc.__class__.__name__

@@ -346,3 +346,19 @@ def test_a_segment_audience_cannot_be_realtime_nor_have_a_rule(workspace):
                             "source_settings": {"workspace": "main", "segment_id": 3}})
     assert "cadence" in raised.value.message_dict
     assert segment_audience(segment_id=3).source_settings == {"workspace": "main", "segment_id": 3}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_the_snapshot_is_written_alongside_the_paging(cio, monkeypatch):
+    """On PostgreSQL the snapshot rows are written from a second connection while the next
+    page is mapped; the result is the same as writing them inline (SQLite)."""
+    monkeypatch.setenv("CIO_APP_KEY", APP_KEY)
+    workspace_save(data={"key": "main", "name": "Main", "base_url": cio.url, "credentials": {"app_key": "env:CIO_APP_KEY"}})
+    cio.add_segment(SEGMENT, "Big spenders", (65_000, member))
+    audience = segment_audience()
+    first = pull_segment(audience)
+    assert first.members == 65_000 and first.error == ""
+    assert SegmentMember.objects.filter(audience=audience).count() == 65_000
+    cio.set_members(SEGMENT, (40_000, member))
+    pull_segment(audience)
+    assert snapshot(audience) == {f"seg-{i}" for i in range(40_000)}
