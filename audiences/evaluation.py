@@ -186,7 +186,7 @@ def _refresh_statistics_after_bulk_change(changed: int, size: int) -> None:
     """After a large load (a first evaluation), the planner's row estimates for memberships
     are stale until autovacuum gets round to it, and the next evaluations pick nested loops
     over a million rows. A sampled ANALYZE costs tens of milliseconds."""
-    if connection.vendor == "postgresql" and changed >= 20000 and changed >= size // 5:
+    if connection.vendor == "postgresql" and changed >= 1000 and changed >= size // 5:
         with connection.cursor() as cursor:
             cursor.execute(f"ANALYZE {connection.ops.quote_name(Membership._meta.db_table)}")
 
