@@ -20,16 +20,13 @@ from .models import Audience, Event, EventStat, Membership, Person
 SQLITE_TYPES = {"integer": "number", "real": "number", "text": "string", "true": "boolean", "false": "boolean"}
 
 
-class JsonType(Expression):
-    """The JSON type of `column -> key` as PostgreSQL names it: number, string, boolean, null,
-    object, array; SQL NULL when the key is missing."""
+class _KeyExpression(Expression):
+    """An expression over `column -> key` (a KeyTransform it resolves and compiles)."""
 
-    output_field = None
+    def __init__(self, column: str, key: str, output_field):
+        from django.db.models import F
 
-    def __init__(self, column: str, key: str):
-        from django.db.models import CharField, F
-
-        super().__init__(output_field=CharField())
+        super().__init__(output_field=output_field)
         self.transform = KeyTransform(key, F(column))
 
     def resolve_expression(self, query=None, allow_joins=True, reuse=None, summarize=False, for_save=False):
@@ -42,6 +39,16 @@ class JsonType(Expression):
 
     def set_source_expressions(self, exprs):
         (self.transform,) = exprs
+
+
+class JsonType(_KeyExpression):
+    """The JSON type of `column -> key` as PostgreSQL names it: number, string, boolean, null,
+    object, array; SQL NULL when the key is missing."""
+
+    def __init__(self, column: str, key: str):
+        from django.db.models import CharField
+
+        super().__init__(column, key, CharField())
 
     def as_postgresql(self, compiler, connection):
         sql, params = compiler.compile(self.transform)
@@ -54,26 +61,12 @@ class JsonType(Expression):
         return f"(CASE {raw} {cases} ELSE {raw} END)", (*params, compile_json_path(keys), *params, compile_json_path(keys))
 
 
-class JsonTextContains(Expression):
+class JsonTextContains(_KeyExpression):
     """`column -> key` is a string containing `needle`, or an array with `needle` as an element."""
 
     def __init__(self, column: str, key: str, needle: str):
-        from django.db.models import F
-
-        super().__init__(output_field=BooleanField())
-        self.transform = KeyTransform(key, F(column))
+        super().__init__(column, key, BooleanField())
         self.needle = needle
-
-    def resolve_expression(self, query=None, allow_joins=True, reuse=None, summarize=False, for_save=False):
-        clone = self.copy()
-        clone.transform = self.transform.resolve_expression(query, allow_joins, reuse, summarize, for_save)
-        return clone
-
-    def get_source_expressions(self):
-        return [self.transform]
-
-    def set_source_expressions(self, exprs):
-        (self.transform,) = exprs
 
     def as_postgresql(self, compiler, connection):
         sql, params = compiler.compile(self.transform)

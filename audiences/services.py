@@ -36,6 +36,18 @@ def _slug_problem(value) -> str | None:
     return None
 
 
+def key_problem(model, key, instance, label: str) -> str | None:
+    """The stable key of a new or existing object: a slug, unique, and never changed.
+    `label` names the kind with its article: "an audience", "a sync"."""
+    if instance is not None and key != instance.key:
+        return f"the key of {label.split(' ', 1)[1]} never changes; create a new one instead"
+    if problem := _slug_problem(key):
+        return problem
+    if instance is None and model.objects.filter(key=key).exists():
+        return f"{label} with key {key!r} already exists"
+    return None
+
+
 def validate_cadence(value) -> str | None:
     if value == Audience.REALTIME or r.is_duration(value):
         return None
@@ -64,12 +76,8 @@ def audience_clean(data: dict, *, instance: Audience | None = None) -> dict:
     clean = {k: v for k, v in data.items() if k in AUDIENCE_FIELDS}
 
     key = clean.get("key", instance.key if instance else None)
-    if instance and key != instance.key:
-        fail("key", "the key of an audience never changes; create a new audience instead")
-    elif problem := _slug_problem(key):
+    if problem := key_problem(Audience, key, instance, "an audience"):
         fail("key", problem)
-    elif not instance and Audience.objects.filter(key=key).exists():
-        fail("key", f"an audience with key {key!r} already exists")
 
     name = clean.get("name", instance.name if instance else "")
     if not isinstance(name, str) or not name.strip():
@@ -251,10 +259,8 @@ def naming_convention_save(*, data: dict, actor=None, instance: NamingConvention
     """Returns (convention, [(audience, why it no longer conforms)])."""
     errors = {}
     key = data.get("key", instance.key if instance else None)
-    if problem := _slug_problem(key):
+    if problem := key_problem(NamingConvention, key, instance, "a naming convention"):
         errors["key"] = [problem]
-    elif not instance and NamingConvention.objects.filter(key=key).exists():
-        errors["key"] = [f"a naming convention with key {key!r} already exists"]
     template = data.get("template", instance.template if instance else "")
     tokens = data.get("tokens", instance.tokens if instance else {})
     problems = validate_convention(template if isinstance(template, str) else "", tokens)
@@ -299,10 +305,8 @@ def identifier_policy_save(*, data: dict, actor=None, instance: IdentifierPolicy
 
     errors = {}
     key = data.get("key", instance.key if instance else None)
-    if problem := _slug_problem(key):
+    if problem := key_problem(IdentifierPolicy, key, instance, "an identifier policy"):
         errors["key"] = [problem]
-    elif not instance and IdentifierPolicy.objects.filter(key=key).exists():
-        errors["key"] = [f"an identifier policy with key {key!r} already exists"]
     policy = instance or IdentifierPolicy()
     policy.key = key
     policy.name = data.get("name", policy.name or key)
@@ -334,10 +338,8 @@ def identifier_policy_save(*, data: dict, actor=None, instance: IdentifierPolicy
 def priority_group_save(*, data: dict, actor=None, instance: PriorityGroup | None = None) -> PriorityGroup:
     errors = {}
     key = data.get("key", instance.key if instance else None)
-    if problem := _slug_problem(key):
+    if problem := key_problem(PriorityGroup, key, instance, "a priority group"):
         errors["key"] = [problem]
-    elif not instance and PriorityGroup.objects.filter(key=key).exists():
-        errors["key"] = [f"a priority group with key {key!r} already exists"]
     unknown = set(data) - {"key", "name", "description"}
     for name in unknown:
         errors.setdefault(name, []).append("unknown field; expected key, name, description")

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import requests
 
-from .destinations.base import TransportError, parse_retry_after, session
+from .destinations.base import RateLimiter, TransportError, parse_retry_after, session
 
 HOSTS = {"us": "https://api.customer.io", "eu": "https://api-eu.customer.io"}
 PAGE_LIMIT = 30000
@@ -28,27 +28,18 @@ class AppApiClient:
         self.base_url = (workspace.base_url or HOSTS[workspace.region]).rstrip("/")
         self.app_key = workspace.credentials.get("app_key", "")
         self.timeout = workspace.timeout_s
-        self.interval = 1.0 / workspace.rate_limit_per_s
-        self.next_at = 0.0
-        self.sleep = sleep
+        self.limiter = RateLimiter(workspace.rate_limit_per_s, sleep=sleep)
         self.requests = 0
         self.throttled = 0
         if not self.app_key:
             raise TransportError("the Customer.io workspace has no app key", permanent=True)
-
-    def _pace(self):
-        now = time.monotonic()
-        if now < self.next_at:
-            self.sleep(self.next_at - now)
-            now = self.next_at
-        self.next_at = now + self.interval
 
     def _call(self, method: str, path: str, **kwargs) -> dict:
         url = f"{self.base_url}{path}"
         headers = {"Authorization": f"Bearer {self.app_key}", "Accept": "application/json"}
         last = "no attempt"
         for attempt in range(1, MAX_TRIES + 1):
-            self._pace()
+            self.limiter.wait()
             self.requests += 1
             try:
                 response = session().request(method, url, headers=headers, timeout=self.timeout, **kwargs)
@@ -60,7 +51,7 @@ class AppApiClient:
                 if response.status_code == 429:
                     self.throttled += 1
                     wait = parse_retry_after(response.headers.get("Retry-After")) or 1.0
-                    self.next_at = max(self.next_at, time.monotonic() + wait)
+                    self.limiter.hold(wait)
                     last = "rate limited (429)"
                     continue
                 if response.status_code >= 500:
@@ -74,7 +65,7 @@ class AppApiClient:
                         return response.json()
                     except ValueError:
                         last = "the answer was not JSON"
-            self.next_at = max(self.next_at, time.monotonic() + min(30.0, 0.5 * 2 ** attempt))
+            self.limiter.hold(min(30.0, 0.5 * 2 ** attempt))
         raise TransportError(f"Customer.io {method} {path}: {last} after {MAX_TRIES} tries")
 
     def list_segments(self) -> list[dict]:

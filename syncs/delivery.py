@@ -22,6 +22,7 @@ from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q
 from django.utils import timezone
 
 from .destinations import OutRow, TransportError, transport_for
+from .destinations.base import RateLimiter
 from .models import Delivery, DeliveryBatch, Destination, RemovalHold, Sync, SyncRun
 from .payload import no_identifier_reason, payload_for
 
@@ -149,20 +150,6 @@ def claim_batch(sync: Sync, limit: int, *, retries: bool = True) -> tuple[uuid.U
 
 
 # --- sending --------------------------------------------------------------------------------
-
-
-class RateLimiter:
-    def __init__(self, per_second: float, sleep=time.sleep):
-        self.interval = 1.0 / per_second if per_second > 0 else 0.0
-        self.next_at = 0.0
-        self.sleep = sleep
-
-    def wait(self):
-        now = time.monotonic()
-        if now < self.next_at:
-            self.sleep(self.next_at - now)
-            now = self.next_at
-        self.next_at = now + self.interval
 
 
 def backoff_seconds(destination: Destination, attempts: int) -> float:

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from audiences.models import Audience, IdentifierPolicy, Membership
 from audiences.rules import KEY_NAME
-from audiences.services import _set_actor, _slug_problem
+from audiences.services import _set_actor, key_problem
 
 from .alerts import alert_resolve
 from .models import CustomerIoWorkspace, Delivery, Destination, RemovalHold, Sync
@@ -86,6 +86,18 @@ def _check_secret_headers(values: dict, errors: dict) -> None:
         )
 
 
+def set_numbers(obj, data: dict, errors: dict, ranges: dict, *, whole: bool = False) -> None:
+    """Each named number from `data` (or as the object has it), checked against its range."""
+    for name, (low, high) in ranges.items():
+        value = data.get(name, getattr(obj, name))
+        kinds = (int,) if whole else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+            kind = "a whole number" if whole else "a number"
+            errors.setdefault(name, []).append(f"must be {kind} from {low:g} to {high:g}")
+        else:
+            setattr(obj, name, value if whole else float(value))
+
+
 def _check_url(value, errors, field):
     parsed = urlparse(value) if isinstance(value, str) else None
     if not parsed or parsed.scheme not in ("http", "https") or not parsed.netloc:
@@ -101,12 +113,8 @@ def destination_save(*, data: dict, actor=None, instance: Destination | None = N
         errors.setdefault(name, []).append(f"unknown field; expected one of {', '.join(sorted(allowed))}")
     destination = instance or Destination()
     key = data.get("key", destination.key)
-    if instance and key != instance.key:
-        errors.setdefault("key", []).append("the key of a destination never changes")
-    elif problem := _slug_problem(key):
+    if problem := key_problem(Destination, key, instance, "a destination"):
         errors.setdefault("key", []).append(problem)
-    elif not instance and Destination.objects.filter(key=key).exists():
-        errors.setdefault("key", []).append(f"a destination with key {key!r} already exists")
     destination.key = key
     destination.name = data.get("name", destination.name or key)
     kind = data.get("kind", destination.kind)
@@ -136,20 +144,12 @@ def destination_save(*, data: dict, actor=None, instance: Destination | None = N
         if options.get("format") not in (None, "csv", "jsonl"):
             errors.setdefault("settings", []).append("format: use csv or jsonl")
     destination.settings = options
-    for name, low, high in (("batch_size", 1, 5000), ("max_attempts", 1, 50)):
-        value = data.get(name, getattr(destination, name))
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            errors.setdefault(name, []).append(f"must be a whole number from {low} to {high}")
-        else:
-            setattr(destination, name, value)
+    set_numbers(destination, data, errors, {"batch_size": (1, 5000), "max_attempts": (1, 50)}, whole=True)
     if kind == Destination.LIVELIKE and destination.batch_size > 500:
         errors.setdefault("batch_size", []).append("LiveLike takes at most 500 rows a request")
-    for name, low, high in (("rate_limit_per_s", 0.01, 1000), ("timeout_s", 0.1, 120), ("retry_base_s", 0.01, 600), ("retry_cap_s", 0.1, 86400)):
-        value = data.get(name, getattr(destination, name))
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            errors.setdefault(name, []).append(f"must be a number from {low:g} to {high:g}")
-        else:
-            setattr(destination, name, float(value))
+    set_numbers(destination, data, errors, {
+        "rate_limit_per_s": (0.01, 1000), "timeout_s": (0.1, 120), "retry_base_s": (0.01, 600), "retry_cap_s": (0.1, 86400),
+    })
     if "credentials" in data and kind:
         values, refs = resolve_credentials(
             data["credentials"], allowed=CREDENTIALS[kind], stored=destination.credentials if instance else {},
@@ -181,10 +181,8 @@ def workspace_save(*, data: dict, actor=None, instance: CustomerIoWorkspace | No
         errors.setdefault(name, []).append(f"unknown field; expected one of {', '.join(sorted(allowed))}")
     workspace = instance or CustomerIoWorkspace()
     key = data.get("key", workspace.key)
-    if problem := _slug_problem(key):
+    if problem := key_problem(CustomerIoWorkspace, key, instance, "a workspace"):
         errors.setdefault("key", []).append(problem)
-    elif not instance and CustomerIoWorkspace.objects.filter(key=key).exists():
-        errors.setdefault("key", []).append(f"a workspace with key {key!r} already exists")
     workspace.key = key
     workspace.name = data.get("name", workspace.name or key)
     workspace.region = data.get("region", workspace.region)
@@ -193,12 +191,7 @@ def workspace_save(*, data: dict, actor=None, instance: CustomerIoWorkspace | No
     workspace.base_url = data.get("base_url", workspace.base_url) or ""
     if workspace.base_url:
         _check_url(workspace.base_url, errors, "base_url")
-    for name, low, high in (("rate_limit_per_s", 0.1, 100), ("timeout_s", 1, 300)):
-        value = data.get(name, getattr(workspace, name))
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            errors.setdefault(name, []).append(f"must be a number from {low:g} to {high:g}")
-        else:
-            setattr(workspace, name, float(value))
+    set_numbers(workspace, data, errors, {"rate_limit_per_s": (0.1, 100), "timeout_s": (1, 300)})
     values, refs = (workspace.credentials, workspace.credential_refs) if instance else ({}, {})
     if "credentials" in data:
         values, refs = resolve_credentials(
@@ -228,12 +221,8 @@ def sync_save(*, data: dict, actor=None, instance: Sync | None = None) -> Sync:
         errors.setdefault(name, []).append(f"unknown field; expected one of {', '.join(sorted(SYNC_FIELDS))}")
     sync = instance or Sync()
     key = data.get("key", sync.key)
-    if instance and key != instance.key:
-        errors.setdefault("key", []).append("the key of a sync never changes")
-    elif problem := _slug_problem(key):
+    if problem := key_problem(Sync, key, instance, "a sync"):
         errors.setdefault("key", []).append(problem)
-    elif not instance and Sync.objects.filter(key=key).exists():
-        errors.setdefault("key", []).append(f"a sync with key {key!r} already exists")
     sync.key = key
     audience_key = data.get("audience", sync.audience.key if instance else None)
     audience = Audience.objects.filter(key=audience_key).first() if isinstance(audience_key, str) else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -44,6 +45,26 @@ class SendResult:
     rejected: dict[int, str] = field(default_factory=dict)  # delivery id → the destination's reason
     status: int | None = None
     requests: int = 1
+
+
+class RateLimiter:
+    """At most `per_second` calls a second from this process: `wait()` before each call."""
+
+    def __init__(self, per_second: float, sleep=time.sleep):
+        self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self.next_at = 0.0
+        self.sleep = sleep
+
+    def wait(self):
+        now = time.monotonic()
+        if now < self.next_at:
+            self.sleep(self.next_at - now)
+            now = self.next_at
+        self.next_at = now + self.interval
+
+    def hold(self, seconds: float) -> None:
+        """No call for `seconds` from now (a 429's Retry-After, a backoff)."""
+        self.next_at = max(self.next_at, time.monotonic() + seconds)
 
 
 _local = threading.local()

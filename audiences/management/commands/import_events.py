@@ -1,6 +1,5 @@
 import csv
 import io
-import json
 import os
 import re
 import time
