@@ -67,7 +67,8 @@ def _write_with_orm(sync, action, person_ids, evaluation, state, hold) -> int:
     now = timezone.now()
     people = Person.objects.in_bulk(list(person_ids))
     rows = []
-    for person_id in person_ids:
+    # in person order, as the SQL path writes them: a file or a batch reads the same on every database
+    for person_id in sorted(person_ids):
         person = people.get(person_id)
         if person is None:
             continue
