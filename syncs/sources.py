@@ -23,6 +23,7 @@ from .payload import PERSON_COLUMNS
 KIND = Audience.CUSTOMERIO_SEGMENT
 CHUNK = 5000
 ARRAY_CHUNK = 100_000
+LOOKUP_CHUNK = 10_000
 
 
 def validate_settings(settings) -> list[str]:
@@ -45,24 +46,38 @@ def condition(audience: Audience, now):
 
 
 def _pks_by(column: str, values) -> dict:
-    """{value: person id} for the people whose `column` is one of `values`. On PostgreSQL one
-    array parameter: a page is 30,000 ids, and 30,000 placeholders cost more to build, convert
-    and plan than the lookup itself."""
+    """{value: person id} for the people whose `column` is one of `values`, LOOKUP_CHUNK values a
+    query. A page is 30,000 ids: asked at once, PostgreSQL reads the whole person table (in
+    parallel, taking both cores of a small machine from the pull); in tenths of that it walks
+    the unique index, in 60 % of the time. On PostgreSQL the values go as one array parameter,
+    not a placeholder each, which costs more to build, convert and plan than the look-up."""
+    values = list(values)
+    found: dict = {}
     if connection.vendor != "postgresql":
-        return dict(Person.objects.filter(**{f"{column}__in": list(values)}).values_list(column, "pk"))
+        for start in range(0, len(values), LOOKUP_CHUNK):
+            chunk = values[start : start + LOOKUP_CHUNK]
+            found.update(Person.objects.filter(**{f"{column}__in": chunk}).values_list(column, "pk"))
+        return found
     table, name = connection.ops.quote_name(Person._meta.db_table), connection.ops.quote_name(column)
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {name}, id FROM {table} WHERE {name} = ANY(%s)", [list(values)])
-        return dict(cursor.fetchall())
+        for start in range(0, len(values), LOOKUP_CHUNK):
+            cursor.execute(f"SELECT {name}, id FROM {table} WHERE {name} = ANY(%s)", [values[start : start + LOOKUP_CHUNK]])
+            found.update(cursor.fetchall())
+    return found
 
 
 def _snapshot_by_customer_id(audience: Audience) -> dict[str, int]:
     """{customer id: person id} of the last snapshot. A segment mostly keeps its members, so
-    their pages are mapped from memory, and only newcomers are looked up in the database."""
-    return dict(
-        SegmentMember.objects.filter(audience=audience).values_list("person__customer_id", "person_id")
-        .iterator(chunk_size=20000)
-    )
+    their pages are mapped from memory, and only newcomers are looked up in the database.
+    Plain SQL: a million rows through the ORM's iterator take half as long again."""
+    quote = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT p.customer_id, s.person_id FROM {quote(SegmentMember._meta.db_table)} s "
+            f"JOIN {quote(Person._meta.db_table)} p ON p.id = s.person_id WHERE s.audience_id = %s",
+            [audience.pk],
+        )
+        return dict(cursor)
 
 
 def _people_for(page: list[dict], pull: SourcePull, known: dict[str, int] | None = None) -> list[int]:
@@ -181,24 +196,50 @@ def _snapshot_remove(audience: Audience, person_ids: list[int]) -> None:
             )
 
 
-def _prefetched(pages, depth: int = 2):
-    """Fetch the next pages over HTTP while the current one is mapped in the database."""
-    box: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
+class _Prefetch:
+    """Fetches the next pages over HTTP in a thread while the current one is mapped in the
+    database. Started at once, so that the first pages download while the last snapshot is
+    read; closing it (also on an error) stops the thread at its next page."""
 
-    def produce():
+    def __init__(self, pages, depth: int = 2):
+        self.box: queue.Queue = queue.Queue(maxsize=depth)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._produce, args=(pages,), daemon=True)
+        self.thread.start()
+
+    _DONE = object()
+
+    def _offer(self, item) -> bool:
+        while not self.stopped.is_set():
+            try:
+                self.box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, pages):
         try:
             for page in pages:
-                box.put(page)
+                if not self._offer(page):
+                    return
         except BaseException as exc:  # handed to the consumer, raised there
-            box.put(exc)
-        box.put(done)
+            self._offer(exc)
+        self._offer(self._DONE)
 
-    threading.Thread(target=produce, daemon=True).start()
-    while (item := box.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    def __iter__(self):
+        while (item := self.box.get()) is not self._DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+        # at most one request (or a rate-limit wait) from its next look at `stopped`
+        self.thread.join(timeout=5)
 
 
 def pull_segment(audience: Audience, *, client: AppApiClient | None = None) -> SourcePull:
@@ -207,11 +248,11 @@ def pull_segment(audience: Audience, *, client: AppApiClient | None = None) -> S
     try:
         workspace = CustomerIoWorkspace.objects.get(key=settings["workspace"])
         client = client or AppApiClient(workspace)
-        known = _snapshot_by_customer_id(audience)
-        have = set(known.values())
-        seen: set[int] = set()
-        with _Inserter(audience) as inserter:
-            for page in _prefetched(client.membership_pages(settings["segment_id"])):
+        with _Prefetch(client.membership_pages(settings["segment_id"])) as pages, _Inserter(audience) as inserter:
+            known = _snapshot_by_customer_id(audience)
+            have = set(known.values())
+            seen: set[int] = set()
+            for page in pages:
                 ids = _people_for(page, pull, known)
                 # newcomers go in (on another connection) while the next page is mapped and the
                 # one after downloads; a pull that fails half-way leaves them there, and no

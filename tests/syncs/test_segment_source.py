@@ -362,3 +362,41 @@ def test_outside_a_transaction_the_snapshot_is_written_alongside_the_paging(cio,
     cio.set_members(SEGMENT, (40_000, member))
     pull_segment(audience)
     assert snapshot(audience) == {f"seg-{i}" for i in range(40_000)}
+
+
+def test_pages_stop_downloading_when_the_pull_stops_half_way():
+    """The next pages are fetched in a thread from the start; a pull that fails (or whose
+    snapshot cannot be read) must not leave that thread paging through the segment."""
+    from syncs.sources import _Prefetch
+
+    fetched = []
+
+    def endless_pages():
+        while True:
+            fetched.append(len(fetched))
+            yield [{"id": f"seg-{len(fetched)}"}]
+
+    with pytest.raises(RuntimeError):
+        with _Prefetch(endless_pages(), depth=2) as pages:
+            for page in pages:
+                assert page == [{"id": "seg-1"}]
+                raise RuntimeError("the snapshot could not be written")
+    assert not pages.thread.is_alive()
+    stopped_at = len(fetched)
+    time.sleep(0.3)
+    assert len(fetched) == stopped_at <= 4  # the one in hand, two waiting, one being offered
+
+
+def test_an_error_while_paging_reaches_the_pull():
+    from syncs.sources import _Prefetch
+
+    def failing_pages():
+        yield [{"id": "seg-1"}]
+        raise TransportError("Customer.io GET /v1/segments/7/membership: server error 500 after 5 tries")
+
+    with _Prefetch(failing_pages()) as pages:
+        received = []
+        with pytest.raises(TransportError, match="server error 500"):
+            for page in pages:
+                received.append(page)
+    assert received == [[{"id": "seg-1"}]] and not pages.thread.is_alive()
