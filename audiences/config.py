@@ -15,6 +15,7 @@ from typing import Callable
 import yaml
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Q
 
 from . import services
 from .models import Audience, IdentifierPolicy, NamingConvention, PriorityGroup
@@ -38,6 +39,9 @@ class Section:
     # (wanted item, current item, key) -> names of fields that differ; the default compares the
     # two dicts. Sections with secrets compare what a reference resolves to, not only the text.
     differences: Callable | None = None
+    # (the file's items, the section's planned changes) -> None: runs before the section's saves,
+    # in the same transaction, to lift what would otherwise make the order of the saves matter
+    before_save: Callable | None = None
 
     def canonical(self, item: dict) -> dict:
         return {**self.defaults, **item}
@@ -184,9 +188,26 @@ register_section(Section(
     lambda data, instance, actor: services.priority_group_save(data=data, instance=instance, actor=actor),
     _delete_unused, GROUP_DEFAULTS,
 ))
+def _release_ranks(items: list[dict], changes: list[Change]) -> None:
+    """A file may swap two audiences' ranks in a group, or give a leaving audience's rank to
+    another: whichever is saved first would find its rank taken. Those ranks are let go first
+    (in the apply's transaction); each save then claims its own, and a rank that two audiences
+    of the file want is still refused by the second save."""
+    moving = {c.key for c in changes if c.action == "change" and {"priority_group", "priority_rank"} & set(c.fields)}
+    leaving = {c.key for c in changes if c.action == "delete"}
+    wanted = {(i.get("priority_group"), i.get("priority_rank")) for i in items if i.get("priority_group")}
+    leaving_in_the_way = [
+        a.pk for a in Audience.objects.filter(key__in=leaving, priority_group__isnull=False).select_related("priority_group")
+        if (a.priority_group.key, a.priority_rank) in wanted
+    ]
+    Audience.objects.filter(Q(key__in=moving, priority_group__isnull=False) | Q(pk__in=leaving_in_the_way)).update(
+        priority_rank=None
+    )
+
+
 register_section(Section(
     "audiences", Audience, audience_dict, _save_audience, _delete_audience, AUDIENCE_DEFAULTS,
-    order_items=lambda items: _order_audience_items(items),
+    order_items=lambda items: _order_audience_items(items), before_save=_release_ranks,
 ))
 
 
@@ -322,6 +343,8 @@ def _write(path, items, changes, actor):
             # Validation of one audience at a time cannot see a cycle among audiences the file creates.
             errors.append(f"{path}: {section.name}[{cycle.keys[0]}]: this would make a dependency cycle: {cycle}")
             continue
+        if section.before_save:
+            section.before_save(items[section.name], [c for c in changes if c.section == section.name])
         for item in ordered:
             if (section.name, item["key"]) not in touched:
                 continue

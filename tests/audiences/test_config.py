@@ -307,6 +307,32 @@ def test_a_rank_clash_is_refused(write):
     assert Audience.objects.get(key="vip_do_not_discount").description.startswith("Full-price")
 
 
+def test_two_audiences_swap_ranks_in_one_file(write):
+    run("apply_config", str(DEMO))
+    data = demo()
+    audience_item(data, "cart_0_2h")["priority_rank"] = 2
+    audience_item(data, "cart_2_24h")["priority_rank"] = 1
+    out = run("apply_config", write(data))
+    assert "change audiences.cart_0_2h (priority_rank)" in out and "change audiences.cart_2_24h (priority_rank)" in out
+    ranks = dict(Audience.objects.filter(priority_group__key="cart_abandoners").values_list("key", "priority_rank"))
+    assert ranks == {"cart_0_2h": 2, "cart_2_24h": 1}
+    # the history says what each audience went from and to
+    older, newer = Audience.history.filter(key="cart_0_2h").order_by("-history_id")[:2][::-1]
+    assert (older.priority_rank, newer.priority_rank) == (1, 2)
+    assert run("apply_config", write(data)) == "no changes: the database matches the file\n"
+
+
+def test_a_leaving_audience_s_rank_can_be_taken_by_another_in_the_same_file(write):
+    run("apply_config", str(DEMO))
+    data = demo()
+    data["audiences"] = [a for a in data["audiences"] if a["key"] != "cart_0_2h"]
+    audience_item(data, "cart_2_24h")["priority_rank"] = 1
+    out = run("apply_config", write(data))
+    assert "delete audiences.cart_0_2h" in out
+    assert not Audience.objects.filter(key="cart_0_2h").exists()
+    assert Audience.objects.get(key="cart_2_24h").priority_rank == 1
+
+
 def test_a_name_that_breaks_the_naming_convention_is_refused(write):
     data = demo()
     audience_item(data, "cart_0_2h")["name"] = "tiktok_cart_0-2h_nopurch"
