@@ -152,9 +152,19 @@ def _event_properties(node: r.EventCondition) -> Q:
     return q
 
 
+def _not_followed(node: r.EventCondition, time_column: str) -> Q:
+    """No `not_followed_by` event at or after `time_column` of the matching row (its last time,
+    read from the follower's aggregate). A tie counts as followed: a purchase stamped the same
+    second as the cart suppresses, which is the side to err on."""
+    if not node.not_followed_by:
+        return Q()
+    later = EventStat.objects.filter(person=OuterRef("person"), name=node.not_followed_by, last_at__gte=OuterRef(time_column))
+    return ~Q(Exists(later))
+
+
 def compile_event(node: r.EventCondition, now: datetime) -> Q:
     if not node.where and (node.min_count == 1 or node.within is None):
-        stats = EventStat.objects.filter(person=OuterRef("pk"), name=node.name)
+        stats = EventStat.objects.filter(person=OuterRef("pk"), name=node.name).filter(_not_followed(node, "last_at"))
         if node.within:
             stats = stats.filter(last_at__gte=now - node.within.delta)
         elif node.last_between:
@@ -167,11 +177,15 @@ def compile_event(node: r.EventCondition, now: datetime) -> Q:
     events = Event.objects.filter(person=OuterRef("pk"), name=node.name).filter(_event_properties(node))
     if node.last_between:
         newer, older = node.last_between
+        # one matching event in the window with no follower after it: then the last one (later
+        # in the window, as none is newer) has none either
         in_window = events.filter(occurred_at__gte=now - older.delta, occurred_at__lte=now - newer.delta)
+        in_window = in_window.filter(_not_followed(node, "occurred_at"))
         later = events.filter(occurred_at__gt=now - newer.delta)
         return Q(Exists(in_window)) & ~Q(Exists(later))
     if node.within:
         events = events.filter(occurred_at__gte=now - node.within.delta)
+    events = events.filter(_not_followed(node, "occurred_at"))
     if node.min_count > 1:
         events = events.order_by().values("person").annotate(n=Count("pk")).filter(n__gte=node.min_count)
     return Q(Exists(events))

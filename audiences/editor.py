@@ -44,14 +44,21 @@ def _event(row: dict) -> dict:
     return condition
 
 
+def _since(row: dict, condition: dict) -> dict:
+    """"with no Order Completed since", when the row names one."""
+    follower = (row.get("not_followed_by") or "").strip()
+    return {**condition, "not_followed_by": follower} if follower else condition
+
+
 def row_to_condition(row: dict, index: int) -> dict:
     kind = row.get("type")
     if kind == "did":
-        return _event(row)
+        return _since(row, _event(row))
     if kind == "did_not":
         return {"not": _event(row)}
     if kind == "last_between":
-        return {"event": (row.get("event") or "").strip(), "last_between": [row.get("newer", "").strip(), row.get("older", "").strip()]}
+        return _since(row, {"event": (row.get("event") or "").strip(),
+                            "last_between": [row.get("newer", "").strip(), row.get("older", "").strip()]})
     if kind == "attribute":
         op = row.get("op", "eq")
         raw = row.get("value", "")
@@ -81,10 +88,12 @@ def rows_to_rule(match: str, rows: list[dict]) -> dict:
 
 
 def _event_row(kind: str, condition: dict) -> dict | None:
-    if set(condition) - {"event", "within", "min_count", "where"}:
+    shown = {"event", "within", "min_count", "where"} | ({"not_followed_by"} if kind == "did" else set())
+    if set(condition) - shown:
         return None
     row = {"type": kind, "event": condition["event"], "within": condition.get("within", ""),
-           "min_count": condition.get("min_count", 1), "where_key": "", "where_value": ""}
+           "min_count": condition.get("min_count", 1), "where_key": "", "where_value": "",
+           "not_followed_by": condition.get("not_followed_by", "")}
     where = condition.get("where") or {}
     if len(where) > 1:
         return None
@@ -111,8 +120,11 @@ def condition_to_row(condition: dict) -> dict | None:
         return None
     if "event" in condition:
         if "last_between" in condition:
+            if set(condition) - {"event", "last_between", "not_followed_by"}:
+                return None
             newer, older = condition["last_between"]
-            return {"type": "last_between", "event": condition["event"], "newer": newer, "older": older}
+            return {"type": "last_between", "event": condition["event"], "newer": newer, "older": older,
+                    "not_followed_by": condition.get("not_followed_by", "")}
         return _event_row("did", condition)
     if "attribute" in condition:
         op = next(k for k in condition if k != "attribute")

@@ -26,7 +26,7 @@ KEY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}\Z")
 MAX_DEPTH = 12
 
 ATTRIBUTE_OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "exists", "contains", "older_than", "newer_than")
-EVENT_KEYS = ("event", "within", "last_between", "min_count", "where")
+EVENT_KEYS = ("event", "within", "last_between", "min_count", "where", "not_followed_by")
 NODE_KEYS = ("all", "any", "not", "event", "attribute", "in_audience")
 
 
@@ -72,6 +72,8 @@ class EventCondition:
     last_between: tuple[Duration, Duration] | None = None
     min_count: int = 1
     where: tuple = field(default_factory=tuple)  # ((property, value), ...)
+    # "and not Order Completed since": no such event at or after the last matching one
+    not_followed_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -217,9 +219,26 @@ class _Parser:
         if "where" in data:
             where = self.where(data["where"], _join(path, "where"))
             ok &= where is not None
+        not_followed_by = None
+        if "not_followed_by" in data:
+            here, follower = _join(path, "not_followed_by"), data["not_followed_by"]
+            if not isinstance(follower, str) or not follower.strip() or len(follower) > 255:
+                self.fail(here, f"{_show(follower)} is not an event name")
+                ok = False
+            elif isinstance(name, str) and follower.strip() == name.strip():
+                self.fail(here, f"must name another event than {name.strip()!r} (such as Order Completed)")
+                ok = False
+            elif isinstance(min_count, int) and min_count > 1:
+                self.fail(here, "cannot be combined with min_count: it reads the last matching event only")
+                ok = False
+            else:
+                not_followed_by = follower.strip()
         if not ok:
             return None
-        return EventCondition(name=name.strip(), within=within, last_between=last_between, min_count=min_count, where=where)
+        return EventCondition(
+            name=name.strip(), within=within, last_between=last_between, min_count=min_count, where=where,
+            not_followed_by=not_followed_by,
+        )
 
     def where(self, value, path):
         if not isinstance(value, dict) or not value:
@@ -294,7 +313,7 @@ def event_names(node) -> set[str]:
     if isinstance(node, Not):
         return event_names(node.child)
     if isinstance(node, EventCondition):
-        return {node.name}
+        return {node.name} | ({node.not_followed_by} if node.not_followed_by else set())
     return set()
 
 
@@ -338,14 +357,16 @@ def _describe_event(node: EventCondition, negated: bool) -> str:
     verb = "did not do" if negated else "did"
     times = f" at least {node.min_count} times" if node.min_count > 1 else ""
     where = "".join(f" with {k} = {_show(v)}" for k, v in node.where)
+    since = f" with no {node.not_followed_by} since" if node.not_followed_by else ""
     if node.within:
         when = f" in the last {node.within.words()}"
     elif node.last_between:
         newer, older = node.last_between
-        return f"{'last did' if not negated else 'did not last do'} {node.name}{where} between {newer.words()} and {older.words()} ago"
+        return (f"{'last did' if not negated else 'did not last do'} {node.name}{where} between {newer.words()} "
+                f"and {older.words()} ago{since}")
     else:
         when = " ever"
-    return f"{verb} {node.name}{where}{times}{when}"
+    return f"{verb} {node.name}{where}{times}{when}{since}"
 
 
 def _describe_attribute(node: AttributeCondition) -> str:

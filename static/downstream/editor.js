@@ -12,14 +12,14 @@
   const tooComplex = document.getElementById("rows-too-complex");
   const csrf = form.querySelector("input[name=csrfmiddlewaretoken]").value;
   const PARTS = {
-    did: ["event", "within", "count", "where"],
+    did: ["event", "within", "count", "where", "since"],
     did_not: ["event", "within", "where"],
-    last_between: ["event", "between"],
+    last_between: ["event", "between", "since"],
     attribute: ["attribute"],
     in_audience: ["audience"],
     not_in_audience: ["audience"],
   };
-  const FIELDS = ["event", "within", "min_count", "where_key", "where_value", "newer", "older", "attribute", "op", "value", "audience"];
+  const FIELDS = ["event", "within", "min_count", "where_key", "where_value", "newer", "older", "not_followed_by", "attribute", "op", "value", "audience"];
   let timer = null;
   let pending = null;
   let lastSource = "form";

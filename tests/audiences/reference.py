@@ -67,10 +67,15 @@ class Reference:
         minimum = rule.get("min_count", 1)
         if "last_between" in rule:
             newer, older = (duration(d) for d in rule["last_between"])
-            return bool(matching) and self.now - older <= max(matching) <= self.now - newer
-        if "within" in rule:
+            if not (matching and self.now - older <= max(matching) <= self.now - newer):
+                return False
+        elif "within" in rule:
             cutoff = self.now - duration(rule["within"])
             matching = [t for t in matching if t >= cutoff]
+        if "not_followed_by" in rule and matching:
+            # the last matching event, and nothing of the other name at or after it
+            follows = [t for name, t, _ in self.events.get(person, []) if name == rule["not_followed_by"]]
+            return not any(t >= max(matching) for t in follows)
         return len(matching) >= minimum
 
     def attribute(self, rule, person) -> bool:

@@ -54,11 +54,13 @@ people_strategy = st.lists(
 )
 
 event_leaf = st.builds(
-    lambda name, window, count, where: {
+    lambda name, window, count, where, follower: {
         "event": name,
         **window,
-        **({"min_count": count} if count > 1 and "last_between" not in window else {}),
+        # not_followed_by reads the last matching event only, so it goes without min_count
+        **({"min_count": count} if count > 1 and "last_between" not in window and not follower else {}),
         **({"where": where} if where else {}),
+        **({"not_followed_by": follower} if follower and follower != name else {}),
     },
     st.sampled_from(EVENT_NAMES),
     st.one_of(
@@ -68,6 +70,7 @@ event_leaf = st.builds(
     ),
     st.integers(1, 3),
     st.dictionaries(st.sampled_from(["category", "qty"]), PROPERTY_VALUES, max_size=1),
+    st.one_of(st.none(), st.none(), st.sampled_from(EVENT_NAMES)),
 )
 attribute_leaf = st.one_of(
     st.builds(lambda k, op, v: {"attribute": k, op: v}, st.sampled_from(ATTRIBUTE_KEYS), st.sampled_from(["eq", "ne"]), SCALARS),

@@ -77,7 +77,7 @@ def test_the_demo_file_creates_everything():
     assert sorted(Audience.objects.values_list("key", flat=True)) == DEMO_AUDIENCES
 
     cart = Audience.objects.get(key="cart_0_2h")
-    assert cart.rule == {"event": "Added to Cart", "within": "2h"}
+    assert cart.rule == {"event": "Added to Cart", "within": "2h", "not_followed_by": "Order Completed"}
     assert [a.key for a in cart.exclusions.all()] == ["recent_purchasers_24h"]
     assert (cart.priority_group.key, cart.priority_rank) == ("cart_abandoners", 1)
     assert cart.identifier_policy.key == "email_sha256" and cart.identifier_policy.hash_sha256 is True

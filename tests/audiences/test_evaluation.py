@@ -124,6 +124,52 @@ def test_suppression_takes_purchasers_out_of_the_activation_audience(source):
     assert members("cart_0_2h") == {"a"}
 
 
+@pytest.mark.parametrize("where", [None, {"category": "serum"}])
+def test_not_followed_by_keeps_carts_with_no_purchase_since(source, where):
+    """"Added to Cart in the last 2h and not purchased since": a purchase after the cart takes a
+    person out, a purchase before it does not (they came back for more), a purchase stamped the
+    same second counts as since. With a `where`, the last matching cart is the one that counts."""
+    rule = {"event": "Added to Cart", "within": "2h", "not_followed_by": "Order Completed", **({"where": where} if where else {})}
+    audience = audience_save(data={"key": "carts", "name": "Carts", "rule": rule})
+    props = where or {}
+    send(source, "abandoned", "Added to Cart", T0 - timedelta(minutes=30), **props)
+    send(source, "bought", "Added to Cart", T0 - timedelta(minutes=30), **props)
+    send(source, "bought", "Order Completed", T0 - timedelta(minutes=10))
+    send(source, "came_back", "Order Completed", T0 - timedelta(hours=20))
+    send(source, "came_back", "Added to Cart", T0 - timedelta(minutes=20), **props)
+    send(source, "same_second", "Added to Cart", T0 - timedelta(minutes=5), **props)
+    send(source, "same_second", "Order Completed", T0 - timedelta(minutes=5))
+    send(source, "stale", "Added to Cart", T0 - timedelta(hours=3), **props)
+    evaluate_audience(audience, now=T0)
+    assert members("carts") == {"abandoned", "came_back"}
+    # the purchase arrives: out at the next evaluation, with no cart event needed
+    send(source, "abandoned", "Order Completed", T0 + timedelta(minutes=1))
+    evaluate_audience(audience, now=T0 + timedelta(minutes=1))
+    assert members("carts") == {"came_back"}
+    # a new cart after that purchase brings them back
+    send(source, "abandoned", "Added to Cart", T0 + timedelta(minutes=2), **props)
+    evaluate_audience(audience, now=T0 + timedelta(minutes=2))
+    assert members("carts") == {"abandoned", "came_back"}
+    if where:
+        # a later cart of another category is not the one the rule reads
+        send(source, "came_back", "Order Completed", T0 + timedelta(minutes=3))
+        send(source, "came_back", "Added to Cart", T0 + timedelta(minutes=4), category="toner")
+        evaluate_audience(audience, now=T0 + timedelta(minutes=4))
+        assert members("carts") == {"abandoned"}
+
+
+def test_not_followed_by_with_last_between(source):
+    rule = {"event": "Order Completed", "last_between": ["60d", "90d"], "not_followed_by": "Refund Issued"}
+    audience = audience_save(data={"key": "winback", "name": "Winback", "rule": rule})
+    send(source, "lapsed", "Order Completed", T0 - timedelta(days=70))
+    send(source, "refunded", "Order Completed", T0 - timedelta(days=70))
+    send(source, "refunded", "Refund Issued", T0 - timedelta(days=65))
+    send(source, "refunded_before", "Refund Issued", T0 - timedelta(days=80))
+    send(source, "refunded_before", "Order Completed", T0 - timedelta(days=75))
+    evaluate_audience(audience, now=T0)
+    assert members("winback") == {"lapsed", "refunded_before"}
+
+
 def test_priority_group_puts_each_person_in_the_freshest_stage_only(source):
     playbook()
     send(source, "fresh", "Added to Cart", T0 - timedelta(minutes=30))

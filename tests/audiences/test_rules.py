@@ -23,7 +23,7 @@ ONE_OPERATOR = (
     "an attribute condition needs exactly one of eq, ne, gt, gte, lt, lte, in, exists, contains, older_than, newer_than"
 )
 ONE_KIND = "a condition needs exactly one of all, any, not, event, attribute, in_audience"
-EVENT_KEYS = "unknown key; expected event, within, last_between, min_count, where"
+EVENT_KEYS = "unknown key; expected event, within, last_between, min_count, where, not_followed_by"
 
 
 # --- constructs parse into the right node ----------------------------------------------------
@@ -40,6 +40,11 @@ def test_all_any_and_not_wrap_their_children():
 def test_an_event_without_options_means_ever_and_at_least_once():
     node = parse_rule({"event": "  Order Completed "})
     assert node == EventCondition(name="Order Completed", within=None, last_between=None, min_count=1, where=())
+
+
+def test_not_followed_by_names_the_event_that_must_not_come_after():
+    node = parse_rule({"event": "Added to Cart", "within": "2h", "not_followed_by": " Order Completed"})
+    assert node == EventCondition(name="Added to Cart", within=Duration("2h"), not_followed_by="Order Completed")
 
 
 def test_event_within_keeps_the_duration():
@@ -183,6 +188,12 @@ BAD_RULES = [
     ({"event": "A", "min_count": 2.5}, "min_count", "2.5 is not a whole number of at least 1"),
     ({"event": "A", "min_count": 1_000_001}, "min_count", "1000001 is not a whole number of at least 1"),
     ({"event": "A", "last_between": ["60d", "90d"], "min_count": 2}, "min_count", "cannot be combined with last_between; use within"),
+    # not_followed_by
+    ({"event": "A", "not_followed_by": ""}, "not_followed_by", '"" is not an event name'),
+    ({"event": "A", "not_followed_by": ["B"]}, "not_followed_by", '["B"] is not an event name'),
+    ({"event": "A", "not_followed_by": " A"}, "not_followed_by", "must name another event than 'A' (such as Order Completed)"),
+    ({"event": "A", "within": "30d", "min_count": 2, "not_followed_by": "B"}, "not_followed_by",
+     "cannot be combined with min_count: it reads the last matching event only"),
     # where
     ({"event": "A", "where": ["category"]}, "where", "must be a mapping of event properties to values, such as {category: serum}"),
     ({"event": "A", "where": {}}, "where", "must be a mapping of event properties to values, such as {category: serum}"),
@@ -258,6 +269,14 @@ def test_several_problems_are_reported_at_once_in_order():
         ({"event": "Order Completed", "within": "30d", "min_count": 3}, "did Order Completed at least 3 times in the last 30 days"),
         ({"event": "Order Completed", "last_between": ["60d", "90d"]}, "last did Order Completed between 60 days and 90 days ago"),
         ({"not": {"event": "Order Completed", "within": "1d"}}, "did not do Order Completed in the last 1 day"),
+        (
+            {"event": "Added to Cart", "within": "2h", "not_followed_by": "Order Completed"},
+            "did Added to Cart in the last 2 hours with no Order Completed since",
+        ),
+        (
+            {"event": "Order Completed", "last_between": ["60d", "90d"], "not_followed_by": "Refund Issued"},
+            "last did Order Completed between 60 days and 90 days ago with no Refund Issued since",
+        ),
         (
             {"event": "Product Viewed", "within": "7d", "where": {"category": "serum"}},
             'did Product Viewed with category = "serum" in the last 7 days',

@@ -59,16 +59,19 @@ def build_stage(page, shot, *, key, wrong_name, name, within, group, rank):
     page.get_by_label("Key").fill(key)
     page.get_by_label("Description").fill(f"Added to cart in the last {within}, not bought.")
 
-    # the rule, as rows: did an event · Added to Cart · in the last <within>
+    # the rule, as rows: did an event · Added to Cart · in the last <within> · with no Order Completed since
     row = page.locator("#rows .cond").first
     expect(row.locator("select.kind")).to_have_value("did")
     row.get_by_label("event name").fill("Added to Cart")
     row.get_by_label("window, e.g. 2h; empty for ever").fill(within)
+    row.get_by_label("event that must not come after it (optional)").fill("Order Completed")
     page.get_by_label("paid_purchased_24h_none").check()
     page.get_by_label("Priority group").select_option(group)
     page.get_by_label("rank").fill(str(rank))
     page.get_by_label("Identifier").select_option("email_sha256")
-    expect(page.locator("#id_rule_yaml")).to_have_value(re.compile(rf"event: Added to Cart\s+within: {within}"))
+    expect(page.locator("#id_rule_yaml")).to_have_value(
+        re.compile(rf"event: Added to Cart\s+within: {within}\s+not_followed_by: Order Completed")
+    )
     wait_for_preview(page)
     shot(page, f"editor-{key}-wrong-name")
 
@@ -83,6 +86,7 @@ def build_stage(page, shot, *, key, wrong_name, name, within, group, rank):
     row = page.locator("#rows .cond").first
     expect(row.get_by_label("event name")).to_have_value("Added to Cart")
     expect(row.get_by_label("window, e.g. 2h; empty for ever")).to_have_value(within)
+    expect(row.get_by_label("event that must not come after it (optional)")).to_have_value("Order Completed")
     expect(page.get_by_label("paid_purchased_24h_none")).to_be_checked()
     expect(page.get_by_label("rank")).to_have_value(str(rank))
     shot(page, f"editor-{key}-refused")
@@ -115,8 +119,8 @@ def test_a_retention_manager_builds_the_two_stage_cart_audience(page, manager, s
                 name="social_cart_2-24h_nopurch", within="24h", group=group, rank=2)
 
     first, second = Audience.objects.get(key="social_cart_0_2h"), Audience.objects.get(key="social_cart_2_24h")
-    assert first.rule == {"event": "Added to Cart", "within": "2h"}
-    assert second.rule == {"event": "Added to Cart", "within": "24h"}
+    assert first.rule == {"event": "Added to Cart", "within": "2h", "not_followed_by": "Order Completed"}
+    assert second.rule == {"event": "Added to Cart", "within": "24h", "not_followed_by": "Order Completed"}
     for audience, rank in ((first, 1), (second, 2)):
         assert list(audience.exclusions.values_list("key", flat=True)) == ["recent_purchasers_24h"]
         assert (audience.priority_group.key, audience.priority_rank) == (group, rank)
