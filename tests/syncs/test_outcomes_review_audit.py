@@ -390,11 +390,24 @@ def test_an_unknown_or_erased_person_is_a_404(viewer_client, db):
     assert response.status_code == 404
 
 
-@pytest.mark.parametrize("query", ["ann", "ann@example.com", "ANN@EXAMPLE.COM", " Ann@Example.com ", "+14155550100", "cio_ann"])
+@pytest.mark.parametrize("query", [
+    "ann", "ann@example.com", "ANN@EXAMPLE.COM", " Ann@Example.com ", "+14155550100", "cio_ann",
+    # a phone as a person types it: read in the phone policies' region (US when there is none)
+    "(415) 555-0100", "415.555.0100", "+1 415 555 0100",
+])
 def test_a_person_is_found_by_id_email_in_any_case_and_phone(source, viewer_client, query):
     send(source, "ann", "identify", traits={"email": "Ann@Example.com", "phone": "+14155550100", "cio_id": "cio_ann"})
     send(source, "bob", "identify", traits={"email": "bob@example.com", "phone": "+14155550199"})
     response = viewer_client.get("/dashboard/people/", {"q": query})
+    assert response.status_code == 302 and response["Location"] == "/dashboard/people/ann/"
+
+
+def test_a_phone_written_locally_is_read_in_the_phone_policy_s_region(source, viewer_client):
+    from audiences.services import identifier_policy_save
+
+    identifier_policy_save(data={"key": "uk_phone", "name": "UK phone", "field": "phone", "default_region": "GB"})
+    send(source, "ann", "identify", traits={"phone": "+442079460018"})
+    response = viewer_client.get("/dashboard/people/", {"q": "020 7946 0018"})
     assert response.status_code == 302 and response["Location"] == "/dashboard/people/ann/"
 
 
