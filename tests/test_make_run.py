@@ -16,6 +16,9 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 
 
+RESTORE_CTRL_C = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -38,8 +41,11 @@ def test_run_serves_the_login_page_and_the_worker_shows_as_running(tmp_path):
         "DJANGO_SETTINGS_MODULE": "config.settings",
     }
     process = subprocess.Popen(
-        [str(ROOT / "scripts" / "run")], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
+        # As typed in a terminal: a shell started in the background (nohup, `&`, some CI
+        # runners) ignores SIGINT, which its children inherit and bash cannot undo, so Ctrl-C
+        # is given back its default before the script starts.
+        [sys.executable, "-c", RESTORE_CTRL_C, str(ROOT / "scripts" / "run")],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     output = []
     # keep reading, or the worker's log fills the pipe and blocks it
