@@ -2,14 +2,13 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Q
-from django.db.models.functions import Lower
 
 from .ingest import source_revoke, source_rotate_key
 from simple_history.admin import SimpleHistoryAdmin
 
 from . import services
 from .evaluation import dependencies
+from .identifiers import find_people
 from .models import (
     Audience, Erasure, Event, EventStat, IdentifierPolicy, Membership, NamingConvention, Person, PriorityGroup, SizeSample,
     Source,
@@ -127,7 +126,7 @@ class PersonAdmin(admin.ModelAdmin):
     list_display = ("customer_id", "email", "phone", "is_test", "updated_at")
     list_filter = ("is_test",)
     search_fields = ("customer_id", "email", "phone", "cio_id")
-    search_help_text = "Exact customer id, email, phone or cio_id."
+    search_help_text = "Exact customer id, email (any case), phone (any format) or cio_id."
     readonly_fields = ("customer_id", "email", "phone", "cio_id", "attributes", "created_at", "updated_at")
     fields = ("customer_id", "email", "phone", "cio_id", "is_test", "attributes", "created_at", "updated_at")
     show_full_result_count = False
@@ -137,14 +136,10 @@ class PersonAdmin(admin.ModelAdmin):
         return False  # people arrive through the ingest API, never by hand
 
     def get_search_results(self, request, queryset, search_term):
-        # Exact matches on indexed columns: a substring search would scan a million rows.
         term = search_term.strip()
         if not term:
             return queryset, False
-        matches = queryset.alias(email_lower=Lower("email")).filter(
-            Q(customer_id=term) | Q(email_lower=term.lower()) | Q(phone=term) | Q(cio_id=term)
-        )
-        return matches, False
+        return find_people(queryset, term), False
 
 
 @admin.register(Event)

@@ -31,6 +31,36 @@ def normalise_phone(value, default_region: str = "US") -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+def phone_e164(value) -> str:
+    """What Person.phone_e164 keeps: the phone in E.164, local numbers read in
+    PHONE_DEFAULT_REGION; "" when it is no valid number."""
+    from django.conf import settings
+
+    return (normalise_phone(value, settings.PHONE_DEFAULT_REGION) or "") if value else ""
+
+
+def find_people(queryset, term: str):
+    """People whose customer id, email (any case), phone (as written, or however it is typed
+    when it reads as a number) or cio_id is `term`: exact matches on indexed columns only, as
+    a substring search would scan a million rows. Phones in the query are read in
+    PHONE_DEFAULT_REGION and in the regions of the phone identifier policies."""
+    from django.conf import settings
+    from django.db.models import Q
+    from django.db.models.functions import Lower
+
+    from .models import IdentifierPolicy
+
+    match = Q(customer_id=term) | Q(email_lower=term.lower()) | Q(phone=term) | Q(cio_id=term)
+    if sum(c.isdigit() for c in term) >= 6:
+        regions = {settings.PHONE_DEFAULT_REGION} | set(
+            IdentifierPolicy.objects.filter(field=IdentifierPolicy.PHONE).values_list("default_region", flat=True)
+        )
+        forms = {e164 for region in regions if (e164 := normalise_phone(term, region))}
+        if forms:
+            match |= Q(phone_e164__in=forms)
+    return queryset.alias(email_lower=Lower("email")).filter(match)
+
+
 def normalise_plain(value) -> str | None:
     if value is None or isinstance(value, (dict, list)):
         return None

@@ -17,6 +17,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from .evaluation import leave_all_audiences, queue_people
+from .identifiers import phone_e164
 from .messages import Message
 from .models import Erasure, Event, EventStat, Person, Source, hash_write_key
 from .signals import announce_people_changed
@@ -77,7 +78,7 @@ def _merge_traits(identifies: list[Message], person_ids: dict[str, int], now: da
     ids = sorted({person_ids[m.customer_id] for m in identifies})
     people = {
         p.id: p
-        for p in Person.objects.select_for_update().filter(id__in=ids).only("id", "attributes", *PROFILE_FIELDS)
+        for p in Person.objects.select_for_update().filter(id__in=ids).only("id", "attributes", "phone_e164", *PROFILE_FIELDS)
     }
     for message in identifies:
         person = people[person_ids[message.customer_id]]
@@ -88,8 +89,10 @@ def _merge_traits(identifies: list[Message], person_ids: dict[str, int], now: da
                 person.attributes[key] = value
             if key in PROFILE_FIELDS:
                 setattr(person, key, "" if value is None else str(value).strip())
+            if key == "phone":
+                person.phone_e164 = phone_e164(person.phone)
         person.updated_at = now
-    Person.objects.bulk_update(list(people.values()), ["attributes", *PROFILE_FIELDS, "updated_at"])
+    Person.objects.bulk_update(list(people.values()), ["attributes", *PROFILE_FIELDS, "phone_e164", "updated_at"])
 
 
 def _insert_events(source: Source, events: list[Message], person_ids: dict[str, int], now: datetime) -> list[Message]:

@@ -57,6 +57,9 @@ class Person(models.Model):
     customer_id = models.CharField(max_length=150, unique=True)
     email = models.CharField(max_length=254, blank=True, default="")
     phone = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    # the phone in E.164 when it reads as a valid number (local numbers in PHONE_DEFAULT_REGION),
+    # so that a person is found by phone however either side wrote it
+    phone_e164 = models.CharField(max_length=20, blank=True, default="", db_index=True, editable=False)
     cio_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
     attributes = models.JSONField(default=dict, blank=True)
     is_test = models.BooleanField(

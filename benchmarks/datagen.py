@@ -236,8 +236,10 @@ class Plan:
 
     def people_chunks(self, size: int = 20000) -> Iterator[list[tuple]]:
         """Lists of (id, customer_id, email, phone, cio_id, attributes JSON, is_test, unix
-        created_at). Call after event_slices() is exhausted: the profiles fold in the orders."""
+        created_at, phone in E.164 or ""). Call after event_slices() is exhausted: the profiles
+        fold in the orders."""
         from audiences.demo import FIRST_NAMES, LAST_NAMES, SKIN_TYPES
+        from audiences.identifiers import normalise_phone
 
         rng = random.Random(f"{self.seed}/people")
         rand, choice, getrandbits = rng.random, rng.choice, rng.getrandbits
@@ -307,7 +309,8 @@ class Plan:
             if cio_id:
                 attributes["cio_id"] = cio_id
             chunk.append(
-                (n, f"cus_{n:07d}", raw_email.strip(), raw_phone.strip(), cio_id, _dumps(attributes), test_account, created)
+                (n, f"cus_{n:07d}", raw_email.strip(), raw_phone.strip(), cio_id, _dumps(attributes), test_account, created,
+                 (normalise_phone(raw_phone, "US") or "") if raw_phone else "")
             )
             if len(chunk) >= size:
                 yield chunk
@@ -323,7 +326,7 @@ def _datetime_text(unix: int) -> str:
 # --- writing ----------------------------------------------------------------------------------
 
 EVENT_COLUMNS = "id, person_id, source_id, name, occurred_at, received_at, properties, message_id"
-PERSON_COLUMNS = "id, customer_id, email, phone, cio_id, attributes, is_test, created_at, updated_at"
+PERSON_COLUMNS = "id, customer_id, email, phone, cio_id, attributes, is_test, created_at, updated_at, phone_e164"
 LOADED_MODELS = ("Person", "Event", "EventStat")
 
 
@@ -503,8 +506,8 @@ class _PostgresWriter(_Writer):
                 copy.write(
                     "".join(
                         f"{n}\t{customer_id}\t{email}\t{phone}\t{cio_id}\t{_copy_text(attributes)}\t"
-                        f"{'t' if test else 'f'}\t{_datetime_text(created)}+00\t{updated}\n"
-                        for n, customer_id, email, phone, cio_id, attributes, test, created in rows
+                        f"{'t' if test else 'f'}\t{_datetime_text(created)}+00\t{updated}\t{e164}\n"
+                        for n, customer_id, email, phone, cio_id, attributes, test, created, e164 in rows
                     )
                 )
                 meter.add(len(rows))
@@ -662,14 +665,14 @@ class _SQLiteWriter(_Writer):
 
         meter = _Progress(self.progress, "people", self.plan.people)
         updated = _datetime_text(self.plan.end)
-        insert = f"INSERT INTO {self.tables['Person']} ({PERSON_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        insert = f"INSERT INTO {self.tables['Person']} ({PERSON_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
         for rows in self.plan.people_chunks(size=100000):
             with transaction.atomic():
                 cursor.executemany(
                     insert,
                     [
-                        (n, customer_id, email, phone, cio_id, attributes, test, _datetime_text(created), updated)
-                        for n, customer_id, email, phone, cio_id, attributes, test, created in rows
+                        (n, customer_id, email, phone, cio_id, attributes, test, _datetime_text(created), updated, e164)
+                        for n, customer_id, email, phone, cio_id, attributes, test, created, e164 in rows
                     ],
                 )
             meter.add(len(rows))

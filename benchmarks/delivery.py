@@ -99,9 +99,9 @@ def make_people(count: int) -> float:
     table = connection.ops.quote_name(Person._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} (id, customer_id, email, phone, cio_id, attributes, is_test, created_at, updated_at) "
-            "SELECT n, 'cus_' || lpad(n::text, 7, '0'), 'cus_' || lpad(n::text, 7, '0') || '@example.com', '', "
-            "lpad(to_hex(n), 8, '0'), '{}'::jsonb, false, now(), now() FROM generate_series(1, %s) n",
+            f"INSERT INTO {table} (id, customer_id, email, phone, phone_e164, cio_id, attributes, is_test, created_at, "
+            "updated_at) SELECT n, 'cus_' || lpad(n::text, 7, '0'), 'cus_' || lpad(n::text, 7, '0') || '@example.com', "
+            "'', '', lpad(to_hex(n), 8, '0'), '{}'::jsonb, false, now(), now() FROM generate_series(1, %s) n",
             [count],
         )
         cursor.execute(f"SELECT setval(pg_get_serial_sequence('{Person._meta.db_table}', 'id'), %s)", [count])

@@ -8,6 +8,7 @@ and `make test` use; `DATABASE_URL` and `REDIS_URL` move to PostgreSQL and Redis
 from pathlib import Path
 
 import environ
+import phonenumbers
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -162,6 +163,11 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 # --- i18n and time --------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+# Region a phone number without a country code is read in when people are looked up by phone
+# (identifier policies keep a region of their own for what they send).
+PHONE_DEFAULT_REGION = env.str("PHONE_DEFAULT_REGION", default="US").upper()
+if PHONE_DEFAULT_REGION not in phonenumbers.SUPPORTED_REGIONS:
+    raise ImproperlyConfigured(f"PHONE_DEFAULT_REGION={PHONE_DEFAULT_REGION!r} is not a region code such as US, GB, DE.")
 USE_I18N = False
 USE_TZ = True
 

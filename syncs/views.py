@@ -7,7 +7,6 @@ from datetime import timedelta
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Q
 from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -182,30 +181,13 @@ def alert_ack(request, alert_id):
     return redirect(back)
 
 
-def _phone_forms(query: str) -> set[str]:
-    """The query as typed and, when it reads as a phone number, in E.164 (as Customer.io keeps
-    phones), so that "(415) 555-0100" finds "+14155550100". Regions: those of the phone
-    identifier policies, else US."""
-    from audiences.identifiers import normalise_phone
-    from audiences.models import IdentifierPolicy
-
-    forms = {query}
-    if sum(c.isdigit() for c in query) >= 6:
-        regions = set(IdentifierPolicy.objects.filter(field=IdentifierPolicy.PHONE).values_list("default_region", flat=True))
-        forms |= {e164 for region in regions or {"US"} if (e164 := normalise_phone(query, region))}
-    return forms
-
-
 def people(request):
     query = request.GET.get("q", "").strip()
     found = []
     if query:
-        from django.db.models.functions import Lower
+        from audiences.identifiers import find_people
 
-        found = list(
-            Person.objects.alias(email_lower=Lower("email"))
-            .filter(Q(customer_id=query) | Q(email_lower=query.lower()) | Q(phone__in=_phone_forms(query)) | Q(cio_id=query))[:20]
-        )
+        found = list(find_people(Person.objects.all(), query)[:20])
         if len(found) == 1:
             return redirect("dashboard:person", customer_id=found[0].customer_id)
     return page(request, "dashboard/people.html", "Find a person", query=query, found=found)

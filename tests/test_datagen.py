@@ -28,7 +28,7 @@ def store_digest() -> str:
     they come from sequences)."""
     digest = hashlib.sha256()
     for row in Person.objects.order_by("id").values_list(
-        "id", "customer_id", "email", "phone", "cio_id", "attributes", "is_test", "created_at", "updated_at"
+        "id", "customer_id", "email", "phone", "cio_id", "attributes", "is_test", "created_at", "updated_at", "phone_e164"
     ):
         digest.update(repr(row[:5] + (json.dumps(row[5], sort_keys=True),) + row[6:]).encode())
     for row in Event.objects.order_by("id").values_list(
@@ -56,6 +56,12 @@ def test_generate_counts_determinism_and_exact_event_stats():
     assert Person.objects.count() == PEOPLE and Event.objects.count() == EVENTS
     assert list(Source.objects.values_list("name", flat=True)) == ["bench"]
     assert schema() == migrated, "indexes and constraints must be exactly as migrations made them"
+    # the look-up form of each phone, as ingest would have stored it
+    from audiences.identifiers import phone_e164
+
+    phones = list(Person.objects.exclude(phone="").values_list("phone", "phone_e164"))
+    assert phones and all(e164 == phone_e164(phone) for phone, e164 in phones)
+    assert sum(bool(e164) for _, e164 in phones) > len(phones) / 2
 
     # EventStat is exactly the aggregate of the event table, for every (person, name).
     aggregate = {

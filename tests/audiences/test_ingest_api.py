@@ -74,6 +74,27 @@ def test_identify_merges_traits_instead_of_replacing(ingest):
     assert (person.email, person.phone) == ("Ann@Example.com", "+1 415 555 0100")
 
 
+@pytest.mark.parametrize("phone, e164", [
+    ("+1 (415) 555-0100", "+14155550100"),
+    ("415-555-0100", "+14155550100"),  # no country code: read in PHONE_DEFAULT_REGION (US)
+    ("+44 7911 123456", "+447911123456"),
+    ("555", ""),  # not a valid number: kept as written, no E.164 form
+])
+def test_identify_keeps_the_phone_as_written_and_its_e164_form(ingest, phone, e164):
+    ingest.batch([{"type": "identify", "userId": "u1", "traits": {"phone": phone}}])
+    person = Person.objects.get(customer_id="u1")
+    assert (person.phone, person.phone_e164) == (phone, e164)
+    ingest.batch([{"type": "identify", "userId": "u1", "traits": {"phone": None}}])
+    person.refresh_from_db()
+    assert (person.phone, person.phone_e164) == ("", "")
+
+
+def test_track_api_attributes_set_the_e164_phone_too(ingest, settings):
+    settings.PHONE_DEFAULT_REGION = "GB"
+    assert ingest.track_api("PUT", "customers/c1", {"phone": "07911 123456"}).status_code == 200
+    assert Person.objects.get(customer_id="c1").phone_e164 == "+447911123456"
+
+
 def test_numeric_user_id_is_the_same_person_as_its_string(ingest):
     ingest.batch([{"type": "identify", "userId": 42, "traits": {"a": 1}}])
     ingest.batch([{"type": "identify", "userId": "42", "traits": {"b": 2}}])

@@ -411,6 +411,29 @@ def test_a_phone_written_locally_is_read_in_the_phone_policy_s_region(source, vi
     assert response.status_code == 302 and response["Location"] == "/dashboard/people/ann/"
 
 
+@pytest.mark.parametrize("stored, typed", [
+    ("+44 7911 123456", "+447911123456"),
+    ("415-555-0100", "+1 415 555 0100"),
+    ("(415) 555-0100", "415.555.0100"),
+])
+def test_a_phone_stored_in_one_format_is_found_in_another(source, viewer_client, stored, typed):
+    send(source, "ann", "identify", traits={"phone": stored})
+    response = viewer_client.get("/dashboard/people/", {"q": typed})
+    assert response.status_code == 302 and response["Location"] == "/dashboard/people/ann/"
+
+
+def test_the_e164_form_of_people_stored_before_it_existed_is_filled_in(source):
+    import importlib
+
+    from django.apps import apps
+
+    send(source, "ann", "identify", traits={"phone": "(415) 555-0100"})
+    send(source, "bob", "identify", traits={"phone": "not a number"})
+    Person.objects.update(phone_e164="")
+    importlib.import_module("audiences.migrations.0005_person_phone_e164").fill_phone_e164(apps, None)
+    assert dict(Person.objects.values_list("customer_id", "phone_e164")) == {"ann": "+14155550100", "bob": ""}
+
+
 def test_looking_up_nobody_says_so(source, viewer_client):
     send(source, "ann", "identify", traits={"email": "ann@example.com"})
     response = viewer_client.get("/dashboard/people/", {"q": "an"})
