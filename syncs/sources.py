@@ -4,6 +4,7 @@ diffs a rule, so entries and exits take the same path to the outbox."""
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 
@@ -116,19 +117,23 @@ def _people_for(page: list[dict], pull: SourcePull, known: dict[str, int] | None
     return ids
 
 
+def _for_person_ids(sql: dict[str, str], audience: Audience, person_ids: list[int]) -> None:
+    """Run `sql[vendor]` with (audience id, ids) per ARRAY_CHUNK ids, the ids as one parameter:
+    a PostgreSQL array, or a JSON array that SQLite reads with json_each. Not a placeholder per
+    id (see _pks_by), and within SQLite's limit on parameters."""
+    postgres = connection.vendor == "postgresql"
+    with connection.cursor() as cursor:
+        for start in range(0, len(person_ids), ARRAY_CHUNK):
+            chunk = person_ids[start : start + ARRAY_CHUNK]
+            cursor.execute(sql["postgresql" if postgres else "sqlite"], [audience.pk, chunk if postgres else json.dumps(chunk)])
+
+
 def _snapshot_insert(audience: Audience, person_ids: list[int]) -> None:
     table = connection.ops.quote_name(SegmentMember._meta.db_table)
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # an array, not a placeholder per value (see _pks_by)
-            for start in range(0, len(person_ids), ARRAY_CHUNK):
-                cursor.execute(f"INSERT INTO {table} (audience_id, person_id) SELECT %s, unnest(%s::bigint[])",
-                               [audience.pk, person_ids[start : start + ARRAY_CHUNK]])
-            return
-        for start in range(0, len(person_ids), CHUNK):
-            chunk = person_ids[start : start + CHUNK]
-            params = [v for pid in chunk for v in (audience.pk, pid)]
-            cursor.execute(f"INSERT INTO {table} (audience_id, person_id) VALUES {', '.join(['(%s, %s)'] * len(chunk))}", params)
+    _for_person_ids({
+        "postgresql": f"INSERT INTO {table} (audience_id, person_id) SELECT %s, unnest(%s::bigint[])",
+        "sqlite": f"INSERT INTO {table} (audience_id, person_id) SELECT %s, value FROM json_each(%s)",
+    }, audience, person_ids)
 
 
 class _Inserter:
@@ -182,18 +187,10 @@ class _Inserter:
 
 def _snapshot_remove(audience: Audience, person_ids: list[int]) -> None:
     table = connection.ops.quote_name(SegmentMember._meta.db_table)
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            for start in range(0, len(person_ids), ARRAY_CHUNK):
-                cursor.execute(f"DELETE FROM {table} WHERE audience_id = %s AND person_id = ANY(%s)",
-                               [audience.pk, person_ids[start : start + ARRAY_CHUNK]])
-            return
-        for start in range(0, len(person_ids), CHUNK):
-            chunk = person_ids[start : start + CHUNK]
-            cursor.execute(
-                f"DELETE FROM {table} WHERE audience_id = %s AND person_id IN ({', '.join(['%s'] * len(chunk))})",
-                [audience.pk, *chunk],
-            )
+    _for_person_ids({
+        "postgresql": f"DELETE FROM {table} WHERE audience_id = %s AND person_id = ANY(%s)",
+        "sqlite": f"DELETE FROM {table} WHERE audience_id = %s AND person_id IN (SELECT value FROM json_each(%s))",
+    }, audience, person_ids)
 
 
 class _Prefetch:
