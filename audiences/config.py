@@ -188,6 +188,8 @@ register_section(Section(
     lambda data, instance, actor: services.priority_group_save(data=data, instance=instance, actor=actor),
     _delete_unused, GROUP_DEFAULTS,
 ))
+
+
 def _release_ranks(items: list[dict], changes: list[Change]) -> None:
     """A file may swap two audiences' ranks in a group, or give a leaving audience's rank to
     another: whichever is saved first would find its rank taken. Those ranks are let go first
