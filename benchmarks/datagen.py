@@ -239,7 +239,7 @@ class Plan:
         created_at, phone in E.164 or ""). Call after event_slices() is exhausted: the profiles
         fold in the orders."""
         from audiences.demo import FIRST_NAMES, LAST_NAMES, SKIN_TYPES
-        from audiences.identifiers import normalise_phone
+        from audiences.identifiers import phone_e164
 
         rng = random.Random(f"{self.seed}/people")
         rand, choice, getrandbits = rng.random, rng.choice, rng.getrandbits
@@ -310,7 +310,7 @@ class Plan:
                 attributes["cio_id"] = cio_id
             chunk.append(
                 (n, f"cus_{n:07d}", raw_email.strip(), raw_phone.strip(), cio_id, _dumps(attributes), test_account, created,
-                 (normalise_phone(raw_phone, "US") or "") if raw_phone else "")
+                 phone_e164(raw_phone.strip()))
             )
             if len(chunk) >= size:
                 yield chunk

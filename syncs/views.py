@@ -14,6 +14,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from audiences import rules as r
+from audiences.identifiers import find_people
 from audiences.models import Audience, Event, Membership, Person
 from audiences.preview import audience_preview
 from config.admin import dashboard_context
@@ -185,8 +186,6 @@ def people(request):
     query = request.GET.get("q", "").strip()
     found = []
     if query:
-        from audiences.identifiers import find_people
-
         found = list(find_people(Person.objects.all(), query)[:20])
         if len(found) == 1:
             return redirect("dashboard:person", customer_id=found[0].customer_id)
