@@ -348,16 +348,17 @@ def _claim_pending(limit: int) -> dict[int, datetime]:
     return {pid: (convert(at, field, connection) if convert else at) for pid, at in rows}
 
 
-def evaluate_pending(*, limit: int = PENDING_BATCH) -> int:
+def evaluate_pending(*, limit: int = PENDING_BATCH, now: datetime | None = None) -> int:
     """Claim people queued by ingest and evaluate realtime audiences for them, in one
-    transaction: if the worker dies half-way, the claim rolls back with the changes."""
+    transaction: if the worker dies half-way, the claim rolls back with the changes.
+    `now` is the moment the rules are read at (the clock when not given)."""
     done = 0
     while True:
         with transaction.atomic():
             claimed = _claim_pending(limit)
             if not claimed:
                 return done
-            evaluate_people(list(claimed), triggered_at=claimed)
+            evaluate_people(list(claimed), triggered_at=claimed, now=now)
         done += len(claimed)
 
 

@@ -215,7 +215,7 @@ def test_realtime_audiences_follow_ingest_for_the_touched_people_only(source, an
     received = T0 + timedelta(seconds=1)
     send(source, "b", "Order Completed", received)
     assert PendingEvaluation.objects.filter(person__customer_id="b").exists()
-    assert evaluate_pending() == 1
+    assert evaluate_pending(now=received) == 1
     assert members("purchasers_24h") == {"b"}
     assert members("cart_0_2h") == {"a"}
     exits = [e for e in announced if e.audience_key == "cart_0_2h" and e.exits]
