@@ -37,6 +37,7 @@ ANALYZE_EVERY_ROWS = 100_000
 # A sender waits this long in-process for a retry or a Retry-After before giving up its lease
 # (the once-a-minute tick and new changes wake a sender again).
 WAIT_HORIZON_S = 10.0
+LEASE_SECONDS = 25.0
 
 
 @dataclass
@@ -59,13 +60,13 @@ class Summary:
 def acquire_lease(destination_id: int, token: str) -> bool:
     now = timezone.now()
     destination = Destination.objects.only("timeout_s").get(pk=destination_id)
-    until = now + timedelta(seconds=destination.lease_seconds)
+    until = now + timedelta(seconds=LEASE_SECONDS)
     free = Q(lease_until__isnull=True) | Q(lease_until__lt=now) | Q(lease_owner=token)
     return bool(Destination.objects.filter(free, pk=destination_id).update(lease_owner=token, lease_until=until))
 
 
 def renew_lease(destination: Destination, token: str) -> bool:
-    until = timezone.now() + timedelta(seconds=destination.lease_seconds)
+    until = timezone.now() + timedelta(seconds=LEASE_SECONDS)
     return bool(Destination.objects.filter(pk=destination.pk, lease_owner=token).update(lease_until=until))
 
 

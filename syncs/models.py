@@ -48,10 +48,14 @@ class Destination(EncryptedCredentials):
     max_attempts = models.PositiveIntegerField(default=8)
     retry_base_s = models.FloatField(default=2.0, help_text="First retry delay; doubles each attempt, with jitter.")
     retry_cap_s = models.FloatField(default=300.0)
+    concurrency = models.PositiveSmallIntegerField(
+        default=4, help_text="Requests in flight at once (within the rate limit); one is kept for suppressions and removals."
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
-    # One sender at a time per destination (a lease taken by conditional UPDATE), so that the
-    # rate limit holds across workers and a person's changes leave in order.
+    # One sender process at a time per destination (a lease taken by conditional UPDATE and
+    # renewed by a heartbeat), so that the rate limit holds across workers; within it, several
+    # requests may be in flight.
     lease_owner = models.CharField(max_length=64, blank=True, default="", editable=False)
     lease_until = models.DateTimeField(null=True, blank=True, editable=False)
     # The destination asked us (Retry-After) not to call before this time.
@@ -67,9 +71,6 @@ class Destination(EncryptedCredentials):
     def __str__(self):
         return self.name
 
-    @property
-    def lease_seconds(self) -> float:
-        return 2 * self.timeout_s + 5
 
 
 class CustomerIoWorkspace(EncryptedCredentials):
@@ -109,6 +110,11 @@ class SegmentMember(models.Model):
         constraints = [models.UniqueConstraint(fields=["audience", "person"], name="segmentmember_unique")]
 
 
+# A purchaser must leave paid audiences within seconds: a suppression sync gives up on a request
+# after this long (and tries again) unless it sets its own deadline.
+SUPPRESSION_TIMEOUT_S = 3.0
+
+
 class Sync(models.Model):
     MEMBERSHIP, EVENTS = "membership", "events"
     MODE_CHOICES = [(MEMBERSHIP, "Membership (add / remove)"), (EVENTS, "Events (entered / exited)")]
@@ -134,6 +140,10 @@ class Sync(models.Model):
     removal_guard_share = models.FloatField(
         default=0.30, help_text="Hold removals above this share of the audience until a person approves them."
     )
+    timeout_s = models.FloatField(
+        null=True, blank=True,
+        help_text="Deadline of each request; blank: 3 s for a suppression audience, else the destination's timeout.",
+    )
     enabled = models.BooleanField(default=True)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
@@ -150,6 +160,18 @@ class Sync(models.Model):
     @property
     def downstream_id(self) -> str:
         return self.downstream_audience_id or self.audience.key
+
+    @property
+    def is_suppression(self) -> bool:
+        return self.audience.purpose == Audience.SUPPRESSION
+
+    @property
+    def request_timeout_s(self) -> float:
+        if self.timeout_s:
+            return self.timeout_s
+        if self.is_suppression:
+            return min(SUPPRESSION_TIMEOUT_S, self.destination.timeout_s)
+        return self.destination.timeout_s
 
     def policy(self):
         from audiences.identifiers import customer_id_policy
@@ -242,6 +264,9 @@ class Delivery(models.Model):
     last_error = models.TextField(blank=True, default="")
     response_status = models.PositiveIntegerField(null=True, blank=True)
     acknowledged_at = models.DateTimeField(null=True, blank=True)
+    # A failed attempt that may still have reached the destination (no answer in time, or the
+    # connection dropped after the request went out): its exit must be sent, whatever came of it.
+    may_have_arrived = models.BooleanField(default=False)
     batch_id = models.UUIDField(null=True, blank=True)
     run = models.ForeignKey(SyncRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries")
     hold = models.ForeignKey(RemovalHold, null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries")
@@ -252,6 +277,8 @@ class Delivery(models.Model):
         indexes = [
             # what the sender claims next, in order; sent rows drop out of the index
             models.Index(fields=["sync", "id"], condition=models.Q(state="pending"), name="delivery_pending"),
+            # removals are claimed before additions: the exits of a sync in order
+            models.Index(fields=["sync", "action", "id"], condition=models.Q(state="pending"), name="delivery_pending_action"),
             # a person's changes leave in order: the claim looks for an earlier open one
             models.Index(fields=["sync", "customer_id", "id"], name="delivery_person_order"),
             models.Index(fields=["person", "created_at"], name="delivery_person_time"),
