@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -10,8 +11,8 @@ from . import services
 from .evaluation import dependencies
 from .identifiers import find_people
 from .models import (
-    Audience, Erasure, Event, EventStat, IdentifierPolicy, Membership, NamingConvention, Person, PriorityGroup, SizeSample,
-    Source,
+    SCOPE_CHOICES, TRACK, Audience, Erasure, Event, EventStat, IdentifierPolicy, Membership, NamingConvention, Person,
+    PriorityGroup, SizeSample, Source,
 )
 
 
@@ -87,11 +88,23 @@ class ServiceAdmin(HistoryAdmin):
         pass  # the service has written everything
 
 
+class SourceForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=SCOPE_CHOICES, initial=[TRACK], widget=forms.CheckboxSelectMultiple,
+        help_text="A key in a browser or an app is public: give it track only. Erasure and outcomes are for server keys.",
+    )
+
+    class Meta:
+        model = Source
+        fields = ("name", "scopes")
+
+
 @admin.register(Source)
 class SourceAdmin(admin.ModelAdmin):
-    list_display = ("name", "key_hint", "created_at", "revoked_at")
+    form = SourceForm
+    list_display = ("name", "scopes", "key_hint", "created_at", "revoked_at")
     readonly_fields = ("key_hint", "created_at", "revoked_at")
-    fields = ("name", "key_hint", "created_at", "revoked_at")
+    fields = ("name", "scopes", "key_hint", "created_at", "revoked_at")
     actions = ("revoke_keys", "rotate_keys")
 
     def save_model(self, request, obj, form, change):

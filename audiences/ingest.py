@@ -19,7 +19,7 @@ from django.utils import timezone
 from .evaluation import leave_all_audiences, queue_people
 from .identifiers import phone_e164
 from .messages import Message
-from .models import Erasure, Event, EventStat, Person, Source, hash_write_key
+from .models import TRACK, Erasure, Event, EventStat, Person, Source, hash_write_key
 from .signals import announce_people_changed
 
 # SQLite allows 32,766 bound parameters per statement; 7 per event row.
@@ -170,13 +170,22 @@ def source_authenticate(*, write_key: str, name: str | None = None) -> Source | 
 
 
 @transaction.atomic
-def source_create(*, name: str) -> tuple[Source, str]:
+def source_create(*, name: str, scopes=(TRACK,)) -> tuple[Source, str]:
+    """A source and its new key; by default a `track` key, the kind that is safe in a browser."""
     key = Source.new_write_key()
-    source = Source(name=name)
+    source = Source(name=name, scopes=list(scopes))
     source.set_write_key(key)
     source.full_clean()
     source.save()
     return source, key
+
+
+@transaction.atomic
+def source_set_scopes(*, source: Source, scopes) -> Source:
+    source.scopes = list(scopes)
+    source.full_clean()
+    source.save(update_fields=["scopes"])
+    return source
 
 
 @transaction.atomic

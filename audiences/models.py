@@ -14,6 +14,31 @@ def hash_write_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+# What a write key may do. `track` (track, identify, page, screen) is what a browser or app key
+# needs and all it gets by default, since such a key is public; erasing people and reporting
+# outcomes are server-side jobs with a key of their own.
+TRACK, ERASE, OUTCOMES = "track", "erase", "outcomes"
+SCOPES = (TRACK, ERASE, OUTCOMES)
+SCOPE_CHOICES = [
+    (TRACK, "track: track, identify, page, screen (safe in a browser)"),
+    (ERASE, "erase: DELETE /track/api/v1/customers/<id> (server only)"),
+    (OUTCOMES, "outcomes: POST /ingest/v1/outcomes (server only)"),
+]
+
+
+def default_source_scopes() -> list[str]:
+    return [TRACK]
+
+
+def scopes_problem(scopes) -> str | None:
+    if not isinstance(scopes, (list, tuple)) or not scopes:
+        return f"give at least one scope of {', '.join(SCOPES)}"
+    for scope in scopes:
+        if scope not in SCOPES:
+            return f"{scope!r} is not a scope; use {', '.join(SCOPES)}"
+    return None
+
+
 class SourceQuerySet(models.QuerySet):
     def active(self):
         return self.filter(revoked_at__isnull=True)
@@ -29,6 +54,10 @@ class Source(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    scopes = models.JSONField(
+        default=default_source_scopes,
+        help_text="What the key may do: track (browser-safe), erase, outcomes (server keys).",
+    )
 
     objects = SourceQuerySet.as_manager()
 
@@ -49,6 +78,16 @@ class Source(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in (self.scopes or [])
+
+    def clean(self):
+        from django.core.exceptions import ValidationError
+
+        if problem := scopes_problem(self.scopes):
+            raise ValidationError({"scopes": problem})
+        self.scopes = [s for s in SCOPES if s in self.scopes]
 
 
 class Person(models.Model):

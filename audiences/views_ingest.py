@@ -15,6 +15,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from . import messages as wire
 from .ingest import ingest_messages, person_erase, source_authenticate
+from .models import ERASE, OUTCOMES, TRACK
 
 
 def _credentials(request) -> tuple[str, str] | None:
@@ -39,6 +40,28 @@ def unauthorized(message):
     )
     response["WWW-Authenticate"] = 'Basic realm="downstream-ingest"'
     return response
+
+
+SCOPE_NEEDS = {
+    TRACK: "send track, identify, page or screen messages",
+    ERASE: "erase people",
+    OUTCOMES: "report outcomes",
+}
+
+
+def missing_scope(source, scope: str):
+    """None when the key carries `scope`; else the 403 to answer, before anything is read."""
+    if source.has_scope(scope):
+        return None
+    message = (
+        f"this write key may not {SCOPE_NEEDS[scope]}: it lacks the {scope!r} scope "
+        f"(it has {', '.join(source.scopes) or 'none'}). Use a server key that carries {scope!r} "
+        f"(`manage.py create_source NAME --scope {scope}`, or a superuser sets it on the source in the admin)"
+    )
+    return JsonResponse(
+        {"code": "forbidden", "message": message, "errors": [{"index": None, "field": "", "message": message}]},
+        status=403,
+    )
 
 
 def _rejected(exc: wire.Rejected):
@@ -103,6 +126,8 @@ def _segment_view(parse):
         source = segment_source(request)
         if source is None:
             return unauthorized("a valid write key is required as the Basic auth user name")
+        if refused := missing_scope(source, TRACK):
+            return refused
         now = timezone.now()
         body = read_body(request, settings.INGEST_MAX_BODY_BYTES)
         result = ingest_messages(source=source, messages=parse(body, now=now), received_at=now)
@@ -138,6 +163,8 @@ def track_customer(request, customer_id):
     source = _track_source(request)
     if source is None:
         return _track_unauthorized()
+    if refused := missing_scope(source, ERASE if request.method == "DELETE" else TRACK):
+        return refused
     customer_id = wire.parse_track_customer_id(customer_id)
     if request.method == "DELETE":
         person_erase(customer_id=customer_id, source=source)
@@ -153,6 +180,8 @@ def track_customer_event(request, customer_id):
     source = _track_source(request)
     if source is None:
         return _track_unauthorized()
+    if refused := missing_scope(source, TRACK):
+        return refused
     customer_id = wire.parse_track_customer_id(customer_id)
     now = timezone.now()
     body = read_body(request, settings.INGEST_MAX_MESSAGE_BYTES)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from audiences.ingest import source_create
-from audiences.models import Event, EventStat, Person
+from audiences.models import SCOPES, Event, EventStat, Person
 
 
 def basic_auth(user: str, password: str = "") -> str:
@@ -43,7 +43,9 @@ class IngestClient:
 
 @pytest.fixture
 def source_and_key(db):
-    return source_create(name="web")
+    """A server key (every scope): the tests that use it erase people through the Track API too;
+    what a browser key may not do is tests/audiences/test_key_scopes.py."""
+    return source_create(name="web", scopes=SCOPES)
 
 
 @pytest.fixture

@@ -58,7 +58,8 @@ def _message(kind, customer_id, n, **fields):
 
 def build_world(livelike_url: str) -> SimpleNamespace:
     audience_config.apply(str(DEMO_CONFIG))
-    source, write_key = source_create(name="shop")
+    # the reporting job posts outcomes with this key too, so it carries that scope beside track
+    source, write_key = source_create(name="shop", scopes=["track", "outcomes"])
     destination = destination_save(data={
         "key": "livelike", "name": "LiveLike", "kind": "livelike",
         "settings": {"base_url": livelike_url, "client_id": "client-1"},

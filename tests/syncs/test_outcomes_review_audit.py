@@ -53,7 +53,7 @@ def viewer_client(client):
 @pytest.fixture
 def reporter(db):
     """A source whose write key the ad platform's reporting job uses."""
-    return source_create(name="ads-reporting")
+    return source_create(name="ads-reporting", scopes=["outcomes"])
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def test_a_day_reported_again_replaces_what_that_source_said(client, reporter, c
     outcome = Outcome.objects.get()
     assert (outcome.conversions, outcome.spend, outcome.clicks) == (7, Decimal("140.00"), 9)
     # another source's numbers for the same day are its own row
-    other_source, other_key = source_create(name="social-reporting")
+    other_source, other_key = source_create(name="social-reporting", scopes=["outcomes"])
     post_outcomes(client, other_key, {"outcomes": [{"audience": "carts", "date": day(-1), "conversions": 1, "spend": 10}]})
     assert sorted(Outcome.objects.values_list("source__name", "conversions")) == [("ads-reporting", 7), ("social-reporting", 1)]
 
@@ -159,7 +159,7 @@ def test_more_than_a_thousand_outcomes_are_refused_whole(client, reporter, carts
 
 def test_the_audience_page_shows_outcomes_with_cost_per_conversion(client, reporter, carts, viewer_client):
     _, key = reporter
-    other_key = source_create(name="social-reporting")[1]
+    other_key = source_create(name="social-reporting", scopes=["outcomes"])[1]
     post_outcomes(client, key, {"outcomes": [
         {"audience": "carts", "date": day(-1), "impressions": 4000, "clicks": 120, "conversions": 4, "spend": "50.00"},
         {"audience": "carts", "date": day(-2), "impressions": 900, "clicks": 30, "conversions": 0, "spend": "31.00"},
