@@ -10,9 +10,11 @@ a window and property filters read the event table, through its (person, name, t
 from __future__ import annotations
 
 from datetime import datetime
+from datetime import timezone as dt_timezone
 
-from django.db.models import BooleanField, Case, Count, Exists, Expression, OuterRef, Q, Value, When
+from django.db.models import BooleanField, Case, Count, DateTimeField, Exists, Expression, ExpressionWrapper, OuterRef, Q, Value, When
 from django.db.models.fields.json import KeyTransform, compile_json_path
+from django.db.models.functions import Trunc
 
 from . import rules as r
 from .models import Audience, Event, EventStat, Membership, Person
@@ -153,12 +155,15 @@ def _event_properties(node: r.EventCondition) -> Q:
 
 
 def _not_followed(node: r.EventCondition, time_column: str) -> Q:
-    """No `not_followed_by` event at or after `time_column` of the matching row (its last time,
-    read from the follower's aggregate). A tie counts as followed: a purchase stamped the same
-    second as the cart suppresses, which is the side to err on."""
+    """No `not_followed_by` event at or after the start of the second of `time_column` of the
+    matching row (the follower's last time, read from its aggregate). The same second counts as
+    followed whatever the fractions: a purchase at :08.100 and a cart at :08.700 come from two
+    clocks that are not that precise, and suppressing is the side to err on."""
     if not node.not_followed_by:
         return Q()
-    later = EventStat.objects.filter(person=OuterRef("person"), name=node.not_followed_by, last_at__gte=OuterRef(time_column))
+    matched_at = ExpressionWrapper(OuterRef(time_column), output_field=DateTimeField())
+    second = Trunc(matched_at, "second", output_field=DateTimeField(), tzinfo=dt_timezone.utc)
+    later = EventStat.objects.filter(person=OuterRef("person"), name=node.not_followed_by, last_at__gte=second)
     return ~Q(Exists(later))
 
 

@@ -73,9 +73,11 @@ class Reference:
             cutoff = self.now - duration(rule["within"])
             matching = [t for t in matching if t >= cutoff]
         if "not_followed_by" in rule and matching:
-            # the last matching event, and nothing of the other name at or after it
+            # the last matching event, and nothing of the other name at or after it; the same
+            # second counts as after, whatever the fractions (times are UTC)
+            since = max(matching).replace(microsecond=0)
             follows = [t for name, t, _ in self.events.get(person, []) if name == rule["not_followed_by"]]
-            return not any(t >= max(matching) for t in follows)
+            return not any(t >= since for t in follows)
         return len(matching) >= minimum
 
     def attribute(self, rule, person) -> bool:

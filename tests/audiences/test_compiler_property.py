@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from audiences.compiler import compile_rule
@@ -19,11 +19,15 @@ NOW = datetime(2026, 11, 29, 12, 0, tzinfo=dt_timezone.utc)
 EVENT_NAMES = ["Added to Cart", "Order Completed", "Product Viewed"]
 DURATIONS = ["30m", "2h", "1d", "7d", "2w"]
 # Offsets that land exactly on window edges as well as in between, and a few in the future
-# (the ingest API accepts clocks up to 24 h ahead).
+# (the ingest API accepts clocks up to 24 h ahead); some with fractions of a second, a few
+# sharing a second, so that not_followed_by's same-second rule is tried both ways.
 OFFSETS = st.one_of(
     st.sampled_from([timedelta(minutes=30), timedelta(hours=2), timedelta(days=1), timedelta(days=7), timedelta(0)]),
     st.integers(min_value=-3 * 3600, max_value=30 * 86400).map(lambda s: timedelta(seconds=s)),
+    st.sampled_from([599.3, 599.9, 600.0, 600.2]).map(lambda s: timedelta(seconds=s)),
 )
+# a cart at 11:50:00.700 and a purchase at 11:50:00.100: the same second, so "since"
+SAME_SECOND = [("Added to Cart", timedelta(seconds=599.3), {}), ("Order Completed", timedelta(seconds=599.9), {})]
 STRINGS = st.sampled_from(["gold", "Gold", "silver", "", "go", "serum", "toner"])
 NUMBERS = st.one_of(st.integers(-3, 1000), st.sampled_from([0.5, 99.99, 1e6]))
 DATES = st.integers(min_value=-200, max_value=10).map(lambda days: int((NOW + timedelta(days=days)).timestamp()))
@@ -139,6 +143,11 @@ def reference_from_database() -> Reference:
 @pytest.mark.django_db
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(people=people_strategy, rules=st.lists(rules_strategy, min_size=1, max_size=4))
+@example(
+    people=[{"attributes": {}, "events": SAME_SECOND, "in_a": False, "was_in_b": False}],
+    rules=[{"event": "Added to Cart", "within": "2h", "not_followed_by": "Order Completed"},
+           {"event": "Added to Cart", "not_followed_by": "Order Completed"}],
+)
 def test_compiled_sql_agrees_with_the_reference(people, rules):
     load(people)
     reference = reference_from_database()

@@ -170,6 +170,34 @@ def test_not_followed_by_with_last_between(source):
     assert members("winback") == {"lapsed", "refunded_before"}
 
 
+@pytest.mark.parametrize("rule", [
+    {"event": "Added to Cart", "within": "2h", "not_followed_by": "Order Completed"},  # the aggregate
+    {"event": "Added to Cart", "within": "2h", "where": {"category": "serum"}, "not_followed_by": "Order Completed"},
+    {"event": "Added to Cart", "last_between": ["1m", "2h"], "not_followed_by": "Order Completed"},
+], ids=["within", "where", "last_between"])
+def test_not_followed_by_counts_a_purchase_in_the_same_second_as_since_whatever_the_fraction(source, rule):
+    """The README: the same second counts as after, erring towards suppression. A purchase at
+    :08.100 and a cart at :08.700 (clocks of two systems, rounding) must not keep the person in
+    the cart audience; a purchase in the second before the cart still does not count."""
+    audience = audience_save(data={"key": "carts", "name": "Carts", "rule": rule})
+    cart_second = (T0 - timedelta(minutes=30)).replace(second=8)
+    cases = {
+        "same_second_earlier_fraction": timedelta(milliseconds=100 - 700),
+        "same_second_later_fraction": timedelta(milliseconds=900 - 700),
+        "second_before": timedelta(milliseconds=900 - 1700),
+    }
+    for customer_id, purchase_offset in cases.items():
+        cart_at = cart_second + timedelta(milliseconds=700)
+        send(source, customer_id, "Added to Cart", cart_at, category="serum")
+        send(source, customer_id, "Order Completed", cart_at + purchase_offset)
+    evaluate_audience(audience, now=T0)
+    assert members("carts") == {"second_before"}
+    # per-person evaluation reads the same compiled rule
+    Membership.objects.all().delete()
+    evaluate_audience(audience, now=T0, person_ids=list(Person.objects.values_list("pk", flat=True)))
+    assert members("carts") == {"second_before"}
+
+
 def test_priority_group_puts_each_person_in_the_freshest_stage_only(source):
     playbook()
     send(source, "fresh", "Added to Cart", T0 - timedelta(minutes=30))
