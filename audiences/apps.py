@@ -7,9 +7,14 @@ class AudiencesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        from django_q.signals import post_spawn
+
         from .roles import ensure_roles
         from .signals import people_changed
         from .tasks import enqueue_pending_evaluation
 
         post_migrate.connect(ensure_roles, dispatch_uid="downstream-ensure-roles")
         people_changed.connect(enqueue_pending_evaluation, dispatch_uid="downstream-realtime-evaluation")
+        # a worker that starts (a restarted cluster) evaluates whatever ingest queued while no
+        # worker ran, at once rather than at the scheduler's first tick (~30 s in)
+        post_spawn.connect(enqueue_pending_evaluation, dispatch_uid="downstream-resume-evaluation")

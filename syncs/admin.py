@@ -29,7 +29,7 @@ class DestinationForm(forms.ModelForm):
     class Meta:
         model = Destination
         fields = ["key", "name", "kind", "settings", "batch_size", "rate_limit_per_s", "timeout_s", "max_attempts",
-                  "retry_base_s", "retry_cap_s"]
+                  "retry_base_s", "retry_cap_s", "concurrency"]
 
 
 @admin.register(Destination)
@@ -78,7 +78,7 @@ class SyncForm(forms.ModelForm):
     class Meta:
         model = Sync
         fields = ["key", "audience", "destination", "mode", "fields", "identifier_policy", "downstream_audience_id",
-                  "paused", "dry_run", "test_cohort_only", "removal_guard_share", "enabled", "owner"]
+                  "paused", "dry_run", "test_cohort_only", "removal_guard_share", "timeout_s", "enabled", "owner"]
 
 
 @admin.register(Sync)

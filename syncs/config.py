@@ -10,12 +10,13 @@ from .models import CustomerIoWorkspace, Destination, Sync
 
 DESTINATION_DEFAULTS = {
     "settings": {}, "credentials": {}, "batch_size": 500, "rate_limit_per_s": 10.0, "timeout_s": 10.0,
-    "max_attempts": 8, "retry_base_s": 2.0, "retry_cap_s": 300.0,
+    "max_attempts": 8, "retry_base_s": 2.0, "retry_cap_s": 300.0, "concurrency": 4,
 }
 WORKSPACE_DEFAULTS = {"region": "us", "base_url": "", "rate_limit_per_s": 10.0, "timeout_s": 30.0, "credentials": {}}
 SYNC_DEFAULTS = {
     "mode": Sync.MEMBERSHIP, "fields": [], "identifier_policy": None, "downstream_audience_id": "", "paused": False,
     "dry_run": False, "test_cohort_only": False, "removal_guard_share": 0.3, "enabled": True, "owner": None,
+    "timeout_s": None,
 }
 
 
@@ -28,6 +29,7 @@ def destination_dict(d: Destination) -> dict:
         "key": d.key, "name": d.name, "kind": d.kind, "settings": d.settings, "credentials": _refs(d),
         "batch_size": d.batch_size, "rate_limit_per_s": d.rate_limit_per_s, "timeout_s": d.timeout_s,
         "max_attempts": d.max_attempts, "retry_base_s": d.retry_base_s, "retry_cap_s": d.retry_cap_s,
+        "concurrency": d.concurrency,
     }
     return _without_defaults(data, DESTINATION_DEFAULTS)
 
@@ -44,7 +46,7 @@ def sync_dict(s: Sync) -> dict:
         "identifier_policy": s.identifier_policy.key if s.identifier_policy else None,
         "downstream_audience_id": s.downstream_audience_id, "paused": s.paused, "dry_run": s.dry_run,
         "test_cohort_only": s.test_cohort_only, "removal_guard_share": s.removal_guard_share, "enabled": s.enabled,
-        "owner": s.owner.username if s.owner else None,
+        "owner": s.owner.username if s.owner else None, "timeout_s": s.timeout_s,
     }
     return _without_defaults(data, SYNC_DEFAULTS)
 

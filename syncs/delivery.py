@@ -1,19 +1,43 @@
 """The delivery worker: claims outbox rows, sends them in batches, records the answers.
 
-One sender per destination at a time (a lease taken and renewed by conditional UPDATE), so the
-destination's rate limit holds however many workers run, and a person's changes leave in the
-order they happened. Within that, each row is claimed by a conditional UPDATE too, and a
-person's row is only claimed when no earlier row of theirs is still open. A sender that dies
-leaves its lease to expire; the next one puts the rows it was sending back in the queue
+One sender process per destination at a time: a short lease taken by conditional UPDATE and
+renewed by a heartbeat, so a dead worker's lease is taken over within seconds (at once, on
+the same machine, when its process is gone) and the destination's rate limit holds however
+many workers run. Within that process the sender keeps several requests in flight:
+
+- **Two lanes.** Suppression syncs and every removal (an exit) form the urgent lane; entries
+  of activation syncs the other. Urgent batches are claimed first, one request slot is kept
+  for them alone, and they go first through the destination's gate, so a slow or failing
+  activation batch never holds a suppression up.
+- **Person order.** A row is only claimed when no earlier row of its person in its sync is
+  still open, so however many requests are in flight, a person's changes leave in order and
+  no exit overtakes its entry.
+- **One gate per destination** (`DestinationGate`): the rate limit, a Retry-After that holds
+  every sync, and no new request while another one that has not yet had time to answer is
+  out (so a 429 is heard before the next request goes).
+- **Bounded waits.** Each request has its sync's deadline (a suppression sync's is short); an
+  urgent membership request that has not answered in time is sent again on another
+  connection (hedged: membership adds and removes are idempotent) and the first answer wins;
+  events are never sent twice at once. Retries back off exponentially with jitter and a cap.
+
+All database work happens on the calling thread (the dispatcher); the pool threads only do
+HTTP. A sender that dies leaves its rows 'sending'; the next one puts them back in the queue
 (at-least-once: the destination may see them twice; they keep their batch id).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import os
 import random
+import socket
+import statistics
+import threading
 import time
 import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -22,7 +46,6 @@ from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q
 from django.utils import timezone
 
 from .destinations import OutRow, TransportError, transport_for
-from .destinations.base import RateLimiter
 from .models import Delivery, DeliveryBatch, Destination, RemovalHold, Sync, SyncRun
 from .payload import no_identifier_reason, payload_for
 
@@ -37,7 +60,17 @@ ANALYZE_EVERY_ROWS = 100_000
 # A sender waits this long in-process for a retry or a Retry-After before giving up its lease
 # (the once-a-minute tick and new changes wake a sender again).
 WAIT_HORIZON_S = 10.0
-LEASE_SECONDS = 25.0
+# The lease is renewed every HEARTBEAT_S; one not renewed for LEASE_SECONDS belongs to nobody.
+LEASE_SECONDS = 5.0
+HEARTBEAT_S = 1.0
+# How often an idle dispatcher looks for new rows while it holds the lease.
+POLL_S = 0.05
+# Urgent rows retry sooner: a purchaser's removal is worth a request.
+URGENT_RETRY_BASE_S = 0.2
+# An urgent membership request not answered after max(HEDGE_AFTER_S, 4 × the usual answer
+# time) is sent again on another connection.
+HEDGE_AFTER_S = 0.25
+URGENT, ADDS = "urgent", "adds"
 
 
 @dataclass
@@ -51,18 +84,58 @@ class Summary:
     retried: int = 0
     dead: int = 0
     cancelled: int = 0
+    hedged: int = 0
     runs: dict = field(default_factory=dict)
 
 
 # --- lease ----------------------------------------------------------------------------------
 
 
+def lease_token() -> str:
+    """host:pid:random. A lease whose holder was on this machine and whose process is gone can
+    be taken at once; others are waited out."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def holder_is_gone(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return False  # this very process: a thread of ours, or a test posing as another sender
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def acquire_lease(destination_id: int, token: str) -> bool:
     now = timezone.now()
-    destination = Destination.objects.only("timeout_s").get(pk=destination_id)
     until = now + timedelta(seconds=LEASE_SECONDS)
     free = Q(lease_until__isnull=True) | Q(lease_until__lt=now) | Q(lease_owner=token)
-    return bool(Destination.objects.filter(free, pk=destination_id).update(lease_owner=token, lease_until=until))
+    if Destination.objects.filter(free, pk=destination_id).update(lease_owner=token, lease_until=until):
+        return True
+    owner = Destination.objects.filter(pk=destination_id).values_list("lease_owner", flat=True).first()
+    if owner and holder_is_gone(owner):
+        return bool(Destination.objects.filter(pk=destination_id, lease_owner=owner).update(lease_owner=token, lease_until=until))
+    return False
+
+
+def lease_is_live(destination_id: int) -> bool:
+    """Someone holds the lease and renewed it within the last two heartbeats."""
+    row = Destination.objects.filter(pk=destination_id).values("lease_owner", "lease_until").first()
+    if not row or not row["lease_until"] or holder_is_gone(row["lease_owner"]):
+        return False
+    return row["lease_until"] - timezone.now() > timedelta(seconds=LEASE_SECONDS - 2 * HEARTBEAT_S)
+
+
+def lease_expires_in(destination_id: int) -> float:
+    until = Destination.objects.filter(pk=destination_id).values_list("lease_until", flat=True).first()
+    return max(0.0, (until - timezone.now()).total_seconds()) if until else 0.0
 
 
 def renew_lease(destination: Destination, token: str) -> bool:
@@ -79,9 +152,11 @@ def release_lease(destination_id: int, token: str) -> None:
 
 def recover_orphans(destination: Destination) -> int:
     """Rows left 'sending' by a sender that died. Only the lease holder calls this, so no live
-    sender can own them. They go back as they were, batch id included."""
+    sender can own them. They go back as they were, batch id included; the attempt may have
+    reached the destination."""
     return Delivery.objects.filter(sync__destination=destination, state=Delivery.SENDING).update(
-        state=Delivery.PENDING, next_attempt_at=timezone.now(), last_error="the sender stopped before an answer came"
+        state=Delivery.PENDING, next_attempt_at=timezone.now(), may_have_arrived=True,
+        last_error="the sender stopped before an answer came",
     )
 
 
@@ -127,18 +202,31 @@ def _first_open_before():
     )
 
 
-def claim_batch(sync: Sync, limit: int, *, retries: bool = True) -> tuple[uuid.UUID, int] | None:
+def lane_rows(sync: Sync, lane: str | None):
+    """The rows of a sync in one lane: everything of a suppression sync and every exit are
+    urgent; the entries of an activation sync are not. None: the whole sync."""
+    rows = Delivery.objects.filter(sync=sync)
+    if lane is None:
+        return rows
+    if sync.is_suppression:
+        return rows if lane == URGENT else rows.none()
+    return rows.filter(action=Delivery.EXIT if lane == URGENT else Delivery.ENTER)
+
+
+def claim_batch(sync: Sync, limit: int, *, retries: bool = True, lane: str | None = None) -> tuple[uuid.UUID, int] | None:
     """Claim a retried batch whole (same rows, same batch id), else up to `limit` fresh rows in
     order. Returns (batch id, attempt) or None. `retries=False`: the caller knows no retried
-    batch is due, and the look-up (which reads every pending row when there is none) is skipped."""
+    batch is due, and the look-up (which reads every pending row when there is none) is skipped.
+    The attempt is the highest count among the rows claimed: rows of the batch that were skipped
+    or rejected meanwhile stay at the count they ended with."""
     now = timezone.now()
-    due = Delivery.objects.filter(sync=sync, state=Delivery.PENDING, next_attempt_at__lte=now)
+    due = lane_rows(sync, lane).filter(state=Delivery.PENDING, next_attempt_at__lte=now)
     retry = due.filter(batch_id__isnull=False).order_by("id").values_list("batch_id", flat=True).first() if retries else None
     if retry:
         claimed = Delivery.objects.filter(sync=sync, state=Delivery.PENDING, batch_id=retry).update(
             state=Delivery.SENDING, attempts=F("attempts") + 1
         )
-        attempt = Delivery.objects.filter(batch_id=retry).aggregate(n=Min("attempts"))["n"] or 1
+        attempt = Delivery.objects.filter(batch_id=retry, state=Delivery.SENDING).aggregate(n=Max("attempts"))["n"] or 1
         return (retry, attempt) if claimed else None
     batch_id = uuid.uuid4()
     candidates = (
@@ -150,19 +238,127 @@ def claim_batch(sync: Sync, limit: int, *, retries: bool = True) -> tuple[uuid.U
     return (batch_id, 1) if claimed else None
 
 
+# --- the gate -------------------------------------------------------------------------------
+
+
+class DestinationGate:
+    """Every request of one sender to its destination passes here, from any thread.
+
+    - at most `per_second` requests a second;
+    - a Retry-After (`hold`) stops every request, of every sync, until it has run out;
+    - no request starts while another one is out that has not had time to answer yet (twice
+      the usual answer time, at least 50 ms): a 429 on it is heard before the next one goes, and
+      only a slow request (a hang) has others pass it;
+    - urgent callers go first: a non-urgent caller waits while an urgent one is waiting.
+    """
+
+    def __init__(self, per_second: float):
+        self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self.next_at = 0.0
+        self.hold_until = 0.0
+        self.urgent_waiting = 0
+        self.out: dict[int, float] = {}
+        self.answers = collections.deque(maxlen=50)
+        self.cond = threading.Condition()
+        self.tickets = 0
+
+    def usual_answer_s(self) -> float:
+        return statistics.median(self.answers) if self.answers else 0.02
+
+    def quiet_s(self) -> float:
+        return min(1.0, max(0.05, 2 * self.usual_answer_s()))
+
+    def enter(self, *, urgent: bool) -> int:
+        with self.cond:
+            if urgent:
+                self.urgent_waiting += 1
+            try:
+                while True:
+                    now = time.monotonic()
+                    wait = max(self.next_at, self.hold_until) - now
+                    if self.out:
+                        wait = max(wait, self.quiet_s() - (now - max(self.out.values())))
+                    if not urgent and self.urgent_waiting:
+                        wait = max(wait, POLL_S)
+                    if wait <= 0:
+                        break
+                    self.cond.wait(wait)
+                self.next_at = max(now, self.next_at) + self.interval
+                self.tickets += 1
+                self.out[self.tickets] = now
+                return self.tickets
+            finally:
+                if urgent:
+                    self.urgent_waiting -= 1
+                self.cond.notify_all()
+
+    def leave(self, ticket: int, *, answered: bool, retry_after: float | None = None) -> None:
+        with self.cond:
+            started = self.out.pop(ticket, None)
+            if answered and started is not None:
+                self.answers.append(time.monotonic() - started)
+            if retry_after is not None:
+                self.hold_until = max(self.hold_until, time.monotonic() + retry_after)
+            self.cond.notify_all()
+
+    def hold(self, seconds: float) -> None:
+        with self.cond:
+            self.hold_until = max(self.hold_until, time.monotonic() + seconds)
+            self.cond.notify_all()
+
+    def held_for(self) -> float:
+        return max(0.0, self.hold_until - time.monotonic())
+
+
 # --- sending --------------------------------------------------------------------------------
 
 
-def backoff_seconds(destination: Destination, attempts: int) -> float:
+def backoff_seconds(destination: Destination, attempts: int, *, urgent: bool = False) -> float:
     """Exponential, capped, with jitter (half fixed, half random) so retries spread out."""
-    ceiling = min(destination.retry_cap_s, destination.retry_base_s * 2 ** max(attempts - 1, 0))
+    base = min(destination.retry_base_s, URGENT_RETRY_BASE_S) if urgent else destination.retry_base_s
+    ceiling = min(destination.retry_cap_s, base * 2 ** max(attempts - 1, 0))
     return ceiling / 2 + random.random() * ceiling / 2
 
 
+NEVER_REACHED = {
+    Delivery.SKIPPED: "skipped", Delivery.REJECTED: "rejected by the destination",
+    Delivery.DRY_RUN: "a dry run", Delivery.DEAD: "a dead letter that never reached it",
+}
+
+
+def _exits_without_entry(sync: Sync, deliveries: list[Delivery]) -> dict[int, str]:
+    """Exits whose person the destination never had: the change before it in this sync
+    (leaving out pairs that cancelled out) is an entry that was skipped, rejected, a dry run, or
+    gave up without any attempt that may have arrived, or there is none. Removing them would
+    tell the destination about someone it never heard of."""
+    exits = [d for d in deliveries if d.action == Delivery.EXIT]
+    if not exits:
+        return {}
+    earlier = collections.defaultdict(list)
+    for customer_id, delivery_id, action, state, may_have_arrived in (
+        Delivery.objects.filter(sync=sync, customer_id__in={d.customer_id for d in exits}, id__lt=max(d.pk for d in exits))
+        .exclude(state=Delivery.CANCELLED)
+        .order_by("id").values_list("customer_id", "id", "action", "state", "may_have_arrived")
+    ):
+        earlier[customer_id].append((delivery_id, action, state, may_have_arrived))
+    never = {}
+    for exit_row in exits:
+        before = [e for e in earlier[exit_row.customer_id] if e[0] < exit_row.pk]
+        if not before:
+            never[exit_row.pk] = "the destination never had this person: no entry was sent before this exit"
+            continue
+        _, action, state, may_have_arrived = before[-1]
+        if action == Delivery.ENTER and state in NEVER_REACHED and not may_have_arrived:
+            never[exit_row.pk] = f"the destination never had this person: their entry was {NEVER_REACHED[state]}"
+    return never
+
+
 def _build_rows(sync: Sync, deliveries: list[Delivery]):
-    rows, skipped = [], {}
+    rows, skipped = [], _exits_without_entry(sync, deliveries)
     policy = sync.policy()
     for delivery in deliveries:
+        if delivery.pk in skipped:
+            continue
         if sync.test_cohort_only and not (delivery.person and delivery.person.is_test):
             skipped[delivery.pk] = "not an internal test account (the sync sends the test cohort only)"
             continue
@@ -178,12 +374,30 @@ def _build_rows(sync: Sync, deliveries: list[Delivery]):
     return rows, skipped
 
 
-def send_batch(sync: Sync, batch_id: uuid.UUID, attempt: int, *, transport, limiter, run: SyncRun, summary: Summary) -> None:
+@dataclass
+class Job:
+    """One claimed batch on its way: prepared on the dispatcher, sent from the pool."""
+
+    sync: Sync
+    batch_id: uuid.UUID
+    attempt: int
+    lane: str
+    rows: list[OutRow]
+    sent_rows: list[dict]
+    run: SyncRun
+    hedge: bool
+    calls: list[Future] = field(default_factory=list)
+    started: float = 0.0  # monotonic, when the first call was submitted
+    sent_at: object = None
+
+
+def prepare_batch(sync: Sync, batch_id: uuid.UUID, attempt: int, *, run: SyncRun, summary: Summary):
+    """Load a claimed batch, skip what must not go, record a dry run. Returns the rows to send
+    (and their record) or None when nothing is left to send."""
     deliveries = list(Delivery.objects.filter(batch_id=batch_id, state=Delivery.SENDING).select_related("person").order_by("id"))
     if not deliveries:
-        return
+        return None
     rows, skipped = _build_rows(sync, deliveries)
-    now = timezone.now()
     if skipped:
         for delivery_id, reason in skipped.items():
             Delivery.objects.filter(pk=delivery_id).update(state=Delivery.SKIPPED, last_error=reason, run=run)
@@ -192,7 +406,7 @@ def send_batch(sync: Sync, batch_id: uuid.UUID, attempt: int, *, transport, limi
     # a batch retried within the same run was planned on its first attempt already
     run.planned += sum(1 for d in deliveries if d.run_id != run.pk)
     if not rows:
-        return
+        return None
     sent_rows = [{"delivery": r.delivery_id, "action": r.action, "identifier": r.identifier, "fields": r.fields} for r in rows]
     if sync.dry_run:
         with transaction.atomic():
@@ -202,19 +416,13 @@ def send_batch(sync: Sync, batch_id: uuid.UUID, attempt: int, *, transport, limi
                 )
             DeliveryBatch.objects.create(batch_id=batch_id, sync=sync, run=run, attempt=attempt, rows=sent_rows, error="dry run: not sent")
         summary.skipped += len(rows)
-        return
-    limiter.wait()
-    started = time.perf_counter()
-    try:
-        if transport is None:
-            raise TransportError("the destination is not configured", permanent=True)
-        result = transport.send(rows, batch_id=str(batch_id), sync=sync)
-    except TransportError as exc:
-        _failed(sync, batch_id, attempt, rows, exc, run=run, summary=summary, sent_rows=sent_rows,
-                duration_ms=(time.perf_counter() - started) * 1000)
-        return
-    duration_ms = (time.perf_counter() - started) * 1000
+        return None
+    return rows, sent_rows
+
+
+def record_sent(job: Job, result, *, duration_ms: float, summary: Summary) -> None:
     acked = timezone.now()
+    run = job.run
     with transaction.atomic():
         Delivery.objects.filter(pk__in=result.accepted, state=Delivery.SENDING).update(
             state=Delivery.SENT, acknowledged_at=acked, response_status=result.status, run=run, last_error=""
@@ -224,8 +432,8 @@ def send_batch(sync: Sync, batch_id: uuid.UUID, attempt: int, *, transport, limi
                 state=Delivery.REJECTED, acknowledged_at=acked, response_status=400, last_error=reason[:2000], run=run
             )
         DeliveryBatch.objects.create(
-            batch_id=batch_id, sync=sync, run=run, attempt=attempt, sent_at=now, duration_ms=duration_ms,
-            status=result.status, rows=sent_rows,
+            batch_id=job.batch_id, sync=job.sync, run=run, attempt=job.attempt, sent_at=job.sent_at, duration_ms=duration_ms,
+            status=result.status, rows=job.sent_rows,
             error="; ".join(f"row {k}: {v}" for k, v in list(result.rejected.items())[:20]),
         )
     run.sent += len(result.accepted)
@@ -234,20 +442,23 @@ def send_batch(sync: Sync, batch_id: uuid.UUID, attempt: int, *, transport, limi
     summary.sent += len(result.accepted)
     summary.rejected += len(result.rejected)
     summary.batches += 1
-    log.debug("%s: batch %s sent %d rejected %d in %.0f ms", sync.key, batch_id, len(result.accepted), len(result.rejected), duration_ms)
+    log.debug("%s: batch %s sent %d rejected %d in %.0f ms", job.sync.key, job.batch_id, len(result.accepted),
+              len(result.rejected), duration_ms)
 
 
-def _failed(sync, batch_id, attempt, rows, exc: TransportError, *, run, summary, sent_rows, duration_ms):
-    destination = sync.destination
+def record_failed(job: Job, exc: TransportError, *, duration_ms: float, summary: Summary, requests: int = 1) -> None:
+    sync, destination = job.sync, job.sync.destination
     now = timezone.now()
-    wait = backoff_seconds(destination, attempt)
+    wait = backoff_seconds(destination, job.attempt, urgent=job.lane == URGENT)
     if exc.retry_after is not None:
         wait = max(wait, exc.retry_after)
-        # the whole destination waits, not just this batch
+        # the whole destination waits, not just this batch: other processes read it here
         Destination.objects.filter(pk=destination.pk).update(not_before=now + timedelta(seconds=exc.retry_after))
-        destination.not_before = now + timedelta(seconds=exc.retry_after)
-    ids = [r.delivery_id for r in rows]
+    ids = [r.delivery_id for r in job.rows]
+    run = job.run
     with transaction.atomic():
+        if exc.may_have_arrived:
+            Delivery.objects.filter(pk__in=ids, state=Delivery.SENDING).update(may_have_arrived=True)
         dead = Delivery.objects.filter(pk__in=ids, state=Delivery.SENDING, attempts__gte=destination.max_attempts)
         dead_count = dead.update(state=Delivery.DEAD, last_error=f"gave up after {destination.max_attempts} attempts: {exc}"[:2000],
                                  response_status=exc.status, run=run)
@@ -256,11 +467,11 @@ def _failed(sync, batch_id, attempt, rows, exc: TransportError, *, run, summary,
             response_status=exc.status, run=run,
         )
         DeliveryBatch.objects.create(
-            batch_id=batch_id, sync=sync, run=run, attempt=attempt, sent_at=now, duration_ms=duration_ms,
-            status=exc.status, error=str(exc)[:2000], rows=sent_rows,
+            batch_id=job.batch_id, sync=sync, run=run, attempt=job.attempt, sent_at=job.sent_at or now, duration_ms=duration_ms,
+            status=exc.status, error=str(exc)[:2000], rows=job.sent_rows,
         )
     run.retried += retried
-    run.requests += 1
+    run.requests += requests
     run.error = str(exc)[:2000]
     summary.retried += retried
     summary.dead += dead_count
@@ -271,26 +482,11 @@ def _failed(sync, batch_id, attempt, rows, exc: TransportError, *, run, summary,
 
 
 def _active_syncs(destination: Destination) -> list[Sync]:
-    return list(
-        Sync.objects.filter(destination=destination, enabled=True, paused=False).select_related("audience", "destination",
-                                                                                                 "identifier_policy",
-                                                                                                 "audience__identifier_policy")
+    syncs = Sync.objects.filter(destination=destination, enabled=True, paused=False).select_related(
+        "audience", "destination", "identifier_policy", "audience__identifier_policy"
     )
-
-
-def _next_retry_at(sync: Sync):
-    """When the sync's earliest retried batch is due; None when there is none."""
-    return Delivery.objects.filter(sync=sync, state=Delivery.PENDING, batch_id__isnull=False).aggregate(
-        at=Min("next_attempt_at"))["at"]
-
-
-def _new_rows_since(sync: Sync, seen: tuple | None) -> tuple:
-    """What cancel_unsent_pairs depends on and only a change elsewhere can alter while this sender
-    holds the lease: the newest pending row (new changes) and the last decision on a hold
-    (approved removals become pending again)."""
-    newest = Delivery.objects.filter(sync=sync, state=Delivery.PENDING).aggregate(n=Max("id"))["n"] or 0
-    decided = RemovalHold.objects.filter(sync=sync).aggregate(at=Max("decided_at"))["at"]
-    return (max(newest, seen[0] if seen else 0), decided)
+    # suppression syncs first: they are looked at first whenever a slot frees up
+    return sorted(syncs, key=lambda s: (not s.is_suppression, s.pk))
 
 
 def next_due(destination: Destination):
@@ -316,89 +512,299 @@ def _finish(run: SyncRun) -> None:
     run.save()
 
 
+class Lane:
+    """What the dispatcher remembers of one sync's lane between claims. Only this sender
+    changes its rows while it holds the lease, so a claim that found nothing need not be
+    tried again until something else may have changed them: new rows, a finished batch of the
+    sync, a retry coming due, a decision on a hold."""
+
+    def __init__(self, sync: Sync, name: str):
+        self.sync, self.name = sync, name
+        self.dirty = True
+        self.retry_at = None  # the earliest retried batch's due time; None unknown, False none
+        self.retry_known = False
+
+    def due_retry(self, now) -> bool:
+        if not self.retry_known:
+            self.retry_at = (
+                lane_rows(self.sync, self.name).filter(state=Delivery.PENDING, batch_id__isnull=False)
+                .aggregate(at=Min("next_attempt_at"))["at"]
+            )
+            self.retry_known = True
+        return self.retry_at is not None and self.retry_at <= now
+
+
+class Sender:
+    """The dispatcher of one destination while it holds the lease."""
+
+    def __init__(self, destination: Destination, token: str, *, max_seconds: float, sleep, summary: Summary):
+        self.destination, self.token, self.sleep, self.summary = destination, token, sleep, summary
+        self.deadline = time.monotonic() + max_seconds
+        self.runs: dict[int, SyncRun] = {}
+        self.jobs: list[Job] = []
+        self.lease_lost = False
+        self.renewed_at = time.monotonic()
+        self.slept = False
+        self.analysed_at = 0
+        self.gate = DestinationGate(destination.rate_limit_per_s)
+        try:
+            self.transport = transport_for(destination)
+        except TransportError as exc:
+            self.transport = None
+            self.transport_error = exc
+            log.warning("destination %s: %s", destination.key, exc)
+        in_flight = getattr(self.transport, "max_in_flight", None) or destination.concurrency or 1
+        self.slots = max(1, in_flight)
+        # one slot stays free for urgent batches whenever there is more than one
+        self.add_slots = max(1, self.slots - 1)
+        self.pool = ThreadPoolExecutor(max_workers=2 * self.slots + 1, thread_name_prefix=f"deliver-{destination.pk}")
+        self.syncs = _active_syncs(destination)
+        self.lanes = {URGENT: [Lane(s, URGENT) for s in self.syncs],
+                      ADDS: [Lane(s, ADDS) for s in self.syncs if not s.is_suppression]}
+        self.newest_seen = None
+        self.cancel_seen: dict[int, tuple] = {}
+        self.holds_seen = None
+
+    # the lease
+
+    def heartbeat(self, *, before_claim: bool = False) -> bool:
+        """Renew the lease every HEARTBEAT_S, and before a claim that follows a wait (a wait can
+        outlast the lease: if another sender took it meanwhile, sending on would make two)."""
+        if self.lease_lost:
+            return False
+        if (before_claim and self.slept) or time.monotonic() - self.renewed_at >= HEARTBEAT_S:
+            if not renew_lease(self.destination, self.token):
+                log.warning("destination %s: lease lost; stopping", self.destination.key)
+                self.lease_lost = True
+                return False
+            self.renewed_at = time.monotonic()
+            self.slept = False
+            self._refresh_syncs()
+            self._look_for_decisions()
+        return True
+
+    def _refresh_syncs(self) -> None:
+        """Syncs paused, resumed, added or removed while the sender runs."""
+        syncs = _active_syncs(self.destination)
+        if [(s.pk, s.dry_run, s.test_cohort_only, s.mode) for s in syncs] == [
+            (s.pk, s.dry_run, s.test_cohort_only, s.mode) for s in self.syncs
+        ]:
+            return
+        self.syncs = syncs
+        self.lanes = {
+            URGENT: [Lane(s, URGENT) for s in syncs],
+            ADDS: [Lane(s, ADDS) for s in syncs if not s.is_suppression],
+        }
+        self.newest_seen = None
+
+    def wait(self, seconds: float) -> None:
+        self.sleep(seconds)
+        self.slept = True
+
+    # what changed
+
+    def _look_for_changes(self) -> None:
+        newest = Delivery.objects.aggregate(n=Max("id"))["n"] or 0
+        if newest == self.newest_seen:
+            return
+        self.newest_seen = newest
+        for sync in self.syncs:
+            pending = Delivery.objects.filter(sync=sync, state=Delivery.PENDING).order_by("-id").values_list("id", flat=True).first()
+            if pending is not None and pending != self.cancel_seen.get(sync.pk):
+                self.summary.cancelled += cancel_unsent_pairs(sync)
+                self.cancel_seen[sync.pk] = pending
+                self._touch(sync)
+
+    def _look_for_decisions(self) -> None:
+        decided = RemovalHold.objects.filter(sync__in=self.syncs).aggregate(at=Max("decided_at"))["at"]
+        if decided != self.holds_seen:
+            first = self.holds_seen is None and decided is None
+            self.holds_seen = decided
+            if not first:
+                self.cancel_seen.clear()
+                self.newest_seen = None
+                for sync in self.syncs:
+                    self._touch(sync)
+
+    def _touch(self, sync: Sync, *, retries: bool = False) -> None:
+        for lanes in self.lanes.values():
+            for lane in lanes:
+                if lane.sync.pk == sync.pk:
+                    lane.dirty = True
+                    if retries:
+                        lane.retry_known = False
+
+    # claiming
+
+    def _run_for(self, sync: Sync) -> SyncRun:
+        run = self.runs.get(sync.pk)
+        if run is None:
+            run = self.runs[sync.pk] = SyncRun.objects.create(sync=sync, kind=SyncRun.DRY_RUN if sync.dry_run else SyncRun.DELIVER)
+        return run
+
+    def _claim(self, lane: Lane) -> Job | None:
+        """The next batch of a lane ready to go, or None when the lane has nothing now."""
+        limit = min(self.destination.batch_size, getattr(self.transport, "max_batch", self.destination.batch_size))
+        while True:
+            retries = lane.due_retry(timezone.now())
+            claimed = claim_batch(lane.sync, limit, retries=retries, lane=lane.name)
+            if not claimed:
+                return None
+            if retries:
+                lane.retry_known = False
+            run = self._run_for(lane.sync)
+            prepared = prepare_batch(lane.sync, *claimed, run=run, summary=self.summary)
+            if prepared is None:
+                continue  # all skipped or a dry run: nothing to send, look for the next batch
+            rows, sent_rows = prepared
+            membership = lane.sync.mode == Sync.MEMBERSHIP
+            return Job(lane.sync, claimed[0], claimed[1], lane.name, rows, sent_rows, run,
+                       hedge=lane.name == URGENT and membership and getattr(self.transport, "hedge", False))
+
+    def _fill(self) -> bool:
+        """Claim batches into free slots, urgent ones first. True if any was started."""
+        started = False
+        for name in (URGENT, ADDS):
+            for lane in self.lanes[name]:
+                if lane.due_retry(timezone.now()):
+                    lane.dirty = True
+                while lane.dirty and self._free(name):
+                    if not self.heartbeat(before_claim=True):
+                        return started
+                    job = self._claim(lane)
+                    if job is None:
+                        lane.dirty = False
+                        break
+                    self._start(job)
+                    started = True
+        return started
+
+    def _free(self, name: str) -> bool:
+        if len(self.jobs) >= self.slots:
+            return False
+        return name == URGENT or sum(1 for j in self.jobs if j.lane == ADDS) < self.add_slots
+
+    # sending
+
+    def _start(self, job: Job) -> None:
+        job.sent_at = timezone.now()
+        job.started = time.monotonic()
+        if self.transport is None:
+            failed = Future()
+            failed.set_exception(self.transport_error)
+            job.calls.append(failed)
+        else:
+            job.calls.append(self.pool.submit(self._call, job))
+        self.jobs.append(job)
+
+    def _call(self, job: Job):
+        """One request, on a pool thread: through the gate, with the sync's deadline."""
+        ticket = self.gate.enter(urgent=job.lane == URGENT)
+        try:
+            result = self.transport.send(job.rows, batch_id=str(job.batch_id), sync=job.sync, timeout=job.sync.request_timeout_s)
+        except TransportError as exc:
+            self.gate.leave(ticket, answered=exc.status is not None, retry_after=exc.retry_after)
+            raise
+        except Exception as exc:  # a transport bug must not kill the sender: retry it as a failure
+            self.gate.leave(ticket, answered=False)
+            raise TransportError(f"unexpected error: {exc.__class__.__name__}: {exc}") from exc
+        self.gate.leave(ticket, answered=True)
+        return result
+
+    def _hedge(self) -> None:
+        after = max(HEDGE_AFTER_S, 4 * self.gate.usual_answer_s())
+        now = time.monotonic()
+        for job in self.jobs:
+            if job.hedge and len(job.calls) == 1 and not job.calls[0].done() and now - job.started >= after:
+                job.calls.append(self.pool.submit(self._call, job))
+                self.summary.hedged += 1
+
+    def _collect(self) -> None:
+        """Record every job that has its answer: the first success of its calls, else, once all
+        its calls are done, the failure."""
+        for job in list(self.jobs):
+            done = [c for c in job.calls if c.done()]
+            success = next((c for c in done if c.exception() is None), None)
+            if success is None and len(done) < len(job.calls):
+                continue  # a hedged call may still answer
+            self.jobs.remove(job)
+            duration_ms = (time.monotonic() - job.started) * 1000
+            if success is not None:
+                record_sent(job, success.result(), duration_ms=duration_ms, summary=self.summary)
+            else:
+                errors = [c.exception() for c in done]
+                exc = next((e for e in errors if e.retry_after is not None), errors[0])
+                if any(e.may_have_arrived for e in errors):
+                    exc.may_have_arrived = True
+                record_failed(job, exc, duration_ms=duration_ms, summary=self.summary, requests=len(errors))
+                self._touch(job.sync, retries=True)
+            self._touch(job.sync)
+            if connection.vendor == "postgresql" and self.summary.sent - self.analysed_at >= ANALYZE_EVERY_ROWS:
+                with connection.cursor() as cursor:
+                    cursor.execute(f"ANALYZE {connection.ops.quote_name(Delivery._meta.db_table)}")
+                self.analysed_at = self.summary.sent
+
+    def _wait_for_answers(self, timeout: float) -> None:
+        calls = [c for job in self.jobs for c in job.calls if not c.done()]
+        if calls:
+            wait_futures(calls, timeout=timeout, return_when=FIRST_COMPLETED)
+
+    def _next_wake(self):
+        """Seconds until something may be claimable, or None when nothing is due at all."""
+        due = next_due(self.destination)
+        if due is None:
+            return None
+        wake = max(self.gate.held_for(), (due - timezone.now()).total_seconds())
+        if wake <= 0:
+            # due now, yet no lane knew: rows changed under us (a hold decided, rows put back)
+            for lanes in self.lanes.values():
+                for lane in lanes:
+                    lane.dirty = True
+                    lane.retry_known = False
+        return wake
+
+    def run(self) -> None:
+        recover_orphans(self.destination)
+        if self.destination.not_before and self.destination.not_before > timezone.now():
+            self.gate.hold((self.destination.not_before - timezone.now()).total_seconds())
+        try:
+            while True:
+                self._collect()
+                if self.lease_lost or time.monotonic() >= self.deadline:
+                    if not self.jobs:
+                        return
+                    self._wait_for_answers(POLL_S)
+                    continue
+                self.heartbeat()
+                self._hedge()
+                self._look_for_changes()
+                if self.gate.held_for() <= WAIT_HORIZON_S and self._fill():
+                    continue
+                if self.jobs:
+                    self._wait_for_answers(POLL_S)
+                    continue
+                wake = self._next_wake()
+                if wake is None or wake > WAIT_HORIZON_S:
+                    return
+                self.wait(min(wake, POLL_S) if wake > 0 else POLL_S)
+        finally:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 def deliver_destination(destination_id: int, *, max_seconds: float = 240, sleep=time.sleep) -> Summary:
     """Send what is due for one destination, until nothing is due soon or time is up."""
-    token = uuid.uuid4().hex
+    token = lease_token()
     summary = Summary(destination_id)
     if not acquire_lease(destination_id, token):
         summary.leased = False
         return summary
-    deadline = time.monotonic() + max_seconds
-    runs: dict[int, SyncRun] = {}
-    cancel_seen: dict[int, tuple] = {}  # per sync: _new_rows_since at its last cancel_unsent_pairs
-    retry_at: dict[int, object] = {}  # per sync: _next_retry_at, until a retry is claimed or a batch fails
-    analysed_at = 0  # summary.sent at the last ANALYZE
+    sender = None
     try:
         destination = Destination.objects.get(pk=destination_id)
-        recover_orphans(destination)
-        limiter = RateLimiter(destination.rate_limit_per_s, sleep=sleep)
-        try:
-            transport = transport_for(destination)
-        except TransportError as exc:
-            transport = None
-            log.warning("destination %s: %s", destination.key, exc)
-        while time.monotonic() < deadline:
-            destination.refresh_from_db(fields=["not_before"])
-            if destination.not_before and destination.not_before > timezone.now():
-                wait = (destination.not_before - timezone.now()).total_seconds()
-                if wait > WAIT_HORIZON_S:
-                    break
-                sleep(wait)
-                if not renew_lease(destination, token):
-                    log.warning("destination %s: lease lost while waiting; stopping", destination.key)
-                    return summary
-                continue
-            progressed = False
-            for sync in _active_syncs(destination):
-                # Both look-ups below read every pending row of the sync; at a backlog of a million
-                # rows, doing them before every batch held the sender to a fifth of its rate limit.
-                # Only this sender changes its rows while it holds the lease, so they are redone
-                # only when something else may have changed them.
-                seen = _new_rows_since(sync, cancel_seen.get(sync.pk))
-                if seen != cancel_seen.get(sync.pk):
-                    summary.cancelled += cancel_unsent_pairs(sync)
-                    cancel_seen[sync.pk] = seen
-                if sync.pk not in retry_at:
-                    retry_at[sync.pk] = _next_retry_at(sync)
-                limit = min(destination.batch_size, getattr(transport, "max_batch", destination.batch_size))
-                retries = retry_at[sync.pk] is not None and retry_at[sync.pk] <= timezone.now()
-                claimed = claim_batch(sync, limit, retries=retries)
-                if not claimed:
-                    continue
-                if retries or claimed[1] > 1:
-                    retry_at.pop(sync.pk)  # a retried batch was claimed: look again next time
-                progressed = True
-                run = runs.get(sync.pk) or runs.setdefault(
-                    sync.pk, SyncRun.objects.create(sync=sync, kind=SyncRun.DRY_RUN if sync.dry_run else SyncRun.DELIVER)
-                )
-                retried_before = summary.retried + summary.dead
-                send_batch(sync, *claimed, transport=transport, limiter=limiter, run=run, summary=summary)
-                if summary.retried + summary.dead != retried_before:
-                    retry_at.pop(sync.pk, None)  # the batch failed and waits for its retry
-                if connection.vendor == "postgresql" and summary.sent - analysed_at >= ANALYZE_EVERY_ROWS:
-                    with connection.cursor() as cursor:
-                        cursor.execute(f"ANALYZE {connection.ops.quote_name(Delivery._meta.db_table)}")
-                    analysed_at = summary.sent
-                if not renew_lease(destination, token):
-                    log.warning("destination %s: lease lost; stopping", destination.key)
-                    return summary
-                if destination.not_before and destination.not_before > timezone.now():
-                    break
-            if not progressed:
-                due = next_due(destination)
-                if due is None:
-                    break
-                wait = (due - timezone.now()).total_seconds()
-                if wait > WAIT_HORIZON_S:
-                    break
-                if wait > 0:
-                    sleep(min(wait, WAIT_HORIZON_S))
-                # a wait can outlast the lease (up to WAIT_HORIZON_S against 2 * timeout + 5 s):
-                # if another sender has taken it meanwhile, sending on would make two senders
-                if not renew_lease(destination, token):
-                    log.warning("destination %s: lease lost while waiting; stopping", destination.key)
-                    return summary
+        sender = Sender(destination, token, max_seconds=max_seconds, sleep=sleep, summary=summary)
+        sender.run()
     finally:
+        runs = sender.runs if sender else {}
         for run in runs.values():
             _finish(run)
         summary.runs = {sync_id: run.pk for sync_id, run in runs.items()}

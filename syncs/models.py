@@ -266,7 +266,7 @@ class Delivery(models.Model):
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     # A failed attempt that may still have reached the destination (no answer in time, or the
     # connection dropped after the request went out): its exit must be sent, whatever came of it.
-    may_have_arrived = models.BooleanField(default=False)
+    may_have_arrived = models.BooleanField(default=False, db_default=False)
     batch_id = models.UUIDField(null=True, blank=True)
     run = models.ForeignKey(SyncRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries")
     hold = models.ForeignKey(RemovalHold, null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries")

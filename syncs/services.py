@@ -108,7 +108,7 @@ def _check_url(value, errors, field):
 def destination_save(*, data: dict, actor=None, instance: Destination | None = None) -> Destination:
     errors: dict[str, list[str]] = {}
     allowed = {"key", "name", "kind", "settings", "credentials", "batch_size", "rate_limit_per_s", "timeout_s",
-               "max_attempts", "retry_base_s", "retry_cap_s"}
+               "max_attempts", "retry_base_s", "retry_cap_s", "concurrency"}
     for name in sorted(set(data) - allowed):
         errors.setdefault(name, []).append(f"unknown field; expected one of {', '.join(sorted(allowed))}")
     destination = instance or Destination()
@@ -144,7 +144,7 @@ def destination_save(*, data: dict, actor=None, instance: Destination | None = N
         if options.get("format") not in (None, "csv", "jsonl"):
             errors.setdefault("settings", []).append("format: use csv or jsonl")
     destination.settings = options
-    set_numbers(destination, data, errors, {"batch_size": (1, 5000), "max_attempts": (1, 50)}, whole=True)
+    set_numbers(destination, data, errors, {"batch_size": (1, 5000), "max_attempts": (1, 50), "concurrency": (1, 16)}, whole=True)
     if kind == Destination.LIVELIKE and destination.batch_size > 500:
         errors.setdefault("batch_size", []).append("LiveLike takes at most 500 rows a request")
     set_numbers(destination, data, errors, {
@@ -209,7 +209,7 @@ def workspace_save(*, data: dict, actor=None, instance: CustomerIoWorkspace | No
 
 
 SYNC_FIELDS = {"key", "audience", "destination", "mode", "fields", "identifier_policy", "downstream_audience_id",
-               "paused", "dry_run", "test_cohort_only", "removal_guard_share", "enabled", "owner"}
+               "paused", "dry_run", "test_cohort_only", "removal_guard_share", "enabled", "owner", "timeout_s"}
 
 
 @transaction.atomic
@@ -272,6 +272,10 @@ def sync_save(*, data: dict, actor=None, instance: Sync | None = None) -> Sync:
         errors.setdefault("removal_guard_share", []).append("must be a share between 0 and 1, such as 0.3")
     else:
         sync.removal_guard_share = float(share)
+    if data.get("timeout_s", sync.timeout_s) is None:
+        sync.timeout_s = None  # the default deadline: short for suppression, else the destination's
+    else:
+        set_numbers(sync, data, errors, {"timeout_s": (0.1, 120)})
     if "owner" in data:
         owner = data["owner"]
         sync.owner = get_user_model().objects.filter(username=owner).first() if owner else None

@@ -1,18 +1,31 @@
 """Worker entry points of the sync side. Tasks take ids, are idempotent, call one service."""
 
+import time
+
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from .delivery import _first_open_before, deliver_destination
+from .delivery import HEARTBEAT_S, LEASE_SECONDS, _first_open_before, deliver_destination, lease_expires_in, lease_is_live
 from .models import Delivery, Destination
 
 
-def deliver(destination_id: int):
+def deliver(destination_id: int, *, sleep=time.sleep):
+    """Wake the sender of a destination. A live sender (one that renewed its lease within two
+    heartbeats) picks new rows up itself; a lease nobody renews is waited out (a few seconds)
+    and taken over, so a worker that died mid-send never leaves its rows waiting for a tick."""
     summary = deliver_destination(destination_id)
+    waited = 0.0
+    while not summary.leased and not lease_is_live(destination_id) and waited <= LEASE_SECONDS + HEARTBEAT_S:
+        pause = min(lease_expires_in(destination_id), LEASE_SECONDS) + 0.05
+        sleep(pause)
+        waited += pause
+        summary = deliver_destination(destination_id)
     if summary.leased and _due_now(destination_id):
-        # time was up with work left: hand over to a fresh task rather than outlive the timeout
+        # time was up with work left, or rows came in as the lease was let go: hand over to a
+        # fresh task rather than outlive the timeout
         async_task("syncs.tasks.deliver", destination_id, task_name=f"deliver to destination {destination_id}")
-    return {"sent": summary.sent, "rejected": summary.rejected, "retried": summary.retried, "dead": summary.dead}
+    return {"sent": summary.sent, "rejected": summary.rejected, "retried": summary.retried, "dead": summary.dead,
+            "leased": summary.leased}
 
 
 def _due_now(destination_id: int) -> bool:
@@ -31,6 +44,13 @@ def deliver_due():
             async_task("syncs.tasks.deliver", destination_id, task_name=f"deliver to destination {destination_id}")
             woken.append(destination_id)
     return woken
+
+
+def resume_deliveries(sender=None, proc_name=None, **kwargs):
+    """Receiver of django-q's `post_spawn`: a worker process that starts (a restarted cluster)
+    resumes pending deliveries at once instead of waiting for the scheduler's first tick,
+    which django-q runs about 30 s after the cluster starts."""
+    async_task("syncs.tasks.deliver_due", task_name="resume deliveries")
 
 
 def check_alerts():

@@ -15,13 +15,17 @@ USER_AGENT = "Downstream/0.1 (+audience sync)"
 
 class TransportError(Exception):
     """A request that did not go through. `permanent` means retrying the same request will not
-    help (bad credentials, a refused payload); `retry_after` is the destination's own wish."""
+    help (bad credentials, a refused payload); `retry_after` is the destination's own wish;
+    `may_have_arrived` means the request went out and no answer came (a timeout, a connection
+    dropped mid-way), so the destination may have applied it."""
 
-    def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None, status: int | None = None):
+    def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None, status: int | None = None,
+                 may_have_arrived: bool = False):
         super().__init__(message)
         self.permanent = permanent
         self.retry_after = retry_after
         self.status = status
+        self.may_have_arrived = may_have_arrived
 
 
 @dataclass
@@ -102,10 +106,14 @@ def post_json(url: str, *, data: bytes, headers: dict, timeout: float) -> reques
     """POST and turn every way of not getting an answer into a TransportError."""
     try:
         response = session().post(url, data=data, headers={"Content-Type": "application/json", **headers}, timeout=timeout)
+    except requests.ConnectTimeout:
+        raise TransportError(f"could not connect within {timeout:g} s")
     except requests.Timeout:
-        raise TransportError(f"no answer within {timeout:g} s")
+        raise TransportError(f"no answer within {timeout:g} s", may_have_arrived=True)
     except requests.ConnectionError as exc:
-        raise TransportError(f"connection failed: {exc.__class__.__name__}")
+        # refused before anything was sent, or dropped after the request went out
+        refused = "NewConnectionError" in repr(exc)
+        raise TransportError(f"connection failed: {exc.__class__.__name__}", may_have_arrived=not refused)
     except requests.RequestException as exc:
         raise TransportError(f"request failed: {exc}")
     if response.status_code == 429:

@@ -21,6 +21,7 @@ COLUMNS = ["action", "identifier", "changed_at"]
 
 class Transport:
     max_batch = 5000
+    max_in_flight = 1  # one writer per file
 
     def __init__(self, destination):
         options = destination.settings or {}
@@ -51,7 +52,7 @@ class Transport:
         except OSError as exc:
             raise TransportError(f"cannot write {path}: {exc.strerror}")
 
-    def send(self, rows: list[OutRow], *, batch_id: str, sync) -> SendResult:
+    def send(self, rows: list[OutRow], *, batch_id: str, sync, timeout: float | None = None) -> SendResult:
         field_names = list(sync.fields)
         records = [
             {"action": r.action, "identifier": r.identifier, "changed_at": iso(r.changed_at), **r.fields} for r in rows

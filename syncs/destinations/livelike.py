@@ -19,6 +19,9 @@ MAX_BATCH = 500
 
 class Transport:
     max_batch = MAX_BATCH
+    # membership adds and removes are idempotent at LiveLike: a slow one may be sent again
+    # before it answers (events are reward actions and never are)
+    hedge = True
 
     def __init__(self, destination):
         settings = destination.settings or {}
@@ -33,7 +36,7 @@ class Transport:
     def url(self, endpoint: str) -> str:
         return f"{self.base_url}/applications/{self.client_id}/{endpoint}/"
 
-    def send(self, rows: list[OutRow], *, batch_id: str, sync) -> SendResult:
+    def send(self, rows: list[OutRow], *, batch_id: str, sync, timeout: float | None = None) -> SendResult:
         if sync.mode == "events":
             make, endpoint, wrap = self._event, "segment-events", lambda items: {"events": items}
         else:
@@ -44,7 +47,7 @@ class Transport:
         for _ in range(2):
             body = json.dumps(wrap([make(row, sync, batch_id) for row in pending])).encode()
             response = post_json(
-                self.url(endpoint), data=body, timeout=self.timeout,
+                self.url(endpoint), data=body, timeout=timeout or self.timeout,
                 headers={"Authorization": f"Bearer {self.token}", "Idempotency-Key": batch_id},
             )
             result.requests += 1

@@ -34,7 +34,7 @@ class Transport:
         if not self.url or not self.secret:
             raise TransportError("a webhook needs a URL (settings) and a signing secret (credentials)", permanent=True)
 
-    def send(self, rows: list[OutRow], *, batch_id: str, sync) -> SendResult:
+    def send(self, rows: list[OutRow], *, batch_id: str, sync, timeout: float | None = None) -> SendResult:
         policy = sync.policy()
         body = json.dumps({
             "batch_id": batch_id,
@@ -47,7 +47,7 @@ class Transport:
             ],
         }).encode()
         response = post_json(
-            self.url, data=body, timeout=self.timeout,
+            self.url, data=body, timeout=timeout or self.timeout,
             # the attempt's time travels in a header, so that a retried batch is the same body
             headers={**self.headers, "X-Downstream-Signature": sign(body, self.secret), "X-Downstream-Batch-Id": batch_id,
                      "X-Downstream-Sent-At": iso(timezone.now())},

@@ -21,7 +21,7 @@ def destination_form(**extra):
         "key": "livelike", "name": "LiveLike", "kind": "livelike",
         "settings": '{"base_url": "https://cf-blast.livelikecdn.com/api/v1", "client_id": "abc"}',
         "batch_size": 500, "rate_limit_per_s": 10, "timeout_s": 10, "max_attempts": 8, "retry_base_s": 2,
-        "retry_cap_s": 300, "producer_token": SECRET, **extra,
+        "retry_cap_s": 300, "concurrency": 4, "producer_token": SECRET, **extra,
     }
 
 
