@@ -11,10 +11,8 @@ class AudiencesConfig(AppConfig):
 
         from .roles import ensure_roles
         from .signals import people_changed
-        from .tasks import enqueue_pending_evaluation
+        from .tasks import enqueue_pending_evaluation, resume_pending_evaluation
 
         post_migrate.connect(ensure_roles, dispatch_uid="downstream-ensure-roles")
         people_changed.connect(enqueue_pending_evaluation, dispatch_uid="downstream-realtime-evaluation")
-        # a worker that starts (a restarted cluster) evaluates whatever ingest queued while no
-        # worker ran, at once rather than at the scheduler's first tick (~30 s in)
-        post_spawn.connect(enqueue_pending_evaluation, dispatch_uid="downstream-resume-evaluation")
+        post_spawn.connect(resume_pending_evaluation, dispatch_uid="downstream-resume-evaluation")

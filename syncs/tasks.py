@@ -46,11 +46,13 @@ def deliver_due():
     return woken
 
 
-def resume_deliveries(sender=None, proc_name=None, **kwargs):
+def resume_deliveries(sender=None, **kwargs):
     """Receiver of django-q's `post_spawn`: a worker process that starts (a restarted cluster)
     resumes pending deliveries at once instead of waiting for the scheduler's first tick,
     which django-q runs about 30 s after the cluster starts."""
-    async_task("syncs.tasks.deliver_due", task_name="resume deliveries")
+    from audiences.tasks import enqueue_at_worker_start
+
+    enqueue_at_worker_start("syncs.tasks.deliver_due", "resume deliveries")
 
 
 def check_alerts():

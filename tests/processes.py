@@ -123,11 +123,13 @@ class Stack:
 
 
 @contextmanager
-def running_stack(*, web: bool = True, workers: int = 1, env_extra: dict | None = None):
-    """Web server and workers against the test database; schedules created first."""
+def running_stack(*, web: bool = True, workers: int = 1, env_extra: dict | None = None, schedules: bool = True):
+    """Web server and workers against the test database; schedules created first (unless a
+    test is about what a worker does before any schedule has run)."""
     clear_broker()
     env = process_env(**(env_extra or {}))
-    manage("setup_schedules", env=env)
+    if schedules:
+        manage("setup_schedules", env=env)
     stack = Stack()
     try:
         if web:
