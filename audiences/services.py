@@ -20,6 +20,7 @@ from .models import Audience, IdentifierPolicy, NamingConvention, PriorityGroup
 from .naming import parse_name, validate_convention
 
 SLUG = re.compile(r"^[-a-z0-9_]{1,64}\Z")
+MAX_RANK = 2_147_483_647  # the largest value of a PositiveIntegerField on every database
 AUDIENCE_FIELDS = (
     "key", "name", "description", "purpose", "source_kind", "rule", "source_settings", "exclusions",
     "priority_group", "priority_rank", "cadence", "identifier_policy", "enabled", "owner",
@@ -80,8 +81,11 @@ def audience_clean(data: dict, *, instance: Audience | None = None) -> dict:
         fail("key", problem)
 
     name = clean.get("name", instance.name if instance else "")
+    name_length = Audience._meta.get_field("name").max_length
     if not isinstance(name, str) or not name.strip():
         fail("name", "a name is required")
+    elif len(name.strip()) > name_length:
+        fail("name", f"at most {name_length} characters (this one has {len(name.strip())})")
     else:
         name = clean["name"] = name.strip()
         clash = Audience.objects.filter(name=name).exclude(pk=instance.pk if instance else None)
@@ -160,8 +164,8 @@ def audience_clean(data: dict, *, instance: Audience | None = None) -> dict:
         group = PriorityGroup.objects.filter(key=group_key).first()
         if not group:
             fail("priority_group", f"there is no priority group {group_key!r}")
-        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-            fail("priority_rank", "a rank of 1 or more is required in a priority group (1 is the highest)")
+        if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= MAX_RANK:
+            fail("priority_rank", f"a rank from 1 to {MAX_RANK:,} is required in a priority group (1 is the highest)")
         elif group:
             taken = group.audiences.filter(priority_rank=rank).exclude(pk=instance.pk if instance else None).first()
             if taken:

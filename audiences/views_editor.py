@@ -4,10 +4,12 @@ convention as it is typed, and size, sample and overlap previewed as the form ch
 from __future__ import annotations
 
 import json
+import logging
 
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
@@ -19,6 +21,8 @@ from .models import Audience, IdentifierPolicy, PriorityGroup
 from .naming import parse_name
 from .preview import audience_preview
 from .services import audience_save, default_convention
+
+log = logging.getLogger(__name__)
 
 FORM_FIELDS = ("key", "name", "description", "purpose", "cadence", "identifier_policy", "priority_group", "priority_rank")
 ROW_KINDS = [
@@ -57,7 +61,9 @@ def _initial_state(audience: Audience | None) -> dict:
     }
 
 
-def _form_data(post, audience: Audience | None) -> tuple[dict, list[str]]:
+def _form_data(post, audience: Audience | None) -> tuple[dict, dict[str, list[str]]]:
+    """The posted form as the service's data, and what is wrong with it before the service looks."""
+    errors: dict[str, list[str]] = {}
     data = {name: post.get(name, "").strip() for name in FORM_FIELDS}
     if audience:
         data["key"] = audience.key
@@ -65,22 +71,38 @@ def _form_data(post, audience: Audience | None) -> tuple[dict, list[str]]:
     data["enabled"] = post.get("enabled") == "on"
     data["priority_group"] = data["priority_group"] or None
     data["identifier_policy"] = data["identifier_policy"] or None
-    rank = data.pop("priority_rank")
-    data["priority_rank"] = int(rank) if rank.isdigit() else (None if not rank else rank)
-    problems = []
+    data["priority_rank"] = editor.rank_value(data.pop("priority_rank"))
     try:
         data["rule"] = editor.yaml_to_rule(post.get("rule_yaml", ""))
     except ValueError as exc:
-        problems.append(str(exc))
+        errors.setdefault("rule", []).append(str(exc))
         data["rule"] = {}
-    return data, problems
+    return data, errors
+
+
+def _posted_state(post, audience, data) -> tuple[dict, str | None]:
+    """The editor's state as the page posted it, or one rebuilt from the rule (and why)."""
+    text = post.get("state_json", "")
+    state = editor.form_state(text) if text else None
+    if state is not None:
+        return state, None
+    rebuilt = _initial_state(None)
+    shape = editor.rule_to_rows(data["rule"]) if data["rule"] else None
+    if shape:
+        rebuilt.update(match=shape[0], rows=shape[1])
+    rebuilt.update(yaml=post.get("rule_yaml", ""), rows_fit=bool(shape) or not data["rule"])
+    if not text:
+        return rebuilt, None  # a page without JavaScript sends no state: the YAML box is the rule
+    return rebuilt, "the editor's state (state_json) was not what the page sends; the form was rebuilt from the YAML"
 
 
 def _render(request, audience, state, *, data=None, errors=None, status=200):
     title = f"Edit {audience.name}" if audience else "New audience"
+    errors = errors or {}
     return render(request, "dashboard/audience_form.html", {
         **dashboard_context(request), "title": title, "audience": audience, "state": state,
-        "data": data or {}, "errors": errors or {}, **_choices(audience),
+        "data": data or {}, "errors": errors, **_choices(audience),
+        "other_errors": {field: messages for field, messages in errors.items() if field not in ("name", "rule")},
     }, status=status)
 
 
@@ -107,9 +129,10 @@ def _editor(request, audience):
         else:
             data = {"purpose": "activation", "cadence": "realtime", "enabled": True, "exclusions": []}
         return _render(request, audience, _initial_state(audience), data=data)
-    data, problems = _form_data(request.POST, audience)
-    state = json.loads(request.POST.get("state_json") or "{}") or _initial_state(audience)
-    errors: dict[str, list[str]] = {"rule": problems} if problems else {}
+    data, errors = _form_data(request.POST, audience)
+    state, state_problem = _posted_state(request.POST, audience, data)
+    if state_problem:
+        errors.setdefault("state_json", []).append(state_problem)
     if not errors:
         try:
             saved = audience_save(data=data, actor=request.user, instance=audience)
@@ -121,39 +144,47 @@ def _editor(request, audience):
     return _render(request, audience, state, data=data, errors=errors, status=400)
 
 
+PREVIEW_FAILED = (
+    "The preview could not be worked out for this rule, so it shows nothing. Check its numbers and texts; "
+    "if the rule looks right, tell an administrator (the reason is in the server's log)."
+)
+
+
 @require_POST
 def editor_preview(request):
     """The form (rows) or the YAML → the rule both ways, its problems, and the preview."""
     try:
-        payload = json.loads(request.body or b"{}")
-    except ValueError:
+        payload = editor.preview_request(json.loads(request.body or b"{}"))
+    except editor.RequestError as exc:
+        return JsonResponse({"errors": [str(exc)]}, status=400)
+    except (ValueError, RecursionError):
         return JsonResponse({"errors": ["the editor sent something that is not JSON"]}, status=400)
     answer: dict = {"errors": []}
     try:
-        if payload.get("source") == "yaml":
-            rule = editor.yaml_to_rule(payload.get("yaml", ""))
+        if payload["source"] == "yaml":
+            rule = editor.yaml_to_rule(payload["yaml"])
             shape = editor.rule_to_rows(rule)
             answer["rows_fit"] = shape is not None
             if shape:
                 answer["match"], answer["rows"] = shape
         else:
-            rule = editor.rows_to_rule(payload.get("match", "all"), payload.get("rows") or [])
+            rule = editor.rows_to_rule(payload["match"], payload["rows"])
             answer["rows_fit"] = True
     except (ValueError, editor.RowError) as exc:
-        return JsonResponse({"errors": [str(exc)], "rows_fit": payload.get("source") != "yaml"})
+        return JsonResponse({"errors": [str(exc)], "rows_fit": payload["source"] != "yaml"})
     answer["rule"] = rule
     answer["yaml"] = editor.rule_to_yaml(rule)
     answer["errors"] = editor.problems(rule)
     if not answer["errors"]:
-        rank = payload.get("priority_rank")
         try:
-            preview = audience_preview(
-                rule=rule, exclusions=payload.get("exclusions") or [], priority_group=payload.get("priority_group") or None,
-                priority_rank=int(rank) if str(rank or "").isdigit() else None,
-                identifier_policy=payload.get("identifier_policy") or None, key=payload.get("key") or None,
-            )
-        except Exception as exc:  # a preview must never break the editor; the error is shown instead
-            answer["errors"] = [f"the preview failed: {exc.__class__.__name__}: {exc}"]
+            with transaction.atomic():  # a failed query must not spoil the rest of the request
+                preview = audience_preview(
+                    rule=rule, exclusions=payload["exclusions"], priority_group=payload["priority_group"],
+                    priority_rank=payload["priority_rank"], identifier_policy=payload["identifier_policy"], key=payload["key"],
+                )
+        except Exception:  # a preview must never break the editor: a plain message here, the detail in the log
+            log.exception("editor preview failed for rule %s", json.dumps(rule))
+            answer["errors"] = [PREVIEW_FAILED]
         else:
             answer["preview"] = {
                 "size": preview.size,

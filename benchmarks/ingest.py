@@ -102,9 +102,10 @@ def run_backend(name: str, url: str, args) -> dict:
     ).stdout.strip().splitlines()[-1]
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-w", str(args.workers),
+        [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi", "-b", f"127.0.0.1:{port}",
+         "-w", str(args.workers),
          "--worker-class", "gthread", "--threads", "2", "--keep-alive", "30", "--log-level", "warning"],
-        cwd=ROOT, env={**env, "LOG_LEVEL": "ERROR"},
+        cwd=ROOT, env={**env, "LOG_LEVEL": "ERROR", "GUNICORN_ACCESS_LOG": ""},
     )
     try:
         wait_for_port(port)

@@ -103,9 +103,9 @@ class Processes:
 
     def start_web(self, env, port: int, workers: int) -> None:
         self.web = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-w", str(workers),
-             "--log-level", "warning"],
-            cwd=ROOT, env=env,
+            [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi", "-b", f"127.0.0.1:{port}",
+             "-w", str(workers), "--worker-class", "sync", "--log-level", "warning"],
+            cwd=ROOT, env={**env, "GUNICORN_ACCESS_LOG": ""},
         )
         wait_for_port(port)
 

@@ -38,6 +38,10 @@ BUCKETS = {
 }
 
 
+def _bad_request(message: str) -> HttpResponseBadRequest:
+    return HttpResponseBadRequest(message, content_type="text/plain; charset=utf-8")
+
+
 def page(request, template, title, **context):
     return render(request, template, {**dashboard_context(request), "title": title, **context})
 
@@ -130,7 +134,9 @@ def sync_pause(request, key):
     from .services import sync_set_paused
 
     sync = get_object_or_404(Sync, key=key)
-    paused = request.POST.get("paused") == "1"
+    if request.POST.get("paused") not in ("0", "1"):
+        return _bad_request("paused must be 1 (pause) or 0 (resume).")
+    paused = request.POST["paused"] == "1"
     sync_set_paused(sync=sync, paused=paused, actor=request.user)
     messages.success(request, f"{sync.key} {'paused: changes keep queueing' if paused else 'resumed'}.")
     return redirect("dashboard:sync", key=key)
@@ -142,7 +148,9 @@ def hold_decide(request, key, hold_id):
     from .services import hold_decide as decide
 
     hold = get_object_or_404(RemovalHold, pk=hold_id, sync__key=key)
-    approve = request.POST.get("decision") == "approve"
+    if request.POST.get("decision") not in ("approve", "discard"):
+        return _bad_request("decision must be approve or discard; nothing was decided.")
+    approve = request.POST["decision"] == "approve"
     try:
         count = decide(hold=hold, approve=approve, actor=request.user)
     except ValidationError as exc:
@@ -214,10 +222,7 @@ def review(request):
     try:
         report = weekly_review(week_ending=week or None)
     except (ValueError, OverflowError):  # not a date, or a day past 9999-12-30
-        return HttpResponseBadRequest(
-            f"week={week!r} is not a date: give the last day of the week, such as ?week=2026-11-29.",
-            content_type="text/plain; charset=utf-8",
-        )
+        return _bad_request(f"week={week!r} is not a date: give the last day of the week, such as ?week=2026-11-29.")
     return page(request, "dashboard/review.html", f"Weekly review, week ending {report.last_day:%d %b %Y}", report=report)
 
 
