@@ -175,8 +175,10 @@ def track_customer(request, customer_id):
     return JsonResponse({})
 
 
-@ingest_endpoint(["POST"])
+@ingest_endpoint(["POST", "PUT", "DELETE"])
 def track_customer_event(request, customer_id):
+    if request.method != "POST":  # the person's id itself ends in "/events"
+        return track_customer(request, customer_id=f"{customer_id}/events")
     source = _track_source(request)
     if source is None:
         return _track_unauthorized()

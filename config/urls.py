@@ -20,7 +20,8 @@ dashboard = [
     path("alerts/", views.alerts, name="alerts"),
     path("alerts/<int:alert_id>/acknowledge", views.alert_ack, name="alert-ack"),
     path("people/", views.people, name="people"),
-    path("people/<str:customer_id>/", views.person, name="person"),
+    # by the person's own number: a customer id may hold any character, "/" and ".." included
+    path("people/<int:person_id>/", views.person, name="person"),
     path("history/", views.history, name="history"),
     path("review/weekly/", views.review, name="review"),
 ]
@@ -37,10 +38,12 @@ urlpatterns = [
     path("ingest/v1/screen", views_ingest.screen, name="ingest-screen"),
     path("ingest/v1/outcomes", sync_ingest.outcomes, name="ingest-outcomes"),
     # Customer.io Track API v1
-    path("track/api/v1/customers/<str:customer_id>", views_ingest.track_customer, name="track-customer"),
+    # `path`, not `str`: an id may hold "/" (sent as %2F, which arrives decoded); the events
+    # route comes first, and hands PUT and DELETE of an id that ends in "/events" back
     path(
-        "track/api/v1/customers/<str:customer_id>/events",
+        "track/api/v1/customers/<path:customer_id>/events",
         views_ingest.track_customer_event,
         name="track-customer-event",
     ),
+    path("track/api/v1/customers/<path:customer_id>", views_ingest.track_customer, name="track-customer"),
 ]

@@ -196,12 +196,12 @@ def people(request):
     if query:
         found = list(find_people(Person.objects.all(), query)[:20])
         if len(found) == 1:
-            return redirect("dashboard:person", customer_id=found[0].customer_id)
+            return redirect("dashboard:person", person_id=found[0].pk)
     return page(request, "dashboard/people.html", "Find a person", query=query, found=found)
 
 
-def person(request, customer_id):
-    person = Person.objects.filter(customer_id=customer_id).first()
+def person(request, person_id):
+    person = Person.objects.filter(pk=person_id).first()
     if person is None:
         raise Http404("No such person (they may have been erased).")
     timeline = person_timeline(person)
