@@ -1,9 +1,12 @@
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.http import Http404
+from django.http import Http404
+from django.template.response import TemplateResponse
+from django.utils.cache import add_never_cache_headers
 
 from .ingest import source_revoke, source_rotate_key
 from simple_history.admin import SimpleHistoryAdmin
@@ -35,6 +38,14 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 class HistoryAdmin(SimpleHistoryAdmin):
     """simple_history's "revert" form saves whatever is posted to it for anyone who may view the
     history (it only hides the button from others); posting it needs the change permission."""
+
+    def history_view(self, request, object_id, extra_context=None):
+        # simple_history looks the id up as given: one that is not a number would be a 500
+        try:
+            self.model._meta.pk.to_python(unquote(object_id))
+        except ValidationError:
+            raise Http404(f"There is no {self.model._meta.verbose_name} with the id {unquote(object_id)!r}.")
+        return super().history_view(request, object_id, extra_context=extra_context)
 
     def history_view(self, request, object_id, extra_context=None):
         # simple_history looks the id up as given: one that is not a number would be a 500
@@ -120,16 +131,21 @@ class SourceAdmin(admin.ModelAdmin):
         if not change:
             key = Source.new_write_key()
             obj.set_write_key(key)
-            super().save_model(request, obj, form, change)
-            self._show_key_once(request, obj, key)
-        else:
-            super().save_model(request, obj, form, change)
+            obj._new_write_key = key  # for response_add only; never stored
+        super().save_model(request, obj, form, change)
 
-    def _show_key_once(self, request, source, key):
-        messages.warning(
-            request,
-            f"Write key for {source.name}: {key}  (copy it now: it is stored hashed and will not be shown again)",
-        )
+    def response_add(self, request, obj, post_url_continue=None):
+        return self._show_keys_once(request, [(obj, obj._new_write_key)])
+
+    def _show_keys_once(self, request, keys):
+        """New keys are shown on the page that answers the request that made them: never in a
+        message (the messages framework keeps them in a cookie or the session), never cached."""
+        response = TemplateResponse(request, "admin/audiences/source/new_keys.html", {
+            **self.admin_site.each_context(request), "title": "Copy the new write key" + ("s" if len(keys) > 1 else ""),
+            "opts": self.model._meta, "keys": keys,
+        })
+        add_never_cache_headers(response)
+        return response
 
     @admin.action(description="Revoke the write key of the selected sources", permissions=["change"])
     def revoke_keys(self, request, queryset):
@@ -139,8 +155,7 @@ class SourceAdmin(admin.ModelAdmin):
 
     @admin.action(description="Issue a new write key (the old one stops working)", permissions=["change"])
     def rotate_keys(self, request, queryset):
-        for source in queryset:
-            self._show_key_once(request, source, source_rotate_key(source=source))
+        return self._show_keys_once(request, [(source, source_rotate_key(source=source)) for source in queryset])
 
 
 @admin.register(Person)

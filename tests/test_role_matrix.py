@@ -104,12 +104,24 @@ def build_world(livelike_url: str) -> SimpleNamespace:
     workspace_save(data={"key": "cio", "name": "Customer.io", "credentials": {"app_key": "env:CIO_APP_KEY"}})
     SourcePull.objects.create(audience=cart, members=1)
     _django_q_rows()
+    _login_throttling_rows()
     User.objects.create_superuser("engineer", password="pw-for-tests-1")
     assert destination.credentials["producer_token"] == TOKEN
     return SimpleNamespace(
         source=source, write_key=write_key, destination=destination, cart_sync=cart_sync, vip_sync=vip_sync,
         hold=hold, alert=alert, person=Person.objects.get(customer_id="cus_1"), cart=cart,
     )
+
+
+def _login_throttling_rows():
+    """A locked-out login (django-axes), which only a superuser sees and unlocks."""
+    from axes.models import AccessAttempt, AccessFailureLog, AccessLog
+
+    seen = {"user_agent": "curl/8", "ip_address": "127.0.0.2", "username": "admin", "http_accept": "*/*",
+            "path_info": "/admin/login/"}
+    AccessAttempt.objects.create(**seen, get_data="", post_data="username=admin", failures_since_start=5)
+    AccessFailureLog.objects.create(**seen, locked_out=True)
+    AccessLog.objects.create(**seen)
 
 
 def _django_q_rows():
