@@ -4,7 +4,6 @@ from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.http import Http404
-from django.http import Http404
 from django.template.response import TemplateResponse
 from django.utils.cache import add_never_cache_headers
 
@@ -38,14 +37,6 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 class HistoryAdmin(SimpleHistoryAdmin):
     """simple_history's "revert" form saves whatever is posted to it for anyone who may view the
     history (it only hides the button from others); posting it needs the change permission."""
-
-    def history_view(self, request, object_id, extra_context=None):
-        # simple_history looks the id up as given: one that is not a number would be a 500
-        try:
-            self.model._meta.pk.to_python(unquote(object_id))
-        except ValidationError:
-            raise Http404(f"There is no {self.model._meta.verbose_name} with the id {unquote(object_id)!r}.")
-        return super().history_view(request, object_id, extra_context=extra_context)
 
     def history_view(self, request, object_id, extra_context=None):
         # simple_history looks the id up as given: one that is not a number would be a 500
