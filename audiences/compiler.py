@@ -123,9 +123,18 @@ def compile_attribute(node: r.AttributeCondition, now: datetime) -> Q:
     if op == "ne":
         return ~_two_valued(_json_equal_q(column, key, value))
     if op == "in":
-        combined = Q()
+        # one IN list per JSON type, not an OR per value: SQLite refuses an expression nested
+        # 1,000 deep, and a list of 1,000 values would be one
+        by_type: dict[str, list] = {}
         for item in value:
-            combined |= _json_equal_q(column, key, item)
+            by_type.setdefault(json_type_name(item), []).append(item)
+        combined = Q()
+        for kind, items in by_type.items():
+            if kind == "boolean":  # SQLite reads JSON true as 1: compared the way eq compares it
+                for item in dict.fromkeys(items):
+                    combined |= _json_equal_q(column, key, item)
+            else:
+                combined |= Q(_typed(column, key, kind)) & Q(**{f"{column}__{key}__in": items})
         return _two_valued(combined)
     if op in ("gt", "gte", "lt", "lte"):
         return _two_valued(Q(_typed(column, key, "number")) & Q(**{f"{column}__{key}__{op}": value}))

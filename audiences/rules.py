@@ -15,6 +15,7 @@ every problem with its path (`all[1].not.within: "2x" is not a duration such as 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -23,7 +24,18 @@ DURATION = re.compile(r"^([1-9]\d{0,5})([mhdw])\Z")
 UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 UNIT_WORDS = {"m": "minute", "h": "hour", "d": "day", "w": "week"}
 KEY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}\Z")
+AUDIENCE_KEY = re.compile(r"^[-a-zA-Z0-9_]{1,64}\Z")
+# Bounds, so that every rule that saves compiles to a statement both databases run quickly:
+# SQLite refuses expressions nested 1,000 deep and integers beyond 64 bits; PostgreSQL's
+# planning time grows steeply with the number of EXISTS in one statement.
 MAX_DEPTH = 12
+MAX_CONDITIONS = 50  # every all/any/not and every leaf
+MAX_LIST = 1000  # values in one `in`
+MAX_VALUES = 2000  # values in all the rule's lists together
+MAX_TEXT = 1000  # characters in one text value
+MAX_WHERE = 20  # properties in one `where`
+MAX_PROBLEMS = 20  # reported of one rule; the rest are counted
+MIN_NUMBER, MAX_NUMBER = -(2**63), 2**63 - 1  # SQLite's INTEGER; floats are held to the same range
 
 ATTRIBUTE_OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "exists", "contains", "older_than", "newer_than")
 EVENT_KEYS = ("event", "within", "last_between", "min_count", "where", "not_followed_by")
@@ -119,14 +131,37 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def value_problem(value) -> str | None:
+    """Why a text or number cannot go into a rule (too long, out of range, not finite), or None."""
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        return f"is {len(value):,} characters long; a text value takes at most {MAX_TEXT:,}"
+    if isinstance(value, str) and "\x00" in value:
+        return "holds a NUL character (\\0), which PostgreSQL cannot keep in JSON; remove it"
+    if _is_number(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{_show(value)} is not a finite number"
+        if not MIN_NUMBER <= value <= MAX_NUMBER:
+            return f"{_show(value)} is out of range: numbers go from {MIN_NUMBER:,} to {MAX_NUMBER:,}"
+    return None
+
+
 class _Parser:
     def __init__(self):
         self.problems: list[tuple[str, str]] = []
+        self.conditions = 0
+        self.values = 0
 
     def fail(self, path: str, message: str):
         self.problems.append((path, message))
 
+    def bounded(self, value, path: str) -> bool:
+        problem = value_problem(value)
+        if problem:
+            self.fail(path, problem)
+        return problem is None
+
     def node(self, data, path: str, depth: int = 0):
+        self.conditions += 1
         if depth > MAX_DEPTH:
             self.fail(path, f"is nested more than {MAX_DEPTH} levels deep")
             return None
@@ -151,7 +186,7 @@ class _Parser:
             return self.attribute(data, path)
         self.no_extra_keys(data, ("in_audience",), path)
         key = data["in_audience"]
-        if not isinstance(key, str) or not re.match(r"^[-a-zA-Z0-9_]+\Z", key):
+        if not isinstance(key, str) or not AUDIENCE_KEY.match(key):
             self.fail(_join(path, "in_audience"), f"{_show(key)} is not an audience key")
             return None
         return InAudience(key)
@@ -244,6 +279,9 @@ class _Parser:
         if not isinstance(value, dict) or not value:
             self.fail(path, "must be a mapping of event properties to values, such as {category: serum}")
             return None
+        if len(value) > MAX_WHERE:
+            self.fail(path, f"names {len(value):,} properties; a where takes at most {MAX_WHERE}")
+            return None
         pairs = []
         for key, expected in value.items():
             if not isinstance(key, str) or not KEY_NAME.match(key) or "__" in key:
@@ -251,6 +289,8 @@ class _Parser:
                 return None
             if not _is_scalar(expected):
                 self.fail(f"{path}.{key}", f"{_show(expected)} must be a single text, number or true/false value")
+                return None
+            if not self.bounded(expected, f"{path}.{key}"):
                 return None
             pairs.append((key, expected))
         return tuple(sorted(pairs, key=lambda p: p[0]))
@@ -277,11 +317,17 @@ class _Parser:
             self.fail(here, "must be true or false")
         elif operator == "contains" and not (isinstance(value, str) and value):
             self.fail(here, "must be a non-empty text")
+        elif operator == "in" and len(value) > MAX_LIST:
+            self.fail(here, f"has {len(value):,} values; a list takes at most {MAX_LIST:,}")
+        elif operator == "in":
+            self.values += len(value)
+            ok = [self.bounded(v, f"{here}[{i}]") for i, v in enumerate(value)]
+            return AttributeCondition(name, operator, tuple(value)) if all(ok) else None
         elif operator in ("older_than", "newer_than"):
             duration = self.duration(value, here)
             return AttributeCondition(name, operator, duration) if duration else None
-        else:
-            return AttributeCondition(name, operator, tuple(value) if operator == "in" else value)
+        elif self.bounded(value, here):
+            return AttributeCondition(name, operator, value)
         return None
 
 
@@ -292,6 +338,14 @@ def _join(path: str, key: str) -> str:
 def parse_rule(data) -> object:
     parser = _Parser()
     node = parser.node(data, "")
+    if parser.conditions > MAX_CONDITIONS:
+        parser.fail("", f"the rule has {parser.conditions:,} conditions (counting all, any and not); at most "
+                        f"{MAX_CONDITIONS} (put a part of it in an audience of its own and use in_audience)")
+    if parser.values > MAX_VALUES:
+        parser.fail("", f"the rule lists {parser.values:,} values in all; at most {MAX_VALUES:,}")
+    if len(parser.problems) > MAX_PROBLEMS:
+        more = len(parser.problems) - MAX_PROBLEMS
+        parser.problems[MAX_PROBLEMS:] = [("", f"and {more:,} more problem{'s' if more > 1 else ''}")]
     if parser.problems:
         raise RuleError(parser.problems)
     return node

@@ -277,6 +277,14 @@ def test_a_bad_rule_names_file_section_key_field_and_path(write):
     assert counts() == [0, 0, 0, 0]  # not even the conventions, policies and groups that were fine
 
 
+def test_a_rule_over_its_bounds_is_refused_with_its_path(write):
+    data = demo()
+    audience_item(data, "cart_0_2h")["rule"] = {"all": [{"attribute": "vip_tier", "in": [f"t{n}" for n in range(5000)]}]}
+    path = write(data, "huge.yaml")
+    message = refused_with_nothing_written(path)
+    assert message == f"{path}: audiences[cart_0_2h].rule: all[0].in: has 5,000 values; a list takes at most 1,000"
+
+
 def test_an_unknown_exclusion_is_refused(write):
     data = demo()
     audience_item(data, "serum_viewers_7d")["exclusions"] = ["recent_purchasers_24h", "nobody"]

@@ -43,3 +43,9 @@ def test_rules_the_rows_cannot_show_are_left_to_yaml(rule):
 def test_a_row_with_the_same_event_since_gets_the_rule_message():
     rule = rows_to_rule("all", [{"type": "did", "event": "Added to Cart", "within": "2h", "not_followed_by": "Added to Cart"}])
     assert problems(rule) == ["not_followed_by: must name another event than 'Added to Cart' (such as Order Completed)"]
+
+
+def test_the_editor_names_a_list_over_its_bound_before_saving():
+    tiers = ", ".join(f"tier_{n}" for n in range(5000))
+    rule = rows_to_rule("all", [{"type": "attribute", "attribute": "vip_tier", "op": "in", "value": tiers}])
+    assert problems(rule) == ["in: has 5,000 values; a list takes at most 1,000"]

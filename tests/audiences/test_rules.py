@@ -259,6 +259,88 @@ def test_several_problems_are_reported_at_once_in_order():
     assert str(failure.value).startswith('all[0].event: "" is not an event name; all[0].within: ')
 
 
+# --- bounds -----------------------------------------------------------------------------------
+# A rule that saves must compile to a statement both databases run: SQLite refuses expressions
+# nested 1,000 deep ("Expression tree is too large") and integers beyond 64 bits ("Python int
+# too large to convert to SQLite INTEGER"); PostgreSQL plans hundreds of EXISTS for minutes.
+
+TIERS = [f"tier_{n}" for n in range(5000)]
+OUT_OF_RANGE = "out of range: numbers go from -9,223,372,036,854,775,808 to 9,223,372,036,854,775,807"
+
+OVER_BOUNDS = [
+    ({"attribute": "vip_tier", "in": TIERS}, "in", "has 5,000 values; a list takes at most 1,000"),
+    ({"attribute": "lifetime_value", "gt": 10**26}, "gt", f"100000000000000000000000000 is {OUT_OF_RANGE}"),
+    ({"attribute": "lifetime_value", "lte": -(2**63) - 1}, "lte", f"-9223372036854775809 is {OUT_OF_RANGE}"),
+    ({"attribute": "lifetime_value", "gt": 1e26}, "gt", f"1e+26 is {OUT_OF_RANGE}"),
+    ({"attribute": "lifetime_value", "gte": float("inf")}, "gte", "Infinity is not a finite number"),
+    ({"attribute": "ltv", "eq": float("-inf")}, "eq", "-Infinity is not a finite number"),
+    ({"attribute": "ltv", "in": [1, 2**64]}, "in[1]", f"18446744073709551616 is {OUT_OF_RANGE}"),
+    ({"attribute": "email", "contains": "x" * 1001}, "contains", "is 1,001 characters long; a text value takes at most 1,000"),
+    ({"attribute": "vip_tier", "ne": "x" * 5000}, "ne", "is 5,000 characters long; a text value takes at most 1,000"),
+    ({"attribute": "vip_tier", "in": ["gold", "y" * 1001]}, "in[1]", "is 1,001 characters long; a text value takes at most 1,000"),
+    ({"event": "A", "where": {"sku": "z" * 1001}}, "where.sku", "is 1,001 characters long; a text value takes at most 1,000"),
+    ({"event": "A", "where": {"qty": 10**19}}, "where.qty", f"10000000000000000000 is {OUT_OF_RANGE}"),
+    ({"event": "A", "where": {f"p{n}": n for n in range(21)}}, "where", "names 21 properties; a where takes at most 20"),
+    ({"attribute": "vip_tier", "eq": "gold\x00"}, "eq", "holds a NUL character (\\0), which PostgreSQL cannot keep in JSON; remove it"),
+    ({"in_audience": "k" * 65}, "in_audience", f'"{"k" * 65}" is not an audience key'),
+    ({"any": [{"event": f"E{n}"} for n in range(50)]}, "",
+     "the rule has 51 conditions (counting all, any and not); at most 50 (put a part of it in an audience of its own "
+     "and use in_audience)"),
+    ({"any": [{"attribute": "a", "in": TIERS[:1000]}, {"attribute": "b", "in": TIERS[1000:2000]},
+              {"attribute": "c", "in": TIERS[2000:2001]}]}, "", "the rule lists 2,001 values in all; at most 2,000"),
+]
+
+
+@pytest.mark.parametrize("rule, path, message", OVER_BOUNDS)
+def test_a_rule_over_its_bounds_is_refused_with_the_path(rule, path, message):
+    with pytest.raises(RuleError) as failure:
+        parse_rule(rule)
+    assert failure.value.problems == [(path, message)]
+
+
+def test_a_rule_with_thousands_of_problems_reports_twenty_and_counts_the_rest():
+    with pytest.raises(RuleError) as failure:
+        parse_rule({"attribute": "ltv", "in": [2**64] * 1000})
+    assert len(failure.value.problems) == 21
+    assert failure.value.problems[-1] == ("", "and 980 more problems")
+
+
+AT_THE_BOUNDS = [
+    {"attribute": "vip_tier", "in": TIERS[:1000]},
+    {"attribute": "ltv", "in": [1, 2.5, True, "1", *TIERS[:996]]},
+    {"attribute": "lifetime_value", "lte": 2**63 - 1},
+    {"attribute": "lifetime_value", "gt": -(2**63)},
+    {"attribute": "lifetime_value", "lt": 9.2e18},
+    {"attribute": "email", "contains": "x" * 1000},
+    {"event": "A", "where": {f"p{n}": n for n in range(20)}},
+    {"any": [{"attribute": "vip_tier", "in": TIERS[:1000]}, {"attribute": "vip_tier", "in": TIERS[1000:2000]}]},
+    {"all": [{"event": f"E{n}", "within": "2h", "not_followed_by": "Order Completed"} for n in range(49)]},
+    {"any": [{"all": [{"not": {"event": f"E{n}", "within": "2h", "min_count": 2, "where": {"x": n}}},
+                      {"not": {"attribute": "vip_tier", "in": TIERS[n * 80:(n + 1) * 80]}}]} for n in range(9)]},
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("rule", AT_THE_BOUNDS, ids=range(len(AT_THE_BOUNDS)))
+def test_every_rule_within_the_bounds_runs_on_the_database(rule):
+    from datetime import datetime
+    from datetime import timezone as dt_timezone
+
+    from audiences.compiler import compile_rule
+    from audiences.models import Person
+
+    Person.objects.create(customer_id="a", attributes={"vip_tier": "tier_999", "ltv": 1.0, "lifetime_value": 2**63 - 1})
+    Person.objects.create(customer_id="b", attributes={"vip_tier": "tier_1000", "ltv": "1", "lifetime_value": -(2**63)})
+    Person.objects.create(customer_id="c", attributes={"ltv": True, "email": "x" * 1000})
+    members = set(Person.objects.filter(compile_rule(rule, datetime(2026, 11, 29, tzinfo=dt_timezone.utc)))
+                  .values_list("customer_id", flat=True))
+    expected = {
+        0: {"a"}, 1: {"a", "b", "c"}, 2: {"a", "b"}, 3: {"a"}, 4: {"b"}, 5: {"c"}, 6: set(), 7: {"a", "b"}, 8: set(),
+        9: {"a", "b", "c"},
+    }
+    assert members == expected[AT_THE_BOUNDS.index(rule)]
+
+
 # --- plain words ------------------------------------------------------------------------------
 
 
