@@ -107,11 +107,18 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def dependency_order(audiences) -> list[Audience]:
-    """Dependencies first; ties by key, so the order is stable."""
-    audiences = list(audiences)
-    by_key = {a.key: a for a in audiences}
-    graph = {a.key: {d for d in dependencies(a) if d in by_key} for a in audiences}
+def _every_audience_in_order() -> list[str]:
+    """Keys of all audiences, dependencies first, ties by key."""
+    everyone = list(Audience.objects.prefetch_related("exclusions"))
+    ranked = [a for a in everyone if a.priority_group_id and a.priority_rank is not None]
+    graph = {
+        a.key: dependencies(a, group_higher_keys=[
+            b.key for b in ranked
+            if a.priority_group_id and a.priority_rank is not None
+            and b.priority_group_id == a.priority_group_id and b.priority_rank < a.priority_rank
+        ])
+        for a in everyone
+    }
     ordered, done = [], set()
 
     def place(key, trail=()):
@@ -119,14 +126,25 @@ def dependency_order(audiences) -> list[Audience]:
             return
         if key in trail:
             raise ValueError("dependency cycle: " + " → ".join((*trail, key)))
-        for dep in sorted(graph[key]):
+        for dep in sorted(graph[key] & graph.keys()):
             place(dep, (*trail, key))
         done.add(key)
-        ordered.append(by_key[key])
+        ordered.append(key)
 
-    for key in sorted(by_key):
+    for key in sorted(graph):
         place(key)
     return ordered
+
+
+def dependency_order(audiences) -> list[Audience]:
+    """Dependencies first, in one order for every subset: the place each audience has among all
+    audiences (dependencies first, ties by key). Evaluation and erasure lock audience rows in
+    this order, and because it is the same order whichever audiences a pass takes (the realtime
+    ones, the due ones, the ones a person is in), no two of them wait on each other in a circle
+    (a deadlock on PostgreSQL)."""
+    audiences = list(audiences)
+    place = {key: n for n, key in enumerate(_every_audience_in_order())}
+    return sorted(audiences, key=lambda a: (place.get(a.key, len(place)), a.key))
 
 
 # --- one audience ---------------------------------------------------------------------------
@@ -272,11 +290,12 @@ def evaluate_audience(audience: Audience, *, now: datetime | None = None, person
 
 
 def leave_all_audiences(person: Person, *, now: datetime | None = None) -> list[Evaluation]:
-    """Erasure: the person exits every audience they are in, and the exits are announced."""
+    """Erasure: the person exits every audience they are in, and the exits are announced. The
+    audience rows are locked in dependency order, the order evaluation takes them in."""
     now = now or timezone.now()
     evaluations = []
     audience_ids = Membership.objects.filter(person=person, exited_at__isnull=True).values_list("audience_id", flat=True)
-    for audience in Audience.objects.filter(pk__in=list(audience_ids)).order_by("pk"):
+    for audience in dependency_order(Audience.objects.filter(pk__in=list(audience_ids)).prefetch_related("exclusions")):
         with transaction.atomic():
             audience = Audience.objects.select_for_update().get(pk=audience.pk)
             closed = Membership.objects.filter(audience=audience, person=person, exited_at__isnull=True).update(exited_at=now)

@@ -19,8 +19,9 @@ from django.utils import timezone
 from .evaluation import leave_all_audiences, queue_people
 from .identifiers import phone_e164
 from .messages import Message
-from .models import TRACK, Erasure, Event, EventStat, Person, Source, hash_write_key
+from .models import TRACK, Erasure, Event, EventStat, PendingEvaluation, Person, Source, hash_write_key
 from .signals import announce_people_changed
+from .transactions import atomic_retrying_deadlocks
 
 # SQLite allows 32,766 bound parameters per statement; 7 per event row.
 EVENT_ROWS_PER_STATEMENT = 2000
@@ -210,14 +211,26 @@ def person_mark_test(*, customer_ids: list[str], is_test: bool) -> int:
     return Person.objects.filter(customer_id__in=customer_ids).update(is_test=is_test, updated_at=timezone.now())
 
 
-@transaction.atomic
 def person_erase(*, customer_id: str, source: Source | None = None) -> bool:
     """Erase a person and their events. They first leave every audience, and the exits are
-    announced (with `erasure` set, so the sync side keeps the identifiers it needs to send them)."""
-    person = Person.objects.select_for_update().filter(customer_id=customer_id).first()
+    announced (with `erasure` set, so the sync side keeps the identifiers it needs to send them).
+
+    Locks are taken in the realtime pass's order: the person's queue entry (which the pass
+    claims first), the audiences in dependency order, then the person (whom the pass's
+    membership inserts lock as a foreign key). A deadlock no order covers is retried."""
+    return atomic_retrying_deadlocks(lambda: _erase(customer_id, source))
+
+
+def _erase(customer_id: str, source: Source | None) -> bool:
+    person = Person.objects.filter(customer_id=customer_id).first()
     if person is None:
         return False
+    # a pass that claimed this person holds the row: wait for it here, holding nothing else
+    PendingEvaluation.objects.filter(person=person).delete()
     leave_all_audiences(person)
+    person = Person.objects.select_for_update().filter(pk=person.pk).first()
+    if person is None:  # erased by a concurrent request meanwhile
+        return False
     events_deleted = Event.objects.filter(person=person).count()
     Erasure.objects.create(
         customer_id_hash=hash_write_key(customer_id), source=source, events_deleted=events_deleted
