@@ -9,6 +9,7 @@ are written in one transaction.
 
 from __future__ import annotations
 
+import logging
 import time
 from array import array
 from collections.abc import Sequence
@@ -26,10 +27,13 @@ from .models import Audience, Membership, PendingEvaluation, Person, SizeSample
 from .signals import membership_changed
 from .sources import source_for
 
+log = logging.getLogger(__name__)
+
 SAMPLE_MERGE_WINDOW = timedelta(minutes=1)
 SAMPLE_EXTEND_WINDOW = timedelta(hours=1)
 REALTIME_FULL_EVERY = timedelta(minutes=1)
 PENDING_BATCH = 2000
+MAX_ERROR_TEXT = 2000
 
 
 @dataclass
@@ -265,14 +269,21 @@ def evaluate_audience(audience: Audience, *, now: datetime | None = None, person
             exits = _close_exits(
                 current.filter(~Exists(people.filter(pk=OuterRef("person_id")))).exclude(person_id__in=entries), now
             )
+        figures = {}
         if full:
             size = Membership.objects.filter(audience=audience, exited_at__isnull=True).count()
             audience.last_evaluated_at = now
+            # a full evaluation that succeeds is what clears a failing mark (a per-person pass
+            # over a few people does not show that the audience evaluates)
+            audience.evaluation_error, audience.evaluation_failed_at = "", None
+            figures = {"evaluation_error": "", "evaluation_failed_at": None}
         else:
             size = audience.current_size + len(entries) - len(exits)
         audience.current_size = size
         # a queryset update: figures are not settings, and must not add to the setting history
-        Audience.objects.filter(pk=audience.pk).update(current_size=size, last_evaluated_at=audience.last_evaluated_at)
+        Audience.objects.filter(pk=audience.pk).update(
+            current_size=size, last_evaluated_at=audience.last_evaluated_at, **figures
+        )
         _refresh_statistics_after_bulk_change(len(entries) + len(exits), size)
         evaluation = Evaluation(
             audience_id=audience.pk, audience_key=audience.key, at=now, full=full, entries=entries, exits=exits,
@@ -333,23 +344,51 @@ def enabled_audiences():
     return Audience.objects.filter(enabled=True).prefetch_related("exclusions")
 
 
+def evaluation_error_text(exc: Exception) -> str:
+    text = f"rule: {exc}" if isinstance(exc, r.RuleError) else f"{type(exc).__name__}: {exc}"
+    return text[:MAX_ERROR_TEXT]
+
+
+def audience_mark_failing(audience: Audience, *, error: str, now: datetime) -> None:
+    """Recorded on the row (audiences does not know about alerts; the sync side's check reads it)."""
+    audience.evaluation_error, audience.evaluation_failed_at = error[:MAX_ERROR_TEXT], now
+    Audience.objects.filter(pk=audience.pk).update(evaluation_error=audience.evaluation_error, evaluation_failed_at=now)
+
+
+def evaluate_or_mark_failing(
+    audience: Audience, *, now: datetime | None = None, person_ids=None, triggered_at=None, refresh: bool = False
+) -> Evaluation | None:
+    """`evaluate_audience` for a pass over many audiences: when it raises (a rule stored before
+    rules were bounded, a database error, a failing source), its own transaction, a savepoint
+    inside the realtime pass's, is rolled back, the audience is marked failing and skipped
+    (None), and the pass goes on. Audiences that read it through in_audience or exclusions go on
+    with its last good membership."""
+    try:
+        if refresh:
+            refresh_source(audience)
+        return evaluate_audience(audience, now=now, person_ids=person_ids, triggered_at=triggered_at)
+    except Exception as exc:  # one audience must not stop the others; the error is kept and alerted
+        log.exception("audience %s: evaluation failed; skipped, the other audiences go on", audience.key)
+        audience_mark_failing(audience, error=evaluation_error_text(exc), now=now or timezone.now())
+        return None
+
+
 def evaluate_all(keys=None, *, now: datetime | None = None) -> list[Evaluation]:
-    """Full evaluation, dependencies first. With keys, only those (still in dependency order)."""
+    """Full evaluation, dependencies first. With keys, only those (still in dependency order).
+    An audience that fails is marked failing and left out of the result."""
     audiences = enabled_audiences() if not keys else Audience.objects.filter(key__in=keys).prefetch_related("exclusions")
-    evaluations = []
-    for audience in dependency_order(audiences):
-        refresh_source(audience)
-        evaluations.append(evaluate_audience(audience, now=now))
-    return evaluations
+    evaluations = [evaluate_or_mark_failing(a, now=now, refresh=True) for a in dependency_order(audiences)]
+    return [e for e in evaluations if e is not None]
 
 
 def evaluate_people(person_ids, *, triggered_at=None, now: datetime | None = None) -> list[Evaluation]:
-    """Realtime audiences, for these people only, dependencies first."""
+    """Realtime audiences, for these people only, dependencies first; failing ones are skipped."""
     realtime = enabled_audiences().filter(cadence=Audience.REALTIME, source_kind=Audience.RULES)
-    return [
-        evaluate_audience(a, now=now, person_ids=person_ids, triggered_at=triggered_at)
+    evaluations = [
+        evaluate_or_mark_failing(a, now=now, person_ids=person_ids, triggered_at=triggered_at)
         for a in dependency_order(realtime)
     ]
+    return [e for e in evaluations if e is not None]
 
 
 def _claim_pending(limit: int) -> dict[int, datetime]:
@@ -369,7 +408,9 @@ def _claim_pending(limit: int) -> dict[int, datetime]:
 
 def evaluate_pending(*, limit: int = PENDING_BATCH, now: datetime | None = None) -> int:
     """Claim people queued by ingest and evaluate realtime audiences for them, in one
-    transaction: if the worker dies half-way, the claim rolls back with the changes.
+    transaction: if the worker dies half-way, the claim rolls back with the changes. An
+    audience that fails is rolled back on its own and marked; the others' changes and the
+    claim commit (the failing audience meets these people again at its full evaluation).
     `now` is the moment the rules are read at (the clock when not given)."""
     done = 0
     while True:
@@ -430,6 +471,7 @@ def evaluate_due(*, now: datetime | None = None) -> list[Evaluation]:
         )
         if not claimed.update(next_evaluation_at=next_evaluation(audience, moment)):
             continue
-        refresh_source(audience)
-        done.append(evaluate_audience(audience, now=now))
+        evaluation = evaluate_or_mark_failing(audience, now=now, refresh=True)
+        if evaluation is not None:
+            done.append(evaluation)
     return done

@@ -304,10 +304,17 @@ class Audience(models.Model):
     # refreshed hourly by the alert check.
     identifier_coverage = models.FloatField(null=True, blank=True, editable=False)
     coverage_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Set when an evaluation fails (the audience is skipped, the others go on) and cleared by its
+    # next successful full evaluation; the alert check opens "evaluation failing" from them.
+    evaluation_error = models.TextField(blank=True, default="", editable=False)
+    evaluation_failed_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     history = HistoricalRecords(
         m2m_fields=[exclusions],
-        excluded_fields=["current_size", "last_evaluated_at", "next_evaluation_at", "identifier_coverage", "coverage_checked_at"],
+        excluded_fields=[
+            "current_size", "last_evaluated_at", "next_evaluation_at", "identifier_coverage", "coverage_checked_at",
+            "evaluation_error", "evaluation_failed_at",
+        ],
     )
 
     class Meta:
@@ -325,6 +332,10 @@ class Audience(models.Model):
     @property
     def is_realtime(self) -> bool:
         return self.cadence == self.REALTIME
+
+    @property
+    def is_failing(self) -> bool:
+        return self.evaluation_failed_at is not None
 
 
 class Membership(models.Model):

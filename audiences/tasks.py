@@ -3,7 +3,7 @@
 from django_q.conf import Conf
 from django_q.tasks import async_task
 
-from .evaluation import evaluate_audience, evaluate_due, evaluate_pending
+from .evaluation import evaluate_due, evaluate_or_mark_failing, evaluate_pending
 from .models import Audience
 
 
@@ -18,7 +18,8 @@ def evaluate_due_audiences():
 
 def evaluate_one(audience_id: int):
     audience = Audience.objects.filter(pk=audience_id, enabled=True).first()
-    return evaluate_audience(audience).size if audience else None
+    evaluation = evaluate_or_mark_failing(audience) if audience else None
+    return evaluation.size if evaluation else None
 
 
 def enqueue_pending_evaluation(sender=None, person_ids=(), **kwargs):

@@ -19,3 +19,9 @@ class Command(BaseCommand):
                 f"{evaluation.audience_key}: size {evaluation.size:,}, +{len(evaluation.entries):,} entered, "
                 f"-{len(evaluation.exits):,} exited ({evaluation.duration_ms:,.0f} ms)"
             )
+        tried = Audience.objects.filter(key__in=keys) if keys else Audience.objects.filter(enabled=True)
+        failing = list(tried.filter(evaluation_failed_at__isnull=False).order_by("key"))
+        for audience in failing:
+            self.stderr.write(f"{audience.key}: evaluation failing: {audience.evaluation_error}")
+        if failing:
+            raise CommandError(f"{len(failing)} audience(s) failed to evaluate (above); the others were evaluated")
