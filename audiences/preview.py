@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Count
 from django.utils import timezone
 
@@ -14,6 +15,7 @@ from .identifiers import COVERAGE_SAMPLE, coverage, customer_id_policy
 from .models import Audience, IdentifierPolicy, Membership, Person, PriorityGroup
 
 SAMPLE_SIZE = 20
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,6 +90,30 @@ def audience_preview(
     return Preview(
         size=size, sample=sample, overlaps=overlaps, coverage_valid=valid, coverage_looked=looked, policy_name=policy.name
     )
+
+
+def saved_audience_preview(audience: Audience, *, now=None) -> tuple[Preview | None, str]:
+    """The preview on a saved audience's page, or why there is none. A rule stored before rules
+    were bounded, or a query that fails, is shown on the page instead of making it an error
+    page; the savepoint keeps a failed query from spoiling the request's transaction."""
+    if audience.source_kind != Audience.RULES:
+        return None, ""
+    try:
+        with transaction.atomic():
+            preview = audience_preview(
+                rule=audience.rule or {"attribute": "__never__", "exists": True},
+                exclusions=list(audience.exclusions.values_list("key", flat=True)),
+                priority_group=audience.priority_group.key if audience.priority_group else None,
+                priority_rank=audience.priority_rank,
+                identifier_policy=audience.identifier_policy.key if audience.identifier_policy else None,
+                key=audience.key, now=now,
+            )
+    except r.RuleError as exc:
+        return None, f"rule: {exc}"
+    except Exception:  # the page must render; the detail goes to the log
+        log.exception("audience %s: the preview failed", audience.key)
+        return None, "the preview query failed (the error is in the log)"
+    return preview, ""
 
 
 def audience_coverage(audience: Audience) -> tuple[int, int]:

@@ -331,10 +331,11 @@ class Alert(models.Model):
     ZERO_COUNT, SUDDEN_DROP, FAILING_SYNC, LAG_OVER_TARGET, LOW_COVERAGE, STALE_SYNC, MASS_REMOVAL = (
         "zero_count", "sudden_drop", "failing_sync", "lag_over_target", "low_coverage", "stale_sync", "mass_removal",
     )
+    FAILING_EVALUATION = "failing_evaluation"
     KIND_CHOICES = [
         (ZERO_COUNT, "Audience at zero"), (SUDDEN_DROP, "Sudden drop"), (FAILING_SYNC, "Failing sync"),
         (LAG_OVER_TARGET, "Suppression lag over target"), (LOW_COVERAGE, "Low identifier coverage"),
-        (STALE_SYNC, "Stale sync"), (MASS_REMOVAL, "Mass removal held"),
+        (STALE_SYNC, "Stale sync"), (MASS_REMOVAL, "Mass removal held"), (FAILING_EVALUATION, "Evaluation failing"),
     ]
 
     key = models.CharField(max_length=200, help_text="One open alert per key, e.g. zero_count:audience:12.")

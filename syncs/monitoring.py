@@ -50,7 +50,7 @@ def check_alerts(*, now: datetime | None = None, thresholds: Thresholds | None =
     for key, spec in wanted.items():
         alert_open(key=key, **spec)
     checked_kinds = {Alert.ZERO_COUNT, Alert.SUDDEN_DROP, Alert.FAILING_SYNC, Alert.LAG_OVER_TARGET,
-                     Alert.LOW_COVERAGE, Alert.STALE_SYNC}
+                     Alert.LOW_COVERAGE, Alert.STALE_SYNC, Alert.FAILING_EVALUATION}
     resolved = 0
     for alert in Alert.objects.filter(resolved_at__isnull=True, kind__in=checked_kinds):
         if alert.key not in wanted:
@@ -68,6 +68,17 @@ def _audience_alerts(audiences, now, limits, wanted):
     means = trailing_mean(ids, until=now - timedelta(hours=1))
     synced = set(Sync.objects.filter(enabled=True).values_list("audience_id", flat=True))
     for audience in audiences:
+        if audience.is_failing:
+            # evaluation records the failure on the audience (it knows nothing of alerts); its
+            # figures are stale while it fails, so the other audience alerts wait
+            wanted[f"failing_evaluation:audience:{audience.pk}"] = dict(
+                kind=Alert.FAILING_EVALUATION, audience=audience,
+                message=f"{audience.name} is failing to evaluate and is skipped until it evaluates again: "
+                        f"{audience.evaluation_error.rstrip('.')}. Audiences that read it keep its last good members; "
+                        "open the editor to fix its rule.",
+                details={"since": audience.evaluation_failed_at.isoformat()},
+            )
+            continue
         if audience.last_evaluated_at is None:
             continue
         if audience.current_size == 0 and had_members.get(audience.pk):

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_POST
 from audiences import rules as r
 from audiences.identifiers import find_people
 from audiences.models import Audience, Event, Membership, Person
-from audiences.preview import audience_preview
+from audiences.preview import saved_audience_preview
 from config.admin import dashboard_context
 
 from . import charts
@@ -65,24 +65,20 @@ def audience_detail(request, key):
     since = max(now - span, first - bucket) if first else now - span  # no empty months before the first evaluation
     series = size_series([audience.pk], since=since, until=now, bucket=bucket)[audience.pk]
     names = dict(Audience.objects.values_list("key", "name"))
+    rule_problem = ""
     try:
         rule_words = r.describe(r.parse_rule(audience.rule), names) if audience.rule else ""
-    except r.RuleError:
-        rule_words = "This rule no longer parses; open the editor to fix it."
-    preview = audience_preview(
-        rule=audience.rule or {"attribute": "__never__", "exists": True},
-        exclusions=list(audience.exclusions.values_list("key", flat=True)),
-        priority_group=audience.priority_group.key if audience.priority_group else None,
-        priority_rank=audience.priority_rank, identifier_policy=audience.identifier_policy.key if audience.identifier_policy else None,
-        key=audience.key,
-    ) if audience.source_kind == Audience.RULES else None
+    except r.RuleError as exc:
+        rule_words, rule_problem = "", str(exc)
+    preview, preview_error = saved_audience_preview(audience)
     overlaps = [o for o in _current_overlaps(audience) if o[1]]
     sample = Person.objects.filter(memberships__audience=audience, memberships__exited_at__isnull=True).order_by("-memberships__entered_at")[:20]
     return page(
         request, "dashboard/audience.html", audience.name, audience=audience, bucket=bucket_name, buckets=list(BUCKETS),
         chart=charts.size_chart(series, label_format=label, title=f"{audience.name} size"),
         series=[p for p in series if p[1] is not None][-14:],
-        rule_words=rule_words, exclusions=audience.exclusions.all(), preview=preview, overlaps=overlaps,
+        rule_words=rule_words, rule_problem=rule_problem, exclusions=audience.exclusions.all(), preview=preview,
+        preview_error=preview_error, overlaps=overlaps,
         overlap_chart=charts.bars([(name, count) for name, count in overlaps[:10]]), sample=sample,
         syncs=audience.syncs.select_related("destination"), outcomes=outcome_rows(audience, days=14),
         alerts=audience.alerts.filter(resolved_at__isnull=True), can_edit=request.user.has_perm("audiences.change_audience"),

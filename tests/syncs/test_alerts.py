@@ -477,6 +477,88 @@ def test_an_alert_that_opened_and_resolved_between_passes_still_says_both(source
     assert alert.notified_open_at and alert.notified_resolved_at
 
 
+# --- failing evaluation ---------------------------------------------------------------------
+# Rules are bounded when saved; these are stored with a queryset update, as rows saved before
+# the bounds are.
+HUGE_LIST = {"attribute": "vip_tier", "in": [f"tier_{n}" for n in range(5000)]}
+HUGE_NUMBER = {"attribute": "lifetime_value", "gt": 10**26}
+
+
+def test_an_audience_whose_evaluation_fails_opens_an_alert_until_it_evaluates_again(source, chat, mailoutbox):
+    flagged()
+    big = flagged("big_spenders")
+    Audience.objects.filter(pk=big.pk).update(rule=HUGE_NUMBER)
+    identify(source, people("p", 2), flag=True)
+    evaluate_all()
+    assert Audience.objects.get(key="flagged").current_size == 2  # the others go on
+
+    assert check_alerts() == {"open": 1, "opened": 1, "resolved": 0}
+    alert = only_open_alert(Alert.FAILING_EVALUATION)
+    assert alert.key == f"failing_evaluation:audience:{big.pk}" and alert.audience == big
+    assert alert.get_kind_display() == "Evaluation failing"
+    assert alert.message.startswith("Big_Spenders is failing to evaluate and is skipped until it evaluates again: rule: gt: ")
+    assert "100000000000000000000000000 is out of range" in alert.message
+
+    def fixed():
+        audience_save(instance=Audience.objects.get(pk=big.pk), data={"rule": {"attribute": "flag", "eq": True}})
+        evaluate_all()
+
+    lifecycle_until_resolved(mailoutbox, chat, alert, audience_link("big_spenders"), fixed)
+
+
+def test_a_failing_audience_never_evaluated_alerts_too(source, chat):
+    audience = flagged()
+    Audience.objects.filter(pk=audience.pk).update(rule=HUGE_LIST)
+    evaluate_all()
+    assert Audience.objects.get(pk=audience.pk).last_evaluated_at is None
+    check_alerts()
+    assert only_open_alert(Alert.FAILING_EVALUATION).audience == audience
+
+
+def test_stored_over_bounds_rules_answer_their_pages_with_the_error_and_stop_nothing_else(source, client, livelike_destination):
+    """The report: a 5,000-value list and a 1e26 threshold stopped every evaluation, kept
+    purchases out of the suppression audience, made both pages answer 500 and left the dashboard
+    saying there was no open alert."""
+    from tests.syncs.conftest import buyers_and_carts
+
+    buyers_and_carts()
+    flagged("vip_tiers")
+    flagged("big_spenders")
+    Audience.objects.filter(key="vip_tiers").update(rule=HUGE_LIST)
+    Audience.objects.filter(key="big_spenders").update(rule=HUGE_NUMBER)
+    now = timezone.now()
+    ingest_messages(source=source, messages=[
+        Message("event", "p1", "p1-cart", now - timedelta(minutes=5), name="Added to Cart"),
+        Message("event", "p1", "p1-order", now - timedelta(minutes=1), name="Order Completed"),
+        Message("event", "p2", "p2-cart", now - timedelta(minutes=5), name="Added to Cart"),
+    ])
+
+    from audiences.evaluation import evaluate_due, evaluate_pending
+
+    evaluate_due()
+    evaluate_pending()
+    member_keys = dict(Audience.objects.values_list("key", "current_size"))
+    assert (member_keys["buyers"], member_keys["carts"]) == (1, 1)  # the purchase reached the suppression audience
+    check_alerts()
+    assert sorted(a.audience.key for a in open_alerts() if a.kind == Alert.FAILING_EVALUATION) == ["big_spenders", "vip_tiers"]
+
+    client.force_login(_user(VIEWER))
+    for key, error in [("vip_tiers", "rule: in: has 5,000 values; a list takes at most 1,000"),
+                       ("big_spenders", "rule: gt: 100000000000000000000000000 is out of range")]:
+        response = client.get(f"/dashboard/audiences/{key}/")
+        assert response.status_code == 200, key
+        page = response.content.decode()
+        assert "Evaluation failing" in page and error in page
+    for key in ("buyers", "carts"):
+        response = client.get(f"/dashboard/audiences/{key}/")
+        assert response.status_code == 200 and "Evaluation failing" not in response.content.decode()
+    home = client.get("/admin/").content.decode()
+    assert "No open alerts" not in home and "Big_Spenders is failing to evaluate" in home
+
+    client.force_login(_user(RETENTION_MANAGER))
+    assert client.get("/dashboard/audiences/vip_tiers/edit/").status_code == 200
+
+
 # --- acknowledging through the page ---------------------------------------------------------
 
 
