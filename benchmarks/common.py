@@ -35,6 +35,8 @@ def django_env(database_url: str, **extra) -> dict:
             "DOWNSTREAM_ENCRYPTION_KEY", "GUTmjgfsx7nEwG3Rg2c5D6yyYeRc7Z2ZyAOgL8cP_7s="
         ),
         "DEBUG": "0",
+        # the fake LiveLike and webhook receivers listen on 127.0.0.1, over http
+        "DESTINATION_PRIVATE_HOSTS": "127.0.0.1,localhost",
         **extra,
     }
 

@@ -203,6 +203,16 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = True
 
+# --- where destinations may write and connect -----------------------------------------------
+# File destinations write only under this folder, each in a folder of its own, and never under
+# a folder the web server serves (STATIC_ROOT, STATICFILES_DIRS).
+EXPORT_ROOT = Path(env.str("EXPORT_ROOT", default=str(VAR_DIR / "exports")))
+# Hosts (names, addresses or CIDRs) that destinations and Customer.io workspaces may reach
+# although they are loopback, private or link-local, and over plain http: e.g.
+# 127.0.0.1,localhost for a receiver on this machine. Any other host: https only outside
+# DEBUG, and only public addresses (checked when saved and again, resolved, when sending).
+DESTINATION_PRIVATE_HOSTS = env.list("DESTINATION_PRIVATE_HOSTS", default=[])
+
 # --- mail and alerts ------------------------------------------------------------------------
 EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
 vars().update(EMAIL_CONFIG)

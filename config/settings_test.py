@@ -5,6 +5,7 @@
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
 os.environ.setdefault("DOWNSTREAM_ENCRYPTION_KEY", "GUTmjgfsx7nEwG3Rg2c5D6yyYeRc7Z2ZyAOgL8cP_7s=")
@@ -12,6 +13,10 @@ os.environ.setdefault("DOWNSTREAM_ENCRYPTION_KEY", "GUTmjgfsx7nEwG3Rg2c5D6yyYeRc
 # worker processes started by tests inherit these through the environment.
 RUN_ID = os.environ.setdefault("DOWNSTREAM_TEST_RUN", str(os.getpid()))
 os.environ.setdefault("Q_NAME", f"downstream-test-{RUN_ID}")
+# The contract servers tests send to listen on 127.0.0.1 (over http): let destinations reach them.
+os.environ.setdefault("DESTINATION_PRIVATE_HOSTS", "127.0.0.1,localhost")
+# Tests give file destinations folders under pytest's tmp_path: the temporary folder is their root.
+os.environ.setdefault("EXPORT_ROOT", tempfile.gettempdir())
 
 from config.settings import *  # noqa: E402,F403
 from config.settings import DATABASES, Q_CLUSTER, VAR_DIR  # noqa: E402

@@ -47,8 +47,10 @@ class DestinationAdmin(ServiceAdmin):
         data = {k: form.cleaned_data[k] for k in DestinationForm.Meta.fields}
         given = {k: form.cleaned_data[k] for k in ("producer_token", "signing_secret") if form.cleaned_data.get(k)}
         if given:
-            stored = form.instance.credentials if form.instance.pk else {}
-            data["credentials"] = {**{k: services.KEEP for k in stored}, **given}
+            # credentials stored for another URL are not kept: they are asked for again
+            moved = services.destination_endpoint_moved(form.instance, data["settings"])
+            kept = form.instance.credentials if form.instance.pk and not moved else {}
+            data["credentials"] = {**{k: services.KEEP for k in kept}, **given}
         return data
 
 

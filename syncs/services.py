@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from urllib.parse import urlparse
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -20,7 +19,9 @@ from audiences.models import Audience, IdentifierPolicy, Membership
 from audiences.rules import KEY_NAME
 from audiences.services import _set_actor, key_problem
 
+from .addresses import url_problem
 from .alerts import alert_resolve
+from .exports import OutsideExportRoot, export_folder
 from .models import CustomerIoWorkspace, Delivery, Destination, RemovalHold, Sync
 from .payload import PERSON_COLUMNS
 
@@ -40,8 +41,10 @@ KEEP = "keep"  # in a config file: leave the stored credential as it is
 ENV = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
 
 
-def resolve_credentials(raw: dict, *, allowed, stored: dict, stored_refs: dict, errors: dict, field: str = "credentials"):
-    """{name: value | 'env:NAME' | 'keep'} → (values, refs)."""
+def resolve_credentials(raw: dict, *, allowed, stored: dict, stored_refs: dict, errors: dict, field: str = "credentials",
+                        cleared: str = ""):
+    """{name: value | 'env:NAME' | 'keep'} → (values, refs). `cleared` says why nothing is
+    stored any more (the endpoint moved), for the message a `keep` then gets."""
     values, refs = {}, {}
     if not isinstance(raw, dict):
         errors.setdefault(field, []).append("must be a mapping of credential names to env:NAME references")
@@ -51,6 +54,9 @@ def resolve_credentials(raw: dict, *, allowed, stored: dict, stored_refs: dict, 
             errors.setdefault(field, []).append(f"{name}: unknown credential; expected {', '.join(allowed) or 'none'}")
             continue
         if given == KEEP:
+            if cleared:
+                errors.setdefault(field, []).append(f"{name}: 'keep' no longer holds: {cleared}; give it again as env:NAME")
+                continue
             if name not in stored:
                 errors.setdefault(field, []).append(f"{name}: 'keep' but nothing is stored yet; give env:NAME")
                 continue
@@ -98,10 +104,34 @@ def set_numbers(obj, data: dict, errors: dict, ranges: dict, *, whole: bool = Fa
             setattr(obj, name, value if whole else float(value))
 
 
-def _check_url(value, errors, field):
-    parsed = urlparse(value) if isinstance(value, str) else None
-    if not parsed or parsed.scheme not in ("http", "https") or not parsed.netloc:
-        errors.setdefault(field, []).append(f"{value!r} is not an http(s) URL")
+ENDPOINT_NAMES = {Destination.LIVELIKE: "base URL", Destination.WEBHOOK: "URL"}
+
+
+def destination_endpoint(kind: str, options: dict) -> str:
+    """Where a destination's credentials travel: they belong to this URL and no other."""
+    from .destinations.livelike import DEFAULT_BASE_URL
+
+    options = options if isinstance(options, dict) else {}
+    if kind == Destination.LIVELIKE:
+        return str(options.get("base_url") or DEFAULT_BASE_URL).strip().rstrip("/")
+    if kind == Destination.WEBHOOK:
+        return str(options.get("url") or "").strip()
+    return ""
+
+
+def destination_endpoint_moved(instance: Destination | None, options: dict) -> bool:
+    """Would saving `options` send the stored credentials somewhere else? Compared with what
+    the database holds: a form or a failed save may already have changed the instance."""
+    if instance is None or instance.pk is None:
+        return False
+    stored = Destination.objects.filter(pk=instance.pk).values_list("settings", flat=True).first() or {}
+    return destination_endpoint(instance.kind, options) != destination_endpoint(instance.kind, stored)
+
+
+def workspace_endpoint(region: str, base_url: str) -> str:
+    from .customerio import HOSTS
+
+    return (base_url or HOSTS.get(region, "")).strip().rstrip("/")
 
 
 @transaction.atomic
@@ -135,14 +165,22 @@ def destination_save(*, data: dict, actor=None, instance: Destination | None = N
             if not options.get(name):
                 errors.setdefault("settings", []).append(f"{name}: required for {kind}")
         for name in ("base_url", "url"):
-            if options.get(name):
-                _check_url(options[name], errors, "settings")
+            if options.get(name) and (problem := url_problem(options[name])):
+                errors.setdefault("settings", []).append(problem)
+        if kind == Destination.FILE:
+            try:
+                export_folder(options.get("directory"), key=key)
+            except OutsideExportRoot as exc:
+                errors.setdefault("settings", []).append(f"directory: {exc}")
         if "headers" in options and not (
             isinstance(options["headers"], dict) and all(isinstance(v, str) for v in options["headers"].values())
         ):
             errors.setdefault("settings", []).append("headers: must be a mapping of header names to texts")
         if options.get("format") not in (None, "csv", "jsonl"):
             errors.setdefault("settings", []).append("format: use csv or jsonl")
+    # credentials entered for one URL never follow the destination to another
+    moved = bool(kind) and destination_endpoint_moved(instance, options)
+    cleared = f"the {ENDPOINT_NAMES.get(kind, 'URL')} changed, so the credentials stored for the old one were cleared" if moved else ""
     destination.settings = options
     set_numbers(destination, data, errors, {"batch_size": (1, 5000), "max_attempts": (1, 50), "concurrency": (1, 16)}, whole=True)
     if kind == Destination.LIVELIKE and destination.batch_size > 500:
@@ -152,18 +190,20 @@ def destination_save(*, data: dict, actor=None, instance: Destination | None = N
     })
     if "credentials" in data and kind:
         values, refs = resolve_credentials(
-            data["credentials"], allowed=CREDENTIALS[kind], stored=destination.credentials if instance else {},
-            stored_refs=destination.credential_refs if instance else {}, errors=errors,
+            data["credentials"], allowed=CREDENTIALS[kind], stored=destination.credentials if instance and not moved else {},
+            stored_refs=destination.credential_refs if instance and not moved else {}, errors=errors, cleared=cleared,
         )
         _check_secret_headers(values, errors)
-    elif instance:
+    elif instance and not moved:
         values, refs = destination.credentials, destination.credential_refs
     else:
         values, refs = {}, {}
     if kind:
         for name in REQUIRED_CREDENTIALS[kind]:
             if name not in values:
-                errors.setdefault("credentials", []).append(f"{name}: required for {kind}")
+                errors.setdefault("credentials", []).append(
+                    f"{name}: {cleared}: enter it again" if moved else f"{name}: required for {kind}"
+                )
     if errors:
         raise ValidationError(errors)
     if values != (destination.credentials if instance else {}) or refs != (destination.credential_refs if instance else {}):
@@ -185,20 +225,26 @@ def workspace_save(*, data: dict, actor=None, instance: CustomerIoWorkspace | No
         errors.setdefault("key", []).append(problem)
     workspace.key = key
     workspace.name = data.get("name", workspace.name or key)
+    stored = CustomerIoWorkspace.objects.filter(pk=instance.pk).values("region", "base_url").first() if instance else None
+    endpoint_before = workspace_endpoint(stored["region"], stored["base_url"]) if stored else ""
     workspace.region = data.get("region", workspace.region)
     if workspace.region not in ("us", "eu"):
         errors.setdefault("region", []).append("use us or eu")
     workspace.base_url = data.get("base_url", workspace.base_url) or ""
-    if workspace.base_url:
-        _check_url(workspace.base_url, errors, "base_url")
+    if workspace.base_url and (problem := url_problem(workspace.base_url)):
+        errors.setdefault("base_url", []).append(problem)
     set_numbers(workspace, data, errors, {"rate_limit_per_s": (0.1, 100), "timeout_s": (1, 300)})
-    values, refs = (workspace.credentials, workspace.credential_refs) if instance else ({}, {})
+    moved = bool(stored) and workspace_endpoint(workspace.region, workspace.base_url) != endpoint_before
+    cleared = "the region or base URL changed, so the app key stored for the old host was cleared" if moved else ""
+    values, refs = (workspace.credentials, workspace.credential_refs) if instance and not moved else ({}, {})
     if "credentials" in data:
         values, refs = resolve_credentials(
-            data["credentials"], allowed=("app_key",), stored=values, stored_refs=refs, errors=errors
+            data["credentials"], allowed=("app_key",), stored=values, stored_refs=refs, errors=errors, cleared=cleared
         )
     if "app_key" not in values:
-        errors.setdefault("credentials", []).append("app_key: required (an App API key)")
+        errors.setdefault("credentials", []).append(
+            f"app_key: {cleared}: enter it again" if moved else "app_key: required (an App API key)"
+        )
     if errors:
         raise ValidationError(errors)
     if not instance or values != workspace.credentials or refs != workspace.credential_refs:

@@ -56,6 +56,8 @@ def process_env(**extra) -> dict:
         "LOG_LEVEL": "WARNING",
         "Q_WORKERS": "2",
         "CONN_MAX_AGE": "0",
+        # the contract servers listen on 127.0.0.1, over http
+        "DESTINATION_PRIVATE_HOSTS": "127.0.0.1,localhost",
         **extra,
     }
 

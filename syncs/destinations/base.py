@@ -74,10 +74,21 @@ class RateLimiter:
 _local = threading.local()
 
 
+class CheckedSession(requests.Session):
+    """Sends a request, and each redirect it follows, only where syncs.addresses allows: a
+    permanent TransportError otherwise, before anything leaves."""
+
+    def send(self, request, **kwargs):
+        from ..addresses import check_url
+
+        check_url(request.url)
+        return super().send(request, **kwargs)
+
+
 def session() -> requests.Session:
     """One keep-alive session per thread (requests' Session is not thread-safe)."""
     if not hasattr(_local, "session"):
-        s = requests.Session()
+        s = CheckedSession()
         s.headers["User-Agent"] = USER_AGENT
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
         s.mount("http://", adapter)

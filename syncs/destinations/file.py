@@ -1,7 +1,8 @@
 """Files for platforms that take manual uploads: CSV or JSONL per audience.
 
 Changes are appended to a daily delta file; `write_snapshot` writes every current member.
-Files land in `settings.directory` (default var/exports/<destination key>).
+Files land in `settings.directory`, a folder inside the export root (EXPORT_ROOT, default
+var/exports/; the folder defaults to the destination's key), checked again before each write.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
-from django.conf import settings as django_settings
 from django.utils import timezone
 
+from ..exports import OutsideExportRoot, confined, export_folder
 from .base import OutRow, SendResult, TransportError, iso
 
 COLUMNS = ["action", "identifier", "changed_at"]
@@ -28,13 +30,23 @@ class Transport:
         self.format = options.get("format", "csv")
         if self.format not in ("csv", "jsonl"):
             raise TransportError(f"file format {self.format!r} is not csv or jsonl", permanent=True)
-        self.directory = Path(options.get("directory") or django_settings.VAR_DIR / "exports" / destination.key)
+        try:
+            self.directory = export_folder(options.get("directory"), key=destination.key)
+        except OutsideExportRoot as exc:
+            raise TransportError(f"directory: {exc}", permanent=True)
 
     def _path(self, sync, kind: str) -> Path:
-        folder = self.directory / sync.audience.key
-        folder.mkdir(parents=True, exist_ok=True)
         stamp = timezone.now().strftime("%Y%m%d" if kind == "delta" else "%Y%m%d-%H%M%S")
-        return folder / f"{sync.key}-{kind}-{stamp}.{self.format}"
+        try:
+            # before and after creating it: a link put in the way meanwhile leads nowhere else
+            folder = confined(self.directory / sync.audience.key)
+            folder.mkdir(parents=True, exist_ok=True)
+            path = confined(folder) / f"{sync.key}-{kind}-{stamp}.{self.format}"
+            if path.is_symlink():
+                raise OutsideExportRoot(f"{path} is a link; exports are written to files, never through links")
+        except OutsideExportRoot as exc:
+            raise TransportError(f"directory: {exc}", permanent=True)
+        return path
 
     def _write(self, path: Path, records: list[dict], field_names: list[str]) -> None:
         new = not path.exists()
@@ -47,7 +59,9 @@ class Transport:
         else:
             buffer.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         try:
-            with open(path, "a", encoding="utf-8", newline="") as handle:
+            # O_NOFOLLOW: a link swapped in after the check above is refused, not followed
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            with open(fd, "a", encoding="utf-8", newline="") as handle:
                 handle.write(buffer.getvalue())
         except OSError as exc:
             raise TransportError(f"cannot write {path}: {exc.strerror}")

@@ -131,7 +131,7 @@ def test_rotating_a_key_keeps_its_scopes(db):
 def test_a_superuser_sets_scopes_in_the_admin(client, db):
     client.force_login(User.objects.create_superuser("root", password="pw-for-tests-1"))
     response = client.post("/admin/audiences/source/add/", {"name": "backend", "scopes": ["track", "erase"]})
-    assert response.status_code == 302, response.content.decode()[:2000]
+    assert response.status_code in (200, 302), response.content.decode()[:2000]  # the page that shows the key once
     source = Source.objects.get(name="backend")
     assert source.scopes == ["track", "erase"]
     response = client.post(f"/admin/audiences/source/{source.pk}/change/", {"name": "backend", "scopes": ["outcomes"]})
