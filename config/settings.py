@@ -151,6 +151,9 @@ else:
 
 # --- auth -----------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
+# Additions to activation audiences wait up to this long for company before they go, so that
+# churn makes a few full requests instead of many small ones (removals never wait).
+DELIVERY_ADDS_LINGER_S = env.float("DELIVERY_ADDS_LINGER_S", default=1.0)
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},

@@ -34,6 +34,8 @@ else:
 # Tests that are about a task's logic run it in-process; tests about the worker start a real
 # qcluster with config.settings and the test database's URL.
 Q_CLUSTER = {**Q_CLUSTER, "sync": True}
+# A test about what goes out sends it at once; the linger has a test of its own.
+DELIVERY_ADDS_LINGER_S = 0.0
 
 # Live-server threads open their own connections; closing them per request lets the test
 # database be dropped at the end of the run.

@@ -41,6 +41,7 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q
 from django.utils import timezone
@@ -161,20 +162,22 @@ def recover_orphans(destination: Destination) -> int:
 
 
 def cancel_unsent_pairs(sync: Sync) -> int:
-    """An entry and an exit of the same person that were never sent cancel out: of a run of
-    never-attempted changes, only the last one matters, and only if it differs from where the run
-    began (the opposite of its first change). Runs are not always alternating (a test-cohort
-    entry repeats an unsent entry), and a held row splits a run: its decision is still to come."""
-    pending = Delivery.objects.filter(sync=sync, state=Delivery.PENDING, attempts=0)
+    """An entry and an exit of the same person that never reached the destination cancel out:
+    of a run of such changes (never attempted, or attempted only in ways that cannot have
+    arrived: a 429, a 5xx, a refused connection), only the last one matters, and only if it
+    differs from where the run began (the opposite of its first change). Runs are not always
+    alternating (a test-cohort entry repeats an unsent entry), and a held row splits a run: its
+    decision is still to come. Rows out on a request right now are not pending, so never here."""
+    pending = Delivery.objects.filter(sync=sync, state=Delivery.PENDING, may_have_arrived=False)
     repeated = pending.values("customer_id").annotate(n=Count("pk")).filter(n__gt=1).values("customer_id")
     rows = (
         Delivery.objects.filter(sync=sync, customer_id__in=repeated, state__in=(Delivery.PENDING, Delivery.HELD))
-        .order_by("customer_id", "id").values_list("customer_id", "id", "action", "state", "attempts")
+        .order_by("customer_id", "id").values_list("customer_id", "id", "action", "state", "may_have_arrived")
     )
     runs: list[list[tuple[int, str]]] = [[]]
     person = None
-    for customer_id, delivery_id, action, state, attempts in rows:
-        unsent = state == Delivery.PENDING and attempts == 0
+    for customer_id, delivery_id, action, state, may_have_arrived in rows:
+        unsent = state == Delivery.PENDING and not may_have_arrived
         if customer_id != person or not unsent:
             runs.append([])
             person = customer_id
@@ -186,8 +189,8 @@ def cancel_unsent_pairs(sync: Sync) -> int:
             ids = [delivery_id for delivery_id, _ in run]
             cancel += ids if run[0][1] != run[-1][1] else ids[:-1]
     if cancel:
-        Delivery.objects.filter(pk__in=cancel, state=Delivery.PENDING, attempts=0).update(
-            state=Delivery.CANCELLED, last_error="cancelled out by a later change that was not sent either"
+        Delivery.objects.filter(pk__in=cancel, state=Delivery.PENDING, may_have_arrived=False).update(
+            state=Delivery.CANCELLED, last_error="cancelled out by a later change that did not reach the destination either"
         )
     return len(cancel)
 
@@ -202,40 +205,69 @@ def _first_open_before():
     )
 
 
-def lane_rows(sync: Sync, lane: str | None):
-    """The rows of a sync in one lane: everything of a suppression sync and every exit are
-    urgent; the entries of an activation sync are not. None: the whole sync."""
-    rows = Delivery.objects.filter(sync=sync)
+def lane_filter(syncs, lane: str | None) -> Q:
+    """The rows of some syncs in one lane: everything of a suppression sync and every exit are
+    urgent; the entries of an activation sync are not. None: all their rows."""
+    suppression = [s.pk for s in syncs if s.is_suppression]
+    activation = [s.pk for s in syncs if not s.is_suppression]
     if lane is None:
-        return rows
-    if sync.is_suppression:
-        return rows if lane == URGENT else rows.none()
-    return rows.filter(action=Delivery.EXIT if lane == URGENT else Delivery.ENTER)
+        return Q(sync_id__in=suppression + activation)
+    if lane == URGENT:
+        return Q(sync_id__in=suppression) | Q(sync_id__in=activation, action=Delivery.EXIT)
+    return Q(sync_id__in=activation, action=Delivery.ENTER)
 
 
-def claim_batch(sync: Sync, limit: int, *, retries: bool = True, lane: str | None = None) -> tuple[uuid.UUID, int] | None:
-    """Claim a retried batch whole (same rows, same batch id), else up to `limit` fresh rows in
-    order. Returns (batch id, attempt) or None. `retries=False`: the caller knows no retried
-    batch is due, and the look-up (which reads every pending row when there is none) is skipped.
-    The attempt is the highest count among the rows claimed: rows of the batch that were skipped
-    or rejected meanwhile stay at the count they ended with."""
+def claim_batch(syncs, limit: int, *, retries: bool = True, lane: str | None = None) -> tuple[uuid.UUID, int] | None:
+    """Claim a retried batch whole (same rows, same batch id), else up to `limit` fresh rows of
+    the syncs (in the order given: suppression first), in order. Returns (batch id, attempt) or
+    None. `retries=False`: the caller knows no retried batch is due, and the look-up (which reads
+    every pending row when there is none) is skipped. The attempt is the highest count among the
+    rows claimed: rows of the batch that were skipped or cancelled meanwhile keep theirs."""
+    syncs = syncs if isinstance(syncs, (list, tuple)) else [syncs]
     now = timezone.now()
-    due = lane_rows(sync, lane).filter(state=Delivery.PENDING, next_attempt_at__lte=now)
+    due = Delivery.objects.filter(lane_filter(syncs, lane), state=Delivery.PENDING, next_attempt_at__lte=now)
     retry = due.filter(batch_id__isnull=False).order_by("id").values_list("batch_id", flat=True).first() if retries else None
     if retry:
-        claimed = Delivery.objects.filter(sync=sync, state=Delivery.PENDING, batch_id=retry).update(
+        claimed = Delivery.objects.filter(state=Delivery.PENDING, batch_id=retry).update(
             state=Delivery.SENDING, attempts=F("attempts") + 1
         )
         attempt = Delivery.objects.filter(batch_id=retry, state=Delivery.SENDING).aggregate(n=Max("attempts"))["n"] or 1
         return (retry, attempt) if claimed else None
     batch_id = uuid.uuid4()
-    candidates = (
-        due.filter(batch_id__isnull=True).filter(~_first_open_before()).order_by("id").values_list("id", flat=True)[:limit]
-    )
-    claimed = Delivery.objects.filter(pk__in=list(candidates), state=Delivery.PENDING).update(
-        state=Delivery.SENDING, batch_id=batch_id, attempts=F("attempts") + 1
-    )
+    claimed = 0
+    for sync in syncs:
+        if claimed >= limit:
+            break
+        candidates = (
+            due.filter(sync=sync, batch_id__isnull=True).filter(~_first_open_before())
+            .order_by("id").values_list("id", flat=True)[: limit - claimed]
+        )
+        claimed += Delivery.objects.filter(pk__in=list(candidates), state=Delivery.PENDING).update(
+            state=Delivery.SENDING, batch_id=batch_id, attempts=F("attempts") + 1
+        )
     return (batch_id, 1) if claimed else None
+
+
+def expedite_blocking_entries(syncs) -> int:
+    """Removals never queue behind additions: an exit waiting for its person's entry, which
+    waits for a retry, brings that retry forward (it goes in the urgent lane, with the urgent
+    backoff from then on)."""
+    activation = [s.pk for s in syncs if not s.is_suppression]
+    if not activation:
+        return 0
+    blocked_exit = Delivery.objects.filter(
+        sync_id=OuterRef("sync_id"), customer_id=OuterRef("customer_id"), id__gt=OuterRef("id"),
+        action=Delivery.EXIT, state=Delivery.PENDING,
+    )
+    now = timezone.now()
+    batches = list(
+        Delivery.objects.filter(sync_id__in=activation, action=Delivery.ENTER, state=Delivery.PENDING,
+                                batch_id__isnull=False, next_attempt_at__gt=now)
+        .filter(Exists(blocked_exit)).values_list("batch_id", flat=True).distinct()[:10]
+    )
+    if not batches:
+        return 0
+    return Delivery.objects.filter(batch_id__in=batches, state=Delivery.PENDING).update(next_attempt_at=now)
 
 
 # --- the gate -------------------------------------------------------------------------------
@@ -370,111 +402,139 @@ def _build_rows(sync: Sync, deliveries: list[Delivery]):
                 no_identifier_reason(sync, policy) if delivery.person else "the person was erased before it was sent"
             )
             continue
-        rows.append(OutRow(delivery.pk, delivery.action, payload["identifier"], delivery.changed_at, payload["fields"]))
+        rows.append(OutRow(delivery.pk, delivery.action, payload["identifier"], delivery.changed_at, payload["fields"], sync))
     return rows, skipped
 
 
 @dataclass
 class Job:
-    """One claimed batch on its way: prepared on the dispatcher, sent from the pool."""
+    """One claimed batch on its way: prepared on the dispatcher, sent from the pool. Its rows
+    may belong to several syncs (where the transport mixes them into one request)."""
 
-    sync: Sync
     batch_id: uuid.UUID
     attempt: int
     lane: str
     rows: list[OutRow]
-    sent_rows: list[dict]
-    run: SyncRun
-    hedge: bool
+    runs: dict  # sync id → SyncRun
+    syncs: dict  # sync id → Sync
+    hedge: bool = False
     calls: list[Future] = field(default_factory=list)
     started: float = 0.0  # monotonic, when the first call was submitted
     sent_at: object = None
 
+    @property
+    def sync(self) -> Sync:
+        """The sync the transport is called for (any one: a mixed batch shares mode and endpoint)."""
+        return self.rows[0].sync
 
-def prepare_batch(sync: Sync, batch_id: uuid.UUID, attempt: int, *, run: SyncRun, summary: Summary):
-    """Load a claimed batch, skip what must not go, record a dry run. Returns the rows to send
-    (and their record) or None when nothing is left to send."""
+    @property
+    def timeout(self) -> float:
+        return min(s.request_timeout_s for s in self.syncs.values())
+
+    def rows_of(self, sync_id: int) -> list[OutRow]:
+        return [r for r in self.rows if r.sync.pk == sync_id]
+
+
+def _sent_rows(rows: list[OutRow]) -> list[dict]:
+    return [{"delivery": r.delivery_id, "action": r.action, "identifier": r.identifier, "fields": r.fields} for r in rows]
+
+
+def prepare_batch(batch_id: uuid.UUID, attempt: int, lane: str, *, syncs: dict, run_for, summary: Summary) -> Job | None:
+    """Load a claimed batch, skip what must not go, record a dry run. Returns the job to send,
+    or None when nothing is left to send."""
     deliveries = list(Delivery.objects.filter(batch_id=batch_id, state=Delivery.SENDING).select_related("person").order_by("id"))
-    if not deliveries:
-        return None
-    rows, skipped = _build_rows(sync, deliveries)
-    if skipped:
-        for delivery_id, reason in skipped.items():
-            Delivery.objects.filter(pk=delivery_id).update(state=Delivery.SKIPPED, last_error=reason, run=run)
-        run.skipped += len(skipped)
-        summary.skipped += len(skipped)
-    # a batch retried within the same run was planned on its first attempt already
-    run.planned += sum(1 for d in deliveries if d.run_id != run.pk)
+    by_sync = collections.defaultdict(list)
+    for delivery in deliveries:
+        by_sync[delivery.sync_id].append(delivery)
+    rows, runs = [], {}
+    for sync_id, of_sync in by_sync.items():
+        sync = syncs[sync_id]
+        run = runs[sync_id] = run_for(sync)
+        built, skipped = _build_rows(sync, of_sync)
+        if skipped:
+            for delivery_id, reason in skipped.items():
+                Delivery.objects.filter(pk=delivery_id).update(state=Delivery.SKIPPED, last_error=reason, run=run)
+            run.skipped += len(skipped)
+            summary.skipped += len(skipped)
+        # a batch retried within the same run was planned on its first attempt already
+        run.planned += sum(1 for d in of_sync if d.run_id != run.pk)
+        if built and sync.dry_run:
+            with transaction.atomic():
+                for row in built:
+                    Delivery.objects.filter(pk=row.delivery_id).update(
+                        state=Delivery.DRY_RUN, run=run, payload={"identifier": row.identifier, "fields": row.fields}
+                    )
+                DeliveryBatch.objects.create(batch_id=batch_id, sync=sync, run=run, attempt=attempt, rows=_sent_rows(built),
+                                             error="dry run: not sent")
+            summary.skipped += len(built)
+            continue
+        rows += built
     if not rows:
         return None
-    sent_rows = [{"delivery": r.delivery_id, "action": r.action, "identifier": r.identifier, "fields": r.fields} for r in rows]
-    if sync.dry_run:
-        with transaction.atomic():
-            for row in rows:
-                Delivery.objects.filter(pk=row.delivery_id).update(
-                    state=Delivery.DRY_RUN, run=run, payload={"identifier": row.identifier, "fields": row.fields}
-                )
-            DeliveryBatch.objects.create(batch_id=batch_id, sync=sync, run=run, attempt=attempt, rows=sent_rows, error="dry run: not sent")
-        summary.skipped += len(rows)
-        return None
-    return rows, sent_rows
+    return Job(batch_id, attempt, lane, rows, runs, {r.sync.pk: r.sync for r in rows})
 
 
 def record_sent(job: Job, result, *, duration_ms: float, summary: Summary) -> None:
     acked = timezone.now()
-    run = job.run
+    accepted, rejected = set(result.accepted), result.rejected
     with transaction.atomic():
-        Delivery.objects.filter(pk__in=result.accepted, state=Delivery.SENDING).update(
-            state=Delivery.SENT, acknowledged_at=acked, response_status=result.status, run=run, last_error=""
-        )
-        for delivery_id, reason in result.rejected.items():
-            Delivery.objects.filter(pk=delivery_id).update(
-                state=Delivery.REJECTED, acknowledged_at=acked, response_status=400, last_error=reason[:2000], run=run
+        for sync_id, sync in job.syncs.items():
+            run, rows = job.runs[sync_id], job.rows_of(sync_id)
+            ids = [r.delivery_id for r in rows]
+            sent = Delivery.objects.filter(pk__in=[i for i in ids if i in accepted], state=Delivery.SENDING).update(
+                state=Delivery.SENT, acknowledged_at=acked, response_status=result.status, run=run, last_error=""
             )
-        DeliveryBatch.objects.create(
-            batch_id=job.batch_id, sync=job.sync, run=run, attempt=job.attempt, sent_at=job.sent_at, duration_ms=duration_ms,
-            status=result.status, rows=job.sent_rows,
-            error="; ".join(f"row {k}: {v}" for k, v in list(result.rejected.items())[:20]),
-        )
-    run.sent += len(result.accepted)
-    run.rejected += len(result.rejected)
-    run.requests += result.requests
-    summary.sent += len(result.accepted)
-    summary.rejected += len(result.rejected)
+            refused = {i: rejected[i] for i in ids if i in rejected}
+            for delivery_id, reason in refused.items():
+                Delivery.objects.filter(pk=delivery_id).update(
+                    state=Delivery.REJECTED, acknowledged_at=acked, response_status=400, last_error=reason[:2000], run=run
+                )
+            DeliveryBatch.objects.create(
+                batch_id=job.batch_id, sync=sync, run=run, attempt=job.attempt, sent_at=job.sent_at, duration_ms=duration_ms,
+                status=result.status, rows=_sent_rows(rows),
+                error="; ".join(f"row {k}: {v}" for k, v in list(refused.items())[:20]),
+            )
+            run.sent += sent
+            run.rejected += len(refused)
+            run.requests += result.requests
+    summary.sent += len(accepted)
+    summary.rejected += len(rejected)
     summary.batches += 1
-    log.debug("%s: batch %s sent %d rejected %d in %.0f ms", job.sync.key, job.batch_id, len(result.accepted),
-              len(result.rejected), duration_ms)
+    log.debug("batch %s sent %d rejected %d in %.0f ms", job.batch_id, len(accepted), len(rejected), duration_ms)
 
 
 def record_failed(job: Job, exc: TransportError, *, duration_ms: float, summary: Summary, requests: int = 1) -> None:
-    sync, destination = job.sync, job.sync.destination
+    destination = job.sync.destination
     now = timezone.now()
     wait = backoff_seconds(destination, job.attempt, urgent=job.lane == URGENT)
     if exc.retry_after is not None:
         wait = max(wait, exc.retry_after)
         # the whole destination waits, not just this batch: other processes read it here
         Destination.objects.filter(pk=destination.pk).update(not_before=now + timedelta(seconds=exc.retry_after))
-    ids = [r.delivery_id for r in job.rows]
-    run = job.run
     with transaction.atomic():
-        if exc.may_have_arrived:
-            Delivery.objects.filter(pk__in=ids, state=Delivery.SENDING).update(may_have_arrived=True)
-        dead = Delivery.objects.filter(pk__in=ids, state=Delivery.SENDING, attempts__gte=destination.max_attempts)
-        dead_count = dead.update(state=Delivery.DEAD, last_error=f"gave up after {destination.max_attempts} attempts: {exc}"[:2000],
-                                 response_status=exc.status, run=run)
-        retried = Delivery.objects.filter(pk__in=ids, state=Delivery.SENDING).update(
-            state=Delivery.PENDING, next_attempt_at=now + timedelta(seconds=wait), last_error=str(exc)[:2000],
-            response_status=exc.status, run=run,
-        )
-        DeliveryBatch.objects.create(
-            batch_id=job.batch_id, sync=sync, run=run, attempt=job.attempt, sent_at=job.sent_at or now, duration_ms=duration_ms,
-            status=exc.status, error=str(exc)[:2000], rows=job.sent_rows,
-        )
-    run.retried += retried
-    run.requests += requests
-    run.error = str(exc)[:2000]
-    summary.retried += retried
-    summary.dead += dead_count
+        for sync_id, sync in job.syncs.items():
+            run, rows = job.runs[sync_id], job.rows_of(sync_id)
+            ids = [r.delivery_id for r in rows]
+            if exc.may_have_arrived:
+                Delivery.objects.filter(pk__in=ids, state=Delivery.SENDING).update(may_have_arrived=True)
+            dead = Delivery.objects.filter(pk__in=ids, state=Delivery.SENDING, attempts__gte=destination.max_attempts)
+            dead_count = dead.update(
+                state=Delivery.DEAD, last_error=f"gave up after {destination.max_attempts} attempts: {exc}"[:2000],
+                response_status=exc.status, run=run,
+            )
+            retried = Delivery.objects.filter(pk__in=ids, state=Delivery.SENDING).update(
+                state=Delivery.PENDING, next_attempt_at=now + timedelta(seconds=wait), last_error=str(exc)[:2000],
+                response_status=exc.status, run=run,
+            )
+            DeliveryBatch.objects.create(
+                batch_id=job.batch_id, sync=sync, run=run, attempt=job.attempt, sent_at=job.sent_at or now,
+                duration_ms=duration_ms, status=exc.status, error=str(exc)[:2000], rows=_sent_rows(rows),
+            )
+            run.retried += retried
+            run.requests += requests
+            run.error = str(exc)[:2000]
+            summary.retried += retried
+            summary.dead += dead_count
     summary.batches += 1
 
 
@@ -513,25 +573,56 @@ def _finish(run: SyncRun) -> None:
 
 
 class Lane:
-    """What the dispatcher remembers of one sync's lane between claims. Only this sender
-    changes its rows while it holds the lease, so a claim that found nothing need not be
-    tried again until something else may have changed them: new rows, a finished batch of the
-    sync, a retry coming due, a decision on a hold."""
+    """What the dispatcher remembers of one lane between claims: the urgent or the additions
+    lane of a group of syncs whose rows may share a request (each sync alone where the
+    transport cannot mix them). Only this sender changes their rows while it holds the lease,
+    so a claim that found nothing is not tried again until something else may have changed
+    them: new rows, a finished batch, a retry coming due, a decision on a hold, the end of an
+    additions lane's linger."""
 
-    def __init__(self, sync: Sync, name: str):
-        self.sync, self.name = sync, name
+    def __init__(self, syncs: list[Sync], name: str):
+        self.syncs, self.name = syncs, name
+        self.ids = {s.pk for s in syncs}
         self.dirty = True
-        self.retry_at = None  # the earliest retried batch's due time; None unknown, False none
+        self.retry_at = None  # the earliest retried batch's due time, when retry_known
         self.retry_known = False
+        self.linger_until = None
 
     def due_retry(self, now) -> bool:
         if not self.retry_known:
             self.retry_at = (
-                lane_rows(self.sync, self.name).filter(state=Delivery.PENDING, batch_id__isnull=False)
+                Delivery.objects.filter(lane_filter(self.syncs, self.name), state=Delivery.PENDING, batch_id__isnull=False)
                 .aggregate(at=Min("next_attempt_at"))["at"]
             )
             self.retry_known = True
         return self.retry_at is not None and self.retry_at <= now
+
+    def lingers(self, limit: int, linger_s: float, now) -> bool:
+        """Additions wait up to `linger_s` for company, so that churn on several syncs makes a
+        few full requests rather than many small ones (every request risks a 429 that holds
+        the whole destination, suppressions included)."""
+        if self.name != ADDS or linger_s <= 0:
+            return False
+        fresh = Delivery.objects.filter(lane_filter(self.syncs, ADDS), state=Delivery.PENDING, batch_id__isnull=True)
+        oldest = fresh.order_by("id").values_list("created_at", flat=True).first()
+        if oldest is None or oldest <= now - timedelta(seconds=linger_s):
+            self.linger_until = None
+            return False
+        if fresh.values("id")[:limit].count() >= limit:
+            self.linger_until = None
+            return False
+        self.linger_until = oldest + timedelta(seconds=linger_s)
+        return True
+
+
+def lane_groups(syncs: list[Sync], transport) -> list[list[Sync]]:
+    """Syncs whose rows may go in one request (the transport says so), suppression first."""
+    mixes = getattr(transport, "mixes_syncs", None)
+    groups: dict[tuple, list[Sync]] = {}
+    for sync in syncs:
+        key = ("mixed", sync.mode) if mixes and mixes(sync) else ("alone", sync.pk)
+        groups.setdefault(key, []).append(sync)
+    return list(groups.values())
 
 
 class Sender:
@@ -558,9 +649,10 @@ class Sender:
         # one slot stays free for urgent batches whenever there is more than one
         self.add_slots = max(1, self.slots - 1)
         self.pool = ThreadPoolExecutor(max_workers=2 * self.slots + 1, thread_name_prefix=f"deliver-{destination.pk}")
-        self.syncs = _active_syncs(destination)
-        self.lanes = {URGENT: [Lane(s, URGENT) for s in self.syncs],
-                      ADDS: [Lane(s, ADDS) for s in self.syncs if not s.is_suppression]}
+        self.linger_s = getattr(settings, "DELIVERY_ADDS_LINGER_S", 1.0)
+        self.syncs = []
+        self.lanes = {URGENT: [], ADDS: []}
+        self._set_syncs(_active_syncs(destination))
         self.newest_seen = None
         self.cancel_seen: dict[int, tuple] = {}
         self.holds_seen = None
@@ -590,12 +682,18 @@ class Sender:
             (s.pk, s.dry_run, s.test_cohort_only, s.mode) for s in self.syncs
         ]:
             return
-        self.syncs = syncs
-        self.lanes = {
-            URGENT: [Lane(s, URGENT) for s in syncs],
-            ADDS: [Lane(s, ADDS) for s in syncs if not s.is_suppression],
-        }
+        self._set_syncs(syncs)
         self.newest_seen = None
+
+    def _set_syncs(self, syncs: list[Sync]) -> None:
+        self.syncs = syncs
+        self.by_id = {s.pk: s for s in syncs}
+        groups = lane_groups(syncs, self.transport)
+        self.lanes = {
+            URGENT: [Lane(group, URGENT) for group in groups],
+            ADDS: [Lane([s for s in group if not s.is_suppression], ADDS) for group in groups
+                   if any(not s.is_suppression for s in group)],
+        }
 
     def wait(self, seconds: float) -> None:
         self.sleep(seconds)
@@ -613,7 +711,7 @@ class Sender:
             if pending is not None and pending != self.cancel_seen.get(sync.pk):
                 self.summary.cancelled += cancel_unsent_pairs(sync)
                 self.cancel_seen[sync.pk] = pending
-                self._touch(sync)
+                self._touch([sync.pk])
 
     def _look_for_decisions(self) -> None:
         decided = RemovalHold.objects.filter(sync__in=self.syncs).aggregate(at=Max("decided_at"))["at"]
@@ -623,13 +721,12 @@ class Sender:
             if not first:
                 self.cancel_seen.clear()
                 self.newest_seen = None
-                for sync in self.syncs:
-                    self._touch(sync)
+                self._touch(self.by_id)
 
-    def _touch(self, sync: Sync, *, retries: bool = False) -> None:
+    def _touch(self, sync_ids, *, retries: bool = False) -> None:
         for lanes in self.lanes.values():
             for lane in lanes:
-                if lane.sync.pk == sync.pk:
+                if lane.ids & set(sync_ids):
                     lane.dirty = True
                     if retries:
                         lane.retry_known = False
@@ -645,28 +742,37 @@ class Sender:
     def _claim(self, lane: Lane) -> Job | None:
         """The next batch of a lane ready to go, or None when the lane has nothing now."""
         limit = min(self.destination.batch_size, getattr(self.transport, "max_batch", self.destination.batch_size))
+        expedited = False
         while True:
-            retries = lane.due_retry(timezone.now())
-            claimed = claim_batch(lane.sync, limit, retries=retries, lane=lane.name)
+            now = timezone.now()
+            retries = lane.due_retry(now)
+            if not retries and lane.lingers(limit, self.linger_s, now):
+                return None
+            claimed = claim_batch(lane.syncs, limit, retries=retries, lane=lane.name)
+            if not claimed and lane.name == URGENT and not expedited:
+                # an exit held up by its person's entry waiting for a retry: bring the retry forward
+                expedited = True
+                if expedite_blocking_entries(lane.syncs):
+                    lane.retry_known = False
+                    continue
             if not claimed:
                 return None
             if retries:
                 lane.retry_known = False
-            run = self._run_for(lane.sync)
-            prepared = prepare_batch(lane.sync, *claimed, run=run, summary=self.summary)
-            if prepared is None:
+            job = prepare_batch(*claimed, lane.name, syncs=self.by_id, run_for=self._run_for, summary=self.summary)
+            if job is None:
                 continue  # all skipped or a dry run: nothing to send, look for the next batch
-            rows, sent_rows = prepared
-            membership = lane.sync.mode == Sync.MEMBERSHIP
-            return Job(lane.sync, claimed[0], claimed[1], lane.name, rows, sent_rows, run,
-                       hedge=lane.name == URGENT and membership and getattr(self.transport, "hedge", False))
+            job.hedge = (lane.name == URGENT and getattr(self.transport, "hedge", False)
+                         and all(s.mode == Sync.MEMBERSHIP for s in job.syncs.values()))
+            return job
 
     def _fill(self) -> bool:
         """Claim batches into free slots, urgent ones first. True if any was started."""
         started = False
+        now = timezone.now()
         for name in (URGENT, ADDS):
             for lane in self.lanes[name]:
-                if lane.due_retry(timezone.now()):
+                if lane.due_retry(now) or (lane.linger_until and lane.linger_until <= now):
                     lane.dirty = True
                 while lane.dirty and self._free(name):
                     if not self.heartbeat(before_claim=True):
@@ -701,7 +807,7 @@ class Sender:
         """One request, on a pool thread: through the gate, with the sync's deadline."""
         ticket = self.gate.enter(urgent=job.lane == URGENT)
         try:
-            result = self.transport.send(job.rows, batch_id=str(job.batch_id), sync=job.sync, timeout=job.sync.request_timeout_s)
+            result = self.transport.send(job.rows, batch_id=str(job.batch_id), sync=job.sync, timeout=job.timeout)
         except TransportError as exc:
             self.gate.leave(ticket, answered=exc.status is not None, retry_after=exc.retry_after)
             raise
@@ -737,8 +843,8 @@ class Sender:
                 if any(e.may_have_arrived for e in errors):
                     exc.may_have_arrived = True
                 record_failed(job, exc, duration_ms=duration_ms, summary=self.summary, requests=len(errors))
-                self._touch(job.sync, retries=True)
-            self._touch(job.sync)
+                self._touch(job.syncs, retries=True)
+            self._touch(job.syncs)
             if connection.vendor == "postgresql" and self.summary.sent - self.analysed_at >= ANALYZE_EVERY_ROWS:
                 with connection.cursor() as cursor:
                     cursor.execute(f"ANALYZE {connection.ops.quote_name(Delivery._meta.db_table)}")
@@ -756,6 +862,9 @@ class Sender:
             return None
         wake = max(self.gate.held_for(), (due - timezone.now()).total_seconds())
         if wake <= 0:
+            lingering = [lane.linger_until for lane in self.lanes[ADDS] if lane.linger_until]
+            if lingering:
+                return (min(lingering) - timezone.now()).total_seconds()
             # due now, yet no lane knew: rows changed under us (a hold decided, rows put back)
             for lanes in self.lanes.values():
                 for lane in lanes:

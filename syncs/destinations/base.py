@@ -37,6 +37,8 @@ class OutRow:
     identifier: str
     changed_at: datetime
     fields: dict = field(default_factory=dict)
+    # the sync it belongs to, where one request carries the rows of several syncs
+    sync: object = None
 
     @property
     def is_enter(self) -> bool:

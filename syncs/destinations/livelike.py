@@ -23,6 +23,11 @@ class Transport:
     # before it answers (events are reward actions and never are)
     hedge = True
 
+    @staticmethod
+    def mixes_syncs(sync) -> bool:
+        """Every membership row names its audience, so one request may carry several syncs'."""
+        return sync.mode != "events"
+
     def __init__(self, destination):
         settings = destination.settings or {}
         credentials = destination.credentials
@@ -45,7 +50,7 @@ class Transport:
         pending = list(rows)
         # at most twice: the whole batch, then the rows the destination did not object to
         for _ in range(2):
-            body = json.dumps(wrap([make(row, sync, batch_id) for row in pending])).encode()
+            body = json.dumps(wrap([make(row, row.sync or sync, batch_id) for row in pending])).encode()
             response = post_json(
                 self.url(endpoint), data=body, timeout=timeout or self.timeout,
                 headers={"Authorization": f"Bearer {self.token}", "Idempotency-Key": batch_id},

@@ -471,26 +471,38 @@ def test_a_wrong_token_is_retried_then_dead_and_never_marked_sent(source, liveli
 def test_an_exit_is_never_sent_before_an_entry_that_is_still_being_retried(source, livelike, livelike_destination):
     # a long backoff: the sender gives up its turn while the failed entry waits
     set_destination(livelike_destination, retry_base_s=60, retry_cap_s=60)
-    livelike.faults = FailFirst("500")
+    livelike.faults = FailFirst("timeout", slow_seconds=1.5)  # no answer in time: it may have arrived
     sync = flagged_sync()
     flag(source, ["p0"], True)
     evaluate_all()
     deliver(livelike_destination)
     assert states(sync) == [("enter", Delivery.PENDING)]
 
+    assert actions(livelike, "p0") == [True]  # it had: the slow answer came after the client gave up
+
     flag(source, ["p0"], False)
     evaluate_all()
     deliver(livelike_destination)
-    # the entry was tried once, so the pair does not cancel; the exit waits behind it
-    assert states(sync) == [("enter", Delivery.PENDING), ("exit", Delivery.PENDING)]
-    assert livelike.rows_for("p0") == []
-
-    Delivery.objects.filter(sync=sync).update(next_attempt_at=timezone.now())
-    deliver(livelike_destination)
-    assert actions(livelike, "p0") == [True, False]
+    # the entry may have reached LiveLike, so the pair does not cancel; the exit waits behind
+    # it, and being a removal, brings its retry forward instead of waiting the minute out
+    assert actions(livelike, "p0") == [True, True, False]  # the entry again (same batch), then the exit
     assert livelike.exits_before_entry() == []
     assert states(sync) == [("enter", Delivery.SENT), ("exit", Delivery.SENT)]
     assert livelike.members("flagged") == set()
+
+
+def test_an_entry_refused_with_a_500_and_a_later_exit_cancel_out(source, livelike, livelike_destination):
+    set_destination(livelike_destination, retry_base_s=60, retry_cap_s=60)
+    livelike.faults = FailFirst("500")  # answered: it did not arrive
+    sync = flagged_sync()
+    flag(source, ["p0"], True)
+    evaluate_all()
+    deliver(livelike_destination)
+    flag(source, ["p0"], False)
+    evaluate_all()
+    deliver(livelike_destination)
+    assert states(sync) == [("enter", Delivery.CANCELLED), ("exit", Delivery.CANCELLED)]
+    assert livelike.rows_for("p0") == [] and len(livelike.request_log()) == 1
 
 
 def test_an_entry_and_exit_never_sent_cancel_out(source, livelike, livelike_destination):

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.django_db
 
 
 class HangFor(LiveLikeServer):
-    """LiveLike where every request about the audiences in `slow` answers only after
+    """LiveLike where every request about the audiences or users in `slow` answers only after
     `seconds` (its rows applied on arrival, as a server that is slow to answer)."""
 
     def __init__(self, *, slow: set[str], seconds: float, **kwargs):
@@ -45,10 +45,10 @@ class HangFor(LiveLikeServer):
     def handle(self, req):
         response = super().handle(req)
         try:
-            audiences = {row.get("audience_id") for row in json.loads(req.body)}
+            named = {row.get(key) for row in json.loads(req.body) for key in ("audience_id", "user_id")}
         except (ValueError, AttributeError, TypeError):
-            audiences = set()
-        if audiences & self.slow:
+            named = set()
+        if named & self.slow:
             time.sleep(self.seconds)
         return response
 
@@ -93,23 +93,40 @@ def test_a_hung_activation_batch_never_delays_a_suppression(source, monkeypatch)
         assert first_ack(server, "buyers") - started < 0.5
 
 
-def test_other_syncs_go_past_a_hung_request(source, monkeypatch):
-    with HangFor(slow={"a_slow"}, seconds=2.0) as server:
-        destination = livelike_at(server, monkeypatch)
-        flagged("a_slow", attribute="slow")
-        flagged("b_fast", attribute="fast")
-        sync_save(data={"key": "a-slow-livelike", "audience": "a_slow", "destination": "livelike"})
-        sync_save(data={"key": "b-fast-livelike", "audience": "b_fast", "destination": "livelike"})
-        for customer_id in people("p", 2):
-            identify(source, customer_id, slow=True, fast=True)
+def test_other_requests_go_past_a_hung_one(source, monkeypatch):
+    with HangFor(slow={"p0"}, seconds=2.0) as server:
+        destination = livelike_at(server, monkeypatch, batch_size=1)  # one person a request
+        flagged("flagged")
+        sync_save(data={"key": "flagged-livelike", "audience": "flagged", "destination": "livelike"})
+        for customer_id in people("p", 3):
+            identify(source, customer_id, flag=True)
         evaluate_all()
         started = time.time()
         deliver_destination(destination.pk)
 
         slow_answered = max(r["answered_at"] for r in server.request_log())
         assert slow_answered - started >= 2.0
-        assert first_ack(server, "b_fast") - started < 0.5  # while the slow request was still out
-        assert server.members("b_fast") == server.members("a_slow") == {"p0", "p1"}
+        acks = {r["user_id"]: r["acked_at"] for r in server.rows()}
+        assert acks["p1"] - started < 0.5 and acks["p2"] - started < 0.5  # while p0's request was still out
+        assert server.members("flagged") == {"p0", "p1", "p2"}
+
+
+def test_one_request_carries_the_changes_of_several_syncs(source, livelike, livelike_destination):
+    flagged("one")
+    flagged("two")
+    flagged("buyers", purpose="suppression", attribute="bought")
+    for key in ("one", "two", "buyers"):
+        sync_save(data={"key": f"{key}-livelike", "audience": key, "destination": "livelike"})
+    identify(source, "p0", flag=True, bought=True)
+    evaluate_all()
+    deliver_destination(livelike_destination.pk)
+
+    log = livelike.request_log()
+    assert len(log) == 2  # the suppression alone, first; both activation syncs' additions together
+    assert [r["rows"] for r in log] == [1, 2]
+    assert livelike.members("one") == livelike.members("two") == livelike.members("buyers") == {"p0"}
+    batches = DeliveryBatch.objects.order_by("id")
+    assert len({b.batch_id for b in batches}) == 2 and batches.count() == 3  # one record per sync
 
 
 def test_an_urgent_request_that_does_not_answer_is_hedged_and_the_first_answer_wins(source, monkeypatch):
@@ -218,17 +235,19 @@ def test_a_retry_after_on_one_sync_holds_every_sync_of_the_destination(source, l
     livelike.faults = FailFirst("429", retry_after=1)
     flagged("one")
     flagged("two")
+    # membership rows and events never share a request: two syncs, two requests
     sync_save(data={"key": "one-livelike", "audience": "one", "destination": "livelike"})
-    sync_save(data={"key": "two-livelike", "audience": "two", "destination": "livelike"})
+    sync_save(data={"key": "two-livelike", "audience": "two", "destination": "livelike", "mode": "events"})
     flag(source, ["p0"], True)
     evaluate_all()
     deliver_destination(livelike_destination.pk)
 
     log = livelike.request_log()
     assert log[0]["status"] == 429 and len(log) == 3
+    assert {r["path"].split("/")[-2] for r in log} == {"segment-audience-sync", "segment-events"}
     assert all(r["received_at"] - log[0]["answered_at"] >= 1.0 - 0.05 for r in log[1:])
     assert livelike.retry_after_violations == []
-    assert livelike.members("one") == livelike.members("two") == {"p0"}
+    assert livelike.members("one") == {"p0"} and len(livelike.events()) == 1
 
 
 # --- 5. attempts count per row ----------------------------------------------------------------
@@ -278,17 +297,35 @@ def _entry_waiting_for_retry(source, livelike, livelike_destination, fault: str)
     assert Delivery.objects.get(sync=sync).attempts == 1
     person_erase(customer_id="p0")
     assert states(sync) == [("enter", Delivery.PENDING), ("exit", Delivery.PENDING)]
-    Delivery.objects.filter(sync=sync).update(next_attempt_at=timezone.now())  # the retry is due
-    deliver_destination(livelike_destination.pk)
+    deliver_destination(livelike_destination.pk)  # the exit brings the entry's retry forward
     return sync
 
 
 def test_an_erased_person_whose_entry_never_arrived_gets_no_exit(source, livelike, livelike_destination):
     sync = _entry_waiting_for_retry(source, livelike, livelike_destination, "500")
-    assert states(sync) == [("enter", Delivery.SKIPPED), ("exit", Delivery.SKIPPED)]
-    exit_row = Delivery.objects.get(sync=sync, action=Delivery.EXIT)
-    assert exit_row.last_error.startswith("the destination never had this person")
-    assert livelike.rows() == []  # the 500 applied nothing, and no remove followed
+    # the entry was answered with a 500: LiveLike never had it, and the pair cancels out
+    assert states(sync) == [("enter", Delivery.CANCELLED), ("exit", Delivery.CANCELLED)]
+    assert livelike.rows() == [] and len(livelike.request_log()) == 1
+    assert livelike.exits_before_entry() == []
+
+
+def test_no_exit_follows_an_entry_the_destination_rejected(source, livelike, livelike_destination):
+    livelike.reject_user_ids = {"p0"}
+    flagged("flagged")
+    sync = sync_save(data={"key": "flagged-sync", "audience": "flagged", "destination": "livelike"})
+    flag(source, ["p0", "p1"], True)
+    evaluate_all()
+    deliver_destination(livelike_destination.pk)
+    flag(source, ["p0", "p1"], False)
+    evaluate_all()
+    deliver_destination(livelike_destination.pk)
+
+    assert states(sync, "p0") == [("enter", Delivery.REJECTED), ("exit", Delivery.SKIPPED)]
+    assert Delivery.objects.get(sync=sync, customer_id="p0", action=Delivery.EXIT).last_error == (
+        "the destination never had this person: their entry was rejected by the destination"
+    )
+    assert states(sync, "p1") == [("enter", Delivery.SENT), ("exit", Delivery.SENT)]
+    assert livelike.rows_for("p0") == []  # the add was refused, and no remove followed it
     assert livelike.exits_before_entry() == []
 
 

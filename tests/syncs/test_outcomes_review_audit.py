@@ -488,7 +488,7 @@ def test_setting_history_never_shows_a_credential(client, livelike, playbook_syn
     client.force_login(manager)
     data = {"key": "livelike", "name": "LiveLike", "kind": "livelike",
             "settings": json.dumps({"base_url": livelike.api_url, "client_id": "client-1"}), "batch_size": "500",
-            "rate_limit_per_s": "200", "timeout_s": "1", "max_attempts": "8", "retry_base_s": "0.05", "retry_cap_s": "0.5",
+            "rate_limit_per_s": "200", "timeout_s": "1", "max_attempts": "8", "retry_base_s": "0.05", "retry_cap_s": "0.5", "concurrency": "4",
             "producer_token": "typed-token-5b2c91e7"}
     response = client.post(f"/admin/syncs/destination/{livelike_destination.pk}/change/", data)
     assert response.status_code == 302
