@@ -35,11 +35,18 @@ class IngestResult:
     person_ids: tuple = ()
 
 
-@transaction.atomic
 def ingest_messages(*, source: Source, messages: list[Message], received_at: datetime | None = None) -> IngestResult:
+    """Write a validated request whole, in one transaction. Concurrent requests and the
+    realtime pass touch the same people; when PostgreSQL breaks a deadlock between them by
+    aborting this one (seen under load: a queue entry's insert against a pass committing its
+    memberships), it is rolled back whole and runs again, so the client never sees it."""
     received_at = received_at or timezone.now()
     if not messages:
         return IngestResult()
+    return atomic_retrying_deadlocks(lambda: _ingest(source, messages, received_at))
+
+
+def _ingest(source: Source, messages: list[Message], received_at: datetime) -> IngestResult:
     person_ids = _ensure_people(sorted({m.customer_id for m in messages}), received_at)
     identifies = [m for m in messages if m.kind == "identify"]
     if identifies:
