@@ -84,9 +84,14 @@ PROFILE_FIELDS = ("email", "phone", "cio_id")
 def _merge_traits(identifies: list[Message], person_ids: dict[str, int], now: datetime) -> None:
     """Traits are merged into attributes, not replacing them; a null trait removes the key."""
     ids = sorted({person_ids[m.customer_id] for m in identifies})
+    # In id order, so concurrent requests lock people in one order; and NO KEY: no key changes
+    # here, and a plain FOR UPDATE blocks the foreign-key checks (KEY SHARE) that a realtime
+    # pass makes on these people when it commits, while that pass holds their queue entries
+    # this request is about to insert: a deadlock.
     people = {
         p.id: p
-        for p in Person.objects.select_for_update().filter(id__in=ids).only("id", "attributes", "phone_e164", *PROFILE_FIELDS)
+        for p in Person.objects.select_for_update(no_key=True).filter(id__in=ids).order_by("id")
+        .only("id", "attributes", "phone_e164", *PROFILE_FIELDS)
     }
     for message in identifies:
         person = people[person_ids[message.customer_id]]

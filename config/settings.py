@@ -154,6 +154,11 @@ AUTH_PASSWORD_VALIDATORS = [
 # Additions to activation audiences wait up to this long for company before they go, so that
 # churn makes a few full requests instead of many small ones (removals never wait).
 DELIVERY_ADDS_LINGER_S = env.float("DELIVERY_ADDS_LINGER_S", default=1.0)
+# A sender with nothing to send stays this long, looking for new rows, before it lets its worker go.
+DELIVERY_IDLE_S = env.float("DELIVERY_IDLE_S", default=5.0)
+
+# --- auth -----------------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},

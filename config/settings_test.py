@@ -36,6 +36,7 @@ else:
 Q_CLUSTER = {**Q_CLUSTER, "sync": True}
 # A test about what goes out sends it at once; the linger has a test of its own.
 DELIVERY_ADDS_LINGER_S = 0.0
+DELIVERY_IDLE_S = 0.0
 
 # Live-server threads open their own connections; closing them per request lets the test
 # database be dropped at the end of the run.

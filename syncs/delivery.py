@@ -650,6 +650,9 @@ class Sender:
         self.add_slots = max(1, self.slots - 1)
         self.pool = ThreadPoolExecutor(max_workers=2 * self.slots + 1, thread_name_prefix=f"deliver-{destination.pk}")
         self.linger_s = getattr(settings, "DELIVERY_ADDS_LINGER_S", 1.0)
+        self.idle_s = getattr(settings, "DELIVERY_IDLE_S", 5.0)
+        self.idle_since = None
+        self.may_linger = False
         self.syncs = []
         self.lanes = {URGENT: [], ADDS: []}
         self._set_syncs(_active_syncs(destination))
@@ -872,6 +875,18 @@ class Sender:
                     lane.retry_known = False
         return wake
 
+    def _linger(self) -> bool:
+        """Nothing to send: stay a few seconds more, looking for new rows every POLL_S, so a
+        steady stream of changes is sent within POLL_S rather than after a new task has made its
+        way through the worker's queue. Not when the live senders of other destinations would
+        leave no worker for evaluation."""
+        if self.idle_since is None:
+            self.idle_since = time.monotonic()
+            workers = settings.Q_CLUSTER.get("workers", 2)
+            others = Destination.objects.filter(lease_until__gt=timezone.now()).exclude(pk=self.destination.pk).count()
+            self.may_linger = others < workers - 1
+        return self.may_linger and time.monotonic() - self.idle_since < self.idle_s
+
     def run(self) -> None:
         recover_orphans(self.destination)
         if self.destination.not_before and self.destination.not_before > timezone.now():
@@ -888,13 +903,16 @@ class Sender:
                 self._hedge()
                 self._look_for_changes()
                 if self.gate.held_for() <= WAIT_HORIZON_S and self._fill():
+                    self.idle_since = None
                     continue
                 if self.jobs:
                     self._wait_for_answers(POLL_S)
                     continue
                 wake = self._next_wake()
                 if wake is None or wake > WAIT_HORIZON_S:
-                    return
+                    if not self._linger():
+                        return
+                    wake = POLL_S
                 self.wait(min(wake, POLL_S) if wake > 0 else POLL_S)
         finally:
             self.pool.shutdown(wait=False, cancel_futures=True)

@@ -106,10 +106,15 @@ def _write_with_sql(sync, action, person_ids, evaluation, state, hold) -> int:
 
 
 def enqueue_delivery(destination_ids) -> None:
+    """Wake the senders of these destinations. A live sender looks for new rows itself every
+    few milliseconds: a task for it would only queue behind the evaluations in the worker."""
     from django_q.tasks import async_task
 
+    from .delivery import lease_is_live
+
     for destination_id in destination_ids:
-        async_task("syncs.tasks.deliver", destination_id, task_name=f"deliver to destination {destination_id}")
+        if not lease_is_live(destination_id):
+            async_task("syncs.tasks.deliver", destination_id, task_name=f"deliver to destination {destination_id}")
 
 
 def queue_current_members(sync: Sync) -> int:
