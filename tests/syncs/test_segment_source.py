@@ -293,9 +293,11 @@ def test_a_refused_app_key_raises_and_is_recorded_on_the_pull(cio, workspace):
     assert len(members(audience)) == 5
 
     cio.app_key = "rotated-key"
-    with pytest.raises(TransportError) as raised:
-        evaluate_all(["vips"])
-    assert raised.value.permanent and raised.value.status == 401
+    # one failing source stops no other audience: this one is marked failing (and alerted) instead
+    assert evaluate_all(["vips"]) == []
+    audience.refresh_from_db()
+    assert audience.evaluation_failed_at is not None
+    assert audience.evaluation_error.startswith("TransportError: ") and "refused" in audience.evaluation_error
     failed = SourcePull.objects.filter(audience=audience).order_by("-pk").first()
     assert "refused" in failed.error and failed.finished_at is not None
     assert failed.requests == 1  # a 401 is not retried
