@@ -153,6 +153,8 @@ PREVIEW_FAILED = (
 @require_POST
 def editor_preview(request):
     """The form (rows) or the YAML → the rule both ways, its problems, and the preview."""
+    if request.content_type != "application/json":
+        return JsonResponse({"errors": ["the preview takes a JSON body (Content-Type: application/json)"]}, status=400)
     try:
         payload = editor.preview_request(json.loads(request.body or b"{}"))
     except editor.RequestError as exc:

@@ -95,6 +95,14 @@ def test_an_odd_preview_request_is_a_400_that_says_what_was_wrong(manager, body)
     assert answer["errors"]
 
 
+@pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=BoUnDaRy", "text/plain", ""])
+def test_a_preview_request_that_is_not_json_by_its_content_type_is_a_400(manager, content_type):
+    body = b'--BoUnDaRy\r\nContent-Disposition: form-data; name="rows"\r\n\r\n1\r\n--BoUnDaRy--\r\n'
+    response = manager.generic("POST", PREVIEW, body, content_type=content_type)
+    assert response.status_code == 400
+    assert check_json_answer(response)["errors"] == ["the preview takes a JSON body (Content-Type: application/json)"]
+
+
 @pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe", b'{"rows": [' + b"[" * 5000])
 def test_a_preview_request_that_is_not_json_is_a_400(manager, body):
     response = manager.generic("POST", PREVIEW, body, content_type="application/json")

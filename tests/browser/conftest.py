@@ -79,6 +79,9 @@ def page(browser, live_server):
     page = context.new_page()
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # what the Content-Security-Policy blocked (an inline script, handler or style) is an error too
+    page.on("console", lambda message: errors.append(message.text)
+            if message.type == "error" and "Content Security Policy" in message.text else None)
     yield page
     context.close()
     assert not errors, f"JavaScript errors on the pages: {errors}"

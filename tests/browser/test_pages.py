@@ -315,6 +315,10 @@ def test_a_viewer_reads_the_dashboard_but_cannot_open_the_editor(page, viewer, s
     expect(page.locator("#audiences tbody tr")).to_have_count(Audience.objects.count())
     expect(page.get_by_role("link", name="+ New audience")).to_have_count(0)
     shot(page, "viewer-dashboard")
+    # the filters apply as they change (static/downstream/app.js: no inline handler under the CSP)
+    page.get_by_label("Purpose").select_option("suppression")
+    page.wait_for_url(re.compile(r".*/admin/\?purpose=suppression"))
+    expect(page.locator("#audiences tbody tr")).to_have_count(Audience.objects.filter(purpose="suppression").count())
     response = page.goto("/dashboard/audiences/new/")
     assert response.status == 403
     expect(page.locator("#content")).to_contain_text("Your role (Viewer) can read the dashboard but not make this change.")
