@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 PG_URL ?= postgres://postgres@127.0.0.1:5432/downstream
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install run test test-postgres bench clean
+FAKETIME_LIB ?= /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+
+.PHONY: install run test test-postgres test-future bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +28,13 @@ test: install
 ## the same suite on this machine's PostgreSQL with the Redis broker
 test-postgres: install
 	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) $(PY) -m pytest $(ARGS)
+
+## the suite on SQLite with every process's clock a year ahead (libfaketime): no test may
+## depend on the date it runs on
+test-future: install
+	@test -f $(FAKETIME_LIB) || { echo "needs libfaketime (apt-get install faketime)"; exit 1; }
+	DATABASE_URL=sqlite:///$(CURDIR)/var/downstream-test-future.sqlite3 REDIS_URL= FAKETIME=+365d \
+		LD_PRELOAD=$(FAKETIME_LIB) $(PY) -m pytest -m "not browser" $(ARGS)
 
 clean:
 	rm -rf $(VENV) var/*.sqlite3* var/test-artifacts .pytest_cache
