@@ -158,10 +158,11 @@ def _route_text(pattern) -> str:
     return text
 
 
-def crawl_values(world, converter: str) -> list[str]:
+def crawl_values(world, converter: str, template: str) -> list[str]:
     """Odd values for every parameter; the world's real keys and numbers where they fit, so that
-    the pages which list the odd people (an audience's sample, a sync's rejected rows) are read."""
-    values = list(ODD_VALUES) + world.odd_ids
+    the pages which list the odd people (an audience's sample, a sync's rejected rows) are read.
+    The admin's ids are numbers: there the odd customer ids would only be more odd text."""
+    values = list(ODD_VALUES) + ([] if template.startswith("admin/") else world.odd_ids)
     if converter == "slug":
         values += world.keys
     if converter in ("int", "path", "regex"):
@@ -214,7 +215,7 @@ def crawl(client, world, *, methods=("get",)) -> list[str]:
     # logging out would crawl the rest as anonymous: it goes last
     templates.sort(key=lambda t: t[0] == "admin/logout/")
     for template, converters in templates:
-        values = [""] if not converters else sorted(set().union(*(crawl_values(world, c) for c in converters.values())))
+        values = [""] if not converters else sorted(set().union(*(crawl_values(world, c, template) for c in converters.values())))
         dashboard = template.startswith("dashboard/")
         for value in values:
             url = fill(template, converters, value)
