@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.processes import free_port, wait_for_port  # noqa: E402,F401  (one place for both)
+from tests.processes import free_port, wait_for_port  # noqa: F401  (one place for both)
 
 
 def machine_line() -> str:
@@ -55,3 +56,85 @@ def reset_database(database_url: str, env: dict) -> None:
             Path(str(path) + suffix).unlink(missing_ok=True)
         path.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+
+
+def load_line() -> str:
+    """Other work on the machine shows in every figure here: say how busy it was."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
+
+
+def manage(env, *args) -> str:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
+
+
+class Processes:
+    """A LiveLike contract server, gunicorn and one qcluster, each its own process, stopped in
+    the right way."""
+
+    def __init__(self):
+        self.livelike = self.web = self.worker = None
+
+    def start_livelike(self, token: str, client_id: str, *flags: str) -> str:
+        self.livelike = subprocess.Popen(
+            [sys.executable, "-m", "tests.contract_servers.livelike", "--port", "0", "--token", token,
+             "--client-id", client_id, *flags],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )
+        line = self.livelike.stdout.readline().strip()
+        if not line.startswith("listening on "):
+            raise RuntimeError(f"the LiveLike contract server said {line!r}")
+        return line.removeprefix("listening on ")
+
+    def start_web(self, env, port: int, workers: int, *, threads: int = 1) -> None:
+        worker_class = ["--worker-class", "gthread", "--threads", str(threads)] if threads > 1 else ["--worker-class", "sync"]
+        self.web = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi", "-b", f"127.0.0.1:{port}",
+             "-w", str(workers), *worker_class, "--log-level", "warning"],
+            cwd=ROOT, env={**env, "GUNICORN_ACCESS_LOG": ""},
+        )
+        wait_for_port(port)
+
+    def start_worker(self, env) -> None:
+        self.worker = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+
+    def kill_worker(self) -> None:
+        """SIGKILL the cluster's whole process group: sentinel, pusher, workers, monitor."""
+        try:
+            os.killpg(self.worker.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.worker.wait()
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            # SIGTERM to the cluster's main process only: it stops its own children; children
+            # killed first leave it waiting for them forever.
+            self.worker.terminate()
+            try:
+                self.worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                print("  (qcluster did not stop within 30 s; killing its process group)")
+            try:
+                os.killpg(self.worker.pid, signal.SIGKILL)  # whatever is left of the group
+            except ProcessLookupError:
+                pass
+            self.worker.wait()
+        for process in (self.web, self.livelike):
+            if process is not None:
+                process.terminate()
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()

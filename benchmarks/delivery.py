@@ -31,16 +31,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import django_env, machine_line, reset_database  # noqa: E402
+from benchmarks.common import django_env, load_line, machine_line, reset_database
 
 TOKEN, CLIENT_ID, APP_KEY = "bench-producer-token", "bench-client", "bench-app-key"
 SEGMENT_ID = 7
-
-
-def load_line() -> str:
-    """Other work on the machine shows in every figure here: say how busy it was."""
-    one, five, _ = os.getloadavg()
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
 
 
 # --- contract servers in their own processes ------------------------------------------------

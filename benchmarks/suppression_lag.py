@@ -26,9 +26,7 @@ import base64
 import http.client
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +36,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import django_env, free_port, machine_line, reset_database, wait_for_port  # noqa: E402
+from benchmarks.common import (
+    Processes,
+    django_env,
+    free_port,
+    load_line,
+    machine_line,
+    manage,
+    percentile,
+    reset_database,
+)
 
 AUDIENCE = "recent_purchasers"
 TOKEN, CLIENT_ID = "lag-producer-token", "lag-client"
@@ -66,77 +73,6 @@ syncs:
     audience: {audience}
     destination: livelike
 """
-
-
-def load_line() -> str:
-    one, five, _ = os.getloadavg()
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
-
-
-def manage(env, *args) -> str:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True, text=True
-    ).stdout
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
-
-
-class Processes:
-    """The contract server, gunicorn and the qcluster, stopped in the right way."""
-
-    def __init__(self):
-        self.livelike = self.web = self.worker = None
-
-    def start_livelike(self) -> str:
-        self.livelike = subprocess.Popen(
-            [sys.executable, "-m", "tests.contract_servers.livelike", "--port", "0", "--token", TOKEN,
-             "--client-id", CLIENT_ID],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True,
-        )
-        line = self.livelike.stdout.readline().strip()
-        if not line.startswith("listening on "):
-            raise RuntimeError(f"the LiveLike contract server said {line!r}")
-        return line.removeprefix("listening on ")
-
-    def start_web(self, env, port: int, workers: int) -> None:
-        self.web = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi", "-b", f"127.0.0.1:{port}",
-             "-w", str(workers), "--worker-class", "sync", "--log-level", "warning"],
-            cwd=ROOT, env={**env, "GUNICORN_ACCESS_LOG": ""},
-        )
-        wait_for_port(port)
-
-    def start_worker(self, env) -> None:
-        self.worker = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-
-    def stop(self) -> None:
-        if self.worker is not None:
-            # SIGTERM to the cluster's main process only: it stops its own children; children
-            # killed first leave it waiting for them forever.
-            self.worker.terminate()
-            try:
-                self.worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                print("  (qcluster did not stop within 30 s; killing its process group)")
-            try:
-                os.killpg(self.worker.pid, signal.SIGKILL)  # whatever is left of the group
-            except ProcessLookupError:
-                pass
-            self.worker.wait()
-        for process in (self.web, self.livelike):
-            if process is not None:
-                process.terminate()
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
 
 
 def livelike_acks(url: str) -> dict[str, float]:
@@ -198,7 +134,7 @@ def run_backend(name: str, url: str, redis_url: str, args) -> dict:
     reset_database(url, env)
     processes = Processes()
     try:
-        livelike_url = processes.start_livelike()
+        livelike_url = processes.start_livelike(TOKEN, CLIENT_ID)
         key = manage(env, "create_source", "shop").strip().splitlines()[-1]
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "downstream.yaml"

@@ -40,9 +40,7 @@ import http.client
 import json
 import os
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -53,7 +51,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import django_env, free_port, machine_line, reset_database, wait_for_port  # noqa: E402
+from benchmarks.common import (
+    Processes,
+    django_env,
+    free_port,
+    load_line,
+    machine_line,
+    manage,
+    percentile,
+    reset_database,
+)
 
 TOKEN, CLIENT_ID = "faults-producer-token", "faults-client"
 SUPPRESSION = ["purchasers_24h", "purchasers_1h"]
@@ -88,81 +95,6 @@ def config_text(base_url: str) -> str:
         for a in SUPPRESSION + ACTIVATION
     )
     return CONFIG_HEAD.format(activation=activation, syncs=syncs, base_url=base_url, client_id=CLIENT_ID)
-
-
-def load_line() -> str:
-    one, five, _ = os.getloadavg()
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
-
-
-def manage(env, *args) -> str:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True, text=True
-    ).stdout
-
-
-class Processes:
-    def __init__(self):
-        self.livelike = self.web = self.worker = None
-
-    def start_livelike(self, args) -> str:
-        self.livelike = subprocess.Popen(
-            [sys.executable, "-m", "tests.contract_servers.livelike", "--port", "0", "--token", TOKEN,
-             "--client-id", CLIENT_ID, "--fault-rate", str(args.fault_rate), "--fault-kinds", "429,500,timeout,reset",
-             "--retry-after", "1", "--slow-seconds", str(SLOW_SECONDS), "--rate-limit", "10", "--seed", str(args.seed)],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True,
-        )
-        line = self.livelike.stdout.readline().strip()
-        if not line.startswith("listening on "):
-            raise RuntimeError(f"the LiveLike contract server said {line!r}")
-        return line.removeprefix("listening on ")
-
-    def start_web(self, env, port: int) -> None:
-        self.web = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-w", "3",
-             "--worker-class", "gthread", "--threads", "2", "--log-level", "warning"],
-            cwd=ROOT, env=env,
-        )
-        wait_for_port(port)
-
-    def start_worker(self, env) -> None:
-        self.worker = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-
-    def kill_worker(self) -> None:
-        try:
-            os.killpg(self.worker.pid, signal.SIGKILL)  # the sentinel, pusher, workers, monitor
-        except ProcessLookupError:
-            pass
-        self.worker.wait()
-
-    def stop(self) -> None:
-        if self.worker is not None:
-            self.worker.terminate()
-            try:
-                self.worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(self.worker.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.worker.wait()
-        for process in (self.web, self.livelike):
-            if process is not None:
-                process.terminate()
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
 
 
 class Ingest:
@@ -257,7 +189,10 @@ def run_backend(name: str, database_url: str, redis_url: str, args) -> dict:
     processes = Processes()
     rng = random.Random(args.seed)
     try:
-        livelike_url = processes.start_livelike(args)
+        livelike_url = processes.start_livelike(
+            TOKEN, CLIENT_ID, "--fault-rate", str(args.fault_rate), "--fault-kinds", "429,500,timeout,reset",
+            "--retry-after", "1", "--slow-seconds", str(SLOW_SECONDS), "--rate-limit", "10", "--seed", str(args.seed),
+        )
         key = manage(env, "create_source", "shop").strip().splitlines()[-1]
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "downstream.yaml"
@@ -265,7 +200,7 @@ def run_backend(name: str, database_url: str, redis_url: str, args) -> dict:
             manage(env, "apply_config", str(config))
         manage(env, "setup_schedules")
         port = free_port()
-        processes.start_web(env, port)
+        processes.start_web(env, port, 3, threads=2)
         processes.start_worker(env)
         ingest = Ingest(port, key)
 
@@ -427,7 +362,7 @@ def main():
         print(f"  of which: purchase returned -> outbox row {fmt(r['to_outbox'])}; outbox row -> first request "
               f"{fmt(r['to_request'])}")
         print(f"  first removal after the purchase from the activation audiences they were in ({len(r['removal_lags'])} removals): {fmt(r['removal_lags'])}")
-        print(f"  kill -> first delivered request: " + ", ".join(f"{k:.2f} s" for k in r["kills"]))
+        print("  kill -> first delivered request: " + ", ".join(f"{k:.2f} s" for k in r["kills"]))
         print(f"  Retry-After violations {r['violations']}; rows lost {r['lost']}; exits for entries never delivered "
               f"{r['exit_before_entry']}; dead letters {r['dead']}; still open {r['open']}")
         print(f"  {r['requests']} requests, faults {r['faults']}, {r['rate_limited']} refused by the server's bucket, "

@@ -5,7 +5,14 @@ import time
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from .delivery import HEARTBEAT_S, LEASE_SECONDS, _first_open_before, deliver_destination, lease_expires_in, lease_is_live
+from .delivery import (
+    HEARTBEAT_S,
+    LEASE_SECONDS,
+    _first_open_before,
+    deliver_destination,
+    lease_expires_in,
+    lease_is_live,
+)
 from .models import Delivery, Destination
 
 

@@ -6,6 +6,7 @@ Each test is one of the causes found when suppression lag was measured under fau
 (30 % of requests failing, the worker SIGKILLed): see the README's "Delivery under faults".
 """
 
+import itertools
 import json
 import os
 import socket
@@ -22,8 +23,13 @@ from audiences.evaluation import evaluate_all
 from audiences.ingest import person_erase
 from audiences.services import audience_save, identifier_policy_save
 from syncs import tasks
-from syncs.delivery import LEASE_SECONDS, acquire_lease, deliver_destination, lease_token
-from syncs.models import Delivery, DeliveryBatch, Destination
+from syncs.delivery import (
+    LEASE_SECONDS,
+    acquire_lease,
+    deliver_destination,
+    lease_token,
+)
+from syncs.models import Delivery, DeliveryBatch
 from syncs.services import destination_save, sync_save
 from tests.contract_servers.common import FaultPlan
 from tests.contract_servers.livelike import LiveLikeServer
@@ -276,7 +282,7 @@ def test_backoff_grows_with_the_attempt(livelike_destination):
     set_destination(livelike_destination, retry_base_s=2.0, retry_cap_s=300.0)
     waits = [backoff_seconds(livelike_destination, attempt) for attempt in (1, 2, 3, 4, 5)]
     assert [1.0 <= w <= 2.0 for w in waits[:1]] == [True]
-    assert all(later > earlier for earlier, later in zip(waits, waits[1:]))  # each at least the last ceiling
+    assert all(later > earlier for earlier, later in itertools.pairwise(waits))  # each at least the last ceiling
     assert 16.0 <= waits[4] <= 32.0
     urgent = backoff_seconds(livelike_destination, 1, urgent=True)
     assert urgent <= 0.2  # a suppression's first retry comes fast
