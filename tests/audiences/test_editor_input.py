@@ -48,25 +48,26 @@ def manager(db, client):
     return client
 
 
-def no_internals(text: str) -> None:
+def no_internals(text: str, sent: str = "") -> None:
     for word in INTERNALS:
-        assert word not in text, f"{word!r} in the answer: {text[:2000]}"
+        if word.lower() not in sent.lower():  # an answer may show back what was typed
+            assert word not in text, f"{word!r} in the answer: {text[:2000]}"
 
 
-def check_json_answer(response) -> dict:
+def check_json_answer(response, sent="") -> dict:
     assert response.status_code < 500, response.content[:2000]
     assert response["Content-Type"] == "application/json"
     answer = response.json()
-    no_internals(response.content.decode())
+    no_internals(response.content.decode(), str(sent))
     if response.status_code >= 400:
         assert answer["errors"] and all(isinstance(m, str) and m.strip() for m in answer["errors"]), answer
     return answer
 
 
-def check_form_answer(response) -> None:
+def check_form_answer(response, sent="") -> None:
     assert response.status_code < 500, response.content[:2000]
     text = response.content.decode()
-    no_internals(text)
+    no_internals(text, str(sent))
     if response.status_code >= 400:
         assert response.status_code == 400
         if response["Content-Type"].startswith("text/plain"):  # refused before the form (config.middleware)
@@ -227,13 +228,13 @@ RULE_YAML = st.sampled_from([
 @example(body={"source": "yaml", "yaml": "attribute: ltv\ngt: 99999999999999999999999\n"})
 @example(body={"source": "yaml", "yaml": "event: \"\\0\"\n"})
 def test_the_preview_never_fails_on_any_json(manager, body):
-    check_json_answer(manager.post(PREVIEW, json.dumps(body), content_type="application/json"))
+    check_json_answer(manager.post(PREVIEW, json.dumps(body), content_type="application/json"), body)
 
 
 @HYPOTHESIS
 @given(body=st.binary(max_size=200))
 def test_the_preview_never_fails_on_any_bytes(manager, body):
-    check_json_answer(manager.generic("POST", PREVIEW, body, content_type="application/json"))
+    check_json_answer(manager.generic("POST", PREVIEW, body, content_type="application/json"), body.decode(errors="replace"))
 
 
 FORM = st.fixed_dictionaries({
@@ -253,4 +254,4 @@ FORM = st.fixed_dictionaries({
 @example(form={"key": "k1", "name": "n1", "priority_group": "carts", "priority_rank": "²"}, edit=False)
 @example(form={"key": "k1", "name": "n\x00", "rule_yaml": "event: A\n"}, edit=False)
 def test_the_audience_form_never_fails_on_any_form(manager, form, edit):
-    check_form_answer(manager.post(EDIT if edit else NEW, form))
+    check_form_answer(manager.post(EDIT if edit else NEW, form), form)
