@@ -128,9 +128,12 @@ def test_every_documented_gunicorn_command_uses_the_config_file():
     assert commands, "the README documents no gunicorn command"
     for command in commands:
         assert command.startswith("gunicorn -c config/gunicorn.conf.py "), command
-    for script in ("benchmarks/ingest.py", "benchmarks/suppression_lag.py"):
-        text = (ROOT / script).read_text()
-        assert text.count('"-m", "gunicorn"') == text.count('"-m", "gunicorn", "-c", "config/gunicorn.conf.py"') == 1, script
+    started = 0
+    for script in sorted((ROOT / "benchmarks").glob("*.py")):
+        text = script.read_text()
+        assert text.count('"-m", "gunicorn"') == text.count('"-m", "gunicorn", "-c", "config/gunicorn.conf.py"'), script
+        started += text.count('"-m", "gunicorn"')
+    assert started, "no benchmark starts gunicorn any more: this test looks in the wrong place"
 
 
 @pytest.mark.worker
