@@ -5,8 +5,6 @@ PY := $(VENV)/bin/python
 PG_URL ?= postgres://postgres@127.0.0.1:5432/downstream
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
-FAKETIME_LIB ?= /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
-
 .PHONY: install run test test-postgres test-future bench clean
 
 $(VENV)/.installed: pyproject.toml
@@ -29,12 +27,11 @@ test: install
 test-postgres: install
 	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) $(PY) -m pytest $(ARGS)
 
-## the suite on SQLite with every process's clock a year ahead (libfaketime): no test may
-## depend on the date it runs on
+## the suite (browser tests aside) on SQLite with every Python process's wall clock a year
+## ahead (tests/clock_ahead/sitecustomize.py): no test may depend on the date it runs on
 test-future: install
-	@test -f $(FAKETIME_LIB) || { echo "needs libfaketime (apt-get install faketime)"; exit 1; }
-	DATABASE_URL=sqlite:///$(CURDIR)/var/downstream-test-future.sqlite3 REDIS_URL= FAKETIME=+365d \
-		LD_PRELOAD=$(FAKETIME_LIB) $(PY) -m pytest -m "not browser" $(ARGS)
+	DATABASE_URL=sqlite:///$(CURDIR)/var/downstream-test-future.sqlite3 REDIS_URL= DOWNSTREAM_CLOCK_AHEAD_DAYS=365 \
+		PYTHONPATH=$(CURDIR)/tests/clock_ahead $(PY) -m pytest -m "not browser" $(ARGS)
 
 clean:
 	rm -rf $(VENV) var/*.sqlite3* var/test-artifacts .pytest_cache
