@@ -1,6 +1,8 @@
 """Number formats for the pages. Every filter shows "—" for a missing value (None, or an
 empty string from a lookup on a missing object) instead of failing the page."""
 
+import json
+
 from django import template
 
 register = template.Library()
@@ -51,3 +53,16 @@ def seconds(value):
 def money(value):
     number = _number(value)
     return "—" if number is None else f"{number:,.2f}"
+
+
+@register.filter
+def is_structured(value):
+    """A dict or a list: shown as formatted JSON rather than on one line."""
+    return isinstance(value, (dict, list))
+
+
+@register.filter
+def as_json(value):
+    """A stored value as formatted JSON (sorted keys, two-space indent), as a person reads a
+    payload, instead of Python's repr of a dict; the template escapes it."""
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
