@@ -226,7 +226,10 @@ def _close_exits(leaving, now: datetime) -> list[int]:
 
 def record_size_sample(audience: Audience, *, at, size, entered, exited, full, duration_ms) -> None:
     last = SizeSample.objects.filter(audience=audience).order_by("-at").first()
-    if last and at - last.at < SAMPLE_MERGE_WINDOW:
+    # a sample at zero stays a sample of its own, so that a drop to 0 and back within the merge
+    # window still shows in the chart and in the review's days at zero
+    touches_zero = last is not None and (size == 0) != (last.size == 0)
+    if last and at - last.at < SAMPLE_MERGE_WINDOW and not touches_zero:
         last.size, last.last_at = size, at
         last.entered += entered
         last.exited += exited
