@@ -26,12 +26,28 @@ def alert_open(*, key: str, kind: str, message: str, audience=None, sync=None, d
         return Alert.objects.get(key=key, resolved_at__isnull=True)
 
 
-def alert_resolve(*, key: str) -> Alert | None:
+def alert_resolve(*, key: str, resolution: str = "") -> Alert | None:
+    """Resolve the open alert with this key; `resolution` says how it resolved ("Carts is back at
+    5 members"), kept in its details for the notification and the alerts page."""
     alert = Alert.objects.filter(key=key, resolved_at__isnull=True).first()
     if alert:
         alert.resolved_at = timezone.now()
-        alert.save(update_fields=["resolved_at"])
+        fields = ["resolved_at"]
+        if resolution:
+            alert.details = {**(alert.details or {}), "resolution": resolution}
+            fields.append("details")
+        alert.save(update_fields=fields)
     return alert
+
+
+def alert_resolution(alert: Alert) -> str:
+    """How a resolved alert resolved, as a sentence; what it was about stays in `message`."""
+    resolution = (alert.details or {}).get("resolution")
+    if resolution:
+        return resolution
+    if alert.kind == Alert.MASS_REMOVAL:  # resolved by the hold's decision, which the sync page records
+        return "The held removals were approved or discarded on the sync page."
+    return "The condition has cleared."
 
 
 def alert_acknowledge(*, alert: Alert, actor) -> Alert:

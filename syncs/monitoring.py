@@ -17,7 +17,7 @@ from django.utils import timezone
 from audiences.evaluation import interval_of
 from audiences.models import Audience, SizeSample
 
-from .alerts import alert_open, alert_resolve
+from .alerts import alert_open, alert_resolution, alert_resolve
 from .models import Alert, Delivery, Sync, SyncRun
 from .selectors import oldest_open_delivery, suppression_lag, trailing_mean
 
@@ -52,11 +52,49 @@ def check_alerts(*, now: datetime | None = None, thresholds: Thresholds | None =
     checked_kinds = {Alert.ZERO_COUNT, Alert.SUDDEN_DROP, Alert.FAILING_SYNC, Alert.LAG_OVER_TARGET,
                      Alert.LOW_COVERAGE, Alert.STALE_SYNC, Alert.FAILING_EVALUATION}
     resolved = 0
-    for alert in Alert.objects.filter(resolved_at__isnull=True, kind__in=checked_kinds):
+    for alert in Alert.objects.filter(resolved_at__isnull=True, kind__in=checked_kinds).select_related("audience", "sync"):
         if alert.key not in wanted:
-            alert_resolve(key=alert.key)
+            alert_resolve(key=alert.key, resolution=_resolution(alert, now, limits))
             resolved += 1
     return {"open": len(wanted), "opened": len(set(wanted) - opened_before), "resolved": resolved}
+
+
+def _members(count: int) -> str:
+    return f"{count:,} member{'' if count == 1 else 's'}"
+
+
+def _resolution(alert: Alert, now: datetime, limits: Thresholds) -> str:
+    """What is true now that the alert's condition is gone, so that "Resolved" never repeats the
+    opening message ("X is at 0 members" when X is back at 5)."""
+    audience, sync = alert.audience, alert.sync
+    if sync is not None:
+        if not sync.enabled:
+            return f"{sync.key} was disabled, so it is no longer checked."
+        if alert.kind == Alert.FAILING_SYNC:
+            return f"{sync.key} is sending again: its last runs succeeded and no row went to dead letters in the last 24 hours."
+        if sync.paused:
+            return f"{sync.key} is paused, so its lag and queue are not checked until it resumes."
+        if alert.kind == Alert.LAG_OVER_TARGET:
+            lag = suppression_lag(sync, since=now - timedelta(hours=1))
+            if lag.p95 is None:
+                return f"{sync.key}: no suppression was acknowledged in the last hour, so its lag is no longer over target."
+            return (f"{sync.key}: suppression lag p95 is back at {lag.p95:,.1f} s over the last hour "
+                    f"(target {limits.lag_target_s:g} s).")
+        if alert.kind == Alert.STALE_SYNC:
+            return f"{sync.key} is moving again: no change has waited over {limits.stale_factor:g}× its cadence."
+    if audience is not None:
+        if not audience.enabled:
+            return f"{audience.name} was disabled, so it is no longer checked."
+        if alert.kind == Alert.FAILING_EVALUATION:
+            return f"{audience.name} evaluates again: it is at {_members(audience.current_size)}."
+        if alert.kind in (Alert.ZERO_COUNT, Alert.SUDDEN_DROP):
+            return f"{audience.name} is back at {_members(audience.current_size)}."
+        if alert.kind == Alert.LOW_COVERAGE:
+            if audience.identifier_coverage is None or not audience.current_size:
+                return f"{audience.name} has no members to match downstream, so its coverage is not checked."
+            return (f"{audience.identifier_coverage:.0%} of {audience.name} now have a valid identifier "
+                    f"(target {limits.min_coverage:.0%}).")
+    return "The condition has cleared."
 
 
 def _audience_alerts(audiences, now, limits, wanted):
@@ -163,13 +201,17 @@ def alert_link(alert: Alert) -> str:
 
 def _channels(alert: Alert, *, resolved: bool) -> dict:
     """The configured channels, each a function that sends this notification or raises."""
-    verb = "Resolved" if resolved else "Alert"
-    text = f"[Downstream] {verb}: {alert.message}"
+    if resolved:
+        said = f"{alert_resolution(alert)} It was: {alert.message}"
+        text = f"[Downstream] Resolved: {said}"
+    else:
+        said = alert.message
+        text = f"[Downstream] Alert: {said}"
     link = alert_link(alert)
     channels = {}
     if settings.ALERT_EMAILS:
         channels["email"] = lambda: send_mail(
-            subject=text[:150], message=f"{alert.message}\n\n{link}\n", from_email=settings.DEFAULT_FROM_EMAIL,
+            subject=text[:150], message=f"{said}\n\n{link}\n", from_email=settings.DEFAULT_FROM_EMAIL,
             recipient_list=settings.ALERT_EMAILS,
         )
     if settings.ALERT_WEBHOOK_URL:

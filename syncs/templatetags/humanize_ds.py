@@ -66,3 +66,11 @@ def as_json(value):
     """A stored value as formatted JSON (sorted keys, two-space indent), as a person reads a
     payload, instead of Python's repr of a dict; the template escapes it."""
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+
+
+@register.filter
+def resolution(alert):
+    """How a resolved alert resolved (see syncs.alerts.alert_resolution)."""
+    from syncs.alerts import alert_resolution
+
+    return alert_resolution(alert)

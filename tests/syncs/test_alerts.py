@@ -16,6 +16,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Group, User
+from django.test import Client
 from django.utils import timezone
 
 from audiences.evaluation import evaluate_all
@@ -25,6 +26,7 @@ from audiences.models import Audience, SizeSample
 from audiences.preview import refresh_coverage
 from audiences.roles import RETENTION_MANAGER, VIEWER
 from audiences.services import audience_save, identifier_policy_save
+from syncs.alerts import alert_resolution
 from syncs.delivery import deliver_destination
 from syncs.models import Alert, Delivery, Destination, RemovalHold, SyncRun
 from syncs.monitoring import check_alerts, notify_alerts
@@ -119,9 +121,12 @@ def expect_notified_once(mailoutbox, chat, alert: Alert, *, verb: str, link: str
     assert len(mailoutbox) == 1
     email = mailoutbox[0]
     assert email.to == ONCALL
-    assert email.subject == f"[Downstream] {verb}: {alert.message}"[:150]
-    assert alert.message in email.body and link in email.body
-    assert chat.messages() == [{"text": f"[Downstream] {verb}: {alert.message} <{link}|Open in Downstream>"}]
+    said = f"{alert_resolution(alert)} It was: {alert.message}" if verb == "Resolved" else alert.message
+    if verb == "Resolved":
+        assert alert_resolution(alert) != "The condition has cleared.", "a resolution says how it resolved"
+    assert email.subject == f"[Downstream] {verb}: {said}"[:150]
+    assert said in email.body and link in email.body
+    assert chat.messages() == [{"text": f"[Downstream] {verb}: {said} <{link}|Open in Downstream>"}]
     assert notify_alerts() == 0, "a second pass sent the same notification again"
     assert len(mailoutbox) == 1 and len(chat.messages()) == 1
     mailoutbox.clear()
@@ -453,9 +458,27 @@ def test_a_failing_webhook_on_resolution_is_retried_too(source, chat, mailoutbox
     chat.faults.update(rate=0.0)
     assert notify_alerts() == 1
     assert [m["text"] for m in chat.messages()] == [
-        f"[Downstream] Resolved: {alert.message} <{audience_link('flagged')}|Open in Downstream>"
+        f"[Downstream] Resolved: Flagged is back at 1 member. It was: {alert.message} <{audience_link('flagged')}|Open in Downstream>"
     ]
     assert len(mailoutbox) == 1 and mailoutbox[0].subject.startswith("[Downstream] Resolved:")
+
+
+def test_a_resolved_zero_count_says_the_size_it_is_back_at(source, chat, mailoutbox):
+    alert = _zero_count_alert(source)
+    identify(source, ["p0", "p1"], flag=True)
+    evaluate_all()
+    check_alerts()
+    notify_alerts()
+    resolved = chat.messages()[-1]["text"]
+    assert resolved.startswith("[Downstream] Resolved: Flagged is back at 2 members. It was: Flagged is at 0 members")
+    assert mailoutbox[-1].subject.startswith("[Downstream] Resolved: Flagged is back at 2 members.")
+    alert.refresh_from_db()
+    assert alert_resolution(alert) == "Flagged is back at 2 members."
+    viewer = User.objects.create_user("vera", password="pw-for-tests-1", is_staff=True)
+    viewer.groups.add(Group.objects.get(name=VIEWER))
+    client = Client()
+    client.force_login(viewer)
+    assert "<td>Flagged is back at 2 members.</td>" in client.get("/dashboard/alerts/").content.decode()
 
 
 def test_without_a_webhook_only_email_is_sent(source, chat, mailoutbox, settings):
