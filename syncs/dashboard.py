@@ -12,7 +12,7 @@ from audiences.models import Audience
 
 from . import charts
 from .models import Alert, Sync, SyncRun
-from .selectors import last_runs, size_before, size_series, suppression_lag_by_sync
+from .selectors import last_runs, size_change, size_series, suppression_lag_by_sync
 
 SPARK_DAYS = 7
 
@@ -49,7 +49,8 @@ def dashboard_rows(*, purpose: str = "", destination: str = "", owner: str = "")
     audiences = list(audiences)
     ids = [a.pk for a in audiences]
     since = now - timedelta(days=SPARK_DAYS)
-    week_ago = size_before(ids, at=since)
+    changes = size_change(audiences, now=now)
+    week_ago = {pk: c.before for pk, c in changes.items()}
     series = size_series(ids, since=since, until=now, bucket=timedelta(hours=2), before=week_ago)
     syncs = list(Sync.objects.filter(audience_id__in=ids).select_related("destination"))
     by_audience = defaultdict(list)
@@ -63,10 +64,7 @@ def dashboard_rows(*, purpose: str = "", destination: str = "", owner: str = "")
     rows = []
     for audience in audiences:
         sizes = [p[1] for p in series.get(audience.pk, [])] + [audience.current_size]
-        before = week_ago.get(audience.pk)
-        change = None
-        if before:
-            change = (audience.current_size - before) / before
+        before, change = changes[audience.pk].before, changes[audience.pk].change
         own_syncs = by_audience.get(audience.pk, [])
         own_runs = [runs[s.pk] for s in own_syncs if s.pk in runs]
         last_run = max(own_runs, key=lambda r: r.started_at) if own_runs else None

@@ -13,7 +13,7 @@ from django.utils import timezone
 from audiences.models import Audience, SizeSample
 
 from .models import Alert, Baseline, Delivery, Outcome, Sync
-from .selectors import LagFigures, acknowledged, lag_figures, size_before
+from .selectors import LagFigures, SizeChange, acknowledged, lag_figures, size_change
 
 
 @dataclass
@@ -58,7 +58,8 @@ class AudienceWeek:
 
     @property
     def change(self) -> float | None:
-        return (self.size_end - self.size_start) / self.size_start if self.size_start else None
+        """As the home page's "vs 7 days ago": see selectors.size_change."""
+        return SizeChange(before=self.size_start, after=self.size_end).change
 
 
 @dataclass
@@ -89,8 +90,7 @@ def weekly_review(*, week_ending=None) -> WeeklyReport:
     start, end = _week(week_ending)
     audiences = list(Audience.objects.order_by("purpose", "name"))
     ids = [a.pk for a in audiences]
-    at_start = size_before(ids, at=start)
-    at_end = size_before(ids, at=end)
+    sizes = size_change(audiences, at=end)
     zero_days = {}
     for audience_id, n in (
         SizeSample.objects.filter(audience_id__in=ids, at__gte=start, at__lt=end, size=0)
@@ -126,7 +126,7 @@ def weekly_review(*, week_ending=None) -> WeeklyReport:
         outcomes[audience_id] = Figures(**{k: (v if v is not None else (None if k == "revenue" else 0)) for k, v in row.items()})
     report_rows = [
         AudienceWeek(
-            audience=a, size_start=at_start.get(a.pk), size_end=at_end.get(a.pk) if at_end.get(a.pk) is not None else a.current_size,
+            audience=a, size_start=sizes[a.pk].before, size_end=sizes[a.pk].after,
             days_at_zero=zero_days.get(a.pk, 0), lag=lags[a.pk], rejected=failures.get(a.pk, {}).get("rejected", 0),
             dead=failures.get(a.pk, {}).get("dead", 0), alerts_opened=opened.get(a.pk, 0), alerts_closed=closed.get(a.pk, 0),
             baseline=baselines.get(a.pk), outcomes=outcomes.get(a.pk, Figures()),

@@ -176,6 +176,38 @@ def size_before(audience_ids, *, at: datetime) -> dict[int, int]:
     )
 
 
+@dataclass(frozen=True)
+class SizeChange:
+    """An audience's size at a moment against its size a week earlier: "vs 7 days ago"."""
+
+    before: int | None
+    after: int | None
+
+    @property
+    def change(self) -> float | None:
+        return (self.after - self.before) / self.before if self.before and self.after is not None else None
+
+
+COMPARED_DAYS = 7
+
+
+def size_change(audiences, *, at: datetime | None = None, now: datetime | None = None) -> dict[int, SizeChange]:
+    """Per audience, its size at `at` (None: now, its current size) against its size
+    COMPARED_DAYS earlier, each the last sample before that moment. The home page's "vs 7 days
+    ago" and the weekly review's change are both this, so they agree."""
+    audiences = list(audiences)
+    ids = [a.pk for a in audiences]
+    at_before = size_before(ids, at=(at or now or timezone.now()) - timedelta(days=COMPARED_DAYS))
+    at_after = size_before(ids, at=at) if at is not None else {}
+    changes = {}
+    for audience in audiences:
+        after = at_after.get(audience.pk)
+        changes[audience.pk] = SizeChange(
+            before=at_before.get(audience.pk), after=audience.current_size if after is None else after,
+        )
+    return changes
+
+
 def trailing_mean(audience_ids, *, until: datetime, days: int = 7) -> dict[int, float]:
     """Mean size over the trailing days, by daily buckets (carrying sizes forward)."""
     series = size_series(audience_ids, since=until - timedelta(days=days), until=until, bucket=timedelta(days=1))
