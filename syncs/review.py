@@ -76,6 +76,17 @@ class WeeklyReport:
         """The week's last day (`end` is the midnight after it)."""
         return (self.end - timedelta(days=1)).date()
 
+    @property
+    def previous_week_ending(self) -> date:
+        return self.last_day - timedelta(days=7)
+
+    @property
+    def next_week_ending(self) -> date | None:
+        """None when this week is still under way: the next has nothing to show yet."""
+        if self.end > self.generated_at:
+            return None
+        return self.last_day + timedelta(days=7)
+
 
 def _week(week_ending) -> tuple[datetime, datetime]:
     if isinstance(week_ending, str):

@@ -1,5 +1,6 @@
 """"vs 7 days ago" on the home page and the weekly review's change are one figure: the size at a
-moment against the size seven days before it, and both pages say so."""
+moment against the size seven days before it, and both pages say so. The review pages from one
+week to the next."""
 
 from __future__ import annotations
 
@@ -51,3 +52,16 @@ def test_home_and_review_agree_on_the_change_at_the_end_of_a_week(carts, client)
         headers = re.sub(r"<[^>]+>", " ", re.search(r"<thead>(.*?)</thead>", review_page, re.S).group(1))
         assert "Size Mon 01 Jun" in headers and "Size Sun 07 Jun" in headers and "vs 7 days before" in headers
         assert "Last week" not in headers and "This week" not in headers
+
+
+def test_the_weekly_review_pages_back_and_forward(carts, client):
+    viewer = User.objects.create_user("vera", password="pw-for-tests-1", is_staff=True)
+    viewer.groups.add(Group.objects.get(name=VIEWER))
+    client.force_login(viewer)
+    with time_machine.travel(at(2026, 6, 10, 9, 0), tick=False):
+        page = client.get("/dashboard/review/weekly/", {"week": "2026-05-31"}).content.decode()
+        assert re.search(r'<a href="\?week=2026-05-24" rel="prev">', page)
+        assert re.search(r'<a href="\?week=2026-06-07" rel="next">', page)
+        current = client.get("/dashboard/review/weekly/").content.decode()  # the week ending today
+        assert 'href="?week=2026-06-03" rel="prev"' in current and 'rel="next"' not in current
+        assert "This week is still under way" in current
