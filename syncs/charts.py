@@ -54,9 +54,25 @@ def _fmt(value: float) -> str:
     return f"{value:g}" if value == int(value) else f"{value:.1f}"
 
 
+def whole_ticks(high: float, *, most: int = 4) -> list[int]:
+    """Whole-number axis values from 0 to at least `high`, at most `most` steps of 1, 2 or 5
+    times a power of ten: an audience has 3 members, never 1.5."""
+    high = max(1, int(-(-high // 1)))  # ceiling, and at least 1
+    magnitude = 1
+    while True:
+        for factor in (1, 2, 5):
+            step = factor * magnitude
+            if step * most >= high:
+                top = -(-high // step) * step
+                return list(range(0, top + 1, step))
+        magnitude *= 10
+
+
 def size_chart(points: list[tuple[datetime, int | None, int, int]], *, width: int = 1100, height: int = 260,
                label_format: str = "%b %d", title: str = "") -> str:
-    """Size as a line, entries (up) and exits (down) as bars under it, the legend above."""
+    """Size as a line over whole-number gridlines; entries and exits as bars side by side,
+    both rising from their own zero line under it (an exit is a count, not a negative size);
+    the legend above."""
     if not any(p[1] is not None for p in points):
         return mark_safe('<p class="muted">No evaluations yet: the chart starts with the first one.</p>')
     # top: room for the legend; bottom: bars (50), a gap and the time labels
@@ -65,13 +81,14 @@ def size_chart(points: list[tuple[datetime, int | None, int, int]], *, width: in
     plot_w = width - left - right
     sizes = [p[1] for p in points]
     known = [s for s in sizes if s is not None]
-    high = max(known) or 1
+    gridlines = whole_ticks(max(known))
+    high = gridlines[-1]
     step = plot_w / max(len(points) - 1, 1)
     parts = [f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">']
-    for fraction in (0, 0.5, 1):
-        y = top + line_h - fraction * line_h
+    for value in gridlines:
+        y = top + line_h - value / high * line_h
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="{GRID}"/>')
-        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="axis">{_fmt(high * fraction)}</text>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="axis">{_fmt(value)}</text>')
     path, started = [], False
     for i, size in enumerate(sizes):
         if size is None:
@@ -82,19 +99,21 @@ def size_chart(points: list[tuple[datetime, int | None, int, int]], *, width: in
     parts.append(f'<path d="{" ".join(path)}" fill="none" stroke="{INK}" stroke-width="2"/>')
     # the latest size as a dot: visible even when there is a single evaluation
     parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{INK}"><title>{known[-1]:,}</title></circle>')
-    flows = [max(p[2], p[3]) for p in points]
-    flow_high = max(flows) or 1
-    base = top + line_h + 12 + bars_h / 2
+    flow_high = whole_ticks(max(max(p[2], p[3]) for p in points), most=1)[-1]
+    base = top + line_h + 18 + bars_h  # the bars' zero line: every bar rises from it
     bar_w = max(1.0, min(12.0, step * 0.35))
     for i, (_, _, entered, exited) in enumerate(points):
         x = left + i * step
         if entered:
-            h = entered / flow_high * bars_h / 2
-            parts.append(f'<rect x="{x - bar_w:.1f}" y="{base - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{ENTER}"><title>+{entered:,}</title></rect>')
+            h = max(1.0, entered / flow_high * bars_h)
+            parts.append(f'<rect x="{x - bar_w:.1f}" y="{base - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{ENTER}"><title>+{entered:,} entered</title></rect>')
         if exited:
-            h = exited / flow_high * bars_h / 2
-            parts.append(f'<rect x="{x:.1f}" y="{base:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{EXIT}"><title>-{exited:,}</title></rect>')
+            h = max(1.0, exited / flow_high * bars_h)
+            parts.append(f'<rect x="{x:.1f}" y="{base - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{EXIT}"><title>{exited:,} exited</title></rect>')
     parts.append(f'<line x1="{left}" x2="{width - right}" y1="{base:.1f}" y2="{base:.1f}" stroke="{GRID}"/>')
+    parts.append(f'<text x="{left - 6}" y="{base + 4:.1f}" text-anchor="end" class="axis">0</text>')
+    if any(p[2] or p[3] for p in points):
+        parts.append(f'<text x="{left - 6}" y="{base - bars_h + 4:.1f}" text-anchor="end" class="axis">{_fmt(flow_high)}</text>')
     ticks = max(1, len(points) // 6)
     for i in range(0, len(points), ticks):
         x = left + i * step
@@ -152,6 +171,14 @@ def lag_chart(points: list[tuple[datetime, float | None, float | None]], *, widt
         if path:
             path[0] = "M" + path[0][1:]
             parts.append(f'<path d="{" ".join(path)}" fill="none" stroke="{color}" stroke-width="2"/>')
+        # a point with no known neighbour makes no line: draw it as a dot (a single hour of data)
+        for i, p in enumerate(points):
+            alone = p[index] is not None and all(
+                not 0 <= j < len(points) or points[j][index] is None for j in (i - 1, i + 1)
+            )
+            if alone:
+                x, y = left + i * step, top + plot_h - p[index] / high * plot_h
+                parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{color}"><title>{p[index]:,.1f} s</title></circle>')
     ticks = max(1, len(points) // 6)
     for i in range(0, len(points), ticks):
         x = left + i * step
