@@ -7,6 +7,7 @@ from audiences.admin import HistoryAdmin, ReadOnlyAdmin, ServiceAdmin
 
 from . import services
 from .alerts import alert_acknowledge
+from .destinations.registry import KINDS
 from .models import (
     Alert, Baseline, CustomerIoWorkspace, Delivery, DeliveryBatch, Destination, Outcome, RemovalHold, SourcePull, Sync,
     SyncRun,
@@ -22,10 +23,17 @@ class CredentialField(forms.CharField):
         super().__init__(**kwargs)
 
 
-class DestinationForm(forms.ModelForm):
-    producer_token = CredentialField(label="LiveLike producer token")
-    signing_secret = CredentialField(label="Webhook signing secret")
+def credential_fields() -> dict[str, CredentialField]:
+    """One write-only field per credential of every registered kind; a name two kinds share
+    is one field with both labels."""
+    labels: dict[str, list[str]] = {}
+    for spec in KINDS.values():
+        for credential in spec.credentials:
+            labels.setdefault(credential.name, []).append(credential.label)
+    return {name: CredentialField(label=" / ".join(names)) for name, names in labels.items()}
 
+
+class DestinationForm(forms.ModelForm):
     class Meta:
         model = Destination
         fields = ["key", "name", "kind", "settings", "batch_size", "rate_limit_per_s", "timeout_s", "max_attempts",
@@ -39,13 +47,18 @@ class DestinationAdmin(ServiceAdmin):
     list_display = ("key", "name", "kind", "batch_size", "rate_limit_per_s", "credentials_set")
     readonly_fields = ("credentials_changed_at", "lease_owner", "lease_until", "not_before")
 
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        # built per request from the registry, so a kind registered later brings its fields
+        kwargs["form"] = type("DestinationForm", (DestinationForm,), credential_fields())
+        return super().get_form(request, obj, change, **kwargs)
+
     @admin.display(description="Credentials")
     def credentials_set(self, obj):
         return ", ".join(obj.credential_names()) or "none"
 
     def service_data(self, form):
         data = {k: form.cleaned_data[k] for k in DestinationForm.Meta.fields}
-        given = {k: form.cleaned_data[k] for k in ("producer_token", "signing_secret") if form.cleaned_data.get(k)}
+        given = {k: form.cleaned_data[k] for k in credential_fields() if form.cleaned_data.get(k)}
         if given:
             # credentials stored for another URL are not kept: they are asked for again
             moved = services.destination_endpoint_moved(form.instance, data["settings"])

@@ -6,6 +6,7 @@ import os
 from audiences.config import Section, _without_defaults, plain_differences, register_section
 
 from . import services
+from .destinations.registry import spec_for
 from .models import CustomerIoWorkspace, Destination, Sync
 
 DESTINATION_DEFAULTS = {
@@ -86,22 +87,19 @@ def credential_differences(model):
             if given is None or given != stored_refs.get(name):
                 return found + ["credentials"]
             match = services.ENV.match(given) if isinstance(given, str) else None
-            if match and os.environ.get(match.group(1)) is not None and _as_stored(name, os.environ[match.group(1)]) != stored.get(name):
+            if match and os.environ.get(match.group(1)) is not None and _as_stored(obj, name, os.environ[match.group(1)]) != stored.get(name):
                 return found + ["credentials"]
         return found
 
     return differences
 
 
-def _as_stored(name: str, value: str):
-    if name == "headers":
-        import json
-
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
+def _as_stored(obj, name: str, value: str):
+    """The value as the service would store it (a mapping credential is parsed from its JSON)."""
+    if not isinstance(obj, Destination):
+        return value
+    stored = services.credential_as_stored(spec_for(obj.kind), name, value)
+    return value if stored is None else stored
 
 
 def _refuse_if_used(instance, used_by, what):

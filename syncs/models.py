@@ -34,13 +34,17 @@ class EncryptedCredentials(models.Model):
         return sorted(self.credentials)
 
 
-class Destination(EncryptedCredentials):
-    LIVELIKE, WEBHOOK, FILE = "livelike", "webhook", "file"
-    KIND_CHOICES = [(LIVELIKE, "LiveLike"), (WEBHOOK, "Signed webhook"), (FILE, "File export")]
+def destination_kinds():
+    """The kinds of the destination registry: a callable, so a new kind needs no migration."""
+    from .destinations.registry import kind_choices
 
+    return kind_choices()
+
+
+class Destination(EncryptedCredentials):
     key = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=120)
-    kind = models.CharField(max_length=20, choices=KIND_CHOICES)
+    kind = models.CharField(max_length=20, choices=destination_kinds)
     settings = models.JSONField(default=dict, blank=True, help_text="Non-secret settings: base URL, client id, headers, format.")
     batch_size = models.PositiveIntegerField(default=500)
     rate_limit_per_s = models.FloatField(default=10.0, help_text="Requests per second at most.")
@@ -174,9 +178,18 @@ class Sync(models.Model):
         return self.destination.timeout_s
 
     def policy(self):
+        """The sync's own identifier policy, else its audience's where the destination kind can
+        match on it (LiveLike takes no hashes), else the customer id."""
         from audiences.identifiers import customer_id_policy
 
-        return self.identifier_policy or self.audience.identifier_policy or customer_id_policy()
+        from .destinations.registry import spec_for
+
+        if self.identifier_policy:
+            return self.identifier_policy
+        audience_policy = self.audience.identifier_policy
+        if audience_policy and not spec_for(self.destination.kind).identifier_problem(audience_policy):
+            return audience_policy
+        return customer_id_policy()
 
 
 class SyncRun(models.Model):

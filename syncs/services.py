@@ -21,22 +21,10 @@ from audiences.services import _set_actor, key_problem
 
 from .addresses import url_problem
 from .alerts import alert_resolve
-from .exports import OutsideExportRoot, export_folder
+from .destinations.registry import KINDS, spec_for
 from .models import CustomerIoWorkspace, Delivery, Destination, RemovalHold, Sync
 from .payload import PERSON_COLUMNS
 
-CREDENTIALS = {
-    Destination.LIVELIKE: ("producer_token",),
-    Destination.WEBHOOK: ("signing_secret", "headers"),
-    Destination.FILE: (),
-}
-SETTINGS = {
-    Destination.LIVELIKE: ("base_url", "client_id"),
-    Destination.WEBHOOK: ("url", "headers"),
-    Destination.FILE: ("directory", "format"),
-}
-REQUIRED_SETTINGS = {Destination.LIVELIKE: ("client_id",), Destination.WEBHOOK: ("url",), Destination.FILE: ()}
-REQUIRED_CREDENTIALS = {Destination.LIVELIKE: ("producer_token",), Destination.WEBHOOK: ("signing_secret",), Destination.FILE: ()}
 KEEP = "keep"  # in a config file: leave the stored credential as it is
 ENV = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
 
@@ -73,23 +61,31 @@ def resolve_credentials(raw: dict, *, allowed, stored: dict, stored_refs: dict, 
     return values, refs
 
 
-def _check_secret_headers(values: dict, errors: dict) -> None:
-    """Secret headers arrive as a mapping (admin form) or, through env:NAME, as the JSON text of
-    one; the webhook transport needs the mapping."""
-    if "headers" not in values:
-        return
-    headers = values["headers"]
-    if isinstance(headers, str):
+def credential_as_stored(spec, name: str, value):
+    """A mapping credential (a webhook's secret headers) arrives as a mapping (admin form) or,
+    through env:NAME, as the JSON text of one; the transport needs the mapping. None when it
+    is neither."""
+    credential = spec.credential(name)
+    if not credential or credential.type != "mapping":
+        return value
+    if isinstance(value, str):
         try:
-            headers = json.loads(headers)
+            value = json.loads(value)
         except ValueError:
-            headers = None
-    if isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values()):
-        values["headers"] = headers
-    else:
-        errors.setdefault("credentials", []).append(
-            'headers: give a JSON object of header names to texts, such as {"Authorization": "Bearer ..."}'
-        )
+            return None
+    return value if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()) else None
+
+
+def _check_mapping_credentials(spec, values: dict, errors: dict) -> None:
+    for name in list(values):
+        stored = credential_as_stored(spec, name, values[name])
+        if stored is None:
+            errors.setdefault("credentials", []).append(
+                f"{name}: give a JSON object of {spec.credential(name).keys} to texts, "
+                'such as {"Authorization": "Bearer ..."}'
+            )
+        else:
+            values[name] = stored
 
 
 def set_numbers(obj, data: dict, errors: dict, ranges: dict, *, whole: bool = False) -> None:
@@ -104,19 +100,9 @@ def set_numbers(obj, data: dict, errors: dict, ranges: dict, *, whole: bool = Fa
             setattr(obj, name, value if whole else float(value))
 
 
-ENDPOINT_NAMES = {Destination.LIVELIKE: "base URL", Destination.WEBHOOK: "URL"}
-
-
 def destination_endpoint(kind: str, options: dict) -> str:
     """Where a destination's credentials travel: they belong to this URL and no other."""
-    from .destinations.livelike import DEFAULT_BASE_URL
-
-    options = options if isinstance(options, dict) else {}
-    if kind == Destination.LIVELIKE:
-        return str(options.get("base_url") or DEFAULT_BASE_URL).strip().rstrip("/")
-    if kind == Destination.WEBHOOK:
-        return str(options.get("url") or "").strip()
-    return ""
+    return spec_for(kind).endpoint(options)
 
 
 def destination_endpoint_moved(instance: Destination | None, options: dict) -> bool:
@@ -148,8 +134,8 @@ def destination_save(*, data: dict, actor=None, instance: Destination | None = N
     destination.key = key
     destination.name = data.get("name", destination.name or key)
     kind = data.get("kind", destination.kind)
-    if kind not in dict(Destination.KIND_CHOICES):
-        errors.setdefault("kind", []).append(f"{kind!r} is not a destination kind: use {', '.join(dict(Destination.KIND_CHOICES))}")
+    if kind not in KINDS:
+        errors.setdefault("kind", []).append(f"{kind!r} is not a destination kind: use {', '.join(KINDS)}")
         kind = None
     elif instance and kind != instance.kind:
         errors.setdefault("kind", []).append("the kind of a destination never changes; create a new one")
@@ -158,48 +144,34 @@ def destination_save(*, data: dict, actor=None, instance: Destination | None = N
     if not isinstance(options, dict):
         errors.setdefault("settings", []).append("must be a mapping")
         options = {}
-    if kind:
-        for name in sorted(set(options) - set(SETTINGS[kind])):
-            errors.setdefault("settings", []).append(f"{name}: unknown setting for {kind}; expected {', '.join(SETTINGS[kind])}")
-        for name in REQUIRED_SETTINGS[kind]:
-            if not options.get(name):
-                errors.setdefault("settings", []).append(f"{name}: required for {kind}")
-        for name in ("base_url", "url"):
-            if options.get(name) and (problem := url_problem(options[name])):
-                errors.setdefault("settings", []).append(problem)
-        if kind == Destination.FILE:
-            try:
-                export_folder(options.get("directory"), key=key)
-            except OutsideExportRoot as exc:
-                errors.setdefault("settings", []).append(f"directory: {exc}")
-        if "headers" in options and not (
-            isinstance(options["headers"], dict) and all(isinstance(v, str) for v in options["headers"].values())
-        ):
-            errors.setdefault("settings", []).append("headers: must be a mapping of header names to texts")
-        if options.get("format") not in (None, "csv", "jsonl"):
-            errors.setdefault("settings", []).append("format: use csv or jsonl")
+    spec = spec_for(kind) if kind else None
+    if spec and (problems := spec.settings_problems(options, key=key)):
+        errors.setdefault("settings", []).extend(problems)
     # credentials entered for one URL never follow the destination to another
     moved = bool(kind) and destination_endpoint_moved(instance, options)
-    cleared = f"the {ENDPOINT_NAMES.get(kind, 'URL')} changed, so the credentials stored for the old one were cleared" if moved else ""
+    cleared = f"the {spec.endpoint_label()} changed, so the credentials stored for the old one were cleared" if moved else ""
     destination.settings = options
+    if spec and not instance:  # what a new destination of this kind starts from
+        data = {"batch_size": min(destination.batch_size, spec.max_batch),
+                "rate_limit_per_s": spec.default_rate_limit_per_s, **data}
     set_numbers(destination, data, errors, {"batch_size": (1, 5000), "max_attempts": (1, 50), "concurrency": (1, 16)}, whole=True)
-    if kind == Destination.LIVELIKE and destination.batch_size > 500:
-        errors.setdefault("batch_size", []).append("LiveLike takes at most 500 rows a request")
+    if spec and destination.batch_size > spec.max_batch:
+        errors.setdefault("batch_size", []).append(f"{spec.label} takes at most {spec.max_batch} rows a request")
     set_numbers(destination, data, errors, {
         "rate_limit_per_s": (0.01, 1000), "timeout_s": (0.1, 120), "retry_base_s": (0.01, 600), "retry_cap_s": (0.1, 86400),
     })
     if "credentials" in data and kind:
         values, refs = resolve_credentials(
-            data["credentials"], allowed=CREDENTIALS[kind], stored=destination.credentials if instance and not moved else {},
+            data["credentials"], allowed=[c.name for c in spec.credentials], stored=destination.credentials if instance and not moved else {},
             stored_refs=destination.credential_refs if instance and not moved else {}, errors=errors, cleared=cleared,
         )
-        _check_secret_headers(values, errors)
+        _check_mapping_credentials(spec, values, errors)
     elif instance and not moved:
         values, refs = destination.credentials, destination.credential_refs
     else:
         values, refs = {}, {}
-    if kind:
-        for name in REQUIRED_CREDENTIALS[kind]:
+    if spec:
+        for name in [c.name for c in spec.credentials if c.required]:
             if name not in values:
                 errors.setdefault("credentials", []).append(
                     f"{name}: {cleared}: enter it again" if moved else f"{name}: required for {kind}"
@@ -285,8 +257,9 @@ def sync_save(*, data: dict, actor=None, instance: Sync | None = None) -> Sync:
     mode = data.get("mode", sync.mode)
     if mode not in dict(Sync.MODE_CHOICES):
         errors.setdefault("mode", []).append("use membership or events")
-    elif mode == Sync.EVENTS and destination and destination.kind != Destination.LIVELIKE:
-        errors.setdefault("mode", []).append("events mode is for LiveLike destinations")
+    elif destination and mode not in (spec := spec_for(destination.kind)).modes:
+        takes = [spec_for(kind).label for kind in KINDS if mode in spec_for(kind).modes]
+        errors.setdefault("mode", []).append(f"{mode} mode is for {' and '.join(takes)} destinations")
     sync.mode = mode
     fields = data.get("fields", sync.fields)
     if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
@@ -304,6 +277,8 @@ def sync_save(*, data: dict, actor=None, instance: Sync | None = None) -> Sync:
         sync.identifier_policy = IdentifierPolicy.objects.filter(key=policy_key).first() if isinstance(policy_key, str) else None
         if not sync.identifier_policy:
             errors.setdefault("identifier_policy", []).append(f"there is no identifier policy {policy_key!r}")
+        elif destination and (problem := spec_for(destination.kind).identifier_problem(sync.identifier_policy)):
+            errors.setdefault("identifier_policy", []).append(problem)
     sync.downstream_audience_id = data.get("downstream_audience_id", sync.downstream_audience_id) or ""
     if not isinstance(sync.downstream_audience_id, str) or len(sync.downstream_audience_id) > 120:
         errors.setdefault("downstream_audience_id", []).append("must be a text of at most 120 characters")

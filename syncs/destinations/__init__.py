@@ -1,13 +1,7 @@
-"""One module per destination kind, all shaped alike: a `Transport` with `send(rows, batch_id)`.
-
-A new destination is written by copying an existing one and registering it in TRANSPORTS.
-"""
+"""One package per destination kind, all shaped alike (`<kind>/__init__.py` exports its
+`SPEC`; `<kind>/transport.py` holds a `Transport` with `send(rows, batch_id, sync)`), named in
+one table, `registry.KINDS`. A new destination is written by copying an existing folder and
+adding one line there."""
 
 from .base import OutRow, SendResult, TransportError  # noqa: F401
-
-
-def transport_for(destination):
-    from . import file, livelike, webhook
-
-    transports = {"livelike": livelike.Transport, "webhook": webhook.Transport, "file": file.Transport}
-    return transports[destination.kind](destination)
+from .registry import KINDS, kind_choices, register, spec_for, transport_for  # noqa: F401

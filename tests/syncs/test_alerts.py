@@ -315,11 +315,12 @@ def test_fast_suppression_opens_no_lag_alert(source, livelike, livelike_destinat
 
 
 def test_low_identifier_coverage_of_a_synced_audience_opens_and_resolves(source, livelike, livelike_destination, chat, mailoutbox):
-    identifier_policy_save(data={"key": "email", "name": "Email", "field": "email"})
-    sync = flagged_sync(identifier_policy="email")
+    identifier_policy_save(data={"key": "profile", "name": "LiveLike profile", "field": "attribute",
+                                 "attribute": "livelike_profile_id"})
+    sync = flagged_sync(identifier_policy="profile")
     audience = sync.audience
     identify(source, people("p", 4), flag=True)
-    identify(source, ["p0"], email="p0@example.com")
+    identify(source, ["p0"], livelike_profile_id="lp-p0")
     evaluate_all()
     deliver_destination(livelike_destination.pk)
     assert refresh_coverage(audience) == 0.25
@@ -329,12 +330,12 @@ def test_low_identifier_coverage_of_a_synced_audience_opens_and_resolves(source,
     assert alert.key == f"low_coverage:audience:{audience.pk}"
     assert "Only 25% of Flagged have a valid identifier" in alert.message
 
-    def emails_arrive():
+    def profile_ids_arrive():
         for customer_id in people("p", 4):
-            identify(source, [customer_id], email=f"{customer_id}@example.com")
+            identify(source, [customer_id], livelike_profile_id=f"lp-{customer_id}")
         assert refresh_coverage(audience) == 1.0
 
-    lifecycle_until_resolved(mailoutbox, chat, alert, audience_link("flagged"), emails_arrive)
+    lifecycle_until_resolved(mailoutbox, chat, alert, audience_link("flagged"), profile_ids_arrive)
 
 
 def test_low_coverage_of_an_audience_without_a_sync_is_no_alert(source, chat):

@@ -13,6 +13,7 @@ import time
 from datetime import datetime, timedelta
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from audiences.evaluation import evaluate_all
@@ -206,17 +207,17 @@ def test_batches_never_exceed_the_destination_batch_size(source, livelike, livel
 # --- identifier policies --------------------------------------------------------------------
 
 
-def test_email_sha256_policy_sends_the_hash_of_the_normalised_email(source, livelike, livelike_destination):
+def test_email_sha256_policy_sends_the_hash_of_the_normalised_email(source, webhook_receiver, webhook_destination):
     identifier_policy_save(data={"key": "email_sha256", "name": "Hashed email", "field": "email", "hash_sha256": True})
-    sync = flagged_sync(identifier_policy="email_sha256")
+    sync = flagged_sync(destination="hook", identifier_policy="email_sha256")
     identify(source, "p0", flag=True, email="  Ann.Lee@Example.COM ")
     identify(source, "p1", flag=True)  # no email at all
     identify(source, "p2", flag=True, email="not-an-email")
     evaluate_all()
-    summary = deliver(livelike_destination)
+    summary = deliver(webhook_destination)
 
     expected = hashlib.sha256(b"ann.lee@example.com").hexdigest()
-    assert [r["user_id"] for r in livelike.rows()] == [expected]
+    assert webhook_receiver.members("flagged") == {expected}
     assert summary.sent == 1 and summary.skipped == 2
     for customer_id in ("p1", "p2"):
         delivery = Delivery.objects.get(sync=sync, customer_id=customer_id)
@@ -224,6 +225,29 @@ def test_email_sha256_policy_sends_the_hash_of_the_normalised_email(source, live
         assert delivery.last_error == "no valid email under identifier policy 'email_sha256'"
         assert delivery.acknowledged_at is None
     assert Delivery.objects.get(customer_id="p0").state == Delivery.SENT
+
+
+def test_a_livelike_sync_with_a_hashed_policy_is_refused_with_what_to_use(livelike_destination):
+    identifier_policy_save(data={"key": "email_sha256", "name": "Hashed email", "field": "email", "hash_sha256": True})
+    with pytest.raises(ValidationError) as failure:
+        flagged_sync(identifier_policy="email_sha256")
+    assert failure.value.message_dict["identifier_policy"] == [
+        "LiveLike matches no hashes: use the customer id or a LiveLike profile id attribute"
+    ]
+
+
+def test_livelike_sends_the_customer_id_when_its_audience_hashes_and_email_as_its_own_field(
+    source, livelike, livelike_destination
+):
+    identifier_policy_save(data={"key": "email_sha256", "name": "Hashed email", "field": "email", "hash_sha256": True})
+    audience_save(data={"key": "flagged", "name": "Flagged", "rule": {"attribute": "flag", "eq": True},
+                        "identifier_policy": "email_sha256"})
+    sync_save(data={"key": "flagged-sync", "audience": "flagged", "destination": "livelike", "fields": ["email"]})
+    identify(source, "p0", flag=True, email="  Ann.Lee@Example.COM ")
+    evaluate_all()
+    deliver(livelike_destination)
+
+    assert [(r["user_id"], r.get("email")) for r in livelike.rows()] == [("p0", "ann.lee@example.com")]
 
 
 # --- rows refused by the destination --------------------------------------------------------
@@ -708,28 +732,29 @@ def test_a_held_exit_between_two_unsent_entries_keeps_the_person_a_member(source
 
 
 def test_an_erased_person_exits_and_the_exit_reaches_livelike_with_their_identifier(ingest, livelike, livelike_destination):
-    identifier_policy_save(data={"key": "email", "name": "Email", "field": "email"})
-    sync = flagged_sync(identifier_policy="email")
+    identifier_policy_save(data={"key": "profile", "name": "LiveLike profile", "field": "attribute",
+                                 "attribute": "livelike_profile_id"})
+    sync = flagged_sync(identifier_policy="profile")
     audience_save(data={"key": "also", "name": "Also", "rule": {"attribute": "flag", "eq": True}})
     flag(ingest.source, ["c1", "c2"], True)
-    identify(ingest.source, "c1", email="C1@Example.com")
-    identify(ingest.source, "c2", email="c2@example.com")
+    identify(ingest.source, "c1", livelike_profile_id="lp-c1")
+    identify(ingest.source, "c2", livelike_profile_id="lp-c2")
     evaluate_all()
     deliver(livelike_destination)
-    assert livelike.members("flagged") == {"c1@example.com", "c2@example.com"}
+    assert livelike.members("flagged") == {"lp-c1", "lp-c2"}
 
     assert ingest.track_api("DELETE", "customers/c1").status_code == 200
     assert not Person.objects.filter(customer_id="c1").exists()
     assert not Membership.objects.filter(person__customer_id="c1").exists()
     assert db_members("also") == {"c2"}  # left every audience
     exit_row = Delivery.objects.get(sync=sync, customer_id="c1", action="exit")
-    assert exit_row.person is None and exit_row.payload == {"identifier": "c1@example.com", "fields": {}}
+    assert exit_row.person is None and exit_row.payload == {"identifier": "lp-c1", "fields": {}}
 
     deliver(livelike_destination)
     exit_row.refresh_from_db()
     assert exit_row.state == Delivery.SENT
-    assert actions(livelike, "c1@example.com") == [True, False]
-    assert livelike.members("flagged") == {"c2@example.com"}
+    assert actions(livelike, "lp-c1") == [True, False]
+    assert livelike.members("flagged") == {"lp-c2"}
 
 
 def test_erasure_through_person_erase_sends_the_exit(source, livelike, livelike_destination):
@@ -789,13 +814,14 @@ def test_a_sender_that_lost_its_lease_while_waiting_sends_nothing_more(source, l
 
 
 def test_sync_run_counts_and_status_match_what_happened(source, livelike, livelike_destination):
-    identifier_policy_save(data={"key": "email", "name": "Email", "field": "email"})
-    livelike.reject_user_ids = {"p1@example.com"}
+    identifier_policy_save(data={"key": "profile", "name": "LiveLike profile", "field": "attribute",
+                                 "attribute": "livelike_profile_id"})
+    livelike.reject_user_ids = {"lp-p1"}
     livelike.faults = FailFirst("500")
-    sync = flagged_sync(identifier_policy="email")
+    sync = flagged_sync(identifier_policy="profile")
     for customer_id in ("p0", "p1", "p2"):
-        identify(source, customer_id, flag=True, email=f"{customer_id}@example.com")
-    identify(source, "p3", flag=True)  # no email: skipped
+        identify(source, customer_id, flag=True, livelike_profile_id=f"lp-{customer_id}")
+    identify(source, "p3", flag=True)  # no profile id: skipped
     evaluate_all()
     summary = deliver(livelike_destination)
 

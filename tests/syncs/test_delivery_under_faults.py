@@ -262,12 +262,13 @@ def test_a_retry_after_on_one_sync_holds_every_sync_of_the_destination(source, l
 def test_attempts_count_up_for_a_batch_whose_rows_were_partly_skipped(source, livelike, livelike_destination):
     livelike.faults = FaultPlan(rate=1.0, kinds=("500",))
     set_destination(livelike_destination, max_attempts=4, retry_base_s=0.02, retry_cap_s=0.1)
-    identifier_policy_save(data={"key": "email", "name": "Email", "field": "email"})
+    identifier_policy_save(data={"key": "profile", "name": "LiveLike profile", "field": "attribute",
+                                 "attribute": "livelike_profile_id"})
     flagged("flagged")
     sync = sync_save(data={"key": "flagged-sync", "audience": "flagged", "destination": "livelike",
-                           "identifier_policy": "email"})
-    identify(source, "p0", flag=True, email="p0@example.com")
-    identify(source, "p1", flag=True)  # no email: skipped on the first attempt, stays in the batch
+                           "identifier_policy": "profile"})
+    identify(source, "p0", flag=True, livelike_profile_id="lp-p0")
+    identify(source, "p1", flag=True)  # no profile id: skipped on the first attempt, stays in the batch
     evaluate_all()
     deliver_destination(livelike_destination.pk)
 

@@ -15,14 +15,15 @@ from pathlib import Path
 
 from django.utils import timezone
 
-from ..exports import OutsideExportRoot, confined, export_folder
-from .base import OutRow, SendResult, TransportError, iso
+from ...exports import OutsideExportRoot, confined, export_folder
+from ..base import OutRow, SendResult, TransportError, iso
 
 COLUMNS = ["action", "identifier", "changed_at"]
+MAX_BATCH = 5000
 
 
 class Transport:
-    max_batch = 5000
+    max_batch = MAX_BATCH
     max_in_flight = 1  # one writer per file
 
     def __init__(self, destination):

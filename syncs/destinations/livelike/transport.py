@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from .base import OutRow, SendResult, TransportError, iso, post_json
+from ..base import OutRow, SendResult, TransportError, iso, post_json
 
 DEFAULT_BASE_URL = "https://cf-blast.livelikecdn.com/api/v1"
 MAX_BATCH = 500

@@ -14,7 +14,9 @@ import json
 
 from django.utils import timezone
 
-from .base import OutRow, SendResult, TransportError, iso, post_json
+from ..base import OutRow, SendResult, TransportError, iso, post_json
+
+MAX_BATCH = 1000
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -22,7 +24,7 @@ def sign(body: bytes, secret: str) -> str:
 
 
 class Transport:
-    max_batch = 1000
+    max_batch = MAX_BATCH
 
     def __init__(self, destination):
         settings = destination.settings or {}
