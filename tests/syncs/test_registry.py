@@ -125,3 +125,19 @@ def test_deliver_destination_sends_through_the_toy_transport(toy):
     assert sorted((row["board"], row["action"], row["identifier"]) for row in toy.SENT) == [
         ("b-1", "enter", "t1"), ("b-1", "enter", "t2")
     ]
+
+
+def test_the_demo_livelike_syncs_send_the_customer_id_with_the_email_beside_it(monkeypatch):
+    from pathlib import Path
+
+    from syncs.models import Sync
+
+    monkeypatch.setenv("LIVELIKE_PRODUCER_TOKEN", "demo-token")
+    root = Path(__file__).resolve().parents[2]
+    for path in (root / "audiences" / "demo_config.yaml", root / "syncs" / "demo_config.yaml"):
+        call_command("apply_config", str(path), stdout=StringIO(), stderr=StringIO())
+    livelike_syncs = Sync.objects.filter(destination__kind="livelike")
+    assert livelike_syncs.count() == 3
+    for sync in livelike_syncs:
+        assert sync.audience.identifier_policy.hash_sha256  # the paid audiences hash for ad platforms
+        assert (sync.policy().field, sync.policy().hash_sha256, sync.fields) == ("customer_id", False, ["email"])
