@@ -96,13 +96,20 @@ def _posted_state(post, audience, data) -> tuple[dict, str | None]:
     return rebuilt, "the editor's state (state_json) was not what the page sends; the form was rebuilt from the YAML"
 
 
+# the form fields that show their own errors beside them; any other error is listed at the top
+FIELDS_WITH_ERRORS_BESIDE = (
+    "name", "key", "description", "rule", "exclusions", "priority_group", "priority_rank", "purpose", "cadence",
+    "identifier_policy", "enabled",
+)
+
+
 def _render(request, audience, state, *, data=None, errors=None, status=200):
     title = f"Edit {audience.name}" if audience else "New audience"
     errors = errors or {}
     return render(request, "dashboard/audience_form.html", {
         **dashboard_context(request), "title": title, "audience": audience, "state": state,
         "data": data or {}, "errors": errors, **_choices(audience),
-        "other_errors": {field: messages for field, messages in errors.items() if field not in ("name", "rule")},
+        "other_errors": {field: messages for field, messages in errors.items() if field not in FIELDS_WITH_ERRORS_BESIDE},
     }, status=status)
 
 

@@ -1,0 +1,43 @@
+"""The audience editor shows each error beside the field it is about, not in a list at the top."""
+
+import re
+
+import pytest
+from django.contrib.auth.models import Group, User
+
+from audiences.models import Audience
+from audiences.roles import RETENTION_MANAGER
+
+pytestmark = pytest.mark.django_db
+
+FORM = {
+    "name": "", "key": "carts", "description": "", "purpose": "activation", "cadence": "realtime",
+    "identifier_policy": "", "priority_group": "", "priority_rank": "", "rule_yaml": "event: Added to Cart\nwithin: 2h\n",
+    "enabled": "on",
+}
+
+
+@pytest.fixture
+def manager_client(client):
+    account = User.objects.create_user("rita", password="pw-for-tests-1", is_staff=True)
+    account.groups.add(Group.objects.get(name=RETENTION_MANAGER))
+    client.force_login(account)
+    return client
+
+
+def field_block(page: str, field_id: str) -> str:
+    """The `<div class="field">` that holds the input with this id."""
+    start = page.rindex('<div class="field">', 0, page.index(f'id="{field_id}"'))
+    end = page.index('<div class="field">', start + 1) if '<div class="field">' in page[start + 1:] else len(page)
+    return page[start:end]
+
+
+def test_a_bad_cadence_is_reported_beside_the_cadence(manager_client):
+    response = manager_client.post("/dashboard/audiences/new/", {**FORM, "name": "paid_cart_0-2h_nopurch", "cadence": "every tuesday"})
+    assert response.status_code == 400 and not Audience.objects.exists()
+    page = response.content.decode()
+    cadence = field_block(page, "id_cadence")
+    assert re.search(r'<p class="field-errors" id="cadence-error">.*is not a cadence', cadence)
+    assert 'aria-invalid="true"' in cadence
+    top = page[page.index('class="errornote"'):page.index("<fieldset>")]
+    assert "is not a cadence" not in top, "the error is not listed again at the top"
