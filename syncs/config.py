@@ -6,13 +6,29 @@ import os
 from audiences.config import Section, _without_defaults, plain_differences, register_section
 
 from . import services
-from .destinations.registry import spec_for
+from .destinations.registry import KINDS, spec_for
 from .models import CustomerIoWorkspace, Destination, Sync
 
 DESTINATION_DEFAULTS = {
     "settings": {}, "credentials": {}, "batch_size": 500, "rate_limit_per_s": 10.0, "timeout_s": 10.0,
     "max_attempts": 8, "retry_base_s": 2.0, "retry_cap_s": 300.0, "concurrency": 4,
 }
+
+
+def destination_defaults(kind) -> dict:
+    """What a destination of this kind starts from: its spec's batch size and rate limit."""
+    spec = KINDS.get(kind) if isinstance(kind, str) else None
+    if not spec:
+        return DESTINATION_DEFAULTS
+    return {**DESTINATION_DEFAULTS, "batch_size": min(DESTINATION_DEFAULTS["batch_size"], spec.max_batch),
+            "rate_limit_per_s": spec.default_rate_limit_per_s}
+
+
+class DestinationSection(Section):
+    def canonical(self, item: dict) -> dict:
+        return {**destination_defaults(item.get("kind")), **item}
+
+
 WORKSPACE_DEFAULTS = {"region": "us", "base_url": "", "rate_limit_per_s": 10.0, "timeout_s": 30.0, "credentials": {}}
 SYNC_DEFAULTS = {
     "mode": Sync.MEMBERSHIP, "fields": [], "identifier_policy": None, "downstream_audience_id": "", "paused": False,
@@ -32,7 +48,7 @@ def destination_dict(d: Destination) -> dict:
         "max_attempts": d.max_attempts, "retry_base_s": d.retry_base_s, "retry_cap_s": d.retry_cap_s,
         "concurrency": d.concurrency,
     }
-    return _without_defaults(data, DESTINATION_DEFAULTS)
+    return _without_defaults(data, destination_defaults(d.kind))
 
 
 def workspace_dict(w: CustomerIoWorkspace) -> dict:
@@ -118,7 +134,7 @@ def register():
         lambda instance, actor: instance.delete(), WORKSPACE_DEFAULTS,
         differences=credential_differences(CustomerIoWorkspace),
     ), after="identifier_policies")
-    register_section(Section(
+    register_section(DestinationSection(
         "destinations", Destination, destination_dict,
         lambda data, instance, actor: services.destination_save(data=_references_only(data), instance=instance, actor=actor),
         lambda instance, actor: _refuse_if_used(instance, instance.syncs.all(), "destination"), DESTINATION_DEFAULTS,

@@ -90,11 +90,12 @@ def test_config_as_code_round_trips_a_toy_destination(toy, tmp_path):
     audience_save(data={"key": "flagged", "name": "Flagged", "rule": {"attribute": "flag", "eq": True}})
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump({
-        "destinations": [toy_data(rate_limit_per_s=2.0, batch_size=50)],
+        "destinations": [toy_data()],  # the toy's own batch size and rate limit
         "syncs": [{"key": "flagged-board", "audience": "flagged", "destination": "board"}],
     }, sort_keys=False))
     call_command("apply_config", str(path), stdout=StringIO(), stderr=StringIO())
-    assert Destination.objects.get(key="board").credentials == {"toy_api_key": "toy-key-1"}
+    board = Destination.objects.get(key="board")
+    assert (board.credentials, board.batch_size, board.rate_limit_per_s) == ({"toy_api_key": "toy-key-1"}, 50, 2.0)
 
     out = StringIO()
     call_command("export_config", stdout=out)
@@ -102,6 +103,7 @@ def test_config_as_code_round_trips_a_toy_destination(toy, tmp_path):
     (item,) = [d for d in exported["destinations"] if d["key"] == "board"]
     assert item["kind"] == "toy" and item["settings"] == {"board": "b-1", "colour": "blue"}
     assert item["credentials"] == {"toy_api_key": "env:TOY_API_KEY"}
+    assert "batch_size" not in item and "rate_limit_per_s" not in item  # the kind's defaults
     again = tmp_path / "again.yaml"
     again.write_text(out.getvalue())
     plan = StringIO()
