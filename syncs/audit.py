@@ -52,11 +52,18 @@ def person_timeline(person, *, limit: int = TIMELINE_LIMIT) -> list[Moment]:
         moments.append(Moment(
             d.acknowledged_at or d.created_at, "delivery",
             f"{verb} {d.sync.audience.name} at {d.sync.destination.name}",
-            detail=f"identifier {sent.get('identifier', '—')}" + (f", fields {sent.get('fields')}" if sent.get("fields") else ""),
+            detail=f"identifier {sent.get('identifier', '—')}" + (f", fields {_as_pairs(sent['fields'])}" if sent.get("fields") else ""),
             status=d.state, data={"answer": answer, "attempts": d.attempts, "batch": str(d.batch_id or "")},
         ))
     moments.sort(key=lambda m: m.at, reverse=True)
     return moments[:limit]
+
+
+def _as_pairs(fields) -> str:
+    """Sent fields as the timeline shows event properties (email=ann@example.com), not a dict."""
+    if not isinstance(fields, dict):
+        return str(fields)
+    return ", ".join(f"{name}={value}" for name, value in fields.items())
 
 
 def _shown(model, name: str, value):

@@ -57,8 +57,9 @@ def money(value):
 
 @register.filter
 def is_structured(value):
-    """A dict or a list: shown as formatted JSON rather than on one line."""
-    return isinstance(value, (dict, list))
+    """A dict or a list with something in it: shown as formatted JSON rather than on one line
+    (an empty one reads as "—")."""
+    return isinstance(value, (dict, list)) and bool(value)
 
 
 @register.filter

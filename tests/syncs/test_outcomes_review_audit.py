@@ -369,7 +369,7 @@ def test_the_timeline_has_events_entries_exits_and_what_each_destination_answere
     removed = moments["remove from Carts at LiveLike"]
     assert removed.status == "rejected" and removed.data["answer"] == "Rejected by destination (HTTP 400): user_id: Unknown user."
     buyer = moments["add to Buyers at LiveLike"]  # the buyers sync maps email
-    assert buyer.detail == "identifier ann, fields {'email': 'ann@example.com'}"  # as sent: normalised
+    assert buyer.detail == "identifier ann, fields email=ann@example.com"  # as sent: normalised
     assert buyer.data["answer"].startswith("Rejected by destination (HTTP 400)")
     # the order: cart event, entry, delivery, then the order and what followed it
     order = [t for _, t in reversed(titles)]

@@ -61,3 +61,10 @@ def test_a_changed_rule_in_the_history_is_formatted_json(viewer_client, playbook
     assert {"event": "Added to Cart", "within": "2h"} in [json.loads(b) for b in blocks]
     assert {"event": "Added to Cart", "within": "4h"} in [json.loads(b) for b in blocks]
     assert "{'event'" not in html.unescape(page)
+
+
+def test_an_emptied_list_in_the_history_reads_as_a_dash_on_one_line(viewer_client, playbook_syncs):
+    audience_save(data={"exclusions": []}, instance=Audience.objects.get(key="carts"))
+    page = viewer_client.get("/dashboard/history/", {"kind": "audience"}).content.decode()
+    change = re.search(r"<div><strong>exclusions</strong>: (.*?)</div>", page, re.S)
+    assert change and re.sub(r"<[^>]+>", "", change.group(1)).strip() == "Buyers → —"
