@@ -46,7 +46,7 @@ class Figures:
 class AudienceWeek:
     audience: Audience
     size_start: int | None
-    size_end: int
+    size_end: int | None  # None: no size yet at the end of that week
     days_at_zero: int
     lag: LagFigures
     rejected: int

@@ -197,14 +197,15 @@ def size_change(audiences, *, at: datetime | None = None, now: datetime | None =
     ago" and the weekly review's change are both this, so they agree."""
     audiences = list(audiences)
     ids = [a.pk for a in audiences]
-    at_before = size_before(ids, at=(at or now or timezone.now()) - timedelta(days=COMPARED_DAYS))
+    now = now or timezone.now()
+    at_before = size_before(ids, at=(at or now) - timedelta(days=COMPARED_DAYS))
     at_after = size_before(ids, at=at) if at is not None else {}
     changes = {}
     for audience in audiences:
         after = at_after.get(audience.pk)
-        changes[audience.pk] = SizeChange(
-            before=at_before.get(audience.pk), after=audience.current_size if after is None else after,
-        )
+        if after is None and (at is None or at >= now):  # a moment still to come: the size now
+            after = audience.current_size
+        changes[audience.pk] = SizeChange(before=at_before.get(audience.pk), after=after)
     return changes
 
 

@@ -65,3 +65,9 @@ def test_the_weekly_review_pages_back_and_forward(carts, client):
         current = client.get("/dashboard/review/weekly/").content.decode()  # the week ending today
         assert 'href="?week=2026-06-03" rel="prev"' in current and 'rel="next"' not in current
         assert "This week is still under way" in current
+
+
+def test_a_week_before_an_audience_existed_has_no_size(carts):
+    with time_machine.travel(at(2026, 6, 10, 9, 0), tick=False):
+        row = next(r for r in weekly_review(week_ending=date(2026, 5, 24)).rows if r.audience == carts)
+        assert (row.size_start, row.size_end, row.change) == (None, None, None)
