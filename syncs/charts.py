@@ -77,7 +77,7 @@ def size_chart(points: list[tuple[datetime, int | None, int, int]], *, width: in
         return mark_safe('<p class="muted">No evaluations yet: the chart starts with the first one.</p>')
     # top: room for the legend; bottom: bars (50), a gap and the time labels
     left, right, top, bars_h = 48, 10, 26, 50
-    line_h = height - top - bars_h - 42
+    line_h = height - top - bars_h - 52
     plot_w = width - left - right
     sizes = [p[1] for p in points]
     known = [s for s in sizes if s is not None]
@@ -100,7 +100,7 @@ def size_chart(points: list[tuple[datetime, int | None, int, int]], *, width: in
     # the latest size as a dot: visible even when there is a single evaluation
     parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{INK}"><title>{known[-1]:,}</title></circle>')
     flow_high = whole_ticks(max(max(p[2], p[3]) for p in points), most=1)[-1]
-    base = top + line_h + 18 + bars_h  # the bars' zero line: every bar rises from it
+    base = top + line_h + 28 + bars_h  # the bars' zero line: every bar rises from it
     bar_w = max(1.0, min(12.0, step * 0.35))
     for i, (_, _, entered, exited) in enumerate(points):
         x = left + i * step
@@ -111,9 +111,6 @@ def size_chart(points: list[tuple[datetime, int | None, int, int]], *, width: in
             h = max(1.0, exited / flow_high * bars_h)
             parts.append(f'<rect x="{x:.1f}" y="{base - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{EXIT}"><title>{exited:,} exited</title></rect>')
     parts.append(f'<line x1="{left}" x2="{width - right}" y1="{base:.1f}" y2="{base:.1f}" stroke="{GRID}"/>')
-    parts.append(f'<text x="{left - 6}" y="{base + 4:.1f}" text-anchor="end" class="axis">0</text>')
-    if any(p[2] or p[3] for p in points):
-        parts.append(f'<text x="{left - 6}" y="{base - bars_h + 4:.1f}" text-anchor="end" class="axis">{_fmt(flow_high)}</text>')
     ticks = max(1, len(points) // 6)
     for i in range(0, len(points), ticks):
         x = left + i * step
@@ -121,7 +118,8 @@ def size_chart(points: list[tuple[datetime, int | None, int, int]], *, width: in
         parts.append(f'<text x="{x:.1f}" y="{height - 4}" text-anchor="{anchor}" class="axis">{escape(points[i][0].strftime(label_format))}</text>')
     parts.append(
         f'<text x="{width - right}" y="14" text-anchor="end" class="axis"><tspan fill="{INK}">― size</tspan>  '
-        f'<tspan fill="{ENTER}">■ entered</tspan>  <tspan fill="{EXIT}">■ exited</tspan></text></svg>'
+        f'<tspan fill="{ENTER}">■ entered</tspan>  <tspan fill="{EXIT}">■ exited</tspan>'
+        f'<tspan fill="{MUTED}">  (bars: full height {_fmt(flow_high)})</tspan></text></svg>'
     )
     return mark_safe("".join(parts))
 
