@@ -279,8 +279,8 @@ class DestinationGate:
     - at most `per_second` requests a second;
     - a Retry-After (`hold`) stops every request, of every sync, until it has run out;
     - no request starts while another one is out that has not had time to answer yet (twice
-      the usual answer time, at least 50 ms): a 429 on it is heard before the next one goes, and
-      only a slow request (a hang) has others pass it;
+      the quickest recent answer, at least 50 ms): a 429 on it is heard before the next one
+      goes, and only a request slower than that (a hang, a large batch) has others pass it;
     - urgent callers go first: a non-urgent caller waits while an urgent one is waiting.
     """
 
@@ -298,7 +298,11 @@ class DestinationGate:
         return statistics.median(self.answers) if self.answers else 0.02
 
     def quiet_s(self) -> float:
-        return min(1.0, max(0.05, 2 * self.usual_answer_s()))
+        """How long a request is given to answer before another may start: twice the quickest
+        recent answer (a 429 comes back as fast as anything: the destination refuses before it
+        works), at least 50 ms. The median would make a suppression wait behind every large
+        batch of additions that is still being processed."""
+        return min(1.0, max(0.05, 2 * min(self.answers))) if self.answers else 0.05
 
     def enter(self, *, urgent: bool) -> int:
         with self.cond:
