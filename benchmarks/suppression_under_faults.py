@@ -180,7 +180,7 @@ def outbox_times(env, buyers: list[str]) -> dict[tuple[str, str], tuple[float, f
 
 def run_backend(name: str, database_url: str, redis_url: str, args) -> dict:
     env = django_env(database_url, redis_url=redis_url, LOG_LEVEL="WARNING", FAULTS_LIVELIKE_PRODUCER_TOKEN=TOKEN,
-                     DESTINATION_PRIVATE_HOSTS="127.0.0.1,localhost", Q_WORKERS="2")
+                     DESTINATION_PRIVATE_HOSTS="127.0.0.1,localhost", Q_WORKERS=str(args.q_workers))
     if redis_url:
         import redis
 
@@ -328,6 +328,7 @@ def main():
     parser.add_argument("--pool", type=int, default=400, help="people churning in the activation audiences")
     parser.add_argument("--churn-per-second", type=float, default=20.0, help="identify calls a second on the pool")
     parser.add_argument("--seed", type=int, default=20261201)
+    parser.add_argument("--q-workers", type=int, default=2, help="the qcluster's worker processes (Q_WORKERS)")
     parser.add_argument("--wait", type=float, default=180.0, help="seconds to wait for acknowledgements and to settle")
     parser.add_argument("--backends", default="postgres,sqlite")
     parser.add_argument("--pg-url", default=os.environ.get("BENCH_FAULTS_PG_URL", "postgres://postgres@127.0.0.1:5432/downstream_bench_faults"))
