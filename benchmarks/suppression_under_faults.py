@@ -346,7 +346,7 @@ def main():
         f"({len(SUPPRESSION)} suppression), product defaults (10 requests/s, timeout 10 s, suppression 3 s); contract "
         f"server in its own process: {args.fault_rate:.0%} faults (429 + Retry-After 1 s, 500, an answer after "
         f"{SLOW_SECONDS:g} s, reset; seed {args.seed}) and its own 10 requests/s bucket; gunicorn 3x2 threads, one "
-        f"qcluster (Q_WORKERS 2) SIGKILLed {args.kills} times during the purchases and restarted at once"
+        f"qcluster (Q_WORKERS {args.q_workers}) SIGKILLed {args.kills} times during the purchases and restarted at once"
     )
     backends = {
         "sqlite": (f"sqlite:///{ROOT / 'var' / 'bench-faults.sqlite3'}", "", "SQLite file + ORM broker"),
