@@ -8,6 +8,7 @@ Every page visited is saved to var/test-artifacts/screenshots/NN-name.png."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from playwright.sync_api import expect
@@ -232,6 +233,9 @@ def test_a_person_timeline_through_the_people_look_up(page, manager, shot, login
     expect(timeline.locator("li.entered").filter(has_text="entered paid_cart_0-2h_nopurch")).to_have_count(1)
     expect(page.locator(".cards")).to_contain_text("paid_cart_0-2h_nopurch")
     shot(page, "person-timeline")
+    page.locator("details.panel summary").filter(has_text="Attributes").click()
+    expect(page.locator("table.attributes")).to_be_visible()
+    shot(page, "person-attributes")
 
 
 def test_an_alert_is_acknowledged_from_the_dashboard(page, manager, shot, login, world):
@@ -273,6 +277,10 @@ def test_the_sync_alerts_review_and_history_pages(page, manager, shot, login, wo
     expect(page.get_by_role("heading", name="Run history")).to_be_visible()
     expect(page.get_by_role("heading", name="Dry-run log")).to_be_visible()
     shot(page, "sync-cart-0-2h")
+    batch = page.locator("details.panel").filter(has_text="would have been sent").first
+    batch.locator("summary").click()
+    expect(batch.locator("pre.payload")).to_contain_text('"action": "enter"')
+    shot(page, "sync-cart-0-2h-dry-run-batch")
 
     page.get_by_role("link", name="Alerts", exact=True).click()
     expect(page.get_by_role("heading", name="Open")).to_be_visible()
@@ -289,6 +297,10 @@ def test_the_sync_alerts_review_and_history_pages(page, manager, shot, login, wo
 
     expect(page.locator("table.ds-table tbody tr")).to_have_count(Audience.objects.count())
     shot(page, "weekly-review")
+    page.get_by_role("link", name=re.compile("← Week ending")).click()
+    expect(page.locator("h1")).to_have_text(f"Weekly review, week ending {today - timedelta(days=7):%d %b %Y}")
+    expect(page.get_by_role("link", name=re.compile("Week ending .* →"))).to_be_visible()
+    shot(page, "weekly-review-week-before")
 
     from audiences.services import audience_save
 
