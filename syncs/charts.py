@@ -69,7 +69,7 @@ def whole_ticks(high: float, *, most: int = 4) -> list[int]:
 
 
 def size_chart(points: list[tuple[datetime, int | None, int, int]], *, width: int = 1100, height: int = 260,
-               label_format: str = "%b %d", title: str = "") -> str:
+               label_format: str = "%b %d", title: str = "", lows: dict[int, int] | None = None) -> str:
     """Size as a line over whole-number gridlines; entries and exits as bars side by side,
     both rising from their own zero line under it (an exit is a count, not a negative size);
     the legend above."""
@@ -97,6 +97,16 @@ def size_chart(points: list[tuple[datetime, int | None, int, int]], *, width: in
         path.append(f"{'L' if started else 'M'}{x:.1f},{y:.1f}")
         started = True
     parts.append(f'<path d="{" ".join(path)}" fill="none" stroke="{INK}" stroke-width="2"/>')
+    # a bucket whose samples dipped under its largest size (selectors.size_lows): a line down to
+    # the lowest, so a drop to 0 and back inside one bucket still shows
+    for i, low in sorted((lows or {}).items()):
+        if not 0 <= i < len(points) or points[i][1] is None:
+            continue
+        dip_x = left + i * step
+        y_peak, y_low = top + line_h - points[i][1] / high * line_h, top + line_h - low / high * line_h
+        color = EXIT if low == 0 else INK
+        parts.append(f'<line class="dip" x1="{dip_x:.1f}" x2="{dip_x:.1f}" y1="{y_peak:.1f}" y2="{y_low:.1f}" stroke="{color}" stroke-width="1.5"/>')
+        parts.append(f'<circle class="dip" cx="{dip_x:.1f}" cy="{y_low:.1f}" r="2.5" fill="{color}"><title>down to {low:,}</title></circle>')
     # the latest size as a dot: visible even when there is a single evaluation
     parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{INK}"><title>{known[-1]:,}</title></circle>')
     flow_high = whole_ticks(max(max(p[2], p[3]) for p in points), most=1)[-1]

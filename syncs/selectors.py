@@ -128,26 +128,47 @@ class BucketIndex(Func):
         return f"((CAST(strftime('%%s', {sql}) AS INTEGER) - %s) / %s)", (*params, self.origin, self.seconds)
 
 
+def _slot_count(since: datetime, until: datetime, bucket: timedelta) -> int:
+    return max(0, int((until - since) / bucket)) + (1 if (until - since) % bucket else 0)
+
+
+def _grouped_samples(audience_ids, since: datetime, until: datetime, bucket: timedelta):
+    """(audience, bucket index, largest size, smallest size, entered, exited) per bucket with
+    samples, grouped by the database."""
+    slots = _slot_count(since, until, bucket)
+    grouped = (
+        SizeSample.objects.filter(audience_id__in=list(audience_ids), at__gte=since, at__lt=until)
+        .annotate(slot=BucketIndex("at", origin=since, seconds=int(bucket.total_seconds())))
+        .values("audience_id", "slot")
+        .annotate(peak=Max("size"), low=Min("size"), entered_total=Sum("entered"), exited_total=Sum("exited"))
+        .order_by()
+        .values_list("audience_id", "slot", "peak", "low", "entered_total", "exited_total")
+    )
+    for audience_id, slot, peak, low, entered, exited in grouped:
+        # the database counts whole seconds from a whole-second origin, so a sample taken less
+        # than a second before `until` can come back one bucket past the last one: it joins the last
+        yield audience_id, min(slot, slots - 1), peak, low, entered, exited
+
+
+def size_lows(audience_ids, *, since: datetime, until: datetime | None = None, bucket: timedelta) -> dict:
+    """Per audience, {bucket index: smallest size} for the buckets of `size_series` whose samples
+    dipped under the bucket's largest size: the chart marks the dip, a drop to 0 included."""
+    lows = defaultdict(dict)
+    for audience_id, slot, peak, low, _, _ in _grouped_samples(audience_ids, since, until or timezone.now(), bucket):
+        low = min(low, lows[audience_id].get(slot, low))
+        if low < peak:
+            lows[audience_id][slot] = low
+    return lows
+
+
 def size_series(audience_ids, *, since: datetime, until: datetime | None = None, bucket: timedelta, before=None) -> dict:
     """Per audience: [(bucket start, largest size in the bucket, entered, exited)]. Buckets
     without a sample carry the size forward. Grouped by the database: one row per audience
     and bucket comes back, not one per sample."""
     until = until or timezone.now()
-    seconds = int(bucket.total_seconds())
-    grouped = (
-        SizeSample.objects.filter(audience_id__in=list(audience_ids), at__gte=since, at__lt=until)
-        .annotate(slot=BucketIndex("at", origin=since, seconds=seconds))
-        .values("audience_id", "slot")
-        .annotate(peak=Max("size"), entered_total=Sum("entered"), exited_total=Sum("exited"))
-        .order_by()
-        .values_list("audience_id", "slot", "peak", "entered_total", "exited_total")
-    )
-    slots = max(0, int((until - since) / bucket)) + (1 if (until - since) % bucket else 0)
+    slots = _slot_count(since, until, bucket)
     raw = defaultdict(dict)
-    for audience_id, slot, peak, entered, exited in grouped:
-        # the database counts whole seconds from a whole-second origin, so a sample taken less
-        # than a second before `until` can come back one bucket past the last one: it joins the last
-        slot = min(slot, slots - 1)
+    for audience_id, slot, peak, _, entered, exited in _grouped_samples(audience_ids, since, until, bucket):
         if slot in raw[audience_id]:
             was = raw[audience_id][slot]
             peak, entered, exited = max(peak, was[0]), entered + was[1], exited + was[2]

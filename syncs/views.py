@@ -28,7 +28,7 @@ from .monitoring import Thresholds
 from .outcomes import outcome_rows
 from .review import weekly_review
 from .selectors import (
-    lag_histogram, rejected_rows, size_series, suppression_lag, suppression_lag_series, suppression_lag_values,
+    lag_histogram, rejected_rows, size_lows, size_series, suppression_lag, suppression_lag_series, suppression_lag_values,
 )
 
 BUCKETS = {
@@ -64,6 +64,7 @@ def audience_detail(request, key):
     first = audience.size_samples.order_by("at").values_list("at", flat=True).first()
     since = max(now - span, first - bucket) if first else now - span  # no empty months before the first evaluation
     series = size_series([audience.pk], since=since, until=now, bucket=bucket)[audience.pk]
+    lows = size_lows([audience.pk], since=since, until=now, bucket=bucket).get(audience.pk, {})
     names = dict(Audience.objects.values_list("key", "name"))
     rule_problem = ""
     try:
@@ -75,7 +76,7 @@ def audience_detail(request, key):
     sample = Person.objects.filter(memberships__audience=audience, memberships__exited_at__isnull=True).order_by("-memberships__entered_at")[:20]
     return page(
         request, "dashboard/audience.html", audience.name, audience=audience, bucket=bucket_name, buckets=list(BUCKETS),
-        chart=charts.size_chart(series, label_format=label, title=f"{audience.name} size"),
+        chart=charts.size_chart(series, label_format=label, title=f"{audience.name} size", lows=lows),
         series=[p for p in series if p[1] is not None][-14:],
         rule_words=rule_words, rule_problem=rule_problem, exclusions=audience.exclusions.all(), preview=preview,
         preview_error=preview_error, overlaps=overlaps,

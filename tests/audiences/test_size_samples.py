@@ -1,15 +1,20 @@
 """Size samples: evaluations under a minute apart merge into one sample, but never across zero,
-so a drop to 0 and back shows in the samples, the chart and the weekly review's days at zero."""
+so a drop to 0 and back shows in the samples, the weekly review's days at zero and the audience
+chart (which marks a bucket's dip under its largest size)."""
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, timedelta
 
 import pytest
+import time_machine
+from django.contrib.auth.models import Group, User
 from django.utils import timezone
 
 from audiences.evaluation import record_size_sample
 from audiences.models import SizeSample
+from audiences.roles import VIEWER
 from audiences.services import audience_save
 from syncs.review import weekly_review
 from syncs.selectors import size_series
@@ -47,3 +52,15 @@ def test_samples_under_a_minute_apart_still_merge_away_from_zero(carts):
     assert list(SizeSample.objects.filter(audience=carts).order_by("at").values_list("size", "entered", "exited")) == [
         (7, 7, 0), (0, 0, 7),
     ]
+
+
+def test_the_audience_chart_marks_a_drop_to_zero_inside_one_bucket(carts, client):
+    sample(carts, 0, 5, entered=5)
+    sample(carts, 10, 0, exited=5)
+    sample(carts, 20, 5, entered=5)
+    viewer = User.objects.create_user("vera", password="pw-for-tests-1", is_staff=True)
+    viewer.groups.add(Group.objects.get(name=VIEWER))
+    client.force_login(viewer)
+    with time_machine.travel(NOON + timedelta(hours=3), tick=False):
+        page = client.get("/dashboard/audiences/carts/", {"by": "hour"}).content.decode()
+    assert re.findall(r'<circle class="dip" [^>]*><title>([^<]*)</title>', page) == ["down to 0"]
