@@ -257,7 +257,7 @@ def sync_save(*, data: dict, actor=None, instance: Sync | None = None) -> Sync:
     mode = data.get("mode", sync.mode)
     if mode not in dict(Sync.MODE_CHOICES):
         errors.setdefault("mode", []).append("use membership or events")
-    elif destination and mode not in (spec := spec_for(destination.kind)).modes:
+    elif destination and mode not in spec_for(destination.kind).modes:
         takes = [spec_for(kind).label for kind in KINDS if mode in spec_for(kind).modes]
         errors.setdefault("mode", []).append(f"{mode} mode is for {' and '.join(takes)} destinations")
     sync.mode = mode

@@ -3,8 +3,8 @@ and config as code: one `DestinationSpec` per kind, exported as `SPEC` by its pa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 MEMBERSHIP, EVENTS = "membership", "events"
 
