@@ -28,7 +28,7 @@ def viewer_client(client):
 
 
 def pre_blocks(page: str) -> list[str]:
-    return [html.unescape(block) for block in re.findall(r'<pre class="payload">(.*?)</pre>', page, re.S)]
+    return [html.unescape(block) for block in re.findall(r'<pre class="payload">(.*?)</pre>', page, re.DOTALL)]
 
 
 def test_the_dry_run_log_is_formatted_json(viewer_client, playbook_syncs):
@@ -45,7 +45,7 @@ def test_the_dry_run_log_is_formatted_json(viewer_client, playbook_syncs):
 def test_a_persons_attributes_are_a_table(viewer_client):
     person = Person.objects.create(customer_id="ann", attributes={"vip_tier": "gold", "skin": {"type": "dry"}, "ltv": 38})
     page = html.unescape(viewer_client.get(f"/dashboard/people/{person.pk}/").content.decode())
-    rows = re.findall(r"<tr><td><code>(.*?)</code></td><td>(.*?)</td></tr>", page, re.S)
+    rows = re.findall(r"<tr><td><code>(.*?)</code></td><td>(.*?)</td></tr>", page, re.DOTALL)
     assert [name for name, _ in rows] == ["ltv", "skin", "vip_tier"]
     values = dict(rows)
     assert values["ltv"] == "38" and values["vip_tier"] == '"gold"'
@@ -66,5 +66,5 @@ def test_a_changed_rule_in_the_history_is_formatted_json(viewer_client, playbook
 def test_an_emptied_list_in_the_history_reads_as_a_dash_on_one_line(viewer_client, playbook_syncs):
     audience_save(data={"exclusions": []}, instance=Audience.objects.get(key="carts"))
     page = viewer_client.get("/dashboard/history/", {"kind": "audience"}).content.decode()
-    change = re.search(r"<div><strong>exclusions</strong>: (.*?)</div>", page, re.S)
+    change = re.search(r"<div><strong>exclusions</strong>: (.*?)</div>", page, re.DOTALL)
     assert change and re.sub(r"<[^>]+>", "", change.group(1)).strip() == "Buyers → —"

@@ -49,7 +49,7 @@ def test_home_and_review_agree_on_the_change_at_the_end_of_a_week(carts, client)
         page = client.get("/admin/").content.decode()
         assert "now vs same time last week" in page and "was 10" in page
         review_page = client.get("/dashboard/review/weekly/", {"week": "2026-06-07"}).content.decode()
-        headers = re.sub(r"<[^>]+>", " ", re.search(r"<thead>(.*?)</thead>", review_page, re.S).group(1))
+        headers = re.sub(r"<[^>]+>", " ", re.search(r"<thead>(.*?)</thead>", review_page, re.DOTALL).group(1))
         assert re.search(r"Start\s+Mon 01 Jun", headers) and re.search(r"End\s+Sun 07 Jun", headers)
         assert re.search(r"Change\s+vs 7 days\s+before", headers)
         assert "Last week" not in headers and "This week" not in headers
