@@ -304,12 +304,16 @@ class DestinationGate:
         batch of additions that is still being processed."""
         return min(1.0, max(0.05, 2 * min(self.answers))) if self.answers else 0.05
 
-    def enter(self, *, urgent: bool) -> int:
+    def enter(self, *, urgent: bool, abandoned=lambda: False) -> int | None:
+        """A ticket once the request may go; None if `abandoned()` turned true meanwhile (its
+        batch was answered on another connection, or its sender stopped): it must not go."""
         with self.cond:
             if urgent:
                 self.urgent_waiting += 1
             try:
                 while True:
+                    if abandoned():
+                        return None
                     now = time.monotonic()
                     wait = max(self.next_at, self.hold_until) - now
                     if self.out:
@@ -318,7 +322,7 @@ class DestinationGate:
                         wait = max(wait, POLL_S)
                     if wait <= 0:
                         break
-                    self.cond.wait(wait)
+                    self.cond.wait(min(wait, POLL_S))
                 self.next_at = max(now, self.next_at) + self.interval
                 self.tickets += 1
                 self.out[self.tickets] = now
@@ -424,6 +428,7 @@ class Job:
     hedge: bool = False
     calls: list[Future] = field(default_factory=list)
     started: float = 0.0  # monotonic, when the first call was submitted
+    settled: threading.Event = field(default_factory=threading.Event)  # answered, or its sender gone
     sent_at: object = None
 
     @property
@@ -657,6 +662,7 @@ class Sender:
         self.idle_s = getattr(settings, "DELIVERY_IDLE_S", 5.0)
         self.idle_since = None
         self.may_linger = False
+        self.wake_cache = None  # (monotonic when computed, _next_wake's answer then)
         self.syncs = []
         self.lanes = {URGENT: [], ADDS: []}
         self._set_syncs(_active_syncs(destination))
@@ -693,6 +699,7 @@ class Sender:
         self.newest_seen = None
 
     def _set_syncs(self, syncs: list[Sync]) -> None:
+        self.wake_cache = None
         self.syncs = syncs
         self.by_id = {s.pk: s for s in syncs}
         groups = lane_groups(syncs, self.transport)
@@ -731,6 +738,7 @@ class Sender:
                 self._touch(self.by_id)
 
     def _touch(self, sync_ids, *, retries: bool = False) -> None:
+        self.wake_cache = None
         for lanes in self.lanes.values():
             for lane in lanes:
                 if lane.ids & set(sync_ids):
@@ -811,8 +819,12 @@ class Sender:
         self.jobs.append(job)
 
     def _call(self, job: Job):
-        """One request, on a pool thread: through the gate, with the sync's deadline."""
-        ticket = self.gate.enter(urgent=job.lane == URGENT)
+        """One request, on a pool thread: through the gate, with the sync's deadline. A hedge
+        still at the gate when its batch was answered, or when its sender stopped (a later
+        sender has a gate of its own, and Retry-Afters this one never hears of), never goes."""
+        ticket = self.gate.enter(urgent=job.lane == URGENT, abandoned=job.settled.is_set)
+        if ticket is None:
+            raise TransportError("not sent: the batch was answered on another connection")
         try:
             result = self.transport.send(job.rows, batch_id=str(job.batch_id), sync=job.sync, timeout=job.timeout)
         except TransportError as exc:
@@ -840,6 +852,7 @@ class Sender:
             success = next((c for c in done if c.exception() is None), None)
             if success is None and len(done) < len(job.calls):
                 continue  # a hedged call may still answer
+            job.settled.set()
             self.jobs.remove(job)
             duration_ms = (time.monotonic() - job.started) * 1000
             if success is not None:
@@ -863,20 +876,31 @@ class Sender:
             wait_futures(calls, timeout=timeout, return_when=FIRST_COMPLETED)
 
     def _next_wake(self):
-        """Seconds until something may be claimable, or None when nothing is due at all."""
+        """Seconds until something may be claimable, or None when nothing is due at all. The
+        answer holds until something changes (new rows, a finished batch, a decision): an idle
+        sender polls every POLL_S, and asking the database each time (next_due reads every
+        pending row) took half of its time while additions lingered."""
+        if self.wake_cache is not None:
+            computed_at, wake = self.wake_cache
+            return None if wake is None else wake - (time.monotonic() - computed_at)
         due = next_due(self.destination)
         if due is None:
+            self.wake_cache = (time.monotonic(), None)
             return None
         wake = max(self.gate.held_for(), (due - timezone.now()).total_seconds())
         if wake <= 0:
             lingering = [lane.linger_until for lane in self.lanes[ADDS] if lane.linger_until]
             if lingering:
-                return (min(lingering) - timezone.now()).total_seconds()
+                wake = (min(lingering) - timezone.now()).total_seconds()
+                self.wake_cache = (time.monotonic(), wake)
+                return wake
             # due now, yet no lane knew: rows changed under us (a hold decided, rows put back)
             for lanes in self.lanes.values():
                 for lane in lanes:
                     lane.dirty = True
                     lane.retry_known = False
+            return wake
+        self.wake_cache = (time.monotonic(), wake)
         return wake
 
     def _linger(self) -> bool:
@@ -919,6 +943,8 @@ class Sender:
                     wake = POLL_S
                 self.wait(min(wake, POLL_S) if wake > 0 else POLL_S)
         finally:
+            for job in self.jobs:
+                job.settled.set()
             self.pool.shutdown(wait=False, cancel_futures=True)
 
 
