@@ -111,7 +111,12 @@ def holder_is_gone(owner: str) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    # a SIGKILLed worker is a zombie until init reaps it, which can take seconds: it is gone
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def acquire_lease(destination_id: int, token: str) -> bool:

@@ -165,6 +165,24 @@ def test_a_lease_whose_process_is_gone_is_taken_over_at_once(livelike_destinatio
     assert acquire_lease(livelike_destination.pk, lease_token())
 
 
+def test_a_lease_whose_process_is_a_zombie_is_taken_over_at_once(livelike_destination):
+    # killed but not yet reaped (init reaps a SIGKILLed cluster's workers when it gets to it)
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(f"/proc/{zombie.pid}/stat") as stat:
+            if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        time.sleep(0.01)
+    try:
+        owner = f"{socket.gethostname()}:{zombie.pid}:deadbeef"
+        set_destination(livelike_destination, lease_owner=owner,
+                        lease_until=timezone.now() + timedelta(seconds=LEASE_SECONDS))
+        assert acquire_lease(livelike_destination.pk, lease_token())
+    finally:
+        zombie.wait()
+
+
 def test_a_lease_held_by_a_live_process_is_not_taken(livelike_destination):
     owner = f"{socket.gethostname()}:{os.getppid()}:cafe"  # a live process: the one that started pytest
     set_destination(livelike_destination, lease_owner=owner, lease_until=timezone.now() + timedelta(seconds=LEASE_SECONDS))
