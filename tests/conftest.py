@@ -6,6 +6,27 @@ import pytest
 
 from audiences.ingest import source_create
 from audiences.models import SCOPES, Event, EventStat, Person
+from audiences.roles import RETENTION_MANAGER, VIEWER
+
+
+def logged_in(client, role: str, username: str):
+    """`client`, logged in as a new staff account that has one role."""
+    from django.contrib.auth.models import Group, User
+
+    account = User.objects.create_user(username, password="pw-for-tests-1", is_staff=True)
+    account.groups.add(Group.objects.get(name=role))
+    client.force_login(account)
+    return client
+
+
+@pytest.fixture
+def manager_client(db, client):
+    return logged_in(client, RETENTION_MANAGER, "rita")
+
+
+@pytest.fixture
+def viewer_client(db, client):
+    return logged_in(client, VIEWER, "viewer")
 
 
 def basic_auth(user: str, password: str = "") -> str:

@@ -4,10 +4,8 @@ never a 500, and never a guess at what was meant (an unknown decision is not a d
 import json
 
 import pytest
-from django.contrib.auth.models import Group, User
 from django.utils import timezone
 
-from audiences.roles import RETENTION_MANAGER
 from audiences.services import audience_save
 from syncs.models import Alert, Destination, RemovalHold, Sync
 
@@ -25,17 +23,10 @@ def world(db):
     return sync, hold, alert
 
 
-@pytest.fixture
-def manager(client):
-    user = User.objects.create_user("rita", password="pw-for-tests-1", is_staff=True)
-    user.groups.add(Group.objects.get(name=RETENTION_MANAGER))
-    client.force_login(user)
-    return client
 
-
-def test_an_unknown_hold_decision_is_a_400_and_decides_nothing(manager, world):
+def test_an_unknown_hold_decision_is_a_400_and_decides_nothing(manager_client, world):
     sync, hold, _ = world
-    response = manager.post(f"/dashboard/syncs/{sync.key}/holds/{hold.pk}", {"decision": "maybe"})
+    response = manager_client.post(f"/dashboard/syncs/{sync.key}/holds/{hold.pk}", {"decision": "maybe"})
     assert response.status_code == 400
     assert "decision must be approve or discard" in response.content.decode()
     hold.refresh_from_db()
@@ -43,10 +34,10 @@ def test_an_unknown_hold_decision_is_a_400_and_decides_nothing(manager, world):
 
 
 @pytest.mark.parametrize("paused", ["yes", "", "2"])
-def test_an_odd_pause_switch_is_a_400_and_changes_nothing(manager, world, paused):
+def test_an_odd_pause_switch_is_a_400_and_changes_nothing(manager_client, world, paused):
     sync, _, _ = world
     Sync.objects.filter(pk=sync.pk).update(paused=True)
-    response = manager.post(f"/dashboard/syncs/{sync.key}/pause", {"paused": paused})
+    response = manager_client.post(f"/dashboard/syncs/{sync.key}/pause", {"paused": paused})
     assert response.status_code == 400
     assert "paused must be 1 (pause) or 0 (resume)" in response.content.decode()
     assert Sync.objects.get(pk=sync.pk).paused is True
@@ -62,14 +53,14 @@ def test_an_odd_pause_switch_is_a_400_and_changes_nothing(manager, world, paused
     ("post", "/dashboard/audiences/new/", {"key": "k", "name": "n\x00", "rule_yaml": "event: A\n"}),
     ("post", "/dashboard/alerts/{alert}/acknowledge", {"next": "/admin/\x00"}),
 ])
-def test_text_with_a_nul_character_is_a_400_with_a_message(manager, world, method, url, data):
-    response = getattr(manager, method)(url.format(alert=world[2].pk), data)
+def test_text_with_a_nul_character_is_a_400_with_a_message(manager_client, world, method, url, data):
+    response = getattr(manager_client, method)(url.format(alert=world[2].pk), data)
     assert response.status_code == 400
     assert "NUL character" in response.content.decode()
 
 
-def test_a_nul_in_a_json_request_is_answered_in_json(manager, world):
-    response = manager.post("/dashboard/audiences/editor/preview?x=%00", json.dumps({}), content_type="application/json")
+def test_a_nul_in_a_json_request_is_answered_in_json(manager_client, world):
+    response = manager_client.post("/dashboard/audiences/editor/preview?x=%00", json.dumps({}), content_type="application/json")
     assert response.status_code == 400
     assert "NUL character" in response.json()["errors"][0]
 

@@ -3,10 +3,8 @@
 import re
 
 import pytest
-from django.contrib.auth.models import Group, User
 
 from audiences.models import Audience
-from audiences.roles import RETENTION_MANAGER
 
 pytestmark = pytest.mark.django_db
 
@@ -16,13 +14,6 @@ FORM = {
     "enabled": "on",
 }
 
-
-@pytest.fixture
-def manager_client(client):
-    account = User.objects.create_user("rita", password="pw-for-tests-1", is_staff=True)
-    account.groups.add(Group.objects.get(name=RETENTION_MANAGER))
-    client.force_login(account)
-    return client
 
 
 def field_block(page: str, field_id: str) -> str:

@@ -41,11 +41,6 @@ def user(role, name=None):
     return account
 
 
-@pytest.fixture
-def viewer_client(client):
-    client.force_login(user(VIEWER))
-    return client
-
 
 # --- outcomes -------------------------------------------------------------------------------
 

@@ -9,22 +9,13 @@ import re
 import uuid
 
 import pytest
-from django.contrib.auth.models import Group, User
 
 from audiences.models import Audience, Person
-from audiences.roles import VIEWER
 from audiences.services import audience_save
 from syncs.models import DeliveryBatch
 
 pytestmark = pytest.mark.django_db
 
-
-@pytest.fixture
-def viewer_client(client):
-    account = User.objects.create_user("viewer", password="pw-for-tests-1", is_staff=True)
-    account.groups.add(Group.objects.get(name=VIEWER))
-    client.force_login(account)
-    return client
 
 
 def pre_blocks(page: str) -> list[str]:
