@@ -16,7 +16,6 @@ from urllib.parse import quote
 
 import pytest
 from django.contrib.auth.models import Group, User
-from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 
@@ -30,7 +29,7 @@ from syncs.models import Delivery, Sync
 from syncs.services import destination_save, sync_save
 from tests.conftest import basic_auth
 from tests.contract_servers.livelike import LiveLikeServer
-from tests.test_role_matrix import TOKEN, build_world, make_user
+from tests.test_role_matrix import TOKEN, make_user, world_for_the_module
 
 ODD_IDS = [
     "../../etc/passwd", "a/b", "..", ".", "%2F", "a%2Fb", "with space", " padded ", "100%", "%%", "it's",
@@ -174,38 +173,28 @@ def fill(template: str, converters: dict, value: str) -> str:
     return "/" + template.format(**{name: quote(value, safe="") for name in converters})
 
 
+def plant_odd_people(world) -> None:
+    """People with odd ids who are in an audience and were synced."""
+    for n, customer_id in enumerate(ODD_IDS):
+        identify_and_cart(world.source, customer_id, n)
+    evaluate_all()
+    Delivery.objects.filter(customer_id__in=ODD_IDS).update(
+        state=Delivery.REJECTED, last_error="user_id: Unknown user.", acknowledged_at=timezone.now()
+    )
+    world.source.scopes = list(SCOPES)
+    world.source.save(update_fields=["scopes"])
+    world.odd_ids = list(ODD_IDS)
+    world.odd_pks = list(Person.objects.filter(customer_id__in=ODD_IDS).values_list("pk", flat=True))
+    world.keys = [*Audience.objects.values_list("key", flat=True), *Sync.objects.values_list("key", flat=True)]
+    world.numbers = [str(world.hold.pk), str(world.alert.pk)]
+    assert Membership.objects.filter(audience__key="cart_0_2h", person__pk__in=world.odd_pks).exists()
+
+
 @pytest.fixture(scope="module")
 def odd_world(django_db_setup, django_db_blocker):
     """The role matrix's world, and people with odd ids who are in an audience and were synced."""
-    with pytest.MonkeyPatch.context() as patch, LiveLikeServer(token=TOKEN, client_id="client-1") as livelike:
-        patch.setenv("LIVELIKE_PRODUCER_TOKEN", TOKEN)
-        patch.setenv("CIO_APP_KEY", "cio-app-key-0000")
-        with django_db_blocker.unblock():
-            outer = transaction.atomic()
-            outer.__enter__()
-            try:
-                world = build_world(livelike.url)
-                for n, customer_id in enumerate(ODD_IDS):
-                    identify_and_cart(world.source, customer_id, n)
-                evaluate_all()
-                Delivery.objects.filter(customer_id__in=ODD_IDS).update(
-                    state=Delivery.REJECTED, last_error="user_id: Unknown user.", acknowledged_at=timezone.now()
-                )
-                world.source.scopes = list(SCOPES)
-                world.source.save(update_fields=["scopes"])
-                world.odd_ids = list(ODD_IDS)
-                world.odd_pks = list(Person.objects.filter(customer_id__in=ODD_IDS).values_list("pk", flat=True))
-                world.keys = [*Audience.objects.values_list("key", flat=True), *Sync.objects.values_list("key", flat=True)]
-                world.numbers = [str(world.hold.pk), str(world.alert.pk)]
-                assert Membership.objects.filter(audience__key="cart_0_2h", person__pk__in=world.odd_pks).exists()
-            except BaseException:
-                transaction.set_rollback(True)
-                outer.__exit__(None, None, None)
-                raise
+    with world_for_the_module(django_db_blocker, plant_odd_people) as world:
         yield world
-        with django_db_blocker.unblock():
-            transaction.set_rollback(True)
-            outer.__exit__(None, None, None)
 
 
 def crawl(client, world, *, methods=("get",)) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from contextlib import contextmanager
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -137,9 +138,10 @@ def _django_q_rows():
     OrmQ.objects.create(key="world", payload="not-a-signed-package", lock=now)
 
 
-@pytest.fixture(scope="module")
-def world(django_db_setup, django_db_blocker):
-    """Built once; each test's own transaction is a savepoint inside this one."""
+@contextmanager
+def world_for_the_module(django_db_blocker, extend=lambda world: None):
+    """The world, built once (and `extend`ed) in an outer transaction rolled back at the end;
+    each test's own transaction is a savepoint inside it."""
     with pytest.MonkeyPatch.context() as patch, LiveLikeServer(token=TOKEN, client_id="client-1") as livelike:
         patch.setenv("LIVELIKE_PRODUCER_TOKEN", TOKEN)
         patch.setenv("CIO_APP_KEY", "cio-app-key-0000")
@@ -148,14 +150,23 @@ def world(django_db_setup, django_db_blocker):
             outer.__enter__()
             try:
                 built = build_world(livelike.url)
+                extend(built)
             except BaseException:
                 transaction.set_rollback(True)
                 outer.__exit__(None, None, None)
                 raise
+        try:
+            yield built
+        finally:
+            with django_db_blocker.unblock():
+                transaction.set_rollback(True)
+                outer.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def world(django_db_setup, django_db_blocker):
+    with world_for_the_module(django_db_blocker) as built:
         yield built
-        with django_db_blocker.unblock():
-            transaction.set_rollback(True)
-            outer.__exit__(None, None, None)
 
 
 def make_user(role: str | None, username: str | None = None) -> User:
