@@ -210,25 +210,22 @@ def _first_open_before():
     )
 
 
-def lane_filter(syncs, lane: str | None) -> Q:
+def lane_filter(syncs, lane: str) -> Q:
     """The rows of some syncs in one lane: everything of a suppression sync and every exit are
-    urgent; the entries of an activation sync are not. None: all their rows."""
+    urgent; the entries of an activation sync are not."""
     suppression = [s.pk for s in syncs if s.is_suppression]
     activation = [s.pk for s in syncs if not s.is_suppression]
-    if lane is None:
-        return Q(sync_id__in=suppression + activation)
     if lane == URGENT:
         return Q(sync_id__in=suppression) | Q(sync_id__in=activation, action=Delivery.EXIT)
     return Q(sync_id__in=activation, action=Delivery.ENTER)
 
 
-def claim_batch(syncs, limit: int, *, retries: bool = True, lane: str | None = None) -> tuple[uuid.UUID, int] | None:
+def claim_batch(syncs: list[Sync], limit: int, *, lane: str, retries: bool = True) -> tuple[uuid.UUID, int] | None:
     """Claim a retried batch whole (same rows, same batch id), else up to `limit` fresh rows of
     the syncs (in the order given: suppression first), in order. Returns (batch id, attempt) or
     None. `retries=False`: the caller knows no retried batch is due, and the look-up (which reads
     every pending row when there is none) is skipped. The attempt is the highest count among the
     rows claimed: rows of the batch that were skipped or cancelled meanwhile keep theirs."""
-    syncs = syncs if isinstance(syncs, (list, tuple)) else [syncs]
     now = timezone.now()
     due = Delivery.objects.filter(lane_filter(syncs, lane), state=Delivery.PENDING, next_attempt_at__lte=now)
     retry = due.filter(batch_id__isnull=False).order_by("id").values_list("batch_id", flat=True).first() if retries else None
