@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from .destinations.base import TransportError
+from .http import TransportError
 
 SETTING = "DESTINATION_PRIVATE_HOSTS"
 

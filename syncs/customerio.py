@@ -13,9 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-import requests
-
-from .destinations.base import RateLimiter, TransportError, parse_retry_after, session
+from .http import RateLimiter, TransportError, refused, request
 
 HOSTS = {"us": "https://api.customer.io", "eu": "https://api-eu.customer.io"}
 PAGE_LIMIT = 30000
@@ -42,29 +40,23 @@ class AppApiClient:
             self.limiter.wait()
             self.requests += 1
             try:
-                response = session().request(method, url, headers=headers, timeout=self.timeout, **kwargs)
-            except requests.Timeout:
-                last = f"no answer within {self.timeout:g} s"
-            except requests.ConnectionError as exc:
-                last = f"connection failed: {exc.__class__.__name__}"
-            else:
-                if response.status_code == 429:
+                response = request(method, url, headers=headers, timeout=self.timeout, who="Customer.io", passthrough=(404,), **kwargs)
+            except TransportError as exc:
+                if exc.permanent:
+                    raise
+                if exc.status == 429:
                     self.throttled += 1
-                    wait = parse_retry_after(response.headers.get("Retry-After")) or 1.0
-                    self.limiter.hold(wait)
-                    last = "rate limited (429)"
+                    self.limiter.hold(exc.retry_after or 1.0)
+                    last = str(exc)
                     continue
-                if response.status_code >= 500:
-                    last = f"server error {response.status_code}"
-                elif response.status_code in (401, 403):
-                    raise TransportError("Customer.io refused the app key (401/403)", permanent=True, status=response.status_code)
-                elif response.status_code >= 400:
-                    raise TransportError(f"{response.status_code}: {_error(response)}", permanent=True, status=response.status_code)
-                else:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        last = "the answer was not JSON"
+                last = str(exc)
+            else:
+                if response.status_code >= 400:
+                    raise refused(response, _error(response))
+                try:
+                    return response.json()
+                except ValueError:
+                    last = "the answer was not JSON"
             self.limiter.hold(min(30.0, 0.5 * 2 ** attempt))
         raise TransportError(f"Customer.io {method} {path}: {last} after {MAX_TRIES} tries")
 

@@ -412,7 +412,8 @@ def _build_rows(sync: Sync, deliveries: list[Delivery]):
                 no_identifier_reason(sync, policy) if delivery.person else "the person was erased before it was sent"
             )
             continue
-        rows.append(OutRow(delivery.pk, delivery.action, payload["identifier"], delivery.changed_at, payload["fields"], sync))
+        rows.append(OutRow(delivery.pk, delivery.action, payload["identifier"], delivery.changed_at, payload["fields"], sync,
+                           payload.get("identifiers") or {}))
     return rows, skipped
 
 
@@ -447,7 +448,26 @@ class Job:
 
 
 def _sent_rows(rows: list[OutRow]) -> list[dict]:
-    return [{"delivery": r.delivery_id, "action": r.action, "identifier": r.identifier, "fields": r.fields} for r in rows]
+    return [{"delivery": r.delivery_id, "action": r.action, "identifier": r.identifier, "fields": r.fields,
+             **({"identifiers": r.identifiers} if r.identifiers else {})} for r in rows]
+
+
+REPORT_SAMPLES = 20
+
+
+def merge_report(details: dict | None, report: dict) -> dict:
+    """A run's platform report over all its requests: counts add up, samples and ids gather
+    (the first REPORT_SAMPLES), anything else keeps its latest value."""
+    merged = dict(details or {})
+    for name, value in report.items():
+        before = merged.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float, list)):
+            merged[name] = value
+        elif isinstance(value, list):
+            merged[name] = ((before if isinstance(before, list) else []) + value)[:REPORT_SAMPLES]
+        else:
+            merged[name] = (before if isinstance(before, (int, float)) and not isinstance(before, bool) else 0) + value
+    return merged
 
 
 def prepare_batch(batch_id: uuid.UUID, attempt: int, lane: str, *, syncs: dict, run_for, summary: Summary) -> Job | None:
@@ -508,6 +528,8 @@ def record_sent(job: Job, result, *, duration_ms: float, summary: Summary) -> No
             run.sent += sent
             run.rejected += len(refused)
             run.requests += result.requests
+            if result.report:
+                run.details = merge_report(run.details, result.report)
     summary.sent += len(accepted)
     summary.rejected += len(rejected)
     summary.batches += 1

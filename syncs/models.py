@@ -138,6 +138,17 @@ class Sync(models.Model):
     downstream_audience_id = models.CharField(
         max_length=120, blank=True, default="", help_text="The audience id downstream; defaults to the audience key."
     )
+    match_on = models.JSONField(
+        default=list, blank=True,
+        help_text="For an ad platform: which of its identifiers to send (blank: every one it takes).",
+    )
+    additive_only = models.BooleanField(
+        default=False, help_text="Only add people downstream; never send a removal (a lookalike seed, say)."
+    )
+    # what the platform itself says of the audience, read on a schedule where it tells
+    downstream_size = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    downstream_match_rate = models.FloatField(null=True, blank=True, editable=False)
+    downstream_read_at = models.DateTimeField(null=True, blank=True, editable=False)
     paused = models.BooleanField(default=False)
     dry_run = models.BooleanField(default=False, help_text="Record exactly what would be sent; send nothing.")
     test_cohort_only = models.BooleanField(default=False, help_text="Send only internal test accounts.")
@@ -153,7 +164,8 @@ class Sync(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
-    history = HistoricalRecords()
+    # the read-back changes on a schedule: not a setting, so not in the history
+    history = HistoricalRecords(excluded_fields=["downstream_size", "downstream_match_rate", "downstream_read_at"])
 
     class Meta:
         ordering = ["key"]
@@ -210,6 +222,8 @@ class SyncRun(models.Model):
     started_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
+    # what the platform said of the run's requests (counts received and invalid, samples, ids)
+    details = models.JSONField(default=dict, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["sync", "started_at"], name="syncrun_sync_started")]

@@ -7,7 +7,6 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import requests
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db.models import Max
@@ -18,6 +17,7 @@ from audiences.evaluation import interval_of
 from audiences.models import Audience, SizeSample
 
 from .alerts import alert_open, alert_resolution, alert_resolve
+from .http import TransportError, refused, request
 from .models import Alert, Delivery, Sync, SyncRun
 from .selectors import oldest_open_delivery, suppression_lag, trailing_mean
 
@@ -216,10 +216,12 @@ def _channels(alert: Alert, *, resolved: bool) -> dict:
         )
     if settings.ALERT_WEBHOOK_URL:
         def post():
-            response = requests.post(
-                settings.ALERT_WEBHOOK_URL, json={"text": f"{text} <{link}|Open in Downstream>"}, timeout=10
+            response = request(
+                "POST", settings.ALERT_WEBHOOK_URL, json={"text": f"{text} <{link}|Open in Downstream>"}, timeout=10,
+                who="the alert webhook",
             )
-            response.raise_for_status()
+            if response.status_code >= 300:
+                raise refused(response)
 
         channels["webhook"] = post
     return channels
@@ -247,7 +249,7 @@ def notify_alerts() -> int:
                     continue
                 try:
                     send()
-                except (requests.RequestException, OSError) as exc:
+                except (TransportError, OSError) as exc:
                     log.warning("alert %s: %s notification failed, will retry: %s", alert.pk, channel, exc)
                     failed = True
                     continue

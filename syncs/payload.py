@@ -23,7 +23,18 @@ def mapped_fields(sync, person) -> dict:
 
 
 def payload_for(sync, person, *, policy=None) -> dict | None:
-    """{"identifier", "fields"}; None when the person has no valid identifier under the policy."""
+    """{"identifier", "fields"} and, for a kind that matches on its own keys (an ad platform),
+    "identifiers": every key the sync maps, in the platform's form, the first of them as the
+    identifier. None when the person has no valid identifier."""
+    from .destinations.registry import spec_for
+
+    spec = spec_for(sync.destination.kind)
+    if spec.match_keys:
+        identifiers = spec.identifiers_for(sync, person)
+        if not identifiers:
+            return None
+        return {"identifier": next(iter(identifiers.values())), "fields": mapped_fields(sync, person),
+                "identifiers": identifiers}
     identifier = (policy or sync.policy()).identifier_for(person)
     if identifier is None:
         return None
@@ -31,5 +42,11 @@ def payload_for(sync, person, *, policy=None) -> dict | None:
 
 
 def no_identifier_reason(sync, policy=None) -> str:
+    from .destinations.registry import spec_for
+
+    spec = spec_for(sync.destination.kind)
+    if spec.match_keys:
+        keys = ", ".join(k.label for k in spec.keys_for(sync))
+        return f"none of the identifiers {spec.label} matches on ({keys}) is valid for this person"
     policy = policy or sync.policy()
     return f"no valid {policy.get_field_display().split(' (')[0].lower()} under identifier policy {policy.key!r}"

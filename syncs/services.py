@@ -227,7 +227,8 @@ def workspace_save(*, data: dict, actor=None, instance: CustomerIoWorkspace | No
 
 
 SYNC_FIELDS = {"key", "audience", "destination", "mode", "fields", "identifier_policy", "downstream_audience_id",
-               "paused", "dry_run", "test_cohort_only", "removal_guard_share", "enabled", "owner", "timeout_s"}
+               "paused", "dry_run", "test_cohort_only", "removal_guard_share", "enabled", "owner", "timeout_s",
+               "match_on", "additive_only"}
 
 
 @transaction.atomic
@@ -279,10 +280,17 @@ def sync_save(*, data: dict, actor=None, instance: Sync | None = None) -> Sync:
             errors.setdefault("identifier_policy", []).append(f"there is no identifier policy {policy_key!r}")
         elif destination and (problem := spec_for(destination.kind).identifier_problem(sync.identifier_policy)):
             errors.setdefault("identifier_policy", []).append(problem)
+    match_on = data.get("match_on", sync.match_on)
+    if not isinstance(match_on, list) or not all(isinstance(n, str) for n in match_on):
+        errors.setdefault("match_on", []).append("must be a list of identifier names")
+    else:
+        if destination and (problems := spec_for(destination.kind).match_on_problems(match_on)):
+            errors.setdefault("match_on", []).extend(problems)
+        sync.match_on = match_on
     sync.downstream_audience_id = data.get("downstream_audience_id", sync.downstream_audience_id) or ""
     if not isinstance(sync.downstream_audience_id, str) or len(sync.downstream_audience_id) > 120:
         errors.setdefault("downstream_audience_id", []).append("must be a text of at most 120 characters")
-    for name in ("paused", "dry_run", "test_cohort_only", "enabled"):
+    for name in ("paused", "dry_run", "test_cohort_only", "enabled", "additive_only"):
         value = data.get(name, getattr(sync, name))
         if not isinstance(value, bool):
             errors.setdefault(name, []).append("must be true or false")

@@ -17,7 +17,7 @@ from audiences.models import Audience, Membership, Person
 from audiences.sources import MemberSource, register_source
 
 from .customerio import AppApiClient
-from .destinations.base import TransportError
+from .http import TransportError
 from .models import CustomerIoWorkspace, SegmentMember, SourcePull, Sync
 from .payload import PERSON_COLUMNS
 

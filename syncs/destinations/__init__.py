@@ -3,5 +3,6 @@
 one table, `registry.KINDS`. A new destination is written by copying an existing folder and
 adding one line there."""
 
-from .base import OutRow, SendResult, TransportError  # noqa: F401
+from ..http import TransportError  # noqa: F401
+from .base import OutRow, SendResult  # noqa: F401
 from .registry import KINDS, kind_choices, register, spec_for, transport_for  # noqa: F401

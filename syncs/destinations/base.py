@@ -2,30 +2,8 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
-
-import requests
-from requests.adapters import HTTPAdapter
-
-USER_AGENT = "Downstream/0.1 (+audience sync)"
-
-
-class TransportError(Exception):
-    """A request that did not go through. `permanent` means retrying the same request will not
-    help (bad credentials, a refused payload); `retry_after` is the destination's own wish;
-    `may_have_arrived` means the request went out and no answer came (a timeout, a connection
-    dropped mid-way), so the destination may have applied it."""
-
-    def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None, status: int | None = None,
-                 may_have_arrived: bool = False):
-        super().__init__(message)
-        self.permanent = permanent
-        self.retry_after = retry_after
-        self.status = status
-        self.may_have_arrived = may_have_arrived
 
 
 @dataclass
@@ -39,6 +17,8 @@ class OutRow:
     fields: dict = field(default_factory=dict)
     # the sync it belongs to, where one request carries the rows of several syncs
     sync: object = None
+    # a platform's own match keys (name → value in its form, hashed where it hashes)
+    identifiers: dict = field(default_factory=dict)
 
     @property
     def is_enter(self) -> bool:
@@ -51,98 +31,9 @@ class SendResult:
     rejected: dict[int, str] = field(default_factory=dict)  # delivery id → the destination's reason
     status: int | None = None
     requests: int = 1
-
-
-class RateLimiter:
-    """At most `per_second` calls a second from this process: `wait()` before each call."""
-
-    def __init__(self, per_second: float, sleep=time.sleep):
-        self.interval = 1.0 / per_second if per_second > 0 else 0.0
-        self.next_at = 0.0
-        self.sleep = sleep
-
-    def wait(self):
-        now = time.monotonic()
-        if now < self.next_at:
-            self.sleep(self.next_at - now)
-            now = self.next_at
-        self.next_at = now + self.interval
-
-    def hold(self, seconds: float) -> None:
-        """No call for `seconds` from now (a 429's Retry-After, a backoff)."""
-        self.next_at = max(self.next_at, time.monotonic() + seconds)
-
-
-_local = threading.local()
-
-
-class CheckedSession(requests.Session):
-    """Sends a request, and each redirect it follows, only where syncs.addresses allows: a
-    permanent TransportError otherwise, before anything leaves."""
-
-    def send(self, request, **kwargs):
-        from ..addresses import check_url
-
-        check_url(request.url)
-        return super().send(request, **kwargs)
-
-
-def session() -> requests.Session:
-    """One keep-alive session per thread (requests' Session is not thread-safe)."""
-    if not hasattr(_local, "session"):
-        s = CheckedSession()
-        s.headers["User-Agent"] = USER_AGENT
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
-        s.mount("http://", adapter)
-        s.mount("https://", adapter)
-        _local.session = s
-    return _local.session
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        from email.utils import parsedate_to_datetime
-        from datetime import timezone
-
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
-def post_json(url: str, *, data: bytes, headers: dict, timeout: float) -> requests.Response:
-    """POST and turn every way of not getting an answer into a TransportError."""
-    try:
-        response = session().post(url, data=data, headers={"Content-Type": "application/json", **headers}, timeout=timeout)
-    except requests.ConnectTimeout:
-        raise TransportError(f"could not connect within {timeout:g} s")
-    except requests.Timeout:
-        raise TransportError(f"no answer within {timeout:g} s", may_have_arrived=True)
-    except requests.ConnectionError as exc:
-        # refused before anything was sent, or dropped after the request went out
-        refused = "NewConnectionError" in repr(exc)
-        raise TransportError(f"connection failed: {exc.__class__.__name__}", may_have_arrived=not refused)
-    except requests.RequestException as exc:
-        raise TransportError(f"request failed: {exc}")
-    if response.status_code == 429:
-        raise TransportError(
-            "rate limited (429)", retry_after=parse_retry_after(response.headers.get("Retry-After")), status=429
-        )
-    if response.status_code >= 500:
-        raise TransportError(f"server error {response.status_code}: {response.text[:200]}", status=response.status_code)
-    if response.status_code in (401, 403):
-        raise TransportError(
-            f"{response.status_code}: the destination refused the credentials ({response.text[:200]})",
-            permanent=True, status=response.status_code,
-        )
-    if response.status_code == 404:
-        raise TransportError(f"404: not found at {url} (check the base URL and ids)", permanent=True, status=404)
-    return response
+    # what the platform said about the request as a whole, kept on the run (Meta's
+    # num_received / num_invalid_entries, Google's requestId): merged into SyncRun.details
+    report: dict = field(default_factory=dict)
 
 
 def iso(moment: datetime) -> str:

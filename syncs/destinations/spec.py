@@ -52,6 +52,38 @@ class Credential:
 
 
 @dataclass(frozen=True)
+class MatchKey:
+    """One identifier a platform matches people on, made from one person the platform's own
+    way: `source` is a person column (email, phone, customer_id, cio_id) or `attribute:NAME`;
+    `normalize` takes the raw value and gives the platform's form (or None: not usable);
+    `hashed` sends the SHA-256 hex of that form. A row carries every key the sync maps."""
+
+    name: str
+    label: str
+    source: str
+    normalize: Callable[[object], str | None] = field(compare=False)
+    hashed: bool = True
+
+    def raw(self, person):
+        if self.source.startswith("attribute:"):
+            return (person.attributes or {}).get(self.source.split(":", 1)[1])
+        if self.source == "phone":
+            return person.phone_e164 or person.phone
+        return getattr(person, self.source, None)
+
+    def compile(self, person) -> str | None:
+        from audiences.identifiers import sha256
+
+        raw = self.raw(person)
+        if raw is None or raw == "":
+            return None
+        value = self.normalize(raw)
+        if not value:
+            return None
+        return sha256(value) if self.hashed else value
+
+
+@dataclass(frozen=True)
 class DestinationSpec:
     kind: str
     label: str
@@ -67,6 +99,9 @@ class DestinationSpec:
     default_rate_limit_per_s: float = 10.0
     removes: bool = True
     min_audience_size: int | None = None
+    # the platform's own identifiers, several per person (Meta's schema, Google's
+    # userIdentifiers); a kind with match keys ignores the identifier policy
+    match_keys: tuple[MatchKey, ...] = ()
     # further checks of the settings as a whole: (settings, destination key) → messages
     check: Callable[[dict, str], list[str]] | None = field(default=None, compare=False)
 
@@ -75,6 +110,26 @@ class DestinationSpec:
 
     def credential(self, name: str) -> Credential | None:
         return next((c for c in self.credentials if c.name == name), None)
+
+    def match_key(self, name: str) -> MatchKey | None:
+        return next((k for k in self.match_keys if k.name == name), None)
+
+    def keys_for(self, sync) -> tuple[MatchKey, ...]:
+        """The match keys a sync sends: its `match_on` names, or every key the kind offers."""
+        chosen = [n for n in (sync.match_on or []) if self.match_key(n)]
+        return tuple(k for k in self.match_keys if k.name in chosen) if chosen else self.match_keys
+
+    def identifiers_for(self, sync, person) -> dict[str, str]:
+        return {k.name: v for k in self.keys_for(sync) if (v := k.compile(person))}
+
+    def match_on_problems(self, names) -> list[str]:
+        if not names:
+            return []
+        if not self.match_keys:
+            return [f"match_on: {self.label} matches on the identifier policy, not on match keys"]
+        known = [k.name for k in self.match_keys]
+        return [f"match_on: {name!r} is not an identifier {self.label} takes; use {', '.join(known)}"
+                for name in names if name not in known]
 
     def settings_problems(self, options: dict, *, key: str) -> list[str]:
         known = [s.name for s in self.settings]
@@ -101,6 +156,8 @@ class DestinationSpec:
 
     def identifier_problem(self, policy) -> str | None:
         """Why this kind cannot join on the policy's identifiers, or None."""
+        if self.match_keys:
+            return None  # it matches on its own keys
         if policy.hash_sha256 and not self.hashes:
             return f"{self.label} matches no hashes: {self.identifier_hint}"
         if self.identifiers is not None and policy.field not in self.identifiers:

@@ -14,7 +14,7 @@ from audiences.models import Membership, Person
 from audiences.services import audience_save
 from syncs.customerio import PAGE_LIMIT
 from syncs.delivery import deliver_destination
-from syncs.destinations.base import TransportError
+from syncs.http import TransportError
 from syncs.models import Alert, Delivery, DeliveryBatch, RemovalHold, SegmentMember, SourcePull
 from syncs.services import sync_save, workspace_save
 from syncs.sources import pull_segment

@@ -16,7 +16,8 @@ from pathlib import Path
 from django.utils import timezone
 
 from ...exports import OutsideExportRoot, confined, export_folder
-from ..base import OutRow, SendResult, TransportError, iso
+from ...http import TransportError
+from ..base import OutRow, SendResult, iso
 
 COLUMNS = ["action", "identifier", "changed_at"]
 MAX_BATCH = 5000

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 
-from ..base import OutRow, SendResult, TransportError, iso, post_json
+from ...http import TransportError, refused, request
+from ..base import OutRow, SendResult, iso
 
 DEFAULT_BASE_URL = "https://cf-blast.livelikecdn.com/api/v1"
 MAX_BATCH = 500
@@ -51,9 +52,9 @@ class Transport:
         # at most twice: the whole batch, then the rows the destination did not object to
         for _ in range(2):
             body = json.dumps(wrap([make(row, row.sync or sync, batch_id) for row in pending])).encode()
-            response = post_json(
-                self.url(endpoint), data=body, timeout=timeout or self.timeout,
-                headers={"Authorization": f"Bearer {self.token}", "Idempotency-Key": batch_id},
+            response = request(
+                "POST", self.url(endpoint), data=body, timeout=timeout or self.timeout, who="LiveLike",
+                headers={"Authorization": f"Bearer {self.token}", "Idempotency-Key": batch_id, "Content-Type": "application/json"},
             )
             result.requests += 1
             result.status = response.status_code
@@ -62,7 +63,7 @@ class Transport:
                 return result
             row_errors = _row_errors(response, len(pending), events=sync.mode == "events")
             if row_errors is None:
-                raise TransportError(f"{response.status_code}: {response.text[:300]}", permanent=True, status=response.status_code)
+                raise refused(response)
             retry = []
             for row, errors in zip(pending, row_errors):
                 if errors:

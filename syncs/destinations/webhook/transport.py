@@ -14,7 +14,8 @@ import json
 
 from django.utils import timezone
 
-from ..base import OutRow, SendResult, TransportError, iso, post_json
+from ...http import TransportError, refused, request
+from ..base import OutRow, SendResult, iso
 
 MAX_BATCH = 1000
 
@@ -48,14 +49,14 @@ class Transport:
                 for row in rows
             ],
         }).encode()
-        response = post_json(
-            self.url, data=body, timeout=timeout or self.timeout,
+        response = request(
+            "POST", self.url, data=body, timeout=timeout or self.timeout, who="the webhook",
             # the attempt's time travels in a header, so that a retried batch is the same body
-            headers={**self.headers, "X-Downstream-Signature": sign(body, self.secret), "X-Downstream-Batch-Id": batch_id,
+            headers={**self.headers, "Content-Type": "application/json", "X-Downstream-Signature": sign(body, self.secret), "X-Downstream-Batch-Id": batch_id,
                      "X-Downstream-Sent-At": iso(timezone.now())},
         )
         if response.status_code >= 300:
-            raise TransportError(f"{response.status_code}: {response.text[:300]}", permanent=True, status=response.status_code)
+            raise refused(response)
         rejected = {}
         try:
             answer = response.json()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from syncs.destinations.base import OutRow, SendResult, TransportError
+from syncs.destinations.base import OutRow, SendResult
+from syncs.http import TransportError
 
 SENT: list[dict] = []
 
