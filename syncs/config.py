@@ -33,7 +33,7 @@ WORKSPACE_DEFAULTS = {"region": "us", "base_url": "", "rate_limit_per_s": 10.0, 
 SYNC_DEFAULTS = {
     "mode": Sync.MEMBERSHIP, "fields": [], "identifier_policy": None, "downstream_audience_id": "", "paused": False,
     "dry_run": False, "test_cohort_only": False, "removal_guard_share": 0.3, "enabled": True, "owner": None,
-    "timeout_s": None,
+    "timeout_s": None, "match_on": [], "additive_only": False,
 }
 
 
@@ -63,7 +63,8 @@ def sync_dict(s: Sync) -> dict:
         "identifier_policy": s.identifier_policy.key if s.identifier_policy else None,
         "downstream_audience_id": s.downstream_audience_id, "paused": s.paused, "dry_run": s.dry_run,
         "test_cohort_only": s.test_cohort_only, "removal_guard_share": s.removal_guard_share, "enabled": s.enabled,
-        "owner": s.owner.username if s.owner else None, "timeout_s": s.timeout_s,
+        "owner": s.owner.username if s.owner else None, "timeout_s": s.timeout_s, "match_on": s.match_on,
+        "additive_only": s.additive_only,
     }
     return _without_defaults(data, SYNC_DEFAULTS)
 
