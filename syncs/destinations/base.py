@@ -36,5 +36,15 @@ class SendResult:
     report: dict = field(default_factory=dict)
 
 
+@dataclass
+class ReadBack:
+    """What a platform says of an audience on its side, for a transport's `read_back(sync)`:
+    its size (Meta's approximate_count) and the share of uploaded people it matched."""
+
+    size: int | None = None
+    match_rate: float | None = None  # 0..1
+    detail: str = ""
+
+
 def iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
