@@ -359,10 +359,13 @@ class Alert(models.Model):
         "zero_count", "sudden_drop", "failing_sync", "lag_over_target", "low_coverage", "stale_sync", "mass_removal",
     )
     FAILING_EVALUATION = "failing_evaluation"
+    LOW_MATCH_RATE, DOWNSTREAM_DRIFT, UNDER_MINIMUM = "low_match_rate", "downstream_drift", "under_minimum"
     KIND_CHOICES = [
         (ZERO_COUNT, "Audience at zero"), (SUDDEN_DROP, "Sudden drop"), (FAILING_SYNC, "Failing sync"),
         (LAG_OVER_TARGET, "Suppression lag over target"), (LOW_COVERAGE, "Low identifier coverage"),
         (STALE_SYNC, "Stale sync"), (MASS_REMOVAL, "Mass removal held"), (FAILING_EVALUATION, "Evaluation failing"),
+        (LOW_MATCH_RATE, "Low match rate downstream"), (DOWNSTREAM_DRIFT, "Downstream count drifted"),
+        (UNDER_MINIMUM, "Removals held at the platform's minimum"),
     ]
 
     key = models.CharField(max_length=200, help_text="One open alert per key, e.g. zero_count:audience:12.")
