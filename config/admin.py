@@ -13,20 +13,8 @@ class DownstreamAdminSite(admin.AdminSite):
 
         from config.middleware import may_read_dashboard
         from config.worker import worker_status
-        from syncs.views import home
+        from dashboard.views import home
 
         if not may_read_dashboard(request.user):
             raise PermissionDenied("your account has no role: ask an admin to add you to Viewer or Retention manager")
         return home(request, extra_context={"worker": worker_status()})
-
-
-def dashboard_context(request) -> dict:
-    """What the admin's base template needs, without the admin's app list (the dashboard pages
-    have no sidebar, and building the list checks every model's permissions)."""
-    from django.contrib.admin import site
-
-    return {
-        "site_title": site.site_title, "site_header": site.site_header, "site_url": site.site_url,
-        "has_permission": site.has_permission(request), "is_popup": False, "is_nav_sidebar_enabled": False,
-        "available_apps": [],
-    }

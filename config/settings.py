@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "csp",
     "audiences",
     "syncs",
+    "dashboard",
 ]
 
 MIDDLEWARE = [

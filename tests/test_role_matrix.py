@@ -34,7 +34,7 @@ from audiences.messages import Message
 from audiences.models import Audience, IdentifierPolicy, NamingConvention, Person, PriorityGroup, Source
 from audiences.roles import RETENTION_MANAGER, VIEWER
 from audiences.services import audience_save, priority_group_save
-from config import urls as project_urls
+from dashboard import urls as dashboard_urls
 from syncs.delivery import deliver_destination
 from syncs.models import Alert, Baseline, CustomerIoWorkspace, Delivery, Destination, Outcome, RemovalHold, SourcePull, Sync
 from syncs.outcomes import outcomes_record
@@ -234,7 +234,7 @@ DASHBOARD_PAGES = {
 
 
 def test_the_matrix_lists_every_dashboard_url():
-    assert {p.name for p in project_urls.dashboard} == set(DASHBOARD_PAGES)
+    assert {p.name for p in dashboard_urls.urlpatterns} == set(DASHBOARD_PAGES)
 
 
 def dashboard_url(world, name):

@@ -3,7 +3,7 @@ the rows cannot show is left to the YAML box."""
 
 import pytest
 
-from audiences.editor import problems, rows_to_rule, rule_to_rows
+from dashboard.editor import problems, rows_to_rule, rule_to_rows
 
 ROUND_TRIPS = [
     {"event": "Added to Cart", "within": "2h"},

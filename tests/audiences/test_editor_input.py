@@ -114,7 +114,7 @@ def test_a_preview_the_database_cannot_run_says_so_plainly_and_logs_why(manager,
     from django.db import connection
 
     from audiences.models import EventStat
-    from audiences.views_editor import PREVIEW_FAILED
+    from dashboard.editor_views import PREVIEW_FAILED
 
     table = EventStat._meta.db_table
     with connection.cursor() as cursor:  # a real failure, undone with the test's transaction
@@ -126,7 +126,7 @@ def test_a_preview_the_database_cannot_run_says_so_plainly_and_logs_why(manager,
     answer = check_json_answer(response)
     assert answer["errors"] == [PREVIEW_FAILED] and "preview" not in answer
     assert table not in response.content.decode()
-    failures = [record for record in caplog.records if record.name == "audiences.views_editor"]
+    failures = [record for record in caplog.records if record.name == "dashboard.editor_views"]
     assert len(failures) == 1 and failures[0].exc_info and table in str(failures[0].exc_info[1])
 
 

@@ -11,7 +11,7 @@ import pytest
 from django.contrib.auth.models import Group, User
 
 from audiences.roles import VIEWER
-from syncs.charts import lag_chart, size_chart, whole_ticks
+from dashboard.charts import lag_chart, size_chart, whole_ticks
 
 START = datetime(2026, 6, 1)
 

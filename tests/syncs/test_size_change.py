@@ -15,7 +15,7 @@ from django.utils import timezone
 from audiences.models import Audience, SizeSample
 from audiences.roles import VIEWER
 from audiences.services import audience_save
-from syncs.dashboard import dashboard_rows
+from dashboard.rows import dashboard_rows
 from syncs.review import weekly_review
 from syncs.selectors import size_change
 

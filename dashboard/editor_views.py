@@ -14,13 +14,13 @@ from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from config.admin import dashboard_context
+from audiences.models import Audience, IdentifierPolicy, PriorityGroup
+from audiences.naming import parse_name
+from audiences.preview import audience_preview
+from audiences.services import audience_save, default_convention
 
 from . import editor
-from .models import Audience, IdentifierPolicy, PriorityGroup
-from .naming import parse_name
-from .preview import audience_preview
-from .services import audience_save, default_convention
+from .context import dashboard_context
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from datetime import timedelta
 from django.utils import timezone
 
 from audiences.models import Audience
+from syncs.models import Alert, Sync, SyncRun
+from syncs.selectors import last_runs, size_change, size_series, suppression_lag_by_sync
 
 from . import charts
-from .models import Alert, Sync, SyncRun
-from .selectors import last_runs, size_change, size_series, suppression_lag_by_sync
 
 SPARK_DAYS = 7
 

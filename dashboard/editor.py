@@ -10,7 +10,7 @@ import re
 
 import yaml
 
-from . import rules as r
+from audiences import rules as r
 
 ROW_TYPES = ("did", "did_not", "last_between", "attribute", "in_audience", "not_in_audience")
 NUMBER = re.compile(r"^-?\d+(\.\d+)?$")

@@ -17,19 +17,25 @@ from audiences import rules as r
 from audiences.identifiers import find_people
 from audiences.models import Audience, Event, Membership, Person
 from audiences.preview import saved_audience_preview
-from config.admin import dashboard_context
+from syncs.alerts import alert_acknowledge
+from syncs.audit import person_timeline, setting_changes
+from syncs.models import Alert, Delivery, DeliveryBatch, Destination, RemovalHold, Sync, SyncRun
+from syncs.monitoring import Thresholds
+from syncs.outcomes import outcome_rows
+from syncs.review import weekly_review
+from syncs.selectors import (
+    lag_histogram,
+    rejected_rows,
+    size_lows,
+    size_series,
+    suppression_lag,
+    suppression_lag_series,
+    suppression_lag_values,
+)
 
 from . import charts
-from .alerts import alert_acknowledge
-from .audit import person_timeline, setting_changes
-from .dashboard import dashboard_rows, open_alerts
-from .models import Alert, Delivery, DeliveryBatch, Destination, RemovalHold, Sync, SyncRun
-from .monitoring import Thresholds
-from .outcomes import outcome_rows
-from .review import weekly_review
-from .selectors import (
-    lag_histogram, rejected_rows, size_lows, size_series, suppression_lag, suppression_lag_series, suppression_lag_values,
-)
+from .context import dashboard_context
+from .rows import dashboard_rows, open_alerts
 
 BUCKETS = {
     "hour": (timedelta(hours=1), timedelta(hours=48), "%H:%M"),
@@ -128,7 +134,7 @@ def _sent_row(batch, delivery_id):
 @require_POST
 @permission_required("syncs.change_sync", raise_exception=True)
 def sync_pause(request, key):
-    from .services import sync_set_paused
+    from syncs.services import sync_set_paused
 
     sync = get_object_or_404(Sync, key=key)
     if request.POST.get("paused") not in ("0", "1"):
@@ -142,7 +148,7 @@ def sync_pause(request, key):
 @require_POST
 @permission_required("syncs.change_sync", raise_exception=True)
 def hold_decide(request, key, hold_id):
-    from .services import hold_decide as decide
+    from syncs.services import hold_decide as decide
 
     hold = get_object_or_404(RemovalHold, pk=hold_id, sync__key=key)
     if request.POST.get("decision") not in ("approve", "discard"):
@@ -160,7 +166,7 @@ def hold_decide(request, key, hold_id):
 @require_POST
 @permission_required("syncs.change_sync", raise_exception=True)
 def send_test_cohort(request, key):
-    from .services import sync_send_test_cohort
+    from syncs.services import sync_send_test_cohort
 
     sync = get_object_or_404(Sync, key=key)
     count = sync_send_test_cohort(sync=sync, actor=request.user)
