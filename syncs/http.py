@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
@@ -90,6 +91,29 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
+class Captured(BaseException):
+    """Raised by `request` inside `capturing()`: the request it would have sent, unsent. A
+    BaseException, so that no transport's own error handling catches it."""
+
+    def __init__(self, prepared: requests.PreparedRequest):
+        super().__init__(prepared.method, prepared.url)
+        self.prepared = prepared
+
+
+_capture = threading.local()
+
+
+@contextmanager
+def capturing():
+    """Within this block `request` sends nothing: it raises `Captured` with the request exactly
+    as it would have gone on the wire (the editor's first-batch preview)."""
+    _capture.on = True
+    try:
+        yield
+    finally:
+        _capture.on = False
+
+
 def request(method: str, url: str, *, timeout: float, passthrough: tuple[int, ...] = (), who: str = "the destination",
             **kwargs) -> requests.Response:
     """Send one request (requests' keyword arguments: json, data, files, params, headers) and
@@ -102,6 +126,9 @@ def request(method: str, url: str, *, timeout: float, passthrough: tuple[int, ..
 
     Statuses in `passthrough` are returned for the caller to read (an API whose errors carry
     their own codes in the body); other answers, 2xx to 4xx, are returned as they are."""
+    if getattr(_capture, "on", False):
+        fields = {k: v for k, v in kwargs.items() if k in ("headers", "files", "data", "params", "json")}
+        raise Captured(session().prepare_request(requests.Request(method, url, **fields)))
     try:
         response = session().request(method, url, timeout=timeout, **kwargs)
     except TransportError:

@@ -24,7 +24,7 @@ from datetime import datetime
 from .common import ContractServer, Request, Response, arg_parser, common_kwargs, serve_until_signalled
 
 MAX_ITEMS = 500
-PATH = re.compile(r"^/api/v1/applications/([^/]+)/(segment-audience-sync|segment-events)/$")
+PATH = re.compile(r"^/api/v1/applications/([^/]+)/(segment-audience-sync|segment-events|validate-app)/$")
 ISO_DATETIME = re.compile(
     r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
 )
@@ -162,12 +162,16 @@ class LiveLikeServer(ContractServer):
             return Response.json(404, {"detail": "Not found."})
         if req.headers.get("Authorization") != f"Bearer {self.token}":
             return Response.json(401, {"detail": "Invalid token."}, headers=[("WWW-Authenticate", "Bearer")])
-        if req.method != "POST":
+        allowed = "GET" if match.group(2) == "validate-app" else "POST"
+        if req.method != allowed:
             return Response.json(
-                405, {"detail": f'Method "{req.method}" not allowed.'}, headers=[("Allow", "POST, OPTIONS")]
+                405, {"detail": f'Method "{req.method}" not allowed.'}, headers=[("Allow", f"{allowed}, OPTIONS")]
             )
         if match.group(1) != self.client_id:
             return Response.json(404, {"detail": "Not found."})
+        if match.group(2) == "validate-app":
+            # what a producer token and client id pair can reach: the application itself
+            return Response.json(200, {"client_id": self.client_id, "name": "Test application", "valid": True})
         try:
             data = req.json()
         except ValueError as exc:

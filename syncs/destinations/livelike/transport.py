@@ -39,6 +39,12 @@ class Transport:
         if not self.client_id or not self.token:
             raise TransportError("LiveLike needs a client id (settings) and a producer token (credentials)", permanent=True)
 
+    def check(self) -> str:
+        """The producer token opens this application: `GET /applications/<client_id>/validate-app/`."""
+        request("GET", self.url("validate-app"), timeout=self.timeout, who="LiveLike",
+                headers={"Authorization": f"Bearer {self.token}"})
+        return f"LiveLike accepted the producer token for application {self.client_id}."
+
     def url(self, endpoint: str) -> str:
         return f"{self.base_url}/applications/{self.client_id}/{endpoint}/"
 

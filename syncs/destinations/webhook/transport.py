@@ -37,6 +37,18 @@ class Transport:
         if not self.url or not self.secret:
             raise TransportError("a webhook needs a URL (settings) and a signing secret (credentials)", permanent=True)
 
+    def check(self) -> str:
+        """A signed ping (`{"type": "ping"}`, no changes): the receiver answers it like a batch."""
+        body = json.dumps({"type": "ping", "batch_id": None, "changes": []}).encode()
+        response = request(
+            "POST", self.url, data=body, timeout=self.timeout, who="the webhook",
+            headers={**self.headers, "Content-Type": "application/json", "X-Downstream-Signature": sign(body, self.secret),
+                     "X-Downstream-Sent-At": iso(timezone.now())},
+        )
+        if response.status_code >= 300:
+            raise refused(response)
+        return f"The webhook answered the signed ping with {response.status_code}."
+
     def send(self, rows: list[OutRow], *, batch_id: str, sync, timeout: float | None = None) -> SendResult:
         policy = sync.policy()
         body = json.dumps({
