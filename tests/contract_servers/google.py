@@ -4,6 +4,7 @@
     POST /v1/audienceMembers:remove        RemoveAudienceMembersRequest  → {"requestId"}
     GET  /v1/requestStatus:retrieve?requestId=...                        → {"requestStatusPerDestination": [...]}
     GET  /v1/accountTypes/{type}/accounts/{id}/userLists/{list}          → UserList (sizeInfo, match rate)
+    GET  /v1/accountTypes/{type}/accounts/{id}/userLists?pageSize=n      → {"userLists": [...]}
 
 Auth is `Authorization: Bearer <OAuth access token>`. Errors are Google's
 `{"error": {"code", "message", "status", "details"}}` with `google.rpc.ErrorInfo` and
@@ -65,7 +66,7 @@ ACCOUNT_TYPES = ("GOOGLE_ADS", "DISPLAY_VIDEO_PARTNER", "DISPLAY_VIDEO_ADVERTISE
 CONSENT_STATUSES = ("CONSENT_STATUS_UNSPECIFIED", "CONSENT_GRANTED", "CONSENT_DENIED")
 ENCODINGS = ("ENCODING_UNSPECIFIED", "HEX", "BASE64")
 TERMS = ("TERMS_OF_SERVICE_STATUS_UNSPECIFIED", "ACCEPTED", "REJECTED")
-USER_LIST = re.compile(r"^/v1/accountTypes/([^/]+)/accounts/([^/]+)/userLists/([^/]+)$")
+USER_LIST = re.compile(r"^/v1/accountTypes/([^/]+)/accounts/([^/]+)/userLists(?:/([^/]+))?$")
 PER_MINUTE_QUOTA = "IngestionMutateRequestsPerMinutePerProject"
 MATCH_RATE_RANGES = ((20, "MATCH_RATE_RANGE_LESS_THAN_20"), (31, "MATCH_RATE_RANGE_20_TO_30"),
                      (41, "MATCH_RATE_RANGE_31_TO_40"), (51, "MATCH_RATE_RANGE_41_TO_50"),
@@ -302,6 +303,8 @@ class GoogleDataManagerServer(ContractServer):
             scripted = self._refusals.pop(0) if self._refusals else None
         if scripted:
             raise scripted
+        if user_list and user_list.group(3) is None:
+            return self._user_lists(req, *user_list.groups()[:2])
         if user_list:
             return self._user_list(*user_list.groups())
         if route == "status":
@@ -533,6 +536,16 @@ class GoogleDataManagerServer(ContractServer):
                                                        for reason, n in sorted(status["failures"].items())]}
             answers.append(answer)
         return Response.json(200, {"requestStatusPerDestination": answers})
+
+    def _user_lists(self, req: Request, account_type: str, account_id: str) -> Response:
+        if (account_type, account_id) != self.account:
+            raise Refusal("PERMISSION_DENIED", "The caller does not have permission", reason="PERMISSION_DENIED")
+        try:
+            size = min(1000, int(req.param("pageSize") or 50))
+        except ValueError:
+            raise invalid([violation("page_size", "INVALID_FORMAT")]) from None
+        lists = [json.loads(self._user_list(account_type, account_id, i).body) for i in sorted(self.user_lists)[:size]]
+        return Response.json(200, {"userLists": lists} if lists else {})
 
     def _user_list(self, account_type: str, account_id: str, list_id: str) -> Response:
         if (account_type, account_id) != self.account:

@@ -694,6 +694,31 @@ def test_the_request_status_follow_up_is_a_worker_schedule():
     assert import_string(entry["func"]) is check_request_statuses and entry["minutes"] == 5
 
 
+def test_the_connection_test_lists_the_accounts_user_lists(google, destination):
+    from syncs.wire import check_connection
+
+    assert check_connection(destination) == (
+        True, "Google accepted the access token for GOOGLE_ADS account 1234567890; it holds user lists.")
+    assert google.request_log()[-1]["query"] == "pageSize=1"
+    google.token = "rotated"
+    reached, said = check_connection(destination)
+    assert not reached and said.startswith("the access token was refused")
+
+
+def test_the_first_batch_preview_is_the_ingest_request_with_the_token_masked(source, google, destination):
+    from syncs.wire import MASK, first_batch
+
+    sync = flagged_sync()
+    identify_in(source, "p0", flag=True, email="dana@example.com")
+    evaluate_all()
+    preview = first_batch(sync)
+    assert (preview.method, preview.url) == ("POST", google.url + "/v1/audienceMembers:ingest")
+    assert preview.headers["Authorization"] == f"Bearer {MASK}" and TOKEN not in json.dumps(preview.headers)
+    body = json.loads(preview.body)
+    assert body["audienceMembers"] == [{"userData": {"userIdentifiers": [{"emailAddress": PUBLISHED_EMAILS[0][1]}]}}]
+    assert google.request_log() == []  # nothing went
+
+
 def test_the_registry_knows_the_google_kind():
     assert registry.spec_for("google") is SPEC
     assert ("google", "Google (Data Manager API)") in registry.kind_choices()
@@ -769,3 +794,22 @@ def test_the_readme_example_applies_and_exports_as_it_was(tmp_path, monkeypatch)
     check = StringIO()
     call_command("apply_config", str(path), "--check", stdout=check, stderr=StringIO())
     assert "no changes: the database matches the file" in check.getvalue()
+
+
+def test_a_google_destination_is_set_up_from_the_dashboard_and_tested(manager_client, google):
+    page = manager_client.get("/dashboard/destinations/new/?kind=google").content.decode()
+    for name in ("setting__operating_account_id", "setting__customer_match_terms", "setting__ad_user_data",
+                 "setting__consent_attribute", "credential__access_token"):
+        assert f'name="{name}"' in page
+    response = manager_client.post("/dashboard/destinations/new/", {
+        "kind": "google", "name": "Google Ads", "key": "google-ads", "setting__base_url": google.api_url,
+        "setting__operating_account_type": "GOOGLE_ADS", "setting__operating_account_id": "1234567890",
+        "setting__customer_match_terms": "ACCEPTED", "setting__ad_user_data": "CONSENT_GRANTED",
+        "setting__ad_personalization": "CONSENT_GRANTED", "setting__consent_attribute": "consent",
+        "credential__access_token": TOKEN, "batch_size": 5000, "rate_limit_per_s": 5,
+    })
+    assert response.status_code == 302, response.content.decode()[:3000]
+    page = manager_client.get("/dashboard/destinations/google-ads/").content.decode()
+    assert TOKEN not in page
+    answer = manager_client.post("/dashboard/destinations/google-ads/test", follow=True).content.decode()
+    assert "Google accepted the access token for GOOGLE_ADS account 1234567890" in answer

@@ -232,6 +232,23 @@ class Transport:
             raise GoogleError(response).transport_error(response)
         return _json(response)
 
+    def _account_path(self) -> str:
+        account = self.operating_account
+        return f"/v1/accountTypes/{account['accountType']}/accounts/{account['accountId']}"
+
+    def _login_header(self) -> dict:
+        if not self.login_account:
+            return {}
+        login = self.login_account
+        return {"login-account": f"accountTypes/{login['accountType']}/accounts/{login['accountId']}"}
+
+    def check(self) -> str:
+        """The token reaches the operating account: userLists.list, one list at most."""
+        answer = self._get(f"{self._account_path()}/userLists", params={"pageSize": 1}, headers=self._login_header())
+        seen = "it holds user lists" if answer.get("userLists") else "it holds no user list yet"
+        return f"Google accepted the access token for {self.operating_account['accountType']} account " \
+               f"{self.operating_account['accountId']}; {seen}."
+
     def request_status(self, request_id: str, *, timeout: float | None = None) -> dict:
         """What Google made of one request: GET {base}/v1/requestStatus:retrieve?requestId=..."""
         return self._get("/v1/requestStatus:retrieve", params={"requestId": request_id}, timeout=timeout)
@@ -239,12 +256,7 @@ class Transport:
     def read_back(self, sync) -> ReadBack:
         """The user list as Google has it (userLists.get): its estimated size on the Display and
         Search networks (the larger is the size) and its Customer Match match rate."""
-        account = self.operating_account
-        headers = {}
-        if self.login_account:
-            headers["login-account"] = f"accountTypes/{self.login_account['accountType']}/accounts/{self.login_account['accountId']}"
-        user_list = self._get(f"/v1/accountTypes/{account['accountType']}/accounts/{account['accountId']}/userLists/"
-                              f"{sync.downstream_id}", headers=headers)
+        user_list = self._get(f"{self._account_path()}/userLists/{sync.downstream_id}", headers=self._login_header())
         size_info = user_list.get("sizeInfo") if isinstance(user_list.get("sizeInfo"), dict) else {}
         display, search = _count(size_info.get("displayNetworkMembersCount")), _count(size_info.get("searchNetworkMembersCount"))
         info = user_list.get("ingestedUserListInfo") if isinstance(user_list.get("ingestedUserListInfo"), dict) else {}
