@@ -52,7 +52,9 @@ def check_alerts(*, now: datetime | None = None, thresholds: Thresholds | None =
     checked_kinds = {Alert.ZERO_COUNT, Alert.SUDDEN_DROP, Alert.FAILING_SYNC, Alert.LAG_OVER_TARGET,
                      Alert.LOW_COVERAGE, Alert.STALE_SYNC, Alert.FAILING_EVALUATION}
     resolved = 0
-    for alert in Alert.objects.filter(resolved_at__isnull=True, kind__in=checked_kinds).select_related("audience", "sync"):
+    # the read-back (syncs/readback.py) opens and resolves its own, keyed readback:...
+    for alert in (Alert.objects.filter(resolved_at__isnull=True, kind__in=checked_kinds).exclude(key__startswith="readback:")
+                  .select_related("audience", "sync")):
         if alert.key not in wanted:
             alert_resolve(key=alert.key, resolution=_resolution(alert, now, limits))
             resolved += 1
