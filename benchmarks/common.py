@@ -80,17 +80,20 @@ class Processes:
     the right way."""
 
     def __init__(self):
-        self.livelike = self.web = self.worker = None
+        self.server = self.web = self.worker = None
 
     def start_livelike(self, token: str, client_id: str, *flags: str) -> str:
-        self.livelike = subprocess.Popen(
-            [sys.executable, "-m", "tests.contract_servers.livelike", "--port", "0", "--token", token,
-             "--client-id", client_id, *flags],
+        return self.start_server("livelike", "--token", token, "--client-id", client_id, *flags)
+
+    def start_server(self, kind: str, *flags: str) -> str:
+        """A contract server (`tests/contract_servers/<kind>.py`) in its own process; its URL."""
+        self.server = subprocess.Popen(
+            [sys.executable, "-m", f"tests.contract_servers.{kind}", "--port", "0", *flags],
             cwd=ROOT, stdout=subprocess.PIPE, text=True,
         )
-        line = self.livelike.stdout.readline().strip()
+        line = self.server.stdout.readline().strip()
         if not line.startswith("listening on "):
-            raise RuntimeError(f"the LiveLike contract server said {line!r}")
+            raise RuntimeError(f"the {kind} contract server said {line!r}")
         return line.removeprefix("listening on ")
 
     def start_web(self, env, port: int, workers: int, *, threads: int = 1) -> None:
@@ -130,7 +133,7 @@ class Processes:
             except ProcessLookupError:
                 pass
             self.worker.wait()
-        for process in (self.web, self.livelike):
+        for process in (self.web, self.server):
             if process is not None:
                 process.terminate()
                 try:

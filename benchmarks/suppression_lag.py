@@ -60,19 +60,43 @@ audiences:
     rule: {{event: Order Completed, within: 24h}}
     cadence: realtime
 destinations:
-  - key: livelike
-    name: LiveLike
-    kind: livelike
-    settings: {{base_url: "{base_url}", client_id: {client_id}}}
-    credentials: {{producer_token: "env:LAG_LIVELIKE_PRODUCER_TOKEN"}}
+  - key: {kind}
+    name: {kind}
+    kind: {kind}
+    settings: {settings}
+    credentials: {{{credential}: "env:LAG_TOKEN"}}
     timeout_s: 2.0
     retry_base_s: 0.5
     retry_cap_s: 5.0
 syncs:
-  - key: recent-purchasers-livelike
+  - key: recent-purchasers-{kind}
     audience: {audience}
-    destination: livelike
+    destination: {kind}
+    downstream_audience_id: "{audience_id}"
 """
+AUDIENCE_ID = "23850000000000001"
+# destination kind → (contract server module and flags, settings beyond base_url, credential name)
+DESTINATIONS = {
+    "livelike": (["--token", TOKEN, "--client-id", CLIENT_ID], {"client_id": CLIENT_ID}, "producer_token"),
+    "meta": (["--token", TOKEN, "--audience", AUDIENCE_ID], {}, "access_token"),
+    "google": (["--token", TOKEN, "--account-id", "1234567890", "--user-list", AUDIENCE_ID], {
+        "operating_account_id": "1234567890", "customer_match_terms": "ACCEPTED", "ad_user_data": "CONSENT_GRANTED",
+        "ad_personalization": "CONSENT_GRANTED"}, "access_token"),
+    "tiktok": (["--token", TOKEN, "--audience", f"{AUDIENCE_ID}:EMAIL_SHA256"], {"advertiser_id": "7000000000000000001"},
+               "access_token"),
+}
+ACKS = """\
+import json
+from syncs.models import Delivery
+print(json.dumps({c: t.timestamp() for c, t in Delivery.objects.filter(
+    sync__key="recent-purchasers-%s", state="sent", action="enter").values_list("customer_id", "acknowledged_at")}))
+"""
+
+
+def downstream_acks(env, kind: str) -> dict[str, float]:
+    """{customer id: when the platform's 200 for its add came back}, as Downstream recorded it
+    (the ad platforms' contract servers keep members, not a log of row acknowledgements)."""
+    return json.loads(manage(env, "shell", "-c", ACKS % kind).strip().splitlines()[-1])
 
 
 def livelike_acks(url: str) -> dict[str, float]:
@@ -116,17 +140,17 @@ def send_events(port: int, key: str, users: list[str], per_second: float, prefix
     return returned, sent
 
 
-def wait_for_acks(url: str, users, timeout: float) -> dict[str, float]:
+def wait_for_acks(read, users, timeout: float) -> dict[str, float]:
     deadline = time.monotonic() + timeout
     while True:
-        acks = livelike_acks(url)
+        acks = read()
         if all(u in acks for u in users) or time.monotonic() > deadline:
             return acks
         time.sleep(0.5)
 
 
 def run_backend(name: str, url: str, redis_url: str, args) -> dict:
-    env = django_env(url, redis_url=redis_url, LOG_LEVEL="WARNING", LAG_LIVELIKE_PRODUCER_TOKEN=TOKEN)
+    env = django_env(url, redis_url=redis_url, LOG_LEVEL="WARNING", LAG_TOKEN=TOKEN)
     if redis_url:
         import redis
 
@@ -134,12 +158,18 @@ def run_backend(name: str, url: str, redis_url: str, args) -> dict:
     reset_database(url, env)
     processes = Processes()
     try:
-        livelike_url = processes.start_livelike(TOKEN, CLIENT_ID)
+        kind = args.destination
+        flags, settings, credential = DESTINATIONS[kind]
+        server_url = processes.start_server(kind, *flags)
+        base_url = server_url + "/api/v1" if kind == "livelike" else server_url
         key = manage(env, "create_source", "shop").strip().splitlines()[-1]
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "downstream.yaml"
-            config.write_text(CONFIG.format(audience=AUDIENCE, base_url=livelike_url + "/api/v1", client_id=CLIENT_ID))
+            config.write_text(CONFIG.format(
+                audience=AUDIENCE, kind=kind, settings=json.dumps({"base_url": base_url, **settings}), credential=credential,
+                audience_id=AUDIENCE_ID if kind != "livelike" else ""))
             manage(env, "apply_config", str(config))
+        read = (lambda: livelike_acks(server_url)) if kind == "livelike" else (lambda: downstream_acks(env, kind))
         manage(env, "setup_schedules")
         port = free_port()
         processes.start_web(env, port, args.web_workers)
@@ -148,14 +178,14 @@ def run_backend(name: str, url: str, redis_url: str, args) -> dict:
         prefix = f"lag-{name}-{int(time.time())}"
         warm = [f"{prefix}-warm-{i}" for i in range(WARM_UP)]
         warm_returned, _ = send_events(port, key, warm, 1.0, prefix + "-warm")
-        warm_acks = wait_for_acks(livelike_url, warm, 60)
+        warm_acks = wait_for_acks(read, warm, 60)
         warm_lags = [warm_acks[u] - warm_returned[u] for u in warm if u in warm_acks]
 
         users = [f"{prefix}-{i:04d}" for i in range(args.events)]
         sent_started = time.monotonic()
         returned, sent = send_events(port, key, users, args.per_second, prefix)
         sending = time.monotonic() - sent_started
-        acks = wait_for_acks(livelike_url, users, args.wait)
+        acks = wait_for_acks(read, users, args.wait)
     finally:
         processes.stop()
         if redis_url:
@@ -176,6 +206,8 @@ def main():
     parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the last acknowledgements")
     parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--destination", default="livelike", choices=sorted(DESTINATIONS),
+                        help="the destination kind (its contract server in its own process)")
     parser.add_argument("--pg-url", default=os.environ.get("BENCH_LAG_PG_URL", "postgres://postgres@127.0.0.1:5432/downstream_bench_lag"))
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_LAG_REDIS_URL", "redis://127.0.0.1:6379/14"))
     args = parser.parse_args()
@@ -185,9 +217,10 @@ def main():
     print(
         f"inputs: {args.events} Order Completed events, one per POST /ingest/v1/batch, {args.per_second:g} requests/s, "
         f"each for a new userId (after {WARM_UP} warm-up events, not counted); realtime suppression audience "
-        f"{AUDIENCE} {{event: Order Completed, within: 24h}} synced to a LiveLike contract server (own process, "
-        f"no rate limit) through a destination with rate_limit_per_s 10, timeout_s 2; gunicorn {args.web_workers} "
-        f"sync workers, one qcluster (Q_WORKERS 2); lag = LiveLike's 200 for the add row - the ingest request's return"
+        f"{AUDIENCE} {{event: Order Completed, within: 24h}} synced to a {args.destination} contract server (own "
+        f"process, its default limits) through a destination with the kind's default rate limit, timeout_s 2; "
+        f"gunicorn {args.web_workers} sync workers, one qcluster (Q_WORKERS 2); lag = the destination's 200 for the "
+        f"add (LiveLike: as the server logged it; the ad platforms: as Downstream recorded it) - the ingest request's return"
     )
     backends = {
         "sqlite": (f"sqlite:///{ROOT / 'var' / 'bench-lag.sqlite3'}", "", "SQLite file + ORM broker"),
