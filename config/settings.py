@@ -140,7 +140,11 @@ Q_CLUSTER = {
     "retry": env.int("Q_RETRY", default=900),
     "catch_up": False,
     "max_attempts": 1,
-    "save_limit": 1000,
+    # successes kept per task function (failures are always saved; retention prunes both
+    # after RETENTION_TASK_DAYS): the hourly retention pass's results are not pushed out by
+    # the per-minute ticks
+    "save_limit": env.int("Q_SAVE_LIMIT", default=250),
+    "save_limit_per": "func",
     "poll": 0.1,
     "guard_cycle": 0.5,
     "ack_failures": True,
@@ -157,6 +161,20 @@ else:
 DELIVERY_ADDS_LINGER_S = env.float("DELIVERY_ADDS_LINGER_S", default=1.0)
 # A sender with nothing to send stays this long, looking for new rows, before it lets its worker go.
 DELIVERY_IDLE_S = env.float("DELIVERY_IDLE_S", default=5.0)
+
+# --- retention (README "Retention") ---------------------------------------------------------
+# Events go when older than the longest window any audience's rule names plus the margin, never
+# before the floor; settled deliveries, request batches and sync runs after their days (their
+# daily counts stay for the pages); worker task results after theirs. Deleted in chunks of
+# RETENTION_CHUNK_ROWS rows with a pause after each. Checked by `manage.py check` (syncs.E101).
+RETENTION_EVENT_MARGIN_DAYS = env.int("RETENTION_EVENT_MARGIN_DAYS", default=7)
+RETENTION_EVENT_FLOOR_DAYS = env.int("RETENTION_EVENT_FLOOR_DAYS", default=30)
+RETENTION_DELIVERY_DAYS = env.int("RETENTION_DELIVERY_DAYS", default=30)
+RETENTION_BATCH_DAYS = env.int("RETENTION_BATCH_DAYS", default=30)
+RETENTION_RUN_DAYS = env.int("RETENTION_RUN_DAYS", default=90)
+RETENTION_TASK_DAYS = env.int("RETENTION_TASK_DAYS", default=30)
+RETENTION_CHUNK_ROWS = env.int("RETENTION_CHUNK_ROWS", default=5000)
+RETENTION_PAUSE_S = env.float("RETENTION_PAUSE_S", default=0.2)
 
 # --- auth -----------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

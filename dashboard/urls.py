@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import editor_views, views
+from . import editor_views, retention_views, views
 
 app_name = "dashboard"
 
@@ -24,4 +24,5 @@ urlpatterns = [
     path("people/<int:person_id>/", views.person, name="person"),
     path("history/", views.history, name="history"),
     path("review/weekly/", views.review, name="review"),
+    path("storage/", retention_views.storage, name="storage"),
 ]

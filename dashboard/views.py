@@ -230,6 +230,8 @@ def review(request):
 
 
 def runs(request, key):
+    from syncs.retention import run_days
+
     sync = get_object_or_404(Sync, key=key)
     return page(request, "dashboard/runs.html", f"Runs of {sync.key}", sync=sync,
-                runs=SyncRun.objects.filter(sync=sync).order_by("-started_at")[:200])
+                runs=SyncRun.objects.filter(sync=sync).order_by("-started_at")[:200], days=run_days(sync))

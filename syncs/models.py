@@ -464,3 +464,60 @@ class Baseline(models.Model):
 
     def __str__(self):
         return f"baseline of {self.audience.key} on {self.captured_on}"
+
+
+class SyncDay(models.Model):
+    """What retention pruned of one sync's day, counted, so that the run history and the weekly
+    review read the same figures after the rows are gone: a page adds these to the rows still
+    there (each row is counted in exactly one place). Deliveries count on the day they were
+    created, their lag on the day they were acknowledged, runs on the day they started,
+    batches on the day they were sent (days in TIME_ZONE, as the pages' weeks)."""
+
+    sync = models.ForeignKey(Sync, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    sent = models.PositiveIntegerField(default=0)
+    rejected = models.PositiveIntegerField(default=0)
+    dead = models.PositiveIntegerField(default=0)
+    cancelled = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0)
+    dry_run = models.PositiveIntegerField(default=0)
+    # lag of the changes sent (not those queued when the sync was created), per action:
+    # {milliseconds, rounded up to the millisecond under 1 s and to 3 significant digits above: count}
+    lag_enter = models.JSONField(default=dict)
+    lag_exit = models.JSONField(default=dict)
+    runs = models.PositiveIntegerField(default=0)
+    runs_succeeded = models.PositiveIntegerField(default=0)
+    runs_partial = models.PositiveIntegerField(default=0)
+    runs_failed = models.PositiveIntegerField(default=0)
+    run_planned = models.PositiveBigIntegerField(default=0)
+    run_sent = models.PositiveBigIntegerField(default=0)
+    run_rejected = models.PositiveBigIntegerField(default=0)
+    run_skipped = models.PositiveBigIntegerField(default=0)
+    run_retried = models.PositiveBigIntegerField(default=0)
+    run_requests = models.PositiveBigIntegerField(default=0)
+    batches = models.PositiveIntegerField(default=0)
+    batches_failed = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["sync", "day"], name="syncday_one_per_day")]
+        ordering = ["sync", "day"]
+
+    def __str__(self):
+        return f"{self.sync_id} on {self.day}: {self.sent:,} sent, {self.runs:,} runs (pruned)"
+
+
+class RetentionRun(models.Model):
+    """One pass of the retention task: what it deleted, and whether it got through everything
+    due or stopped at its time budget (the next pass goes on from there)."""
+
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    event_days = models.PositiveIntegerField(help_text="Events older than this many days were due to go.")
+    deleted = models.JSONField(default=dict, help_text="Rows deleted per kind: events, deliveries, batches, runs, task results.")
+    complete = models.BooleanField(default=False, help_text="Everything due went; false: the time budget ran out first.")
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self):
+        return f"retention at {self.started_at:%Y-%m-%d %H:%M}: {sum(self.deleted.values()):,} rows"

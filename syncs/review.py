@@ -13,7 +13,8 @@ from django.utils import timezone
 from audiences.models import Audience, SizeSample
 
 from .models import Alert, Baseline, Delivery, Outcome, Sync
-from .selectors import LagFigures, SizeChange, acknowledged, lag_figures, size_change
+from .retention import merged_lag_figures, pruned_failures, pruned_lags
+from .selectors import LagFigures, SizeChange, acknowledged, size_change
 
 
 @dataclass
@@ -114,13 +115,19 @@ def weekly_review(*, week_ending=None) -> WeeklyReport:
             rejected=Count("pk", filter=Q(state=Delivery.REJECTED)), dead=Count("pk", filter=Q(state=Delivery.DEAD))
         )
     }
+    # days retention pruned were counted before the rows went: each row is in one place or the other
+    for audience_id, pruned in pruned_failures(ids, since=start, until=end).items():
+        row = failures.setdefault(audience_id, {"rejected": 0, "dead": 0})
+        row["rejected"], row["dead"] = row["rejected"] + pruned["rejected"], row["dead"] + pruned["dead"]
     suppressing = Sync.objects.filter(audience_id__in=ids)
     lags = {}
     for audience in audiences:
         action = Delivery.ENTER if audience.purpose == Audience.SUPPRESSION else Delivery.EXIT
         sync_ids = [s.pk for s in suppressing if s.audience_id == audience.pk]
         rows = acknowledged(sync_ids, since=start, until=end, action=action).values_list("acknowledged_at", "triggered_at")[:20000]
-        lags[audience.pk] = lag_figures([max(0.0, (a - t).total_seconds()) for a, t in rows])
+        lags[audience.pk] = merged_lag_figures(
+            [max(0.0, (a - t).total_seconds()) for a, t in rows], pruned_lags(sync_ids, since=start, until=end, action=action)
+        )
     alerts = Alert.objects.filter(audience_id__in=ids)
     opened = dict(alerts.filter(opened_at__gte=start, opened_at__lt=end).values("audience_id").annotate(n=Count("pk")).values_list("audience_id", "n"))
     closed = dict(alerts.filter(resolved_at__gte=start, resolved_at__lt=end).values("audience_id").annotate(n=Count("pk")).values_list("audience_id", "n"))

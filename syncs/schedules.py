@@ -15,4 +15,11 @@ SCHEDULES = [
         "minutes": 1,
         "repeats": -1,
     },
+    {
+        # bounded storage (README "Retention"): what became old since the last pass goes
+        "name": "retention",
+        "func": "syncs.tasks.apply_retention",
+        "schedule_type": Schedule.HOURLY,
+        "repeats": -1,
+    },
 ]

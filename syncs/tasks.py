@@ -5,6 +5,7 @@ import time
 from django.utils import timezone
 from django_q.tasks import async_task
 
+from . import retention  # imported at start-up, also for its settings check
 from .delivery import (
     HEARTBEAT_S,
     LEASE_SECONDS,
@@ -74,3 +75,9 @@ def check_alerts():
     result = run_checks()
     result["notified"] = notify_alerts()
     return result
+
+
+def apply_retention():
+    """Every hour: delete what retention no longer keeps, in small chunks, within a budget."""
+    run = retention.apply_retention()
+    return {**run.deleted, "complete": run.complete}

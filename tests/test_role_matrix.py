@@ -230,6 +230,7 @@ DASHBOARD_PAGES = {
     "person": (lambda w: {"person_id": w.person.pk}, "", 200, 200),
     "history": (lambda w: {}, "", 200, 200),
     "review": (lambda w: {}, "", 200, 200),
+    "storage": (lambda w: {}, "", 200, 200),
 }
 
 
