@@ -135,11 +135,14 @@ def too_big(what, limit):
 
 
 class _Checker:
-    """Collects problems for one message so that all of them are reported at once."""
+    """Collects problems for one message so that all of them are reported at once. `storable`:
+    the whole message is known to hold no NUL, no unpaired surrogate and no nesting too deep
+    (`_measure`), so that no field need be walked for them."""
 
-    def __init__(self, index: int | None):
+    def __init__(self, index: int | None, *, storable: bool = False):
         self.index = index
         self.problems: list[Problem] = []
+        self.storable = storable
 
     def fail(self, field_name: str, message: str):
         self.problems.append(Problem(self.index, field_name, message))
@@ -156,7 +159,7 @@ class _Checker:
             self.fail(field_name, "is required: Downstream keys people by their customer id")
         elif len(text) > MAX_ID_LENGTH:
             self.fail(field_name, f"is longer than {MAX_ID_LENGTH} characters")
-        elif not _clean_text(text):
+        elif not (self.storable or _clean_text(text)):
             self.fail(field_name, "contains a NUL character or an unpaired surrogate")
         return text
 
@@ -170,7 +173,7 @@ class _Checker:
             return ""
         if len(value) > max_length:
             self.fail(field_name, f"is longer than {max_length} characters")
-        elif not _clean_text(value):
+        elif not (self.storable or _clean_text(value)):
             self.fail(field_name, "contains a NUL character or an unpaired surrogate")
         return value.strip()
 
@@ -180,7 +183,7 @@ class _Checker:
         if not isinstance(value, dict):
             self.fail(field_name, f"must be an object, not {_json_type(value)}")
             return {}
-        bad = _first_unstorable(value, field_name, depth=0)
+        bad = None if self.storable else _first_unstorable(value, field_name, depth=0)
         if bad:
             self.fail(*bad)
             return {}
@@ -190,7 +193,7 @@ class _Checker:
         if value is None or value == "":
             return None
         parsed = None
-        if isinstance(value, str) and _clean_text(value):
+        if isinstance(value, str) and (self.storable or _clean_text(value)):
             try:
                 parsed = parse_datetime(value.strip())
             except ValueError:
@@ -291,8 +294,17 @@ def _derived_message_id(raw: dict) -> str:
     return f"derived:{digest}"
 
 
-def _message_size(raw) -> int:
-    return len(json.dumps(raw, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace"))
+def _measure(raw) -> tuple[int, bool]:
+    """A message's size, compact in UTF-8, and whether it is certainly storable. One dump
+    tells both: an unpaired surrogate does not encode, a NUL is dumped as an escape, and with
+    no more brackets than MAX_NESTING nothing can be nested deeper. Otherwise (or on the
+    rare false alarm, such as a text that reads backslash-u-0000) the fields are walked."""
+    text = json.dumps(raw, separators=(",", ":"), ensure_ascii=False)
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return len(text.encode("utf-8", "replace")), False
+    return size, "\\u0000" not in text and text.count("{") + text.count("[") <= MAX_NESTING
 
 
 # --- Segment / Data Pipelines spec ----------------------------------------------------------
@@ -300,15 +312,12 @@ def _message_size(raw) -> int:
 
 def parse_segment_message(raw, index: int | None, *, now: datetime, implied_type: str | None = None):
     """One spec message → (Message | None, problems)."""
-    check = _Checker(index)
     if not isinstance(raw, dict):
-        check.fail("", f"a message must be an object, not {_json_type(raw)}")
-        return None, check.problems
-    if _message_size(raw) > settings.INGEST_MAX_MESSAGE_BYTES:
-        check.problems.append(
-            Problem(index, "", too_big("the message", settings.INGEST_MAX_MESSAGE_BYTES), too_large=True)
-        )
-        return None, check.problems
+        return None, [Problem(index, "", f"a message must be an object, not {_json_type(raw)}")]
+    size, storable = _measure(raw)
+    if size > settings.INGEST_MAX_MESSAGE_BYTES:
+        return None, [Problem(index, "", too_big("the message", settings.INGEST_MAX_MESSAGE_BYTES), too_large=True)]
+    check = _Checker(index, storable=storable)
 
     kind = raw.get("type", implied_type)
     if implied_type and kind != implied_type:
