@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PG_URL ?= postgres://postgres@127.0.0.1:5432/downstream
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install run test test-postgres test-future bench clean
+.PHONY: install run test test-postgres test-future lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(VENV)/.installed
 ## web + worker on SQLite with demo data; prints the URL and a login
 run: install
 	@PY=$(PY) ./scripts/run
+
+## ruff: pyflakes, pycodestyle, import order and bug-prone patterns (pyproject.toml)
+lint: install
+	$(VENV)/bin/ruff check .
 
 ## the whole suite on SQLite, ORM broker: no service needed
 test: install

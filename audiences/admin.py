@@ -6,16 +6,26 @@ from django.db import transaction
 from django.http import Http404
 from django.template.response import TemplateResponse
 from django.utils.cache import add_never_cache_headers
-
-from .ingest import source_revoke, source_rotate_key
 from simple_history.admin import SimpleHistoryAdmin
 
 from . import services
 from .evaluation import dependencies
 from .identifiers import find_people
+from .ingest import source_revoke, source_rotate_key
 from .models import (
-    SCOPE_CHOICES, TRACK, Audience, Erasure, Event, EventStat, IdentifierPolicy, Membership, NamingConvention, Person,
-    PriorityGroup, SizeSample, Source,
+    SCOPE_CHOICES,
+    TRACK,
+    Audience,
+    Erasure,
+    Event,
+    EventStat,
+    IdentifierPolicy,
+    Membership,
+    NamingConvention,
+    Person,
+    PriorityGroup,
+    SizeSample,
+    Source,
 )
 
 

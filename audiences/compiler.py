@@ -9,12 +9,25 @@ a window and property filters read the event table, through its (person, name, t
 
 from __future__ import annotations
 
-from datetime import datetime
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime
 
-from django.db.models import BooleanField, Case, Count, DateTimeField, Exists, Expression, ExpressionWrapper, OuterRef, Q, Value, When
+from django.db.models import (
+    BooleanField,
+    Case,
+    Count,
+    DateTimeField,
+    Exists,
+    Expression,
+    ExpressionWrapper,
+    FloatField,
+    OuterRef,
+    Q,
+    Subquery,
+    Value,
+    When,
+)
 from django.db.models.fields.json import KeyTransform, compile_json_path
-from django.db.models.functions import Trunc
+from django.db.models.functions import Cast, Trunc
 
 from . import rules as r
 from .models import Audience, Event, EventStat, Membership, Person
@@ -171,7 +184,7 @@ def _not_followed(node: r.EventCondition, time_column: str) -> Q:
     if not node.not_followed_by:
         return Q()
     matched_at = ExpressionWrapper(OuterRef(time_column), output_field=DateTimeField())
-    second = Trunc(matched_at, "second", output_field=DateTimeField(), tzinfo=dt_timezone.utc)
+    second = Trunc(matched_at, "second", output_field=DateTimeField(), tzinfo=UTC)
     later = EventStat.objects.filter(person=OuterRef("person"), name=node.not_followed_by, last_at__gte=second)
     return ~Q(Exists(later))
 
@@ -203,6 +216,43 @@ def compile_event(node: r.EventCondition, now: datetime) -> Q:
     if node.min_count > 1:
         events = events.order_by().values("person").annotate(n=Count("pk")).filter(n__gte=node.min_count)
     return Q(Exists(events))
+
+
+def event_anchor(node: r.EventCondition, now: datetime):
+    """For a condition with a window, what window expiry reads (audiences/expiry.py): the time
+    its answer hangs on, for one person (OuterRef "pk"), and the people it can be set for.
+
+    The time is the last matching event not followed (`min_count` n: the n-th latest) that is
+    no older than the window's far end, or NULL, read with the filters `compile_event` uses:
+    `within` holds exactly while it is set, `last_between` while it is set and old enough.
+    None for a condition without a window, whose answer only an event changes."""
+    if node.within is None and node.last_between is None:
+        return None
+    oldest = now - (node.within.delta if node.within else node.last_between[1].delta)
+    if not node.where and node.min_count == 1:
+        stats = EventStat.objects.filter(person=OuterRef("pk"), name=node.name, last_at__gte=oldest)
+        anchor = stats.filter(_not_followed(node, "last_at")).values("last_at")[:1]
+        people = EventStat.objects.filter(name=node.name, last_at__gte=oldest).values("person_id")
+    else:
+        # last_between: the latest matching event if it has no follower (then neither has any
+        # earlier one, so this is the in-window event compile_event looks for)
+        events = Event.objects.filter(person=OuterRef("pk"), name=node.name, occurred_at__gte=oldest)
+        events = events.filter(_event_properties(node)).filter(_not_followed(node, "occurred_at"))
+        nth = node.min_count if node.within else 1
+        anchor = events.order_by("-occurred_at").values("occurred_at")[nth - 1 : nth]
+        people = Event.objects.filter(name=node.name, occurred_at__gte=oldest).values("person_id")
+    return Subquery(anchor, output_field=DateTimeField()), people
+
+
+def attribute_anchor(node: r.AttributeCondition, now: datetime):
+    """For older_than / newer_than, what window expiry reads: the attribute's unix seconds while
+    the date is no older than the duration (older_than does not hold yet, newer_than still
+    does), else NULL; and the people it can be set for."""
+    cutoff = (now - node.value.delta).timestamp()
+    recent = Q(_typed("attributes", node.attribute, "number")) & Q(**{f"attributes__{node.attribute}__gte": cutoff})
+    seconds = Cast(KeyTransform(node.attribute, "attributes"), FloatField())
+    anchor = Case(When(recent, then=seconds), default=Value(None), output_field=FloatField())
+    return anchor, Person.objects.filter(recent).values("pk")
 
 
 def compile_in_audience(node: r.InAudience) -> Q:

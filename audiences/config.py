@@ -9,8 +9,8 @@ a transaction and rolls it back, so the plan it prints has been validated for re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import yaml
 from django.core.exceptions import ValidationError
@@ -63,7 +63,7 @@ def register_section(section: Section, *, after: str | None = None) -> None:
         SECTIONS.insert(position + 1, section)
 
 
-def _without_defaults(data: dict, defaults: dict) -> dict:
+def without_defaults(data: dict, defaults: dict) -> dict:
     return {k: v for k, v in data.items() if k == "key" or defaults.get(k, object()) != v}
 
 
@@ -81,7 +81,7 @@ AUDIENCE_DEFAULTS = {
 
 def convention_dict(c: NamingConvention) -> dict:
     data = {"key": c.key, "template": c.template, "tokens": c.tokens, "example": c.example, "is_default": c.is_default}
-    return _without_defaults(data, CONVENTION_DEFAULTS)
+    return without_defaults(data, CONVENTION_DEFAULTS)
 
 
 def policy_dict(p: IdentifierPolicy) -> dict:
@@ -89,11 +89,11 @@ def policy_dict(p: IdentifierPolicy) -> dict:
         "key": p.key, "name": p.name, "field": p.field, "attribute": p.attribute,
         "default_region": p.default_region, "hash_sha256": p.hash_sha256,
     }
-    return _without_defaults(data, POLICY_DEFAULTS)
+    return without_defaults(data, POLICY_DEFAULTS)
 
 
 def group_dict(g: PriorityGroup) -> dict:
-    return _without_defaults({"key": g.key, "name": g.name, "description": g.description}, GROUP_DEFAULTS)
+    return without_defaults({"key": g.key, "name": g.name, "description": g.description}, GROUP_DEFAULTS)
 
 
 def audience_dict(a: Audience) -> dict:
@@ -106,7 +106,7 @@ def audience_dict(a: Audience) -> dict:
         "identifier_policy": a.identifier_policy.key if a.identifier_policy else None,
         "enabled": a.enabled, "owner": a.owner.username if a.owner else None,
     }
-    return _without_defaults(data, AUDIENCE_DEFAULTS)
+    return without_defaults(data, AUDIENCE_DEFAULTS)
 
 
 class DependencyCycle(ValueError):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import requests
 
@@ -41,6 +41,9 @@ TEST_ACCOUNTS = 5
 DEMO_SOURCE = "demo"
 # Applied in order by `manage.py demo`; the sync side appends its own file.
 DEMO_CONFIG_FILES = [Path(__file__).with_name("demo_config.yaml")]
+# Called by `manage.py demo` after the files are applied, before the first evaluation, with
+# `log`: the sync side appends what it loads of its own (its holdout history, outcomes).
+DEMO_EXTRAS = []
 
 
 @dataclass

@@ -8,14 +8,12 @@ every problem found as `{"index", "field", "message"}`.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import math
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -123,10 +121,6 @@ def decode_json_body(raw: bytes, *, content_encoding: str = "", max_bytes: int) 
         raise Rejected(400, [Problem(None, "", f"the body is not valid JSON: {exc}")])
 
 
-def gzip_bytes(data: bytes) -> bytes:
-    return gzip.compress(data)
-
-
 def too_big(what, limit):
     return f"{what} is over the {limit // 1024} KB limit"
 
@@ -205,7 +199,7 @@ class _Checker:
             )
             return None
         if timezone.is_naive(parsed):
-            parsed = parsed.replace(tzinfo=dt_timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         return self._not_in_future(parsed, field_name, now)
 
     def unix_timestamp(self, value, field_name: str, now: datetime) -> datetime | None:
@@ -215,7 +209,7 @@ class _Checker:
             self.fail(field_name, f"must be a unix time in seconds, not {_json_type(value)}")
             return None
         try:
-            parsed = datetime.fromtimestamp(value, tz=dt_timezone.utc)
+            parsed = datetime.fromtimestamp(value, tz=UTC)
         except (OverflowError, OSError, ValueError):
             self.fail(field_name, f"{_preview(value)} is not a unix time in seconds")
             return None

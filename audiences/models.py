@@ -75,10 +75,6 @@ class Source(models.Model):
         self.write_key_hash = hash_write_key(key)
         self.key_hint = key[-4:]
 
-    @property
-    def is_active(self) -> bool:
-        return self.revoked_at is None
-
     def has_scope(self, scope: str) -> bool:
         return scope in (self.scopes or [])
 
@@ -109,7 +105,11 @@ class Person(models.Model):
 
     class Meta:
         verbose_name_plural = "people"
-        indexes = [models.Index(Lower("email"), name="person_email_lower")]
+        indexes = [
+            models.Index(Lower("email"), name="person_email_lower"),
+            # the handful of internal test accounts, which the lift leaves out
+            models.Index(fields=["id"], condition=models.Q(is_test=True), name="person_test_accounts"),
+        ]
 
     def __str__(self):
         return self.customer_id
@@ -311,12 +311,20 @@ class Audience(models.Model):
     # next successful full evaluation; the alert check opens "evaluation failing" from them.
     evaluation_error = models.TextField(blank=True, default="", editable=False)
     evaluation_failed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Window expiry: a digest of what the last full evaluation read besides the person store (the
+    # rule, exclusions, higher-ranked audiences), so that a full evaluation of a realtime audience
+    # under the same definition is a consistency check; the people it had to correct are a bug,
+    # counted here (and logged, and alerted by the sync side's check).
+    evaluated_definition = models.CharField(max_length=64, blank=True, default="", editable=False)
+    consistency_differences = models.PositiveIntegerField(default=0, editable=False)
+    consistency_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     history = HistoricalRecords(
         m2m_fields=[exclusions],
         excluded_fields=[
             "current_size", "last_evaluated_at", "next_evaluation_at", "identifier_coverage", "coverage_checked_at",
-            "evaluation_error", "evaluation_failed_at",
+            "evaluation_error", "evaluation_failed_at", "evaluated_definition", "consistency_differences",
+            "consistency_checked_at",
         ],
     )
 
@@ -348,6 +356,10 @@ class Membership(models.Model):
     person = models.ForeignKey(Person, on_delete=models.CASCADE, related_name="memberships")
     entered_at = models.DateTimeField()
     exited_at = models.DateTimeField(null=True, blank=True)
+    # Set by the sync side when the entry is written, for the lift: None when no sync of the
+    # audience held anyone out then; True when this entry was held out of every sync (sent
+    # nowhere), False when it went to at least one.
+    held_out = models.BooleanField(null=True, blank=True, editable=False)
 
     class Meta:
         constraints = [
@@ -363,6 +375,12 @@ class Membership(models.Model):
             models.Index(fields=["person", "entered_at"], name="membership_person_time"),
             models.Index(fields=["audience", "entered_at"], name="membership_audience_entered"),
             models.Index(fields=["audience", "exited_at"], name="membership_audience_exited"),
+            # the lift: an audience's entries of a period that were part of a holdout, and each
+            # person's first one among them
+            models.Index(
+                fields=["audience", "person", "entered_at", "held_out"], condition=models.Q(held_out__isnull=False),
+                name="membership_holdout_entries",
+            ),
         ]
 
     def __str__(self):
@@ -402,3 +420,20 @@ class PendingEvaluation(models.Model):
 
     def __str__(self):
         return f"{self.person_id} since {self.queued_at:%H:%M:%S}"
+
+
+class WindowExpiry(models.Model):
+    """When a realtime audience's answer for a person can next change with no new event: a
+    window ends or opens, a date attribute crosses its age (audiences/expiry.py). The realtime
+    tick re-evaluates the people whose time has come, found by `due_at`, instead of everyone."""
+
+    audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="+", db_index=False)
+    person = models.ForeignKey(Person, on_delete=models.CASCADE, related_name="+")
+    due_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["audience", "person"], name="windowexpiry_audience_person")]
+        indexes = [models.Index(fields=["due_at"], name="windowexpiry_due")]
+
+    def __str__(self):
+        return f"{self.person_id} in {self.audience_id} due {self.due_at:%Y-%m-%d %H:%M:%S}"

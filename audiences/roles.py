@@ -12,7 +12,7 @@ ROLE_APPS = ("audiences", "syncs", "django_q")
 # (sources) belong to the engineer who runs the ingest.
 MANAGER_EDITS = {
     "audiences": {"audience", "namingconvention", "identifierpolicy", "person", "prioritygroup"},
-    "syncs": {"destination", "sync", "alert", "baseline", "removalhold"},
+    "syncs": {"destination", "sync", "alert", "baseline", "removalhold", "globalholdout"},
 }
 
 

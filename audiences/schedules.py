@@ -4,8 +4,9 @@ from django_q.models import Schedule
 
 SCHEDULES = [
     {
-        # Full evaluations: realtime audiences every minute (so people leave when a window
-        # passes with no new event), interval and cron audiences when they are due.
+        # Full evaluations: interval and cron audiences when they are due, realtime audiences
+        # hourly as a consistency check (people leave them by window expiry, audiences/expiry.py);
+        # it also starts the expiry waiter when a window is about to end.
         "name": "evaluate-due-audiences",
         "func": "audiences.tasks.evaluate_due_audiences",
         "schedule_type": Schedule.MINUTES,

@@ -27,7 +27,7 @@ AUDIENCE_FIELDS = (
 )
 
 
-def _set_actor(instance, actor):
+def set_actor(instance, actor):
     instance._history_user = actor if getattr(actor, "is_authenticated", False) else None
 
 
@@ -37,6 +37,9 @@ def _slug_problem(value) -> str | None:
     return None
 
 
+RESERVED_KEYS = {"new", "editor"}  # the dashboard's own addresses beside /<key>/
+
+
 def key_problem(model, key, instance, label: str) -> str | None:
     """The stable key of a new or existing object: a slug, unique, and never changed.
     `label` names the kind with its article: "an audience", "a sync"."""
@@ -44,6 +47,8 @@ def key_problem(model, key, instance, label: str) -> str | None:
         return f"the key of {label.split(' ', 1)[1]} never changes; create a new one instead"
     if problem := _slug_problem(key):
         return problem
+    if instance is None and key in RESERVED_KEYS:
+        return f"{key!r} names a dashboard page ({key}/); choose another key"
     if instance is None and model.objects.filter(key=key).exists():
         return f"{label} with key {key!r} already exists"
     return None
@@ -237,7 +242,7 @@ def audience_save(*, data: dict, actor=None, instance: Audience | None = None) -
         audience.owner = actor
     if instance and {"rule", "exclusions", "priority_group", "priority_rank", "source_kind", "cadence"} & set(data):
         audience.next_evaluation_at = None  # evaluate with the new definition at the next tick
-    _set_actor(audience, actor)
+    set_actor(audience, actor)
     audience.save()
     audience.exclusions.set(exclusions)
     return audience
@@ -251,7 +256,7 @@ def audience_delete(*, audience: Audience, actor=None) -> None:
     ]
     if dependants:
         raise ValidationError(f"{audience.key!r} is used by {', '.join(sorted(dependants))}; change those first")
-    _set_actor(audience, actor)
+    set_actor(audience, actor)
     audience.delete()
 
 
@@ -288,7 +293,7 @@ def naming_convention_save(*, data: dict, actor=None, instance: NamingConvention
         raise ValidationError(errors)
     if convention.is_default:
         NamingConvention.objects.exclude(pk=convention.pk).filter(is_default=True).update(is_default=False)
-    _set_actor(convention, actor)
+    set_actor(convention, actor)
     convention.save()
     broken = []
     if convention.is_default:
@@ -333,7 +338,7 @@ def identifier_policy_save(*, data: dict, actor=None, instance: IdentifierPolicy
         errors.setdefault(name, []).append("unknown field")
     if errors:
         raise ValidationError(errors)
-    _set_actor(policy, actor)
+    set_actor(policy, actor)
     policy.save()
     return policy
 
@@ -353,6 +358,6 @@ def priority_group_save(*, data: dict, actor=None, instance: PriorityGroup | Non
     group.key = key
     group.name = data.get("name", group.name or key)
     group.description = data.get("description", group.description)
-    _set_actor(group, actor)
+    set_actor(group, actor)
     group.save()
     return group

@@ -3,8 +3,8 @@ imports the code that implements them. Registered by the sync side when it start
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)

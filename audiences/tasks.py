@@ -1,25 +1,74 @@
 """Worker entry points. Tasks take ids, are idempotent, and call one service each."""
 
+import secrets
+import time
+from datetime import timedelta
+
+from django.core.cache import cache
+from django.utils import timezone
 from django_q.conf import Conf
 from django_q.tasks import async_task
 
-from .evaluation import evaluate_due, evaluate_or_mark_failing, evaluate_pending
-from .models import Audience
+from .evaluation import evaluate_due, evaluate_expired, evaluate_pending
+from .expiry import next_due_at
+
+# The expiry waiter: one task at a time (a lease in the cache, renewed as it goes) holds a
+# worker while a realtime window is about to end, and looks at the next due time at least every
+# EXPIRY_POLL_S, so that exits land within seconds of the window's end.
+EXPIRY_LEASE = "audiences:expiry-waiter"
+EXPIRY_LEASE_S = 10
+EXPIRY_POLL_S = 1.0
+# A time further off than this: the waiter lets its worker go, and a tick starts one in time
+# (the once-a-minute ticks come up to ~90 s apart).
+EXPIRY_HORIZON = timedelta(minutes=2)
+# Then it hands over to a fresh task, so that tasks queued behind it get a worker in turn.
+EXPIRY_TURN_S = 10.0
 
 
 def evaluate_pending_people():
     """Realtime audiences for the people ingest queued; a burst coalesces into one pass."""
-    return evaluate_pending()
+    done = evaluate_pending()
+    wake_expiry_waiter()
+    return done
 
 
 def evaluate_due_audiences():
-    return len(evaluate_due())
+    done = len(evaluate_due())
+    wake_expiry_waiter()
+    return done
 
 
-def evaluate_one(audience_id: int):
-    audience = Audience.objects.filter(pk=audience_id, enabled=True).first()
-    evaluation = evaluate_or_mark_failing(audience) if audience else None
-    return evaluation.size if evaluation else None
+def wake_expiry_waiter() -> bool:
+    """Start the expiry waiter when a time comes within the horizon and none runs. Not under
+    `Q_CLUSTER["sync"]`, where tasks run in-process (tests): a waiter would hold the caller."""
+    if Conf.SYNC or cache.get(EXPIRY_LEASE):
+        return False
+    due = next_due_at()
+    if due is None or due > timezone.now() + EXPIRY_HORIZON:
+        return False
+    async_task("audiences.tasks.evaluate_expiring_people", task_name="evaluate expiring people")
+    return True
+
+
+def evaluate_expiring_people(token: str = "", *, sleep=time.sleep) -> int:
+    """The expiry waiter: evaluate the people whose time has come as it comes (and those ingest
+    queued meanwhile, should the other workers be busy), sleeping until the next due time;
+    stop when none is within the horizon. `token` is the lease handed over by the last turn."""
+    token = token or secrets.token_hex(8)
+    if cache.get(EXPIRY_LEASE) != token and not cache.add(EXPIRY_LEASE, token, EXPIRY_LEASE_S):
+        return 0  # another waiter runs
+    done, turn_ends = 0, time.monotonic() + EXPIRY_TURN_S
+    while True:
+        done += evaluate_pending() + evaluate_expired()
+        cache.set(EXPIRY_LEASE, token, EXPIRY_LEASE_S)
+        due, now = next_due_at(), timezone.now()
+        if due is None or due > now + EXPIRY_HORIZON:
+            cache.delete(EXPIRY_LEASE)
+            return done
+        if time.monotonic() >= turn_ends:
+            async_task("audiences.tasks.evaluate_expiring_people", token, task_name="evaluate expiring people")
+            return done
+        sleep(min(max((due - now).total_seconds(), 0.0), EXPIRY_POLL_S))
 
 
 def enqueue_pending_evaluation(sender=None, person_ids=(), **kwargs):

@@ -196,7 +196,7 @@ def run_delivery(platform: Platform, args) -> None:
     tag = f"[delivery {kind}]"
     print(
         f"\n{tag} inputs: {args.rows:,} pending entries for one sync; {kind} destination "
-        f"rate_limit_per_s={platform.rate_limit:g}, batch_size={platform.batch_size:,}, "
+        f"rate_limit_per_s={platform.rate_limit / platform.requests_per_batch:g} batches, batch_size={platform.batch_size:,}, "
         f"{platform.requests_per_batch} request(s) a batch (ceiling {platform.ceiling:,.0f} rows/s); {kind} contract "
         f"server in its own process enforcing {platform.rate_limit:g} requests/s; deliver_destination("
         f"max_seconds={args.max_seconds:g}) called until nothing is pending"
@@ -212,7 +212,9 @@ def run_delivery(platform: Platform, args) -> None:
         destination = destination_save(data={
             "key": f"{kind}-bench", "name": f"{kind} (bench)", "kind": kind,
             "settings": {"base_url": base_url, **platform.settings}, "credentials": {credential: "env:BENCH_TOKEN"},
-            "rate_limit_per_s": platform.rate_limit, "batch_size": platform.batch_size, "timeout_s": 30.0,
+            # the sender paces batches; a TikTok batch is two requests to the server
+            "rate_limit_per_s": platform.rate_limit / platform.requests_per_batch, "batch_size": platform.batch_size,
+            "timeout_s": 30.0,
         })
         if not Audience.objects.filter(key="bench_buyers").exists():
             audience_save(data={"key": "bench_buyers", "name": "Bench buyers", "purpose": "suppression",

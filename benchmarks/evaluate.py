@@ -149,6 +149,12 @@ def run(backend: str) -> None:
     everyone.delete()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"[{backend}] peak RSS of the evaluating process: {peak_mb:,.0f} MB")
+    from benchmarks.window_expiry import report as window_expiry
+
+    window_expiry(backend, now, people_count)
+    from benchmarks.lift import bench_lift
+
+    bench_lift(backend, now=now)
 
 
 def _set_flag(connection, person_ids, value: bool) -> None:

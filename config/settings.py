@@ -5,6 +5,7 @@ SQLite under `var/` with the django-q2 ORM broker on the same file, which is wha
 and `make test` use; `DATABASE_URL` and `REDIS_URL` move to PostgreSQL and Redis.
 """
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -161,6 +162,18 @@ else:
 DELIVERY_ADDS_LINGER_S = env.float("DELIVERY_ADDS_LINGER_S", default=1.0)
 # A sender with nothing to send stays this long, looking for new rows, before it lets its worker go.
 DELIVERY_IDLE_S = env.float("DELIVERY_IDLE_S", default=5.0)
+# The read-back (syncs/readback.py): every READBACK_EVERY_MINUTES each ad platform is asked what
+# it counts of each sync's audience. Under READBACK_MIN_MATCH_RATE of Downstream's people
+# matched opens "Low match rate"; a count more than READBACK_DRIFT_SHARE away from what
+# Downstream expects opens "Downstream count drifted" (platforms count approximately: keep it
+# wide). Neither is judged before a sync is READBACK_SETTLE_HOURS old (matching takes hours).
+READBACK_EVERY_MINUTES = env.int("READBACK_EVERY_MINUTES", default=15)
+READBACK_MIN_MATCH_RATE = env.float("READBACK_MIN_MATCH_RATE", default=0.3)
+READBACK_DRIFT_SHARE = env.float("READBACK_DRIFT_SHARE", default=0.2)
+READBACK_SETTLE_HOURS = env.float("READBACK_SETTLE_HOURS", default=24.0)
+# A Meta sync's full replace (usersreplace) runs when its last one is this many days old; 0: only
+# on demand (`manage.py meta_reconcile SYNC_KEY`).
+META_RECONCILE_EVERY_DAYS = env.int("META_RECONCILE_EVERY_DAYS", default=7)
 
 # --- retention (README "Retention") ---------------------------------------------------------
 # Events go when older than the longest window any audience's rule names plus the margin, never
@@ -286,6 +299,13 @@ ALERT_WEBHOOK_URL = env.str("ALERT_WEBHOOK_URL", default="")
 # --- ingest limits (Segment's published limits) ---------------------------------------------
 INGEST_MAX_BODY_BYTES = 500 * 1024
 INGEST_MAX_MESSAGE_BYTES = 32 * 1024
+
+# --- audience evaluation --------------------------------------------------------------------
+# Realtime audiences let people leave when a window ends by window expiry (audiences/expiry.py);
+# a full evaluation this often checks that none was missed (what it corrects is alerted as a bug).
+REALTIME_CHECK_EVERY = env.str("REALTIME_CHECK_EVERY", default="1h")
+if not re.fullmatch(r"[1-9][0-9]{0,5}[mhdw]", REALTIME_CHECK_EVERY):
+    raise ImproperlyConfigured(f"REALTIME_CHECK_EVERY={REALTIME_CHECK_EVERY!r} is not a duration such as 30m, 1h, 1d.")
 
 LOGGING = {
     "version": 1,

@@ -122,6 +122,12 @@ class SyncForm(forms.Form):
                                           help_text="Send internal test accounts only.")
     removal_guard_share = forms.FloatField(min_value=0.01, max_value=1, initial=0.3, label="Hold removals above",
                                            help_text="A share of the audience, e.g. 0.3: larger removals wait for a person.")
+    holdout_percent = forms.DecimalField(
+        required=False, min_value=0, max_value=50, decimal_places=2, initial=0, label="Holdout (%)",
+        help_text="Members never sent, to measure lift against: 10 holds out 10 %. Applies to people entering from now on.",
+    )
+    holdout_salt = forms.CharField(required=False, max_length=64, label="Holdout salt",
+                                   help_text="Chooses who is held out, with the customer id; blank: the sync's key.")
 
     def __init__(self, *args, spec, audience, **kwargs):
         super().__init__(*args, **kwargs)
@@ -142,9 +148,13 @@ class SyncForm(forms.Form):
             self.fields["identifier_policy"].help_text = spec.identifier_hint
         if not spec.removes:
             del self.fields["additive_only"]
+        if audience.purpose == Audience.SUPPRESSION:  # a suppression sync never holds anyone out
+            del self.fields["holdout_percent"], self.fields["holdout_salt"]
 
     def service_data(self) -> dict:
         data = dict(self.cleaned_data)
+        if "holdout_percent" in data:
+            data["holdout_share"] = float(data.pop("holdout_percent") or 0) / 100
         others = [name.strip() for name in data.pop("other_fields", "").split(",") if name.strip()]
         data["fields"] = list(data.get("fields") or []) + [n for n in others if n not in data.get("fields", [])]
         if "identifier_policy" in data:
@@ -180,6 +190,7 @@ def _sync_initial(sync: Sync | None, audience, destination) -> dict:
         "identifier_policy": sync.identifier_policy.key if sync.identifier_policy else "", "match_on": sync.match_on,
         "downstream_audience_id": sync.downstream_audience_id, "additive_only": sync.additive_only,
         "test_cohort_only": sync.test_cohort_only, "removal_guard_share": sync.removal_guard_share,
+        "holdout_percent": round(sync.holdout_share * 100, 2), "holdout_salt": sync.holdout_salt,
     }
 
 
@@ -189,6 +200,8 @@ def _sync_editor(request, audience, destination, sync):
         form = SyncForm(initial=_sync_initial(sync, audience, destination), spec=spec, audience=audience)
     else:
         form = SyncForm(request.POST, spec=spec, audience=audience)
+        if sync:  # the key is shown disabled, so a browser does not send it (and it never changes)
+            form.fields["key"].required = False
         if form.is_valid():
             data = form.service_data()
             if sync:
@@ -199,7 +212,7 @@ def _sync_editor(request, audience, destination, sync):
             try:
                 saved = services.sync_save(data=data, actor=request.user, instance=sync)
             except ValidationError as exc:
-                _apply_errors(form, exc.message_dict, lambda f, m: f)
+                _apply_errors(form, exc.message_dict, lambda f, m: "holdout_percent" if f == "holdout_share" else f)
             else:
                 messages.success(request, f"Saved {saved.key}." + (
                     " It is in dry run: check the first batch below, then go live." if saved.dry_run else ""))

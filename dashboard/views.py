@@ -19,9 +19,11 @@ from audiences.models import Audience, Event, Membership, Person
 from audiences.preview import saved_audience_preview
 from syncs.alerts import alert_acknowledge
 from syncs.audit import person_timeline, setting_changes
+from syncs.lift import lift_panel, sync_holdout
 from syncs.models import Alert, Delivery, DeliveryBatch, Destination, RemovalHold, Sync, SyncRun
 from syncs.monitoring import Thresholds
 from syncs.outcomes import outcome_rows
+from syncs.readback import read_back_summary
 from syncs.review import weekly_review
 from syncs.selectors import (
     lag_histogram,
@@ -32,6 +34,7 @@ from syncs.selectors import (
     suppression_lag_series,
     suppression_lag_values,
 )
+from syncs.wire import first_batch
 
 from . import charts
 from .context import dashboard_context
@@ -87,7 +90,7 @@ def audience_detail(request, key):
         rule_words=rule_words, rule_problem=rule_problem, exclusions=audience.exclusions.all(), preview=preview,
         preview_error=preview_error, overlaps=overlaps,
         overlap_chart=charts.bars([(name, count) for name, count in overlaps[:10]]), sample=sample,
-        syncs=audience.syncs.select_related("destination"), outcomes=outcome_rows(audience, days=14),
+        syncs=audience.syncs.select_related("destination"), outcomes=outcome_rows(audience, days=14), lift=lift_panel(audience),
         alerts=audience.alerts.filter(resolved_at__isnull=True), can_edit=request.user.has_perm("audiences.change_audience"),
     )
 
@@ -121,7 +124,8 @@ def sync_detail(request, key):
         holds=sync.holds.filter(decision=RemovalHold.PENDING), decided_holds=sync.holds.exclude(decision=RemovalHold.PENDING)[:10],
         dry_runs=DeliveryBatch.objects.filter(sync=sync, error__startswith="dry run")[:20],
         pending=sync.deliveries.filter(state=Delivery.PENDING).count(),
-        can_change=request.user.has_perm("syncs.change_sync"),
+        can_change=request.user.has_perm("syncs.change_sync"), wire=first_batch(sync), readback=read_back_summary(sync),
+        holdout=sync_holdout(sync),
     )
 
 

@@ -9,7 +9,17 @@ from . import services
 from .alerts import alert_acknowledge
 from .destinations.registry import KINDS
 from .models import (
-    Alert, Baseline, CustomerIoWorkspace, Delivery, DeliveryBatch, Destination, Outcome, RemovalHold, SourcePull, Sync,
+    Alert,
+    Baseline,
+    CustomerIoWorkspace,
+    Delivery,
+    DeliveryBatch,
+    Destination,
+    GlobalHoldout,
+    Outcome,
+    RemovalHold,
+    SourcePull,
+    Sync,
     SyncRun,
 )
 
@@ -93,7 +103,8 @@ class SyncForm(forms.ModelForm):
     class Meta:
         model = Sync
         fields = ["key", "audience", "destination", "mode", "fields", "identifier_policy", "downstream_audience_id",
-                  "paused", "dry_run", "test_cohort_only", "removal_guard_share", "timeout_s", "enabled", "owner"]
+                  "paused", "dry_run", "test_cohort_only", "removal_guard_share", "timeout_s", "enabled", "owner",
+                  "holdout_share", "holdout_salt"]
 
 
 @admin.register(Sync)
@@ -128,6 +139,24 @@ class SyncAdmin(ServiceAdmin):
         for sync in queryset:
             count = services.sync_send_test_cohort(sync=sync, actor=request.user)
             self.message_user(request, f"{sync.key}: queued {count} test account(s).")
+
+
+@admin.register(GlobalHoldout)
+class GlobalHoldoutAdmin(ServiceAdmin):
+    """The one global paid holdout: changed here (or in a config file), never added or deleted."""
+
+    save_service = services.global_holdout_save
+    fields = ("share", "salt")
+    list_display = ("__str__", "share", "salt", "updated_at")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def service_data(self, form):
+        return {name: form.cleaned_data[name] for name in self.fields}
 
 
 @admin.register(RemovalHold)

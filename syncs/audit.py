@@ -7,7 +7,7 @@ from datetime import datetime
 
 from audiences.models import Audience, Event, IdentifierPolicy, Membership, NamingConvention, PriorityGroup
 
-from .models import CustomerIoWorkspace, Delivery, DeliveryBatch, Destination, Sync
+from .models import CustomerIoWorkspace, Delivery, DeliveryBatch, Destination, GlobalHoldout, Sync
 
 TIMELINE_LIMIT = 300
 HIDDEN_FIELDS = {"credentials_encrypted", "credential_refs", "history_change_reason"}
@@ -30,7 +30,8 @@ def person_timeline(person, *, limit: int = TIMELINE_LIMIT) -> list[Moment]:
     for event in Event.objects.filter(person=person).order_by("-occurred_at")[:limit]:
         moments.append(Moment(event.occurred_at, "event", event.name, data=event.properties or {}))
     for m in Membership.objects.filter(person=person).select_related("audience").order_by("-entered_at")[:limit]:
-        moments.append(Moment(m.entered_at, "entered", f"entered {m.audience.name}"))
+        held = " (held out of every sync: sent nowhere, a control for the lift)" if m.held_out else ""
+        moments.append(Moment(m.entered_at, "entered", f"entered {m.audience.name}{held}"))
         if m.exited_at:
             moments.append(Moment(m.exited_at, "exited", f"left {m.audience.name}"))
     deliveries = list(
@@ -53,7 +54,7 @@ def person_timeline(person, *, limit: int = TIMELINE_LIMIT) -> list[Moment]:
             d.acknowledged_at or d.created_at, "delivery",
             f"{verb} {d.sync.audience.name} at {d.sync.destination.name}",
             detail=f"identifier {sent.get('identifier', '—')}" + (f", fields {_as_pairs(sent['fields'])}" if sent.get("fields") else ""),
-            status=d.state, data={"answer": answer, "attempts": d.attempts, "batch": str(d.batch_id or "")},
+            status=d.state, data={"answer": answer, "attempts": d.attempts, "batch": str(d.batch_id or ""), "held_out": d.held_out},
         ))
     moments.sort(key=lambda m: m.at, reverse=True)
     return moments[:limit]
@@ -83,6 +84,7 @@ def _shown(model, name: str, value):
 TRACKED = {
     "audience": Audience, "naming convention": NamingConvention, "identifier policy": IdentifierPolicy,
     "priority group": PriorityGroup, "destination": Destination, "sync": Sync, "Customer.io workspace": CustomerIoWorkspace,
+    "global holdout": GlobalHoldout,
 }
 
 

@@ -3,11 +3,11 @@ exported as their `env:NAME` references (or `keep` when typed into a form), neve
 
 import os
 
-from audiences.config import Section, _without_defaults, plain_differences, register_section
+from audiences.config import Section, plain_differences, register_section, without_defaults
 
 from . import services
 from .destinations.registry import KINDS, spec_for
-from .models import CustomerIoWorkspace, Destination, Sync
+from .models import CustomerIoWorkspace, Destination, GlobalHoldout, Sync
 
 DESTINATION_DEFAULTS = {
     "settings": {}, "credentials": {}, "batch_size": 500, "rate_limit_per_s": 10.0, "timeout_s": 10.0,
@@ -33,8 +33,9 @@ WORKSPACE_DEFAULTS = {"region": "us", "base_url": "", "rate_limit_per_s": 10.0, 
 SYNC_DEFAULTS = {
     "mode": Sync.MEMBERSHIP, "fields": [], "identifier_policy": None, "downstream_audience_id": "", "paused": False,
     "dry_run": False, "test_cohort_only": False, "removal_guard_share": 0.3, "enabled": True, "owner": None,
-    "timeout_s": None, "match_on": [], "additive_only": False,
+    "timeout_s": None, "match_on": [], "additive_only": False, "holdout_share": 0.0, "holdout_salt": "",
 }
+HOLDOUT_DEFAULTS = {"share": 0.0, "salt": ""}
 
 
 def _refs(obj) -> dict:
@@ -48,13 +49,13 @@ def destination_dict(d: Destination) -> dict:
         "max_attempts": d.max_attempts, "retry_base_s": d.retry_base_s, "retry_cap_s": d.retry_cap_s,
         "concurrency": d.concurrency,
     }
-    return _without_defaults(data, destination_defaults(d.kind))
+    return without_defaults(data, destination_defaults(d.kind))
 
 
 def workspace_dict(w: CustomerIoWorkspace) -> dict:
     data = {"key": w.key, "name": w.name, "region": w.region, "base_url": w.base_url,
             "rate_limit_per_s": w.rate_limit_per_s, "timeout_s": w.timeout_s, "credentials": _refs(w)}
-    return _without_defaults(data, WORKSPACE_DEFAULTS)
+    return without_defaults(data, WORKSPACE_DEFAULTS)
 
 
 def sync_dict(s: Sync) -> dict:
@@ -64,9 +65,20 @@ def sync_dict(s: Sync) -> dict:
         "downstream_audience_id": s.downstream_audience_id, "paused": s.paused, "dry_run": s.dry_run,
         "test_cohort_only": s.test_cohort_only, "removal_guard_share": s.removal_guard_share, "enabled": s.enabled,
         "owner": s.owner.username if s.owner else None, "timeout_s": s.timeout_s, "match_on": s.match_on,
-        "additive_only": s.additive_only,
+        "additive_only": s.additive_only, "holdout_share": s.holdout_share, "holdout_salt": s.holdout_salt,
     }
-    return _without_defaults(data, SYNC_DEFAULTS)
+    return without_defaults(data, SYNC_DEFAULTS)
+
+
+def holdout_dict(h: GlobalHoldout) -> dict:
+    return without_defaults({"key": h.key, "share": h.share, "salt": h.salt}, HOLDOUT_DEFAULTS)
+
+
+class HoldoutSection(Section):
+    """The one global holdout row always exists; while it is off, the file has nothing to say."""
+
+    def current(self) -> dict[str, dict]:
+        return {key: item for key, item in super().current().items() if item != {"key": key}}
 
 
 def _references_only(data: dict) -> dict:
@@ -140,6 +152,13 @@ def register():
         lambda data, instance, actor: services.destination_save(data=_references_only(data), instance=instance, actor=actor),
         lambda instance, actor: _refuse_if_used(instance, instance.syncs.all(), "destination"), DESTINATION_DEFAULTS,
         differences=credential_differences(Destination),
+    ))
+    # the global paid holdout: one entry, key `global`; leaving it out of a listed section turns it off
+    register_section(HoldoutSection(
+        "holdouts", GlobalHoldout, holdout_dict,
+        lambda data, instance, actor: services.global_holdout_save(data=data, instance=instance, actor=actor),
+        lambda instance, actor: services.global_holdout_save(data=HOLDOUT_DEFAULTS, instance=instance, actor=actor),
+        HOLDOUT_DEFAULTS,
     ))
     register_section(Section(
         "syncs", Sync, sync_dict,

@@ -49,6 +49,7 @@ from django.utils import timezone
 from .destinations import OutRow, TransportError, transport_for
 from .models import Delivery, DeliveryBatch, Destination, RemovalHold, Sync, SyncRun
 from .payload import no_identifier_reason, payload_for
+from .removals import ADDITIVE_ONLY, keep_minimum
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def cancel_unsent_pairs(sync: Sync) -> int:
     return len(cancel)
 
 
-def _first_open_before():
+def first_open_before():
     """A row whose person still has an earlier open row must wait for it."""
     return Exists(
         Delivery.objects.filter(
@@ -241,7 +242,7 @@ def claim_batch(syncs: list[Sync], limit: int, *, lane: str, retries: bool = Tru
         if claimed >= limit:
             break
         candidates = (
-            due.filter(sync=sync, batch_id__isnull=True).filter(~_first_open_before())
+            due.filter(sync=sync, batch_id__isnull=True).filter(~first_open_before())
             .order_by("id").values_list("id", flat=True)[: limit - claimed]
         )
         claimed += Delivery.objects.filter(pk__in=list(candidates), state=Delivery.PENDING).update(
@@ -401,6 +402,9 @@ def _build_rows(sync: Sync, deliveries: list[Delivery]):
     for delivery in deliveries:
         if delivery.pk in skipped:
             continue
+        if sync.additive_only and delivery.action == Delivery.EXIT:  # queued before the sync became additive only
+            skipped[delivery.pk] = ADDITIVE_ONLY
+            continue
         if sync.test_cohort_only and not (delivery.person and delivery.person.is_test):
             skipped[delivery.pk] = "not an internal test account (the sync sends the test cohort only)"
             continue
@@ -533,6 +537,9 @@ def record_sent(job: Job, result, *, duration_ms: float, summary: Summary) -> No
     summary.sent += len(accepted)
     summary.rejected += len(rejected)
     summary.batches += 1
+    for sync_id, sync in job.syncs.items():
+        if any(row.is_enter and row.delivery_id in accepted for row in job.rows_of(sync_id)):
+            keep_minimum(sync)  # entries acknowledged: removals held for the platform's minimum may go now
     log.debug("batch %s sent %d rejected %d in %.0f ms", job.batch_id, len(accepted), len(rejected), duration_ms)
 
 
@@ -587,7 +594,7 @@ def next_due(destination: Destination):
     (a retry, a held removal) are not due: counting them made the sender spin until that row."""
     return (
         Delivery.objects.filter(sync__destination=destination, sync__enabled=True, sync__paused=False, state=Delivery.PENDING)
-        .filter(~_first_open_before())
+        .filter(~first_open_before())
         .aggregate(at=Min("next_attempt_at"))["at"]
     )
 
@@ -715,8 +722,8 @@ class Sender:
     def _refresh_syncs(self) -> None:
         """Syncs paused, resumed, added or removed while the sender runs."""
         syncs = _active_syncs(self.destination)
-        if [(s.pk, s.dry_run, s.test_cohort_only, s.mode) for s in syncs] == [
-            (s.pk, s.dry_run, s.test_cohort_only, s.mode) for s in self.syncs
+        if [(s.pk, s.dry_run, s.test_cohort_only, s.mode, s.additive_only) for s in syncs] == [
+            (s.pk, s.dry_run, s.test_cohort_only, s.mode, s.additive_only) for s in self.syncs
         ]:
             return
         self._set_syncs(syncs)

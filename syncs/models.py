@@ -1,4 +1,3 @@
-import uuid
 
 from django.conf import settings
 from django.db import models
@@ -145,6 +144,14 @@ class Sync(models.Model):
     additive_only = models.BooleanField(
         default=False, help_text="Only add people downstream; never send a removal (a lookalike seed, say)."
     )
+    holdout_share = models.FloatField(
+        default=0.0, help_text="Share of the audience never sent, to measure lift against: 0.1 holds out 10 %. "
+        "Applies to people entering from the change on.",
+    )
+    holdout_salt = models.CharField(
+        max_length=64, blank=True, default="",
+        help_text="Mixed with the customer id to choose who is held out; blank: the sync's key. A new salt chooses other people.",
+    )
     # what the platform itself says of the audience, read on a schedule where it tells
     downstream_size = models.PositiveIntegerField(null=True, blank=True, editable=False)
     downstream_match_rate = models.FloatField(null=True, blank=True, editable=False)
@@ -202,6 +209,33 @@ class Sync(models.Model):
         if audience_policy and not spec_for(self.destination.kind).identifier_problem(audience_policy):
             return audience_policy
         return customer_id_policy()
+
+
+class GlobalHoldout(models.Model):
+    """One holdout across every paid sync (the ad platforms, syncs.holdouts.PAID_KINDS): the
+    people it picks are sent to none of them, so the audience's lift measures paid media as a
+    whole. One row, key `global`, created by migrate; a share of 0 holds nobody out."""
+
+    KEY = "global"
+
+    key = models.SlugField(max_length=64, unique=True, default=KEY, editable=False)
+    share = models.FloatField(
+        default=0.0, help_text="Share of every paid audience never sent to any ad platform: 0.05 holds out 5 %. "
+        "Applies to people entering from the change on.",
+    )
+    salt = models.CharField(
+        max_length=64, blank=True, default="",
+        help_text="Mixed with the customer id to choose who is held out; blank: 'global'. A new salt chooses other people.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        verbose_name = "global paid holdout"
+
+    def __str__(self):
+        return f"global paid holdout {self.share:.0%}" if self.share else "global paid holdout (off)"
 
 
 class SyncRun(models.Model):
@@ -299,6 +333,10 @@ class Delivery(models.Model):
     hold = models.ForeignKey(RemovalHold, null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries")
     # What was (or, for erasures, will be) sent: identifier and mapped fields.
     payload = models.JSONField(null=True, blank=True)
+    # The holdout's decision for an entry, for the lift: None when the sync held nobody out then;
+    # True for a held-out person (the row is skipped, with the holdout as its reason), False for
+    # one it sends. A held-out person's exit is skipped and marked True too.
+    held_out = models.BooleanField(null=True, blank=True, editable=False)
 
     class Meta:
         indexes = [
@@ -311,6 +349,12 @@ class Delivery(models.Model):
             models.Index(fields=["person", "created_at"], name="delivery_person_time"),
             models.Index(fields=["sync", "acknowledged_at"], name="delivery_sync_acked"),
             models.Index(fields=["batch_id"], name="delivery_batch"),
+            # the lift of a sync: its entries of a period that were part of a holdout, and each
+            # person's first one among them
+            models.Index(
+                fields=["sync", "person", "changed_at", "held_out"],
+                condition=models.Q(action="enter", initial=False, held_out__isnull=False), name="delivery_holdout_entries",
+            ),
         ]
         verbose_name_plural = "deliveries"
 
@@ -322,10 +366,6 @@ class Delivery(models.Model):
         if self.acknowledged_at:
             return (self.acknowledged_at - self.triggered_at).total_seconds()
         return None
-
-
-def new_batch_id() -> uuid.UUID:
-    return uuid.uuid4()
 
 
 class DeliveryBatch(models.Model):
@@ -464,6 +504,7 @@ class Baseline(models.Model):
 
     def __str__(self):
         return f"baseline of {self.audience.key} on {self.captured_on}"
+
 
 
 class SyncDay(models.Model):

@@ -87,6 +87,8 @@ def _resolution(alert: Alert, now: datetime, limits: Thresholds) -> str:
     if audience is not None:
         if not audience.enabled:
             return f"{audience.name} was disabled, so it is no longer checked."
+        if alert.kind == Alert.FAILING_EVALUATION and alert.key.startswith("failing_evaluation:consistency:"):
+            return f"{audience.name}: its last consistency check had nothing to correct."
         if alert.kind == Alert.FAILING_EVALUATION:
             return f"{audience.name} evaluates again: it is at {_members(audience.current_size)}."
         if alert.kind in (Alert.ZERO_COUNT, Alert.SUDDEN_DROP):
@@ -108,6 +110,17 @@ def _audience_alerts(audiences, now, limits, wanted):
     means = trailing_mean(ids, until=now - timedelta(hours=1))
     synced = set(Sync.objects.filter(enabled=True).values_list("audience_id", flat=True))
     for audience in audiences:
+        if count := audience.consistency_differences:
+            # people window expiry had missed, corrected by the hourly full evaluation: a bug in
+            # the evaluation engine, not in the rule
+            wanted[f"failing_evaluation:consistency:audience:{audience.pk}"] = dict(
+                kind=Alert.FAILING_EVALUATION, audience=audience,
+                message=f"{audience.name}: the consistency check at {audience.consistency_checked_at:%Y-%m-%d %H:%M} UTC "
+                        f"corrected {count:,} {'person' if count == 1 else 'people'} whose membership window expiry had "
+                        "missed. This is a bug in Downstream's evaluation, not in the rule: report it with the worker "
+                        "log's consistency check line.",
+                details={"checked_at": audience.consistency_checked_at.isoformat(), "differences": count},
+            )
         if audience.is_failing:
             # evaluation records the failure on the audience (it knows nothing of alerts); its
             # figures are stale while it fails, so the other audience alerts wait

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from audiences.models import Audience, SizeSample
 
+from .lift import Lift, lift_figures, summary_line
 from .models import Alert, Baseline, Delivery, Outcome, Sync
 from .retention import merged_lag_figures, pruned_failures, pruned_lags
 from .selectors import LagFigures, SizeChange, acknowledged, size_change
@@ -56,6 +57,7 @@ class AudienceWeek:
     alerts_closed: int
     baseline: Baseline | None
     outcomes: Figures = field(default_factory=Figures)
+    lift: Lift | None = None  # measured against the holdouts, as of the week's end
 
     @property
     def change(self) -> float | None:
@@ -76,6 +78,11 @@ class WeeklyReport:
     def last_day(self) -> date:
         """The week's last day (`end` is the midnight after it)."""
         return (self.end - timedelta(days=1)).date()
+
+    @property
+    def lift_rows(self) -> list[AudienceWeek]:
+        """The audiences with members measured against a holdout."""
+        return [row for row in self.rows if row.lift and row.lift.members]
 
     @property
     def previous_week_ending(self) -> date:
@@ -142,12 +149,13 @@ def weekly_review(*, week_ending=None) -> WeeklyReport:
     ):
         audience_id = row.pop("audience_id")
         outcomes[audience_id] = Figures(**{k: (v if v is not None else (None if k == "revenue" else 0)) for k, v in row.items()})
+    lifts = lift_figures([a for a in audiences if a.purpose == Audience.ACTIVATION], now=min(end, timezone.now()))
     report_rows = [
         AudienceWeek(
             audience=a, size_start=sizes[a.pk].before, size_end=sizes[a.pk].after,
             days_at_zero=zero_days.get(a.pk, 0), lag=lags[a.pk], rejected=failures.get(a.pk, {}).get("rejected", 0),
             dead=failures.get(a.pk, {}).get("dead", 0), alerts_opened=opened.get(a.pk, 0), alerts_closed=closed.get(a.pk, 0),
-            baseline=baselines.get(a.pk), outcomes=outcomes.get(a.pk, Figures()),
+            baseline=baselines.get(a.pk), outcomes=outcomes.get(a.pk, Figures()), lift=lifts.get(a.pk),
         )
         for a in audiences
     ]
@@ -190,5 +198,7 @@ def render_text(report: WeeklyReport) -> str:
                 f"(baseline {_fmt(b.frequency if b else None)}), conversion rate "
                 f"{_fmt(o.conversion_rate)} (baseline {_fmt(b.conversion_rate if b else None)})"
             )
+        if row.lift and row.lift.members:
+            lines.append(f"  measured against the holdout: {summary_line(row.lift)}")
         lines.append("")
     return "\n".join(lines)

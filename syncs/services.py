@@ -17,12 +17,13 @@ from django.utils import timezone
 
 from audiences.models import Audience, IdentifierPolicy, Membership
 from audiences.rules import KEY_NAME
-from audiences.services import _set_actor, key_problem
+from audiences.services import key_problem, set_actor
 
+from . import holdouts, removals
 from .addresses import url_problem
 from .alerts import alert_resolve
 from .destinations.registry import KINDS, spec_for
-from .models import CustomerIoWorkspace, Delivery, Destination, RemovalHold, Sync
+from .models import CustomerIoWorkspace, Delivery, Destination, GlobalHoldout, RemovalHold, Sync
 from .payload import PERSON_COLUMNS
 
 KEEP = "keep"  # in a config file: leave the stored credential as it is
@@ -154,7 +155,9 @@ def destination_save(*, data: dict, actor=None, instance: Destination | None = N
     if spec and not instance:  # what a new destination of this kind starts from
         data = {"batch_size": min(destination.batch_size, spec.max_batch),
                 "rate_limit_per_s": spec.default_rate_limit_per_s, **data}
-    set_numbers(destination, data, errors, {"batch_size": (1, 5000), "max_attempts": (1, 50), "concurrency": (1, 16)}, whole=True)
+    # a kind may take larger requests (Meta and Google: 10,000 rows)
+    largest = max(5000, spec.max_batch) if spec else 5000
+    set_numbers(destination, data, errors, {"batch_size": (1, largest), "max_attempts": (1, 50), "concurrency": (1, 16)}, whole=True)
     if spec and destination.batch_size > spec.max_batch:
         errors.setdefault("batch_size", []).append(f"{spec.label} takes at most {spec.max_batch} rows a request")
     set_numbers(destination, data, errors, {
@@ -180,7 +183,7 @@ def destination_save(*, data: dict, actor=None, instance: Destination | None = N
         raise ValidationError(errors)
     if values != (destination.credentials if instance else {}) or refs != (destination.credential_refs if instance else {}):
         destination.set_credentials(values, refs)
-    _set_actor(destination, actor)
+    set_actor(destination, actor)
     destination.save()
     return destination
 
@@ -221,14 +224,14 @@ def workspace_save(*, data: dict, actor=None, instance: CustomerIoWorkspace | No
         raise ValidationError(errors)
     if not instance or values != workspace.credentials or refs != workspace.credential_refs:
         workspace.set_credentials(values, refs)
-    _set_actor(workspace, actor)
+    set_actor(workspace, actor)
     workspace.save()
     return workspace
 
 
 SYNC_FIELDS = {"key", "audience", "destination", "mode", "fields", "identifier_policy", "downstream_audience_id",
                "paused", "dry_run", "test_cohort_only", "removal_guard_share", "enabled", "owner", "timeout_s",
-               "match_on", "additive_only"}
+               "match_on", "additive_only", "holdout_share", "holdout_salt"}
 
 
 @transaction.atomic
@@ -239,6 +242,7 @@ def sync_save(*, data: dict, actor=None, instance: Sync | None = None) -> Sync:
     for name in sorted(set(data) - SYNC_FIELDS):
         errors.setdefault(name, []).append(f"unknown field; expected one of {', '.join(sorted(SYNC_FIELDS))}")
     sync = instance or Sync()
+    was_dry_run = instance.dry_run if instance else None
     key = data.get("key", sync.key)
     if problem := key_problem(Sync, key, instance, "a sync"):
         errors.setdefault("key", []).append(problem)
@@ -301,6 +305,16 @@ def sync_save(*, data: dict, actor=None, instance: Sync | None = None) -> Sync:
         errors.setdefault("removal_guard_share", []).append("must be a share between 0 and 1, such as 0.3")
     else:
         sync.removal_guard_share = float(share)
+    holdout_share = data.get("holdout_share", sync.holdout_share)
+    if problem := holdouts.share_problem(holdout_share) or holdouts.suppression_problem(audience, holdout_share):
+        errors.setdefault("holdout_share", []).append(problem)
+    else:
+        sync.holdout_share = float(holdout_share)
+    holdout_salt = data.get("holdout_salt", sync.holdout_salt)
+    if problem := holdouts.salt_problem(holdout_salt):
+        errors.setdefault("holdout_salt", []).append(problem)
+    else:
+        sync.holdout_salt = holdout_salt
     if data.get("timeout_s", sync.timeout_s) is None:
         sync.timeout_s = None  # the default deadline: short for suppression, else the destination's
     else:
@@ -315,19 +329,57 @@ def sync_save(*, data: dict, actor=None, instance: Sync | None = None) -> Sync:
     if errors:
         raise ValidationError(errors)
     sync.audience, sync.destination = audience, destination
-    _set_actor(sync, actor)
+    set_actor(sync, actor)
     sync.save()
-    if not instance:
-        from .outbox import queue_current_members
+    from .outbox import queue_current_members
 
+    if not instance:
+        queue_current_members(sync)
+    elif was_dry_run and not sync.dry_run:
+        # going live: the dry run recorded the audience and sent nothing, so the first live run
+        # starts from the audience as it is now (entries still waiting are replaced by it)
+        Delivery.objects.filter(sync=sync, state=Delivery.PENDING, action=Delivery.ENTER).update(
+            state=Delivery.CANCELLED, last_error="replaced by the first live run")
         queue_current_members(sync)
     return sync
+
+
+def sync_go_live(*, sync: Sync, actor=None) -> Sync:
+    """The explicit step out of dry run, recorded in the sync's history with its actor."""
+    if not sync.dry_run:
+        raise ValidationError({"dry_run": [f"{sync.key} is live already"]})
+    return sync_save(data={"dry_run": False}, actor=actor, instance=sync)
+
+
+@transaction.atomic
+def global_holdout_save(*, data: dict, actor=None, instance: GlobalHoldout | None = None) -> GlobalHoldout:
+    """The global paid holdout's share and salt: a setting change like any other, recorded with
+    who made it. Like a sync's, it applies to people entering from then on."""
+    errors: dict[str, list[str]] = {}
+    allowed = {"key", "share", "salt"}
+    for name in sorted(set(data) - allowed):
+        errors.setdefault(name, []).append(f"unknown field; expected one of {', '.join(sorted(allowed))}")
+    holdout = instance or holdouts.global_holdout()
+    if data.get("key", GlobalHoldout.KEY) != GlobalHoldout.KEY:
+        errors.setdefault("key", []).append(f"there is one global holdout, with the key {GlobalHoldout.KEY!r}")
+    share = data.get("share", holdout.share)
+    if problem := holdouts.share_problem(share):
+        errors.setdefault("share", []).append(problem)
+    salt = data.get("salt", holdout.salt)
+    if problem := holdouts.salt_problem(salt):
+        errors.setdefault("salt", []).append(problem)
+    if errors:
+        raise ValidationError(errors)
+    holdout.share, holdout.salt = float(share), salt
+    set_actor(holdout, actor)
+    holdout.save()
+    return holdout
 
 
 @transaction.atomic
 def sync_set_paused(*, sync: Sync, paused: bool, actor=None) -> Sync:
     sync.paused = paused
-    _set_actor(sync, actor)
+    set_actor(sync, actor)
     sync.save(update_fields=["paused", "updated_at"])
     if not paused:
         from .outbox import enqueue_delivery
@@ -338,8 +390,9 @@ def sync_set_paused(*, sync: Sync, paused: bool, actor=None) -> Sync:
 
 @transaction.atomic
 def hold_decide(*, hold: RemovalHold, approve: bool, actor=None) -> int:
-    """Approve: the held removals are sent. Discard: they are cancelled (the destination keeps
-    those people). Either way the alert is resolved."""
+    """Approve: the held removals are sent (those of a mass removal that would take the audience
+    under the platform's minimum wait for it: syncs.removals). Discard: they are cancelled (the
+    destination keeps those people). Either way the alert is resolved."""
     hold = RemovalHold.objects.select_for_update().get(pk=hold.pk)
     if hold.decision != RemovalHold.PENDING:
         raise ValidationError(f"this hold was already {hold.get_decision_display().lower()}")
@@ -353,6 +406,7 @@ def hold_decide(*, hold: RemovalHold, approve: bool, actor=None) -> int:
     hold.decided_at = timezone.now()
     hold.save()
     alert_resolve(key=f"mass_removal:hold:{hold.pk}")
+    removals.decided(hold, approve=approve, actor=actor)
     if approve:
         from .outbox import enqueue_delivery
 

@@ -9,8 +9,8 @@ from . import retention  # imported at start-up, also for its settings check
 from .delivery import (
     HEARTBEAT_S,
     LEASE_SECONDS,
-    _first_open_before,
     deliver_destination,
+    first_open_before,
     lease_expires_in,
     lease_is_live,
 )
@@ -40,7 +40,7 @@ def _due_now(destination_id: int) -> bool:
     return Delivery.objects.filter(
         sync__destination_id=destination_id, sync__enabled=True, sync__paused=False,
         state=Delivery.PENDING, next_attempt_at__lte=timezone.now(),
-    ).filter(~_first_open_before()).exists()
+    ).filter(~first_open_before()).exists()
 
 
 def deliver_due():

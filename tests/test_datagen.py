@@ -122,7 +122,7 @@ def test_recent_windows_have_realistic_shares():
     end = plan.end
     carted, ordered, count, previous, out_of_order = set(), set(), 0, 0, 0
     for rows in plan.event_slices():
-        for id_, person, name, at, properties, message_id in rows:
+        for id_, person, name, at, _properties, _message_id in rows:
             count += 1
             out_of_order += at < previous
             previous = at

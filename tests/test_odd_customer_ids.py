@@ -142,7 +142,7 @@ def url_templates():
     for text in walk(get_resolver(), ""):
         converters = {}
 
-        def hole(match):
+        def hole(match, converters=converters):
             name = match.group("name") or match.group("group")
             converters[name] = match.group("converter") or ("str" if match.group("name") else "regex")
             return "{" + name + "}"

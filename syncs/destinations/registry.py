@@ -4,7 +4,7 @@ services, the admin and config as code read this table."""
 
 from __future__ import annotations
 
-from . import file, livelike, webhook
+from . import file, google, livelike, meta, tiktok, webhook
 from .spec import DestinationSpec
 
 KINDS: dict[str, DestinationSpec] = {
@@ -13,6 +13,9 @@ KINDS: dict[str, DestinationSpec] = {
         livelike.SPEC,
         webhook.SPEC,
         file.SPEC,
+        meta.SPEC,
+        google.SPEC,
+        tiktok.SPEC,
     )
 }
 

@@ -1,6 +1,5 @@
 import json
-from datetime import datetime
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime
 from io import StringIO
 
 import pytest
@@ -84,7 +83,7 @@ def test_import_csv_with_property_and_trait_columns(tmp_path):
         run("import_events", str(path))
     first = Event.objects.get(message_id="o1")
     assert first.properties == {"revenue": 38.5, "category": "serum"}
-    assert first.occurred_at == datetime.fromtimestamp(1764000000, tz=dt_timezone.utc)
+    assert first.occurred_at == datetime.fromtimestamp(1764000000, tz=UTC)
     assert Event.objects.count() == 2
     assert Person.objects.filter(customer_id="u3").exists()  # an identify with no traits
 
@@ -107,7 +106,7 @@ def test_import_csv_without_id_column_is_refused(tmp_path):
 def test_demo_is_deterministic_for_a_seed_and_anchor():
     import random
 
-    anchor = datetime(2026, 11, 29, 12, tzinfo=dt_timezone.utc)
+    anchor = datetime(2026, 11, 29, 12, tzinfo=UTC)
 
     def generate(seed):
         rng = random.Random(seed)

@@ -2,8 +2,7 @@
 on whichever database the suite runs against (SQLite for `make test`, PostgreSQL for
 `make test-postgres`)."""
 
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -15,7 +14,7 @@ from audiences.messages import Message
 from audiences.models import Audience, Event, EventStat, Membership, Person, Source
 from tests.audiences.reference import Reference
 
-NOW = datetime(2026, 11, 29, 12, 0, tzinfo=dt_timezone.utc)
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 EVENT_NAMES = ["Added to Cart", "Order Completed", "Product Viewed"]
 DURATIONS = ["30m", "2h", "1d", "7d", "2w"]
 # Offsets that land exactly on window edges as well as in between, and a few in the future

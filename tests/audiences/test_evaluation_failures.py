@@ -3,8 +3,7 @@ but a rule stored before the bounds (written here with a queryset update, as an 
 be) or a failure of the database must cost only that audience: it is rolled back on its own,
 marked failing and skipped; every other audience, the suppression ones first, goes on."""
 
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection
@@ -17,7 +16,7 @@ from audiences.services import audience_save
 from audiences.signals import membership_changed
 
 pytestmark = pytest.mark.django_db
-T0 = datetime(2026, 11, 29, 12, 0, tzinfo=dt_timezone.utc)
+T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 HUGE_LIST = {"attribute": "vip_tier", "in": [f"tier_{n}" for n in range(5000)]}
 HUGE_NUMBER = {"attribute": "lifetime_value", "gt": 10**26}
 

@@ -1,5 +1,4 @@
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.utils import timezone
@@ -18,7 +17,7 @@ def track(user, event, message_id, at=None, **properties):
 
 
 def test_batch_creates_people_events_and_aggregates(ingest):
-    t0 = datetime(2026, 11, 1, 12, tzinfo=dt_timezone.utc)
+    t0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
     response = ingest.batch(
         [
             track("u1", "Added to Cart", "m1", t0, category="serum"),
@@ -147,7 +146,7 @@ def test_timestamp_defaults_to_original_timestamp_then_to_now(ingest):
         {"type": "track", "userId": "u1", "event": "A", "messageId": "1", "originalTimestamp": "2026-11-01T08:00:00+02:00"},
         {"type": "track", "userId": "u1", "event": "B", "messageId": "2"},
     ])
-    assert Event.objects.get(name="A").occurred_at == datetime(2026, 11, 1, 6, tzinfo=dt_timezone.utc)
+    assert Event.objects.get(name="A").occurred_at == datetime(2026, 11, 1, 6, tzinfo=UTC)
     assert Event.objects.get(name="B").occurred_at >= before
 
 
@@ -190,7 +189,7 @@ def test_track_api_event_with_unix_timestamp_and_id_dedup(ingest):
     assert ingest.track_api("POST", "customers/c1/events", body).status_code == 200
     assert ingest.track_api("POST", "customers/c1/events", body).status_code == 200
     event = Event.objects.get()
-    assert event.occurred_at == datetime.fromtimestamp(1764000000, tz=dt_timezone.utc)
+    assert event.occurred_at == datetime.fromtimestamp(1764000000, tz=UTC)
     assert event.properties == {"revenue": 30}
     assert EventStat.objects.get().count == 1
 

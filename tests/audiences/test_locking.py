@@ -5,8 +5,7 @@ pass. They take them in one order, and erasure retries a transaction that deadlo
 import re
 import threading
 import time
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import DatabaseError, OperationalError, connection
@@ -20,7 +19,7 @@ from audiences.services import audience_save
 from audiences.signals import membership_changed
 from audiences.transactions import atomic_retrying_deadlocks, is_deadlock
 
-T0 = datetime(2026, 11, 29, 12, 0, tzinfo=dt_timezone.utc)
+T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 postgres_only = pytest.mark.skipif("connection.vendor != 'postgresql'", reason="row locks and deadlocks are PostgreSQL's")
 LOCK = re.compile(r'^SELECT .* FROM "audiences_audience" WHERE "audiences_audience"\."id" = (\d+) LIMIT \d+(?P<lock> FOR UPDATE)?$')
 

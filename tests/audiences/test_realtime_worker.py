@@ -26,7 +26,9 @@ def test_realtime_audience_follows_an_ingest_request_through_the_worker():
                         "exclusions": ["buyers"]})
     _, key = source_create(name="web")
     with running_stack() as stack:
-        post = lambda body: requests.post(f"{stack.web_url}/ingest/v1/batch", json={"batch": body}, auth=(key, ""), timeout=10)
+        def post(body):
+            return requests.post(f"{stack.web_url}/ingest/v1/batch", json={"batch": body}, auth=(key, ""), timeout=10)
+
         assert post([{"type": "track", "userId": "u1", "event": "Added to Cart", "messageId": "c1"}]).status_code == 200
         _, took = wait_until(lambda: current_members("carts") == {"u1"})
         print(f"entered the cart audience {took:.2f} s after the ingest request returned")

@@ -1,4 +1,4 @@
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 
@@ -324,7 +324,6 @@ AT_THE_BOUNDS = [
 @pytest.mark.parametrize("rule", AT_THE_BOUNDS, ids=range(len(AT_THE_BOUNDS)))
 def test_every_rule_within_the_bounds_runs_on_the_database(rule):
     from datetime import datetime
-    from datetime import timezone as dt_timezone
 
     from audiences.compiler import compile_rule
     from audiences.models import Person
@@ -332,7 +331,7 @@ def test_every_rule_within_the_bounds_runs_on_the_database(rule):
     Person.objects.create(customer_id="a", attributes={"vip_tier": "tier_999", "ltv": 1.0, "lifetime_value": 2**63 - 1})
     Person.objects.create(customer_id="b", attributes={"vip_tier": "tier_1000", "ltv": "1", "lifetime_value": -(2**63)})
     Person.objects.create(customer_id="c", attributes={"ltv": True, "email": "x" * 1000})
-    members = set(Person.objects.filter(compile_rule(rule, datetime(2026, 11, 29, tzinfo=dt_timezone.utc)))
+    members = set(Person.objects.filter(compile_rule(rule, datetime(2026, 11, 29, tzinfo=UTC)))
                   .values_list("customer_id", flat=True))
     expected = {
         0: {"a"}, 1: {"a", "b", "c"}, 2: {"a", "b"}, 3: {"a"}, 4: {"b"}, 5: {"c"}, 6: set(), 7: {"a", "b"}, 8: set(),

@@ -1,7 +1,6 @@
 """The official Customer.io Data Pipelines Python SDK, pointed at the live test server."""
 
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from customerio import analytics
@@ -10,7 +9,7 @@ from audiences.ingest import source_create
 from audiences.models import Event, EventStat, Person
 
 PEOPLE = 100
-START = datetime(2026, 11, 20, 9, tzinfo=dt_timezone.utc)
+START = datetime(2026, 11, 20, 9, tzinfo=UTC)
 
 
 def send_everything(client):

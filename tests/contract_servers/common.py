@@ -257,7 +257,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.headers,
             body,
             received_at,
-            client="%s:%s" % self.client_address[:2],
+            client="{}:{}".format(*self.client_address[:2]),
         )
         if split.path in CONTROL_PATHS:
             self._write(contract._control(req), None)

@@ -37,13 +37,13 @@ def toy_data(**extra) -> dict:
             "credentials": {"toy_api_key": "env:TOY_API_KEY"}, **extra}
 
 
-def test_the_three_kinds_are_the_registry_and_each_folder_exports_its_spec():
-    assert list(registry.KINDS) == ["livelike", "webhook", "file"]
+def test_the_kinds_are_the_registry_and_each_folder_exports_its_spec():
+    assert list(registry.KINDS) == ["livelike", "webhook", "file", "meta", "google", "tiktok"]
     for kind, spec in registry.KINDS.items():
         assert spec.kind == kind and spec.transport.__name__ == "Transport"
     assert registry.spec_for("livelike").max_batch == 500 and registry.spec_for("livelike").modes == ("membership", "events")
-    with pytest.raises(LookupError, match="'meta' is not a destination kind: use livelike, webhook, file"):
-        registry.spec_for("meta")
+    with pytest.raises(LookupError, match="'snap' is not a destination kind: use livelike, webhook, file, meta, google, tiktok"):
+        registry.spec_for("snap")
 
 
 def test_the_admin_destination_form_offers_the_toy_kind_and_its_credential(toy, client):

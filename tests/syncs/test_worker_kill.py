@@ -59,7 +59,7 @@ def test_sigkill_during_deliveries_loses_nothing(monkeypatch):
         rng = random.Random(20261129)
         with running_stack(workers=1) as stack:
             kills = 0
-            for round_ in range(24):
+            for _ in range(24):
                 flags = {n: rng.random() < 0.5 for n in rng.sample(range(PEOPLE), 40)}
                 post_flags(stack, key, flags)
                 time.sleep(rng.uniform(0.05, 0.6))

@@ -1,6 +1,6 @@
 import os
-from io import StringIO
 from datetime import datetime
+from io import StringIO
 
 from django.conf import settings
 from django.core.management import call_command
@@ -10,13 +10,12 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from audiences.config import apply
-from audiences.demo import DEMO_CONFIG_FILES, DEMO_SOURCE, live_feed, load_demo
-from audiences.demo import backfill_size_history
+from audiences.demo import DEMO_CONFIG_FILES, DEMO_EXTRAS, DEMO_SOURCE, backfill_size_history, live_feed, load_demo
 from audiences.evaluation import evaluate_all
-from audiences.preview import refresh_coverage
-from audiences.services import audience_save
 from audiences.ingest import source_rotate_key
 from audiences.models import Person
+from audiences.preview import refresh_coverage
+from audiences.services import audience_save
 
 
 class Command(BaseCommand):
@@ -71,6 +70,8 @@ class Command(BaseCommand):
         for audience in Audience.objects.all():
             owner = "admin" if audience.cadence != Audience.REALTIME else "manager"
             audience_save(instance=audience, data={"owner": owner})
+        for extra in DEMO_EXTRAS:
+            extra(log=self.stdout.write)
         for evaluation in evaluate_all():
             self.stdout.write(f"  {evaluation.audience_key}: {evaluation.size:,} members")
         backfill_size_history(days=7)

@@ -3,8 +3,7 @@ import io
 import os
 import re
 import time
-from datetime import datetime
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -40,7 +39,7 @@ def csv_row_to_message(row: dict) -> dict:
             message["type"] = raw
         elif column == "timestamp":
             message["timestamp"] = (
-                datetime.fromtimestamp(int(raw), tz=dt_timezone.utc).isoformat() if raw.isdigit() else raw
+                datetime.fromtimestamp(int(raw), tz=UTC).isoformat() if raw.isdigit() else raw
             )
         elif column.startswith("properties."):
             properties[column[len("properties.") :]] = _scalar(raw)

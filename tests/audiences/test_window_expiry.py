@@ -1,0 +1,198 @@
+"""Window expiry: when realtime audiences' people are due, the tick that evaluates only them, the
+hourly consistency check that counts (and alerts) whom expiry missed, and the waiter task."""
+
+import logging
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+import time_machine
+from django.core.cache import cache
+from django.core.management import CommandError, call_command
+
+from audiences.evaluation import evaluate_all, evaluate_due, evaluate_expired, evaluate_pending
+from audiences.expiry import TICK
+from audiences.ingest import source_create
+from audiences.models import Audience, Person, WindowExpiry
+from audiences.services import audience_save
+from audiences.tasks import EXPIRY_LEASE, EXPIRY_POLL_S, evaluate_expiring_people
+from syncs.models import Alert
+from syncs.monitoring import check_alerts
+from tests.audiences.test_evaluation import T0, identify, members, playbook, send
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def source():
+    return source_create(name="shop")[0]
+
+
+def due(key, customer_id):
+    row = WindowExpiry.objects.filter(audience__key=key, person__customer_id=customer_id).first()
+    return row.due_at if row else None
+
+
+def test_a_cart_leaves_when_its_window_ends_and_not_a_microsecond_before(source):
+    playbook()
+    send(source, "a", "Added to Cart", T0 - timedelta(minutes=30))
+    identify(source, "b", vip=True)  # nothing of b's moves with the clock
+    evaluate_all(now=T0)
+    assert members("cart_0_2h") == {"a"}
+    ends = T0 + timedelta(minutes=90)
+    # out of cart_0_2h when the cart is more than 2 h old; cart_2_24h, which ranks below, has no time
+    # of its own while cart_0_2h holds a: the tick evaluates a in every realtime audience
+    assert due("cart_0_2h", "a") == ends + TICK and due("cart_2_24h", "a") is None
+    assert not WindowExpiry.objects.filter(person__customer_id="b").exists()
+    assert evaluate_expired(now=ends) == 0 and members("cart_0_2h") == {"a"}
+    assert evaluate_expired(now=ends + TICK) == 1
+    assert (members("cart_0_2h"), members("cart_2_24h")) == (set(), {"a"})
+    assert due("cart_2_24h", "a") == T0 - timedelta(minutes=30) + timedelta(hours=24) + TICK
+    assert due("cart_0_2h", "a") is None  # it cannot come back without a new cart
+
+
+def test_windows_that_open_and_dates_that_age_are_due_when_they_turn(source):
+    audience_save(data={"key": "lapsed", "name": "Lapsed", "rule": {"all": [
+        {"attribute": "last_order_date", "older_than": "60d"}, {"attribute": "last_order_date", "newer_than": "90d"}]}})
+    audience_save(data={"key": "winback", "name": "Winback", "rule": {"event": "Order Completed", "last_between": ["7d", "30d"]}})
+    identify(source, "a", last_order_date=int((T0 - timedelta(days=50)).timestamp()))
+    identify(source, "old", last_order_date=int((T0 - timedelta(days=100)).timestamp()))
+    send(source, "b", "Order Completed", T0 - timedelta(days=2))
+    evaluate_all(now=T0)
+    assert due("lapsed", "a") == T0 + timedelta(days=10) + TICK  # it enters when 60 days old
+    assert due("lapsed", "old") is None  # already too old to enter, ever
+    assert due("winback", "b") == T0 + timedelta(days=5)  # the window opens at 7 days
+    evaluate_expired(now=T0 + timedelta(days=5))
+    assert members("winback") == {"b"}
+    assert due("winback", "b") == T0 + timedelta(days=28) + TICK
+    evaluate_expired(now=T0 + timedelta(days=10, seconds=1))
+    assert members("lapsed") == {"a"}
+    assert due("lapsed", "a") == T0 + timedelta(days=40) + TICK
+
+
+def test_a_person_held_out_by_what_does_not_move_with_the_clock_gets_no_time(source):
+    audience_save(data={"key": "vip_carts", "name": "VIP carts", "rule": {"all": [
+        {"attribute": "vip", "eq": True}, {"event": "Added to Cart", "within": "2h"}]}})
+    send(source, "a", "Added to Cart", T0 - timedelta(minutes=5))
+    evaluate_all(now=T0)
+    assert members("vip_carts") == set() and due("vip_carts", "a") is None
+    identify(source, "a", at=T0 + timedelta(minutes=1), vip=True)  # ingest queues a: evaluated at once
+    evaluate_pending(now=T0 + timedelta(minutes=1))
+    assert members("vip_carts") == {"a"} and due("vip_carts", "a") == T0 + timedelta(minutes=115) + TICK
+
+
+def test_the_hourly_check_counts_logs_and_alerts_people_expiry_missed(source, caplog):
+    playbook()
+    send(source, "a", "Added to Cart", T0 - timedelta(minutes=30))
+    send(source, "b", "Added to Cart", T0 - timedelta(minutes=30))
+    evaluate_pending(now=T0)
+    evaluations = {e.audience_key: e for e in evaluate_due(now=T0)}
+    assert evaluations["cart_0_2h"].differences is None  # a first evaluation is no check
+    WindowExpiry.objects.filter(person__customer_id="a").delete()  # as if expiry had lost a's time
+    evaluate_expired(now=T0 + timedelta(hours=2))  # b moves on; a stays, wrongly
+    assert members("cart_0_2h") == {"a"} and members("cart_2_24h") == {"b"}
+    checked_at = T0 + timedelta(hours=2, minutes=1)
+    with caplog.at_level(logging.ERROR, logger="audiences.evaluation"):
+        evaluations = {e.audience_key: e for e in evaluate_due(now=checked_at)}
+    assert members("cart_0_2h") == set() and members("cart_2_24h") == {"a", "b"}
+    # cart_0_2h corrected a; for cart_2_24h, a was due (cart_0_2h let a go), b right already
+    assert {k: e.differences for k, e in evaluations.items()} == {"purchasers_24h": 0, "cart_0_2h": 1, "cart_2_24h": 0}
+    assert "cart_0_2h: the consistency check" in caplog.text and "corrected 1 person window expiry had missed" in caplog.text
+    audience = Audience.objects.get(key="cart_0_2h")
+    assert (audience.consistency_differences, audience.consistency_checked_at) == (1, checked_at)
+    check_alerts(now=checked_at + timedelta(minutes=1))
+    alert = Alert.objects.get(kind=Alert.FAILING_EVALUATION, resolved_at__isnull=True)
+    assert alert.audience == audience and "corrected 1 person whose membership window expiry had missed" in alert.message
+    assert "bug in Downstream's evaluation, not in the rule" in alert.message
+    evaluate_due(now=checked_at + timedelta(hours=1))  # the next check is clean
+    check_alerts(now=checked_at + timedelta(hours=1, minutes=1))
+    alert.refresh_from_db()
+    assert alert.resolved_at is not None and "nothing to correct" in alert.details["resolution"]
+
+
+def test_people_the_tick_has_not_reached_yet_are_no_bug(source):
+    audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
+    send(source, "a", "Added to Cart", T0 - timedelta(hours=1))
+    evaluate_pending(now=T0)
+    evaluate_all(now=T0)
+    send(source, "b", "Added to Cart", T0 + timedelta(minutes=1))  # queued by ingest, not evaluated yet
+    evaluation = evaluate_all(now=T0 + timedelta(hours=1, minutes=2))[0]  # a's time came a minute ago
+    assert (members("carts"), evaluation.differences) == ({"b"}, 0)
+
+
+def test_a_changed_definition_is_evaluated_in_full_at_the_next_tick_and_is_no_check(source):
+    playbook()
+    send(source, "a", "Added to Cart", T0 - timedelta(minutes=30))
+    evaluate_due(now=T0)
+    assert evaluate_due(now=T0 + timedelta(minutes=1)) == []
+    audience_save(instance=Audience.objects.get(key="cart_0_2h"), data={"rule": {"event": "Added to Cart", "within": "15m"}})
+    changed = evaluate_due(now=T0 + timedelta(minutes=2))
+    assert [(e.audience_key, e.differences) for e in changed] == [("cart_0_2h", None)]
+    assert members("cart_0_2h") == set()
+    assert due("cart_2_24h", "a") == T0 + timedelta(minutes=2)  # the stage below meets a again at once
+    # disabling the higher-ranked stage changes what cart_2_24h reads: evaluated in full at once
+    Audience.objects.filter(key="cart_0_2h").update(enabled=False)
+    assert [(e.audience_key, e.differences) for e in evaluate_due(now=T0 + timedelta(minutes=3))] == [("cart_2_24h", None)]
+
+
+def test_a_full_evaluation_makes_the_people_it_changed_due_for_the_realtime_audiences_reading_it(source):
+    audience_save(data={"key": "vips", "name": "VIPs", "purpose": "suppression", "cadence": "1h",
+                        "rule": {"attribute": "vip", "eq": True}})
+    audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"},
+                        "exclusions": ["vips"]})
+    send(source, "a", "Added to Cart", T0 - timedelta(minutes=5))
+    evaluate_all(now=T0)
+    assert members("carts") == {"a"}
+    Person.objects.filter(customer_id="a").update(attributes={"vip": True})  # a back office, no ingest
+    evaluate_all(["vips"], now=T0 + timedelta(hours=1))
+    assert due("carts", "a") == T0 + timedelta(hours=1)
+    evaluate_expired(now=T0 + timedelta(hours=1))
+    assert members("carts") == set()
+
+
+def test_the_waiter_evaluates_each_person_when_their_time_comes_then_lets_its_worker_go(source):
+    audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
+    send(source, "a", "Added to Cart", T0 - timedelta(hours=2) + timedelta(seconds=3))
+    send(source, "b", "Added to Cart", T0 - timedelta(hours=2) + timedelta(seconds=5))
+    evaluate_pending(now=T0)
+    evaluate_all(now=T0)
+    slept = []
+    with time_machine.travel(T0, tick=False) as traveller:
+
+        def sleep(seconds):
+            slept.append(seconds)
+            traveller.shift(seconds)
+
+        assert evaluate_expiring_people(sleep=sleep) == 2
+    assert members("carts") == set()
+    assert 0 < max(slept) <= EXPIRY_POLL_S and sum(slept) < 5 + EXPIRY_POLL_S
+    assert cache.get(EXPIRY_LEASE) is None  # nothing due within the horizon: the lease is let go
+    exits = dict(Audience.objects.get(key="carts").memberships.values_list("person__customer_id", "exited_at"))
+    assert exits["a"] - (T0 + timedelta(seconds=3)) <= timedelta(seconds=EXPIRY_POLL_S)
+
+
+def test_a_second_waiter_leaves_it_to_the_first(source):
+    cache.set(EXPIRY_LEASE, "another", 10)
+    assert evaluate_expiring_people(sleep=lambda s: pytest.fail("must not wait")) == 0
+
+
+def test_the_consistency_check_command_prints_what_each_check_corrected(source):
+    playbook()
+    audience_save(data={"key": "hourly", "name": "Hourly", "cadence": "1h", "rule": {"attribute": "vip", "eq": True}})
+    send(source, "a", "Added to Cart", T0 - timedelta(minutes=30))
+    evaluate_pending(now=T0)
+    evaluate_all(now=T0)
+    WindowExpiry.objects.filter(person__customer_id="a", audience__key="cart_0_2h").delete()
+    out = StringIO()
+    with time_machine.travel(T0 + timedelta(hours=3), tick=False):
+        with pytest.raises(CommandError, match="corrected 1 person window expiry had missed"):
+            call_command("consistency_check", stdout=out)
+        assert "cart_0_2h: size 0, 1 corrected (people window expiry missed" in out.getvalue()
+        assert "cart_2_24h: size 1, 0 corrected" in out.getvalue() and "hourly" not in out.getvalue()
+        out = StringIO()
+        call_command("consistency_check", "cart_0_2h", stdout=out)
+        assert out.getvalue() == "cart_0_2h: size 0, 0 corrected\n"
+    with pytest.raises(CommandError, match="hourly: not a realtime rule audience"):
+        call_command("consistency_check", "hourly")
+    with pytest.raises(CommandError, match="no audience with key nope"):
+        call_command("consistency_check", "nope")
