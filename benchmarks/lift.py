@@ -45,7 +45,10 @@ def bench_lift(backend: str, *, now) -> None:
 
 
 def _time_lifts(backend, audience, sync, *, now, label) -> None:
+    from benchmarks.common import load_line
     from syncs.lift import lift_for
+
+    print(f"[{backend}] {load_line()}")
 
     for scope, options in (("audience", {}), ("sync", {"sync": sync})):
         timings, lift = [], None

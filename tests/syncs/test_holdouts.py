@@ -382,3 +382,51 @@ def _plan_is_empty(path) -> bool:
     from audiences.config import load_file, plan
 
     return plan(str(path), load_file(str(path))) == []
+
+
+# --- the forms ------------------------------------------------------------------------------
+
+
+def test_the_dashboard_sync_editor_takes_the_holdout_in_percent(client):
+    from tests.conftest import logged_in
+
+    hook()
+    flagged_audience()
+    sync = sync_save(data={"key": "flagged-hook", "audience": "flagged", "destination": "hook"})
+    manager = logged_in(client, "Retention manager", "rita")
+    form = {"mode": "membership", "removal_guard_share": "0.3", "holdout_percent": "12.5", "holdout_salt": "q4",
+            "identifier_policy": ""}
+    response = manager.post("/dashboard/syncs/flagged-hook/edit/", form)
+    assert response.status_code == 302
+    sync.refresh_from_db()
+    assert (sync.holdout_share, sync.holdout_salt) == (0.125, "q4")
+    assert 'value="12.5"' in manager.get("/dashboard/syncs/flagged-hook/edit/").content.decode()
+
+    refused = manager.post("/dashboard/syncs/flagged-hook/edit/", {**form, "holdout_percent": "60"})
+    assert refused.status_code == 400 and "Ensure this value is less than or equal to 50." in refused.content.decode()
+    refused = manager.post("/dashboard/syncs/flagged-hook/edit/", {**form, "holdout_salt": "two words"})
+    assert refused.status_code == 400 and "without spaces" in refused.content.decode()
+    sync.refresh_from_db()
+    assert (sync.holdout_share, sync.holdout_salt) == (0.125, "q4")
+
+
+def test_the_admin_sync_form_saves_a_share_and_refuses_one_on_a_suppression_sync(client):
+    from tests.test_role_matrix import admin_form_data
+
+    hook()
+    flagged_audience()
+    flagged_audience(key="buyers", purpose=Audience.SUPPRESSION)
+    root = User.objects.create_superuser("root", password="pw-for-tests-1")
+    client.force_login(root)
+    activation = sync_save(data={"key": "flagged-hook", "audience": "flagged", "destination": "hook"})
+    response = client.post(f"/admin/syncs/sync/{activation.pk}/change/",
+                           admin_form_data(Sync, activation, root, holdout_share="0.1"))
+    assert response.status_code == 302
+    activation.refresh_from_db()
+    assert activation.holdout_share == 0.1
+    suppression = sync_save(data={"key": "buyers-hook", "audience": "buyers", "destination": "hook"})
+    page = client.post(f"/admin/syncs/sync/{suppression.pk}/change/",
+                       admin_form_data(Sync, suppression, root, holdout_share="0.1")).content.decode()
+    assert "a suppression sync never holds anyone out" in page
+    suppression.refresh_from_db()
+    assert suppression.holdout_share == 0

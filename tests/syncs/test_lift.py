@@ -325,3 +325,37 @@ def test_the_period_reaches_back_only_as_far_as_retention_keeps_what_it_reads(se
     settings.RETENTION_EVENT_FLOOR_DAYS, settings.RETENTION_EVENT_MARGIN_DAYS = 1, 0  # shorter than the window
     empty = lift_for(audience, now=NOW)
     assert empty.since == empty.until and empty.members == 0
+
+
+# --- the pages ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_audience_page_the_sync_page_and_the_weekly_review_show_the_lift(client):
+    from django.contrib.auth.models import User
+
+    from syncs.review import render_text, weekly_review
+
+    source, _ = source_create(name="shop")
+    audience = audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
+    destination_save(data={"key": "hook", "name": "Hook", "kind": "webhook", "settings": {"url": "http://127.0.0.1:9/hook"},
+                           "credentials": {"signing_secret": "s3cret-for-tests"}})
+    sync_save(data={"key": "carts-hook", "audience": "carts", "destination": "hook", "holdout_share": 0.2})
+    load(plant(5, people=3000, rate=0.1, lift=0.5, share=0.2), audience, source, seed=5)
+    Outcome.objects.create(audience=audience, source=source, date=(NOW - timedelta(days=12)).date(), spend=Decimal("900.00"))
+    client.force_login(User.objects.create_superuser("root", password="pw-for-tests-1"))
+    import time_machine
+
+    with time_machine.travel(NOW, tick=False):
+        lift = lift_for(audience)
+        page = client.get("/dashboard/audiences/carts/").content.decode()
+        assert "Holdout and measured lift" in page and lift.verdict in page
+        assert f"{lift.sent.converted:,} of {lift.sent.members:,} members" in page
+        assert lift.shown["difference"] in page and lift.shown["cost"] in page and lift.shown["cost"] != "—"
+        assert "This sync&#x27;s holdout: 20 % (salt &#x27;carts-hook&#x27;)" in page
+        sync_page = client.get("/dashboard/syncs/carts-hook/").content.decode()
+        assert "Holdout now" in sync_page and "20.0 %" in sync_page
+        review = client.get("/dashboard/review/weekly/").content.decode()
+        assert "Measured lift, as of the week" in review and lift.shown["difference"] in review
+        text = render_text(weekly_review())
+    assert f"measured against the holdout: lift {lift.shown['difference']}" in text
