@@ -219,7 +219,7 @@ def child(backend: str, scale: int, days: int, steps_per_day: int, seed: int, de
               f"{SyncRun.objects.count():,} runs, {SyncDay.objects.count():,} daily rollups")
         tables = store_size().tables
         print(f"  [{backend}] rows kept: " + ", ".join(
-            f"{t.label.lower()} {t.rows:,}" + (f" ({t.bytes / 2**20:.1f} MiB, {t.bytes / max(t.rows, 1):.0f} B a row)" if t.bytes else "")
+            f"{t.label.lower()} {t.rows:,}" + (f" ({t.bytes / 2**20:.1f} MiB, {t.bytes / t.rows:.0f} B a row)" if t.bytes and t.rows else "")
             for t in tables))
         events = next(t for t in tables if t.label == "Events")
         if events.bytes:
