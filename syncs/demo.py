@@ -147,6 +147,10 @@ def _plant(stays, held_everywhere, rng, *, anchor) -> list[Message]:
             continue
         at = left + (latest - left) * rng.random()
         sku, _, category, price = rng.choice(PRODUCTS)
+        # a buyer checks out first, as every order in the store does
+        orders.append(Message(kind="event", customer_id=customer_ids[person_id], message_id=f"demo-return-checkout-{n}-{person_id}",
+                              timestamp=at - timedelta(minutes=2), name="Checkout Started",
+                              properties={"product_id": sku, "category": category, "price": price}))
         orders.append(Message(kind="event", customer_id=customer_ids[person_id], message_id=f"demo-return-{n}-{person_id}",
                               timestamp=at, name="Order Completed",
                               properties={"order_id": f"ORD-R{n}", "revenue": price, "currency": "USD", "category": category,
