@@ -235,7 +235,7 @@ class GlobalHoldout(models.Model):
         verbose_name = "global paid holdout"
 
     def __str__(self):
-        return f"global paid holdout {self.share:.0%}" if self.share else "global paid holdout (off)"
+        return f"global paid holdout {self.share * 100:.4g} %" if self.share else "global paid holdout (off)"
 
 
 class SyncRun(models.Model):
