@@ -792,6 +792,8 @@ def test_a_sender_without_the_lease_sends_nothing_until_the_lease_expires(source
 @pytest.mark.parametrize("fault", ["500", "429"])  # waiting out a backoff, waiting out a Retry-After
 def test_a_sender_that_lost_its_lease_while_waiting_sends_nothing_more(source, livelike, livelike_destination, fault):
     livelike.faults = FailFirst(fault, retry_after=1)
+    # a backoff long enough that the sender must wait it out (0.05 s can pass unwaited on a busy machine)
+    set_destination(livelike_destination, retry_base_s=1.0, retry_cap_s=1.0)
     sync = flagged_sync()
     flag(source, ["p0"], True)
     evaluate_all()
