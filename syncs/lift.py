@@ -13,8 +13,11 @@ member who entered yesterday has not had seven days to buy). Test accounts never
 For an audience the arms are its memberships: held out of every sync (sent nowhere) against
 sent to at least one. For a sync they are its entry rows: held out of that sync (by its own
 holdout or the global one) against sent to it. Both are one SQL statement (`lift_figures`),
-the same on SQLite and PostgreSQL: the units come from a partial index of recorded entries and
-each unit's conversions from the event index (person, name, time).
+the same on SQLite and PostgreSQL: the units come from a partial index of recorded entries, in
+person order, and each unit's conversions from an index of the conversion event's rows in that
+same order: for the default event, the partial index `event_conversions` (audiences migration
+0008), which on PostgreSQL carries the properties, so revenue is read without a heap page per
+purchase; for another event, the event index (person, name, time).
 """
 
 from __future__ import annotations
