@@ -47,6 +47,7 @@ from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q
 from django.utils import timezone
 
 from .destinations import OutRow, TransportError, transport_for
+from .http import paced
 from .models import Delivery, DeliveryBatch, Destination, RemovalHold, Sync, SyncRun
 from .payload import no_identifier_reason, payload_for
 from .removals import ADDITIVE_ONLY, keep_minimum
@@ -334,6 +335,19 @@ class DestinationGate:
                 if urgent:
                     self.urgent_waiting -= 1
                 self.cond.notify_all()
+
+    def pace(self) -> None:
+        """A further request of a call already admitted (`syncs.http.paced`): the rate limit
+        and any hold apply to it; it queues behind nobody's answer."""
+        with self.cond:
+            while True:
+                now = time.monotonic()
+                wait = max(self.next_at, self.hold_until) - now
+                if wait <= 0:
+                    break
+                self.cond.wait(min(wait, POLL_S))
+            self.next_at = max(now, self.next_at) + self.interval
+            self.cond.notify_all()
 
     def leave(self, ticket: int, *, answered: bool, retry_after: float | None = None) -> None:
         with self.cond:
@@ -857,7 +871,8 @@ class Sender:
         if ticket is None:
             raise TransportError("not sent: the batch was answered on another connection")
         try:
-            result = self.transport.send(job.rows, batch_id=str(job.batch_id), sync=job.sync, timeout=job.timeout)
+            with paced(self.gate.pace):  # each request of the call counts against the rate limit
+                result = self.transport.send(job.rows, batch_id=str(job.batch_id), sync=job.sync, timeout=job.timeout)
         except TransportError as exc:
             self.gate.leave(ticket, answered=exc.status is not None, retry_after=exc.retry_after)
             raise

@@ -101,6 +101,19 @@ class Captured(BaseException):
 
 
 _capture = threading.local()
+_pacing = threading.local()
+
+
+@contextmanager
+def paced(before_next):
+    """Within this block every request after the first calls `before_next()` before it goes: a
+    destination's gate admits a transport's call once, and paces each further request the call
+    makes (TikTok's update after its upload) against the same rate limit."""
+    _pacing.before_next, _pacing.sent = before_next, 0
+    try:
+        yield
+    finally:
+        _pacing.before_next = None
 
 
 @contextmanager
@@ -129,6 +142,11 @@ def request(method: str, url: str, *, timeout: float, passthrough: tuple[int, ..
     if getattr(_capture, "on", False):
         fields = {k: v for k, v in kwargs.items() if k in ("headers", "files", "data", "params", "json")}
         raise Captured(session().prepare_request(requests.Request(method, url, **fields)))
+    before_next = getattr(_pacing, "before_next", None)
+    if before_next is not None:
+        if _pacing.sent:
+            before_next()
+        _pacing.sent += 1
     try:
         response = session().request(method, url, timeout=timeout, **kwargs)
     except TransportError:

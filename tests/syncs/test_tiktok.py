@@ -376,6 +376,21 @@ def test_people_enter_and_leave_and_tiktok_ends_with_downstreams_members(source,
     assert not RemovalHold.objects.exists() and not Alert.objects.exists()
 
 
+def test_the_upload_and_its_update_each_count_against_the_destinations_rate_limit(source, tiktok, destination):
+    """A batch is two requests to TikTok: the sender's gate paces the second as well, so that a
+    destination set to 4 requests/s never sends its update right on the heels of its upload."""
+    Destination.objects.filter(pk=destination.pk).update(rate_limit_per_s=4.0)
+    tiktok.minimum = 0
+    flagged_sync()
+    store("r", 5)
+    evaluate_all()
+    deliver(destination)
+    log = tiktok.request_log()
+    assert [r["path"].rsplit("/", 2)[-2] for r in log] == ["upload", "update"]
+    assert log[1]["received_at"] - log[0]["received_at"] >= 0.25 - 0.02  # one interval, less the clock's grain
+    assert len(tiktok.members(AUDIENCE)) == 5
+
+
 def test_a_person_without_the_uploaded_identifier_is_skipped_with_the_reason(source, destination, tiktok):
     tiktok.minimum = 0
     sync = flagged_sync()
