@@ -16,7 +16,8 @@ or sent from entry to exit. Removing newly held-out people would not make them a
 they belong to.
 
 Two holdouts can apply to a sync: its own (`Sync.holdout_share`, any activation sync) and the
-global paid holdout (`GlobalHoldout`), which covers the ad-platform kinds only. LiveLike and
+global paid holdout (`GlobalHoldout`), which covers the ad-platform kinds only: those whose
+spec says `paid_media` (Meta, Google, TikTok, and any plug-in kind that sets it). LiveLike and
 webhooks stay out of it: LiveLike is the owned, in-app channel whose rewards the team runs
 anyway, and a webhook may feed an operational system (a CRM, fulfilment) that must see
 everyone; either can carry a holdout of its own. Suppression syncs never hold anyone out.
@@ -31,10 +32,9 @@ from django.apps import apps as global_apps
 
 from audiences.models import Audience, Membership
 
+from .destinations.registry import spec_for
 from .models import Delivery, GlobalHoldout, Sync
 
-# The paid media kinds: what the global holdout covers.
-PAID_KINDS = frozenset({"meta", "google", "tiktok"})
 # A holdout above this would be an experiment on the campaign, not a control group beside it
 # (and 10 typed for 10 % must not hold out everyone).
 MAX_SHARE = 0.5
@@ -83,7 +83,8 @@ def global_holdout() -> GlobalHoldout:
 
 
 def is_paid(sync: Sync) -> bool:
-    return sync.destination.kind in PAID_KINDS
+    """Whether the global paid holdout covers this sync: its destination kind's spec says so."""
+    return spec_for(sync.destination.kind).paid_media
 
 
 def holdouts_of(sync: Sync, paid: GlobalHoldout | None) -> list[Holdout]:

@@ -212,7 +212,7 @@ class Sync(models.Model):
 
 
 class GlobalHoldout(models.Model):
-    """One holdout across every paid sync (the ad platforms, syncs.holdouts.PAID_KINDS): the
+    """One holdout across every paid sync (the ad platforms: kinds whose spec says paid_media): the
     people it picks are sent to none of them, so the audience's lift measures paid media as a
     whole. One row, key `global`, created by migrate; a share of 0 holds nobody out."""
 

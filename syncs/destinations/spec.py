@@ -99,6 +99,8 @@ class DestinationSpec:
     default_rate_limit_per_s: float = 10.0
     removes: bool = True
     min_audience_size: int | None = None
+    # an ad platform whose audiences are bought against: the global paid holdout covers its syncs
+    paid_media: bool = False
     # the platform's own identifiers, several per person (Meta's schema, Google's
     # userIdentifiers); a kind with match keys ignores the identifier policy
     match_keys: tuple[MatchKey, ...] = ()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import timedelta
 from io import StringIO
 
@@ -247,9 +248,8 @@ def test_a_new_sync_holds_out_people_already_in_the_audience(livelike, livelike_
 
 @pytest.fixture
 def paid_kind(monkeypatch):
-    """The toy kind stands in for an ad platform: registered, and counted as paid."""
-    monkeypatch.setitem(registry.KINDS, "toy", toy_destination.SPEC)
-    monkeypatch.setattr(holdouts, "PAID_KINDS", frozenset({"toy"}))
+    """The toy kind stands in for an ad platform: registered, its spec saying paid media."""
+    monkeypatch.setitem(registry.KINDS, "toy", replace(toy_destination.SPEC, paid_media=True))
     monkeypatch.setenv("TOY_API_KEY", "toy-key-1")
     return destination_save(data={"key": "ads", "name": "Ads", "kind": "toy", "settings": {"board": "b-1"},
                                   "credentials": {"toy_api_key": "env:TOY_API_KEY"}})

@@ -2,6 +2,7 @@
 tests/syncs/toy_destination/ is registered here and nothing else changes, yet the admin, the
 services, config as code and the delivery worker all know it."""
 
+from dataclasses import replace
 from io import StringIO
 
 import pytest
@@ -15,10 +16,11 @@ from audiences.evaluation import evaluate_all
 from audiences.ingest import ingest_messages, source_create
 from audiences.messages import Message
 from audiences.services import audience_save, identifier_policy_save
+from syncs import holdouts
 from syncs.delivery import deliver_destination
 from syncs.destinations import registry
-from syncs.models import Destination
-from syncs.services import destination_save, sync_save
+from syncs.models import Delivery, Destination
+from syncs.services import destination_save, global_holdout_save, sync_save
 from tests.syncs import toy_destination
 
 pytestmark = pytest.mark.django_db
@@ -44,6 +46,8 @@ def test_the_kinds_are_the_registry_and_each_folder_exports_its_spec():
     assert registry.spec_for("livelike").max_batch == 500 and registry.spec_for("livelike").modes == ("membership", "events")
     with pytest.raises(LookupError, match="'snap' is not a destination kind: use livelike, webhook, file, meta, google, tiktok"):
         registry.spec_for("snap")
+    # the ad platforms say so in their specs: the global paid holdout covers them and nothing else
+    assert {kind for kind, spec in registry.KINDS.items() if spec.paid_media} == {"meta", "google", "tiktok"}
 
 
 def test_the_admin_destination_form_offers_the_toy_kind_and_its_credential(toy, client):
@@ -127,6 +131,27 @@ def test_deliver_destination_sends_through_the_toy_transport(toy):
     assert sorted((row["board"], row["action"], row["identifier"]) for row in toy.SENT) == [
         ("b-1", "enter", "t1"), ("b-1", "enter", "t2")
     ]
+
+
+@pytest.mark.parametrize("paid_media", [True, False])
+def test_the_global_paid_holdout_covers_a_toy_kind_whose_spec_says_paid_media(monkeypatch, toy, paid_media):
+    monkeypatch.setitem(registry.KINDS, "toy", replace(toy.SPEC, paid_media=paid_media))
+    global_holdout_save(data={"share": 0.5, "salt": "paid-toy"})
+    destination = destination_save(data=toy_data())
+    audience_save(data={"key": "flagged", "name": "Flagged", "rule": {"attribute": "flag", "eq": True}})
+    sync_save(data={"key": "flagged-board", "audience": "flagged", "destination": "board"})
+    ids = [f"t{n}" for n in range(40)]
+    ingest_messages(source=source_create(name="shop")[0], messages=[
+        Message("identify", customer_id, f"m-{customer_id}", timezone.now(), traits={"flag": True}) for customer_id in ids
+    ])
+    evaluate_all()
+    deliver_destination(destination.pk)
+
+    held = {i for i in ids if holdouts.position("paid-toy", i) < 0.5} if paid_media else set()
+    assert 0 < len({i for i in ids if holdouts.position("paid-toy", i) < 0.5}) < len(ids)  # the share splits these ids
+    assert {row["identifier"] for row in toy.SENT} == set(ids) - held
+    reasons = set(Delivery.objects.filter(held_out=True).values_list("last_error", flat=True))
+    assert reasons == ({"held out: the global paid holdout (50 %, salt 'paid-toy') is never sent"} if paid_media else set())
 
 
 def test_the_demo_livelike_syncs_send_the_customer_id_with_the_email_beside_it(monkeypatch):

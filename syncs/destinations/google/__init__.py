@@ -85,6 +85,7 @@ SPEC = DestinationSpec(
     # the Data Manager API allows 300 requests a minute for the whole Google Cloud project
     default_rate_limit_per_s=5.0,
     removes=True,
+    paid_media=True,
     check=check,
 )
 

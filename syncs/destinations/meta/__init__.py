@@ -33,6 +33,7 @@ SPEC = DestinationSpec(
     removes=True,
     # Meta delivers no ads to a customer list of fewer than 100 matched people
     min_audience_size=100,
+    paid_media=True,
     check=version_problems,
 )
 

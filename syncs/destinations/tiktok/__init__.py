@@ -52,6 +52,7 @@ SPEC = TikTokSpec(
     # per app and per advertiser (40100, 40133), and publishes no figure for these paths
     default_rate_limit_per_s=2.0,
     min_audience_size=MIN_AUDIENCE_SIZE,
+    paid_media=True,
     check=advertiser_problems,
 )
 
