@@ -9,7 +9,7 @@ from django.utils.cache import add_never_cache_headers
 from simple_history.admin import SimpleHistoryAdmin
 
 from . import services
-from .evaluation import dependencies
+from .dependencies import dependencies
 from .identifiers import find_people
 from .ingest import source_revoke, source_rotate_key
 from .models import (

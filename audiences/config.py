@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import Q
 
 from . import services
+from .dependencies import DependencyCycle, dependencies_first, item_graph
 from .models import Audience, IdentifierPolicy, NamingConvention, PriorityGroup
 
 
@@ -109,51 +110,10 @@ def audience_dict(a: Audience) -> dict:
     return without_defaults(data, AUDIENCE_DEFAULTS)
 
 
-class DependencyCycle(ValueError):
-    def __init__(self, keys: list[str]):
-        self.keys = keys
-        super().__init__(" → ".join(keys))
-
-
-def _order_keys(items: dict[str, dict]) -> list[str]:
-    from . import rules as r
-
-    def deps(item):
-        found = set(item.get("exclusions") or [])
-        try:
-            found |= r.referenced_audiences(r.parse_rule(item["rule"])) if item.get("rule") else set()
-        except r.RuleError:
-            pass
-        group, rank = item.get("priority_group"), item.get("priority_rank")
-        if group and isinstance(rank, int):
-            found |= {
-                k for k, other in items.items()
-                if other.get("priority_group") == group and isinstance(other.get("priority_rank"), int)
-                and other["priority_rank"] < rank
-            }
-        return found & set(items)
-
-    ordered, done = [], set()
-
-    def place(key, trail=()):
-        if key in done:
-            return
-        if key in trail:
-            raise DependencyCycle([*trail[trail.index(key):], key])
-        for dep in sorted(deps(items[key])):
-            place(dep, (*trail, key))
-        done.add(key)
-        ordered.append(key)
-
-    for key in items:
-        place(key)
-    return ordered
-
-
 def _order_audience_items(items: list[dict]) -> list[dict]:
     """Dependencies first, so that an audience can exclude one created by the same file."""
     by_key = {i["key"]: i for i in items}
-    return [by_key[k] for k in _order_keys(by_key)]  # a cycle raises DependencyCycle, reported by _write
+    return [by_key[k] for k in dependencies_first(item_graph(by_key))]  # a cycle raises DependencyCycle, reported by _write
 
 
 def _save_audience(data, instance, actor):
@@ -343,7 +303,9 @@ def _write(path, items, changes, actor):
             ordered = section.order_items(items[section.name]) if section.order_items else items[section.name]
         except DependencyCycle as cycle:
             # Validation of one audience at a time cannot see a cycle among audiences the file creates.
-            errors.append(f"{path}: {section.name}[{cycle.keys[0]}]: this would make a dependency cycle: {cycle}")
+            errors.append(
+                f"{path}: {section.name}[{cycle.keys[0]}]: this would make a dependency cycle: {' → '.join(cycle.keys)}"
+            )
             continue
         if section.before_save:
             section.before_save(items[section.name], [c for c in changes if c.section == section.name])

@@ -31,6 +31,7 @@ from django.utils import timezone
 from . import expiry
 from . import rules as r
 from .compiler import audience_condition, higher_ranked_ids
+from .dependencies import dependencies, dependency_order
 from .models import Audience, Membership, PendingEvaluation, Person, SizeSample, WindowExpiry
 from .signals import membership_changed
 from .sources import source_for
@@ -70,101 +71,6 @@ class Evaluation:
 
     def triggered(self, person_id: int) -> datetime:
         return self.triggered_at.get(person_id, self.at)
-
-
-# --- dependency order -----------------------------------------------------------------------
-
-
-def dependencies(audience: Audience, *, rule=None, exclusion_keys=None, group_higher_keys=None) -> set[str]:
-    """Keys of the audiences whose membership this one reads."""
-    deps = set()
-    rule = audience.rule if rule is None else rule
-    if audience.source_kind == Audience.RULES and rule:
-        try:
-            deps |= r.referenced_audiences(r.parse_rule(rule))
-        except r.RuleError:
-            pass
-    if exclusion_keys is None:
-        exclusion_keys = [a.key for a in audience.exclusions.all()] if audience.pk else []
-    deps |= set(exclusion_keys)
-    if group_higher_keys is None and audience.priority_group_id and audience.priority_rank is not None:
-        group_higher_keys = Audience.objects.filter(
-            priority_group_id=audience.priority_group_id, priority_rank__lt=audience.priority_rank
-        ).values_list("key", flat=True)
-    deps |= set(group_higher_keys or ())
-    return deps
-
-
-def dependency_graph(audiences=None) -> dict[str, set[str]]:
-    audiences = list(audiences if audiences is not None else Audience.objects.prefetch_related("exclusions"))
-    return {a.key: dependencies(a) for a in audiences}
-
-
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """A dependency cycle as a list of keys (first == last), or None."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(key):
-        state[key] = 1
-        stack.append(key)
-        for dep in sorted(graph.get(key, ())):
-            if state.get(dep) == 1:
-                return stack[stack.index(dep):] + [dep]
-            if dep not in state:
-                found = visit(dep)
-                if found:
-                    return found
-        stack.pop()
-        state[key] = 2
-        return None
-
-    for key in sorted(graph):
-        if key not in state:
-            found = visit(key)
-            if found:
-                return found
-    return None
-
-
-def _every_audience_in_order() -> list[str]:
-    """Keys of all audiences, dependencies first, ties by key."""
-    everyone = list(Audience.objects.prefetch_related("exclusions"))
-    ranked = [a for a in everyone if a.priority_group_id and a.priority_rank is not None]
-    graph = {
-        a.key: dependencies(a, group_higher_keys=[
-            b.key for b in ranked
-            if a.priority_group_id and a.priority_rank is not None
-            and b.priority_group_id == a.priority_group_id and b.priority_rank < a.priority_rank
-        ])
-        for a in everyone
-    }
-    ordered, done = [], set()
-
-    def place(key, trail=()):
-        if key in done:
-            return
-        if key in trail:
-            raise ValueError("dependency cycle: " + " → ".join((*trail, key)))
-        for dep in sorted(graph[key] & graph.keys()):
-            place(dep, (*trail, key))
-        done.add(key)
-        ordered.append(key)
-
-    for key in sorted(graph):
-        place(key)
-    return ordered
-
-
-def dependency_order(audiences) -> list[Audience]:
-    """Dependencies first, in one order for every subset: the place each audience has among all
-    audiences (dependencies first, ties by key). Evaluation and erasure lock audience rows in
-    this order, and because it is the same order whichever audiences a pass takes (the realtime
-    ones, the due ones, the ones a person is in), no two of them wait on each other in a circle
-    (a deadlock on PostgreSQL)."""
-    audiences = list(audiences)
-    place = {key: n for n, key in enumerate(_every_audience_in_order())}
-    return sorted(audiences, key=lambda a: (place.get(a.key, len(place)), a.key))
 
 
 # --- one audience ---------------------------------------------------------------------------

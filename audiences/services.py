@@ -15,7 +15,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from . import rules as r
-from .evaluation import dependencies, dependency_graph, find_cycle
+from .dependencies import dependencies, dependency_graph, find_cycle
 from .models import Audience, IdentifierPolicy, NamingConvention, PriorityGroup
 from .naming import parse_name, validate_convention
 

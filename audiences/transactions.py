@@ -1,7 +1,7 @@
 """Running a transaction again when PostgreSQL broke a deadlock by aborting it.
 
 Transactions that lock the same rows take them in one order (audience rows in dependency
-order, see `evaluation.dependency_order`), so deadlocks should not happen; when one does (rows
+order, see `dependencies.dependency_order`), so deadlocks should not happen; when one does (rows
 no order covers, such as a person's queue entry and their memberships), the victim is rolled
 back whole and can simply run again.
 """

@@ -76,7 +76,8 @@ def run(backend: str) -> None:
     from django.db.models import Max
 
     from audiences.config import apply
-    from audiences.evaluation import dependency_order, evaluate_audience, evaluate_people
+    from audiences.dependencies import dependency_order
+    from audiences.evaluation import evaluate_audience, evaluate_people
     from audiences.models import Audience, Event, Membership, Person, SizeSample
     from audiences.services import audience_save
 

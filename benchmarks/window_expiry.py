@@ -52,7 +52,8 @@ def database_time():
 
 
 def realtime_audiences():
-    from audiences.evaluation import dependency_order, enabled_audiences, follows_windows
+    from audiences.dependencies import dependency_order
+    from audiences.evaluation import enabled_audiences, follows_windows
 
     return [a for a in dependency_order(enabled_audiences()) if follows_windows(a)]
 

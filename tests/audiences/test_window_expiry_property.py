@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from audiences.compiler import members_queryset
-from audiences.evaluation import dependency_order, evaluate_all, evaluate_expired, evaluate_pending
+from audiences.dependencies import dependency_order
+from audiences.evaluation import evaluate_all, evaluate_expired, evaluate_pending
 from audiences.ingest import ingest_messages
 from audiences.messages import Message
 from audiences.models import Audience, Event, Membership, Person, PriorityGroup, Source, WindowExpiry
