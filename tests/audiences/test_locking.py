@@ -53,11 +53,12 @@ def dependencies_against_primary_keys():
 
 
 def a_dependency_outside_the_realtime_set():
-    """b and z are realtime and independent; a (hourly, not in the realtime pass) reads z. The
-    realtime pass alone would order b, z by key; erasure, seeing a too, z before b."""
-    audience_save(data={"key": "b_vips", "name": "B vips", "rule": vip()})
+    """b and z are realtime; b reads a (hourly, not in the realtime pass), which reads z. The
+    realtime pass ordering its own audiences would find nothing between b and z and go b, z by
+    key; erasure, seeing a too, z before a before b."""
     audience_save(data={"key": "z_vips", "name": "Z vips", "rule": vip()})
     audience_save(data={"key": "a_vips", "name": "A vips", "cadence": "1h", "rule": vip({"in_audience": "z_vips"})})
+    audience_save(data={"key": "b_vips", "name": "B vips", "rule": vip({"in_audience": "a_vips"})})
 
 
 @pytest.mark.django_db
