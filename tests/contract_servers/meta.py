@@ -6,6 +6,11 @@
                                                    "batch_seq", "last_batch_flag", "estimated_num_total"}
     GET    /<version>/<audience_id>?fields=...     approximate_count_lower_bound / _upper_bound,
                                                    operation_status, time_content_updated, name
+    GET    /<version>/me?fields=id,name            the token's user (a system user's id and name)
+    GET    /<version>/me/adaccounts?fields=...     the ad accounts the token reaches: {"data": [{id
+                                                   (act_...), account_id, name, account_status,
+                                                   currency}], "paging"}, `limit` a page (default
+                                                   25) and the `after` cursor
 
 Parameters come as multipart form fields (`curl -F`, as Meta's examples send them), form-encoded,
 or as a JSON body; `payload` and `session` are JSON texts. The
@@ -20,6 +25,9 @@ Errors have the Graph API's shape, `{"error": {"message", "type", "code", "error
 - a payload that is missing, not JSON, has an unknown schema key, rows that do not match the
   schema, no rows, or more than 10,000 rows: code 100;
 - `forbidden` audiences: code 200 (permission), HTTP 403;
+- a field a node does not have (`?fields=`): code 100, "Tried accessing nonexisting field";
+- `ads_permission = False` (a token without ads_read / ads_management): `me/adaccounts`
+  answers code 200 (a permission error), HTTP 403; the wording is this server's;
 - `fail_next(n, code=...)`: the next n updates answer that error (by default code 2650, "Failed
   to update the custom audience");
 - while a replace session is open on an audience, `/users` on it answers code 2650 too (the
@@ -44,6 +52,7 @@ matched), ±5 %.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
@@ -55,6 +64,9 @@ from .common import ContractServer, Request, Response, arg_parser, common_kwargs
 
 MAX_ROWS = 10_000
 PATH = re.compile(r"^/(v\d{1,3}\.\d{1,2})/([^/]+)(?:/(users|usersreplace))?/?$")
+ME_PATH = re.compile(r"^/(v\d{1,3}\.\d{1,2})/me(?:/(adaccounts))?/?$")
+USER_FIELDS = ("id", "name")
+AD_ACCOUNT_FIELDS = ("id", "account_id", "name", "account_status", "currency")
 HASHED_KEYS = ("EMAIL", "PHONE", "GEN", "DOBY", "DOBM", "DOBD", "LN", "FN", "FI", "CT", "ST", "ZIP", "COUNTRY")
 PLAIN_KEYS = ("EXTERN_ID", "MADID")
 KEYS = HASHED_KEYS + PLAIN_KEYS
@@ -92,6 +104,11 @@ def _multipart(body: bytes, content_type: str) -> dict[str, str]:
     return fields
 
 
+def _cursor(position: int) -> str:
+    """A paging cursor: opaque to the client, as Meta's are (here the position, base64)."""
+    return base64.b64encode(str(position).encode()).decode()
+
+
 class GraphError(Exception):
     def __init__(self, code: int, message: str, *, subcode: int | None = None, status: int = 400,
                  kind: str = "OAuthException", transient: bool = False):
@@ -107,12 +124,19 @@ class MetaServer(ContractServer):
     name = "meta"
 
     def __init__(self, token: str = "test-meta-token", *, audiences=("1000",), ad_account_id: str = "act_1000",
-                 auto_create: bool = False, match_share: float = 1.0, rate_limit_code: int = 80003, **kwargs):
+                 auto_create: bool = False, match_share: float = 1.0, rate_limit_code: int = 80003,
+                 user_id: str = "61550000000000001", user_name: str = "Downstream Sync", ad_account_name: str = "Downstream Ads",
+                 **kwargs):
         if rate_limit_code not in THROTTLES:
             raise ValueError(f"rate_limit_code must be one of {sorted(THROTTLES)}")
         self.token = token
         self.revoked: set[str] = set()
         self.ad_account_id = ad_account_id
+        # whom the token belongs to, and the ad accounts it reaches (a test may change either)
+        self.user = {"id": user_id, "name": user_name}
+        self.ad_accounts: list[dict] = [{"id": ad_account_id, "account_id": ad_account_id.removeprefix("act_"),
+                                         "name": ad_account_name, "account_status": 1, "currency": "USD"}]
+        self.ads_permission = True
         self.auto_create = auto_create
         self.match_share = match_share
         self.rate_limit_code = rate_limit_code
@@ -232,13 +256,16 @@ class MetaServer(ContractServer):
             raise GraphError(190, "Invalid OAuth access token - Cannot parse access token")
 
     def _handle(self, req: Request) -> dict:
+        me = ME_PATH.match(req.path)
         match = PATH.match(req.path)
-        if match is None:
+        if match is None and me is None:
             raise GraphError(2500, f"Unknown path components: {req.path}")
         params = self._params(req)
         self._check_token(req, params)
-        _, audience_id, edge = match.groups()
         verb = {"GET": "get", "POST": "post", "DELETE": "delete"}.get(req.method, req.method.lower())
+        if me is not None:
+            return self._me(req, me.group(2), params, verb)
+        _, audience_id, edge = match.groups()
         with self._lock:
             known = audience_id in self._known or (self.auto_create and audience_id.isdigit())
             if known and audience_id not in self._members:
@@ -437,6 +464,45 @@ class MetaServer(ContractServer):
             "time_content_updated": int(time.time()),
         }
         return {"id": audience_id, **{f: values[f] for f in fields}}
+
+    @staticmethod
+    def _fields(params: dict, known: tuple[str, ...], default: str, node_type: str) -> list[str]:
+        fields = [f.strip() for f in (params.get("fields") or default).split(",") if f.strip()]
+        unknown = [f for f in fields if f not in known]
+        if unknown:
+            raise GraphError(100, f"(#100) Tried accessing nonexisting field ({unknown[0]}) on node type ({node_type})")
+        return fields
+
+    def _me(self, req: Request, edge: str | None, params: dict, verb: str) -> dict:
+        """The token's user, or (`adaccounts`) the ad accounts it reaches, a page at a time."""
+        if req.method != "GET":
+            raise GraphError(100, f"Unsupported {verb} request on the {'adaccounts edge' if edge else 'user node'}.")
+        if edge is None:
+            fields = self._fields(params, USER_FIELDS, "id,name", "User")
+            with self._lock:
+                user = dict(self.user)
+            return {"id": user["id"], **{f: user[f] for f in fields}}
+        if not self.ads_permission:
+            raise GraphError(200, "(#200) Requires ads_management or ads_read permission to read the ad accounts",
+                             status=403)
+        fields = self._fields(params, AD_ACCOUNT_FIELDS, "id,account_id", "AdAccount")
+        try:
+            limit = int(params.get("limit") or 25)
+            start = int(base64.b64decode(params["after"]).decode()) if params.get("after") else 0
+        except (ValueError, UnicodeDecodeError):
+            raise GraphError(100, "(#100) limit must be a whole number and after a cursor this edge gave") from None
+        if limit < 1:
+            raise GraphError(100, "(#100) limit must be a positive number")
+        with self._lock:
+            accounts = [dict(a) for a in self.ad_accounts]
+        page = accounts[start:start + limit]
+        answer = {"data": [{"id": a["id"], **{f: a[f] for f in fields}} for a in page]}
+        if page:
+            after = _cursor(start + len(page))
+            answer["paging"] = {"cursors": {"before": _cursor(start), "after": after}}
+            if start + len(page) < len(accounts):
+                answer["paging"]["next"] = f"{self.url}{req.path}?fields={','.join(fields)}&limit={limit}&after={after}"
+        return answer
 
     # -- what tests look at ------------------------------------------------------------------
 

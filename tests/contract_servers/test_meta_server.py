@@ -179,6 +179,44 @@ def test_the_count_is_a_range_around_the_matched_share(meta, http):
     assert r.json()["error"]["message"] == "(#100) Tried accessing nonexisting field (approximate_count) on node type (CustomAudience)"
 
 
+def test_me_is_the_tokens_user_and_its_ad_accounts_come_a_page_at_a_time(meta, http):
+    r = http.get(f"{meta.url}/v21.0/me", params={"fields": "id,name"}, headers=AUTH, timeout=5)
+    assert r.json() == {"id": "61550000000000001", "name": "Downstream Sync"}
+    r = http.get(f"{meta.url}/v21.0/me", params={"fields": "id,email"}, headers=AUTH, timeout=5)
+    assert error(r) == (400, 100, None)
+    assert r.json()["error"]["message"] == "(#100) Tried accessing nonexisting field (email) on node type (User)"
+
+    meta.ad_accounts.append({"id": "act_2000", "account_id": "2000", "name": "Old brand", "account_status": 2,
+                             "currency": "EUR"})
+    fields = {"fields": "account_id,name,account_status"}
+    r = http.get(f"{meta.url}/v21.0/me/adaccounts", params={**fields, "limit": 1}, headers=AUTH, timeout=5)
+    page = r.json()
+    assert page["data"] == [{"id": "act_1000", "account_id": "1000", "name": "Downstream Ads", "account_status": 1}]
+    assert "next" in page["paging"]
+    r = http.get(f"{meta.url}/v21.0/me/adaccounts", params={**fields, "limit": 1, "after": page["paging"]["cursors"]["after"]},
+                 headers=AUTH, timeout=5)
+    assert [a["id"] for a in r.json()["data"]] == ["act_2000"] and "next" not in r.json()["paging"]
+    r = http.get(f"{meta.url}/v21.0/me/adaccounts", headers=AUTH, timeout=5)
+    assert r.json()["data"] == [{"id": "act_1000", "account_id": "1000"}, {"id": "act_2000", "account_id": "2000"}]
+
+    meta.ad_accounts = []
+    assert http.get(f"{meta.url}/v21.0/me/adaccounts", headers=AUTH, timeout=5).json() == {"data": []}
+    meta.ads_permission = False
+    assert error(http.get(f"{meta.url}/v21.0/me/adaccounts", headers=AUTH, timeout=5)) == (403, 200, None)
+    assert error(http.post(f"{meta.url}/v21.0/me", headers=AUTH, timeout=5)) == (400, 100, None)
+
+
+@pytest.mark.parametrize("headers, expected", [
+    ({}, (400, 104, None)),
+    ({"Authorization": "Bearer nope"}, (400, 190, None)),
+])
+def test_me_checks_the_token_as_every_path_does(meta, http, headers, expected):
+    for path in ("me", "me/adaccounts"):
+        assert error(http.get(f"{meta.url}/v21.0/{path}", headers=headers, timeout=5)) == expected
+    meta.revoked.add(TOKEN)
+    assert error(http.get(f"{meta.url}/v21.0/me", headers=AUTH, timeout=5)) == (401, 190, 463)
+
+
 @pytest.mark.parametrize("code, subcode", [(80003, 2446079), (17, None)])
 def test_the_rate_limit_answers_as_meta_throttles(http, code, subcode):
     with MetaServer(TOKEN, audiences=("123",), rate_limit_per_s=1, rate_limit_code=code) as meta:

@@ -260,6 +260,70 @@ def test_the_token_travels_in_a_header_never_in_a_url(source, meta, flagged):
     assert meta.request_log() and all(TOKEN not in (r["path"] + r["query"]) for r in meta.request_log())
 
 
+# --- the connection test ---------------------------------------------------------------------
+
+
+def test_the_connection_test_names_the_tokens_user_and_the_ad_accounts_it_reaches(meta, meta_destination):
+    from syncs.wire import check_connection
+
+    assert check_connection(meta_destination) == (True, (
+        "Meta accepted the access token for Downstream Sync (id 61550000000000001); it reaches ad account act_1000 "
+        "(Downstream Ads, active)."))
+    assert [(r["method"], r["path"]) for r in meta.request_log()] == [("GET", "/v21.0/me"), ("GET", "/v21.0/me/adaccounts")]
+    assert [r["query"] for r in meta.request_log()] == [
+        "fields=id%2Cname", "fields=account_id%2Cname%2Caccount_status&limit=25"]
+    assert all(TOKEN not in r["path"] + r["query"] for r in meta.request_log())  # a header, never the URL
+    assert meta.counters()["rows_added"] == meta.counters()["rows_removed"] == 0  # it reads, writes nothing
+
+    meta.ad_accounts.append({"id": "act_2000", "account_id": "2000", "name": "Old brand", "account_status": 101,
+                             "currency": "EUR"})
+    reached, said = check_connection(meta_destination)
+    assert reached and said.endswith(
+        "it reaches 2 ad accounts: act_1000 (Downstream Ads, active), act_2000 (Old brand, closed).")
+
+    # more than one page: the first few are named and the count says there are more
+    meta.ad_accounts = [{"id": f"act_{n}", "account_id": str(n), "name": f"Brand {n}", "account_status": 1,
+                         "currency": "USD"} for n in range(1, 31)]
+    reached, said = check_connection(meta_destination)
+    assert reached and said.endswith("it reaches 25+ ad accounts: act_1 (Brand 1, active), act_2 (Brand 2, active), "
+                                     "act_3 (Brand 3, active), act_4 (Brand 4, active), act_5 (Brand 5, active), ….")
+
+
+CONNECTION_FAILURES = [
+    # (what the server does, our advice, Meta's words and code)
+    (lambda m: setattr(m, "token", "another-token"), "Meta refused the access token",
+     '"Invalid OAuth access token - Cannot parse access token" (code 190, fbtrace_id'),
+    (lambda m: m.revoked.add(TOKEN), "Create a new token", "The session has been invalidated"),
+    (lambda m: setattr(m, "ads_permission", False), "Meta refused permission",
+     '"(#200) Requires ads_management or ads_read permission to read the ad accounts" (code 200, fbtrace_id'),
+    (lambda m: setattr(m, "ad_accounts", []), "Meta accepted the access token for Downstream Sync (id 61550000000000001), "
+     "but it reaches no ad account: give the token's system user access to the ad account", "Assign assets"),
+]
+
+
+@pytest.mark.parametrize("arrange, ours, theirs", CONNECTION_FAILURES)
+def test_a_failed_connection_test_says_what_meta_answered_and_never_the_token(meta, meta_destination, arrange, ours,
+                                                                              theirs):
+    from syncs.wire import check_connection
+
+    arrange(meta)
+    reached, said = check_connection(meta_destination)
+    assert not reached
+    assert ours in said and theirs in said
+    assert TOKEN not in said and "meta-system-user" not in said
+
+
+def test_the_connection_test_blanks_the_token_out_were_meta_to_quote_it(meta, meta_destination):
+    from syncs.wire import check_connection
+
+    meta.user["name"] = f"user of {TOKEN}"
+    reached, said = check_connection(meta_destination)
+    assert reached and TOKEN not in said and "for user of •••• (id 61550000000000001)" in said
+    meta.ad_accounts = []
+    reached, said = check_connection(meta_destination)
+    assert not reached and TOKEN not in said and "for user of •••• (id" in said
+
+
 def test_an_audience_id_that_is_not_a_number_is_refused_before_anything_leaves(source, meta, flagged):
     identify_many(source, {"p0": person_traits(0)})
     sync_save(data={"downstream_audience_id": ""}, instance=flagged)  # falls back to the audience key

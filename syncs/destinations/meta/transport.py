@@ -7,6 +7,9 @@
 - full replace: `POST {base}/{version}/{audience_id}/usersreplace` with the same payload and a
   `session` (see reconcile.py).
 - read-back: `GET {base}/{version}/{audience_id}?fields=approximate_count_lower_bound,...`.
+- connection test: `GET {base}/{version}/me?fields=id,name` (whom the token belongs to), then
+  `GET {base}/{version}/me/adaccounts?fields=account_id,name,account_status` (the ad accounts it
+  reaches: a customer-list audience belongs to one of them). Both read; nothing is written.
 
 The access token travels as `Authorization: Bearer`, never in a URL (URLs end up in logs).
 Meta answers errors as `{"error": {"message", "type", "code", "error_subcode", "fbtrace_id"}}`,
@@ -38,6 +41,13 @@ THROTTLE_SUBCODES = frozenset({2446079})
 # the window move on before the next call
 DEFAULT_THROTTLE_WAIT_S = 60.0
 READ_FIELDS = ("approximate_count_lower_bound", "approximate_count_upper_bound", "operation_status", "time_content_updated")
+# the connection test reads one page of the token's ad accounts and names the first few
+CHECK_ACCOUNTS, SHOWN_ACCOUNTS = 25, 5
+# the connection test blanks the token out of what it says; a shorter one would blank words
+MASKED_TOKEN_MIN = 8
+# AdAccount.account_status, as the Marketing API reference numbers them
+ACCOUNT_STATUS = {1: "active", 2: "disabled", 3: "unsettled", 7: "pending risk review", 8: "pending settlement",
+                  9: "in grace period", 100: "pending closure", 101: "closed"}
 
 
 def chunks(rows: list, size: int = MAX_BATCH):
@@ -91,6 +101,15 @@ def _error_of(response) -> dict | None:
     return error if isinstance(error, dict) else None
 
 
+def _account_words(account: dict) -> str:
+    """One ad account as the connection test names it: act_<id> (its name, its status)."""
+    node = account.get("id") or (f"act_{account['account_id']}" if account.get("account_id") else "act_?")
+    status = account.get("account_status")
+    status = ACCOUNT_STATUS.get(status, f"status {status}") if status is not None else None
+    details = ", ".join(str(part) for part in (account.get("name"), status) if part)
+    return f"{node} ({details})" if details else str(node)
+
+
 def throttle_wait(response) -> float:
     """Seconds to wait after a throttle: Meta's `estimated_time_to_regain_access` (minutes, in
     X-Business-Use-Case-Usage), a Retry-After if something in between sent one, else a minute."""
@@ -108,8 +127,10 @@ def throttle_wait(response) -> float:
     return seconds or DEFAULT_THROTTLE_WAIT_S
 
 
-def meta_error(response, *, audience_id: str) -> TransportError:
-    """Meta's error answer as a TransportError whose message says what to do about it."""
+def meta_error(response, *, audience_id: str | None) -> TransportError:
+    """Meta's error answer as a TransportError whose message says what to do about it.
+    `audience_id` is None for a call about the token rather than one audience (the connection
+    test): the advice then names the token and its ad accounts."""
     status = response.status_code
     error = _error_of(response)
     if error is None:
@@ -130,14 +151,22 @@ def meta_error(response, *, audience_id: str) -> TransportError:
             f"Meta refused the access token: {said}. Create a new token (a system user's, with ads_management on the "
             "ad account) and save it on the destination.", permanent=True, status=status)
     if code == 10 or (isinstance(code, int) and 200 <= code <= 299):
+        if audience_id is None:
+            return TransportError(
+                f"Meta refused permission: {said}. Give the token's system user the ads_management permission and "
+                "access to the ad account that owns the custom audiences.", permanent=True, status=status)
         return TransportError(
             f"Meta refused permission for custom audience {audience_id}: {said}. Give the token's system user access "
             "to the ad account that owns the audience (ads_management) and accept the Custom Audience terms.",
             permanent=True, status=status)
-    if code == 2650:
+    if code == 2650 and audience_id is not None:
         return TransportError(f"Meta could not update custom audience {audience_id} just now: {said}; retrying",
                               status=status)
     if code == 100:
+        if audience_id is None:
+            return TransportError(
+                f"Meta refused the request as invalid: {said}. Check the destination's base URL and Graph API version.",
+                permanent=True, status=status)
         return TransportError(
             f"Meta refused the request as invalid: {said}. Check that the sync's downstream audience id ({audience_id}) "
             "is a customer-list custom audience of the token's ad account.", permanent=True, status=status)
@@ -175,19 +204,53 @@ class Transport:
     def url(self, audience_id: str, edge: str = "") -> str:
         return f"{self.base_url}/{self.version}/{quote(audience_id, safe='')}" + (f"/{edge}" if edge else "")
 
-    def call(self, method: str, audience_id: str, edge: str = "", *, timeout: float | None = None, **kwargs) -> dict:
-        """One request; Meta's answer as a dict, or the TransportError its error means."""
+    def call(self, method: str, audience_id: str, edge: str = "", *, timeout: float | None = None, audience: bool = True,
+             **kwargs) -> dict:
+        """One request on a node (a custom audience, or `me` with `audience=False`); Meta's
+        answer as a dict, or the TransportError its error means."""
         response = request(
             method, self.url(audience_id, edge), timeout=timeout or self.timeout, passthrough=PASSTHROUGH, who="Meta",
             headers={"Authorization": f"Bearer {self.token}"}, **kwargs,
         )
         if response.status_code >= 300:
-            raise meta_error(response, audience_id=audience_id)
+            raise meta_error(response, audience_id=audience_id if audience else None)
         try:
             answer = response.json()
         except ValueError:
             return {}
         return answer if isinstance(answer, dict) else {}
+
+    def check(self) -> str:
+        """Whom the token belongs to (`GET /me?fields=id,name`) and which ad accounts it reaches
+        (`GET /me/adaccounts`, one page): a sync's custom audience belongs to one of them, so a
+        token that reaches none can update no audience. Both calls read; nothing is written."""
+        try:
+            me = self.call("GET", "me", params={"fields": "id,name"}, audience=False)
+            who = f"{me.get('name') or 'an unnamed user'} (id {me.get('id') or '?'})"
+            answer = self.call("GET", "me", "adaccounts", audience=False, params={
+                "fields": "account_id,name,account_status", "limit": CHECK_ACCOUNTS})
+        except TransportError as exc:
+            exc.args = (self._masked(str(exc)),)
+            raise
+        data = answer.get("data") if isinstance(answer.get("data"), list) else []
+        accounts = [account for account in data if isinstance(account, dict)]
+        if not accounts:
+            raise TransportError(self._masked(
+                f"Meta accepted the access token for {who}, but it reaches no ad account: give the token's system user "
+                "access to the ad account that owns the custom audiences (Business Settings → System users → Assign "
+                "assets), then test again."), permanent=True, status=200)
+        more = isinstance(answer.get("paging"), dict) and bool(answer["paging"].get("next"))
+        count = f"{len(accounts)}{'+' if more else ''}"
+        named = ", ".join(_account_words(account) for account in accounts[:SHOWN_ACCOUNTS])
+        if len(accounts) > SHOWN_ACCOUNTS or more:
+            named += ", …"
+        reach = f"ad account {named}" if count == "1" else f"{count} ad accounts: {named}"
+        return self._masked(f"Meta accepted the access token for {who}; it reaches {reach}.")
+
+    def _masked(self, text: str) -> str:
+        """The text with the access token blanked out, were Meta ever to quote it back (a token
+        too short to be a real one is left: blanking it would blank ordinary words)."""
+        return text.replace(self.token, "••••") if len(self.token) >= MASKED_TOKEN_MIN else text
 
     def upload(self, method: str, audience_id: str, edge: str, rows: list[OutRow], keys, *, timeout=None,
                session: dict | None = None) -> dict:
