@@ -21,6 +21,8 @@ AUTH = {"Access-Token": TOKEN}
 UPLOAD = "/open_api/v1.3/dmp/custom_audience/file/upload/"
 UPDATE = "/open_api/v1.3/dmp/custom_audience/update/"
 GET = "/open_api/v1.3/dmp/custom_audience/get/"
+LIST = "/open_api/v1.3/dmp/custom_audience/list/"
+INFO = "/open_api/v1.3/advertiser/info/"
 
 
 def sha(text: str) -> str:
@@ -142,6 +144,43 @@ def test_get_answers_the_matched_size(tiktok, http):
     malformed = http.get(tiktok.url + GET, headers=AUTH, timeout=5,
                          params={"advertiser_id": ADVERTISER, "custom_audience_ids": AUDIENCE}).json()
     assert malformed["code"] == 40002
+
+
+def test_the_audience_list_pages_through_the_advertisers_audiences(tiktok, http):
+    tiktok.create_audience("1800000000000002", "PHONE_SHA256", name="Phones", members=hashes(4))
+    answer = http.get(tiktok.url + LIST, headers=AUTH, timeout=5,
+                      params={"advertiser_id": ADVERTISER, "page": 2, "page_size": 1}).json()
+    assert answer["code"] == 0
+    assert answer["data"]["page_info"] == {"page": 2, "page_size": 1, "total_number": 2, "total_page": 2}
+    (item,) = answer["data"]["list"]
+    assert (item["audience_id"], item["name"], item["cover_num"], item["is_valid"]) == ("1800000000000002", "Phones", 4, True)
+    first = http.get(tiktok.url + LIST, headers=AUTH, timeout=5, params={"advertiser_id": ADVERTISER}).json()
+    assert [a["audience_id"] for a in first["data"]["list"]] == [AUDIENCE, "1800000000000002"]  # 10 a page by default
+    for params, code in [({"advertiser_id": "1"}, 40001), ({}, 40002), ({"advertiser_id": ADVERTISER, "page_size": 101}, 40002),
+                         ({"advertiser_id": ADVERTISER, "page": 0}, 40002)]:
+        assert http.get(tiktok.url + LIST, headers=AUTH, timeout=5, params=params).json()["code"] == code
+    assert http.get(tiktok.url + LIST, headers={"Access-Token": "nope"}, timeout=5,
+                    params={"advertiser_id": ADVERTISER}).json()["code"] == 40105
+
+
+def test_advertiser_info_describes_the_tokens_advertiser_only(tiktok, http):
+    def info(ids, fields=None, headers=AUTH):
+        params = {"advertiser_ids": json.dumps(ids), **({"fields": json.dumps(fields)} if fields is not None else {})}
+        return http.get(tiktok.url + INFO, headers=headers, timeout=5, params=params).json()
+
+    answer = info([ADVERTISER], ["advertiser_id", "name", "status"])
+    assert (answer["code"], answer["data"]) == (0, {"list": [
+        {"advertiser_id": ADVERTISER, "name": "Downstream Test Advertiser", "status": "STATUS_ENABLE"}]})
+    assert {"currency", "timezone", "company"} <= set(info([ADVERTISER])["data"]["list"][0])  # every field by default
+    tiktok.advertiser_status = "STATUS_LIMIT"
+    assert info([ADVERTISER], ["status"])["data"]["list"] == [{"status": "STATUS_LIMIT"}]
+    refused = info([ADVERTISER, "7000000000000000009"])
+    assert (refused["code"], refused["message"]) == (40001, "No permission to operate advertiser 7000000000000000009.")
+    assert info([ADVERTISER], ["balance_secret"])["code"] == 40002
+    assert info([])["code"] == 40002
+    assert info([ADVERTISER], headers={})["code"] == 40104
+    assert info([ADVERTISER], headers={"Access-Token": "nope"})["code"] == 40105
+    assert http.post(tiktok.url + INFO, headers=AUTH, timeout=5).status_code == 405
 
 
 def test_the_rate_limit_is_a_40100_in_a_200_and_gateway_faults_use_http(http):

@@ -7,11 +7,19 @@
          action: APPEND | REMOVE | REPLACE (default REPLACE), file_paths | custom_audience_name}
     GET  /open_api/v1.3/dmp/custom_audience/get/           advertiser_id, custom_audience_ids (a JSON
          list of 1..100 ids)                                 → data.list[].audience_details (cover_num)
+    GET  /open_api/v1.3/dmp/custom_audience/list/          advertiser_id, page (from 1), page_size
+         (1..100, default 10)                               → data.list[] (audience_id, name,
+                                                              cover_num, is_valid, ...), data.page_info
+    GET  /open_api/v1.3/advertiser/info/                   advertiser_ids (a JSON list of 1..100 ids),
+         fields (a JSON list; default all)                  → data.list[] (advertiser_id, name,
+                                                              status, company, currency, ...)
 
 Everything TikTok's API logic sees is answered HTTP 200 with `{"code", "message", "request_id",
 "data"}`, code 0 when it went through; an error is a non-zero code in that 200:
 
-- `Access-Token` header missing 40104, wrong 40105; an advertiser the token may not operate 40001;
+- `Access-Token` header missing 40104, wrong 40105; an advertiser the token may not operate 40001
+  (in advertiser/info, any one of the ids it names);
+- an unknown advertiser/info field, a page or page_size out of range, 40002;
 - a missing or malformed field, or a file of another calculate_type than its audience, 40002;
   an unknown calculate_type 40909;
 - a file whose MD5 is not its file_signature 40900; a file name not ending .txt or .csv 40908; an
@@ -40,7 +48,10 @@ import sys
 from .common import ContractServer, Request, Response, arg_parser, common_kwargs, serve_until_signalled
 
 API = "/open_api/v1.3/dmp/custom_audience/"
-UPLOAD, UPDATE, GET = API + "file/upload/", API + "update/", API + "get/"
+UPLOAD, UPDATE, GET, LIST = API + "file/upload/", API + "update/", API + "get/", API + "list/"
+ADVERTISER_INFO = "/open_api/v1.3/advertiser/info/"
+ADVERTISER_FIELDS = ("advertiser_id", "name", "status", "company", "currency", "timezone", "role", "country",
+                     "create_time")
 CALCULATE_TYPES = ("EMAIL_SHA256", "PHONE_SHA256", "IDFA_SHA256", "GAID_SHA256", "MAID_SHA256", "IDFA_MD5", "GAID_MD5",
                    "MAID_MD5", "FIRST_SHA256", "FIRST_MD5", "MULTIPLE_TYPES")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -60,10 +71,14 @@ class TikTokServer(ContractServer):
 
     def __init__(self, token: str = "test-access-token", advertiser_id: str = "7000000000000000001", *,
                  audiences: dict[str, str] | None = None, minimum: int = MINIMUM, known=None, keep_files: bool = True,
+                 advertiser_name: str = "Downstream Test Advertiser", advertiser_status: str = "STATUS_ENABLE",
                  **kwargs):
         self.token = token
         self.keep_files = keep_files
         self.advertiser_id = advertiser_id
+        # the ad account as advertiser/info describes it (a test may change the name or status)
+        self.advertiser_name = advertiser_name
+        self.advertiser_status = advertiser_status
         self.minimum = minimum
         self.known = set(known) if known is not None else None
         self._created: dict[str, tuple[str, str, frozenset]] = {}  # id → (calculate_type, name, seed members)
@@ -125,7 +140,8 @@ class TikTokServer(ContractServer):
         return super()._fault_response(action, req)
 
     def handle(self, req: Request) -> Response:
-        endpoints = {UPLOAD: ("POST", self._upload), UPDATE: ("POST", self._update), GET: ("GET", self._get)}
+        endpoints = {UPLOAD: ("POST", self._upload), UPDATE: ("POST", self._update), GET: ("GET", self._get),
+                     LIST: ("GET", self._list), ADVERTISER_INFO: ("GET", self._advertiser_info)}
         if req.path not in endpoints:
             return Response(404, b"404 page not found", content_type="text/plain")
         method, handler = endpoints[req.path]
@@ -249,7 +265,7 @@ class TikTokServer(ContractServer):
                 audience = self._audiences.get(audience_id)
                 if audience is None:
                     return self._answer(40007, f"The custom audience {audience_id} does not exist.")
-                matched = len(audience["members"] if self.known is None else audience["members"] & self.known)
+                matched = self._matched(audience)
                 found.append({
                     "audience_details": {
                         "audience_id": audience_id, "name": audience["name"], "calculate_type": audience["calculate_type"],
@@ -259,6 +275,51 @@ class TikTokServer(ContractServer):
                     "audience_history": [{"action": h["action"], "msg": f"{h['rows']} rows"} for h in audience["history"][-100:]],
                 })
         return self._answer(data={"list": found})
+
+    def _list(self, req: Request) -> Response:
+        if problem := self._advertiser_problem(req.param("advertiser_id")):
+            return problem
+        try:
+            page, page_size = int(req.param("page") or 1), int(req.param("page_size") or 10)
+        except ValueError:
+            page = page_size = 0
+        if page < 1 or not 1 <= page_size <= 100:
+            return self._answer(40002, "page: a number from 1; page_size: a number from 1 to 100.")
+        found = []
+        with self._lock:
+            audiences = sorted(self._audiences.items())
+            for audience_id, audience in audiences[(page - 1) * page_size:page * page_size]:
+                matched = self._matched(audience)
+                found.append({"audience_id": audience_id, "name": audience["name"],
+                              "calculate_type": audience["calculate_type"], "cover_num": matched,
+                              "is_valid": matched >= self.minimum, "is_expired": False, "is_creator": True,
+                              "shared": False, "audience_type": "CUSTOMER_FILE"})
+        total = len(audiences)
+        return self._answer(data={"list": found, "page_info": {
+            "page": page, "page_size": page_size, "total_number": total, "total_page": -(-total // page_size)}})
+
+    def _advertiser_info(self, req: Request) -> Response:
+        try:
+            ids = json.loads(req.param("advertiser_ids") or "")
+            fields = json.loads(req.param("fields")) if req.param("fields") else list(ADVERTISER_FIELDS)
+        except ValueError:
+            ids = fields = None
+        if not isinstance(ids, list) or not 1 <= len(ids) <= 100:
+            return self._answer(40002, "advertiser_ids: a JSON list of 1 to 100 advertiser ids is required.")
+        unknown = [f for f in fields if f not in ADVERTISER_FIELDS] if isinstance(fields, list) else [fields]
+        if unknown:
+            return self._answer(40002, f"fields: {unknown[0]!r} is not a field of advertiser/info; use "
+                                       f"{', '.join(ADVERTISER_FIELDS)}.")
+        for advertiser_id in ids:
+            if problem := self._advertiser_problem(advertiser_id):
+                return problem
+        values = {"advertiser_id": self.advertiser_id, "name": self.advertiser_name, "status": self.advertiser_status,
+                  "company": f"{self.advertiser_name} Ltd", "currency": "USD", "timezone": "Etc/GMT", "role": "ROLE_ADVERTISER",
+                  "country": "US", "create_time": 1700000000}
+        return self._answer(data={"list": [{f: values[f] for f in fields} for _ in ids]})
+
+    def _matched(self, audience: dict) -> int:
+        return len(audience["members"] if self.known is None else audience["members"] & self.known)
 
     # -- what tests look at ----------------------------------------------------------------
 

@@ -79,6 +79,28 @@ def test_test_connection_asks_livelike_and_says_what_it_answered(manager_client,
     assert "Test connection: 401: LiveLike refused the credentials" in page
 
 
+def test_test_connection_asks_tiktok_and_says_what_it_answered(manager_client):
+    from tests.contract_servers.tiktok import TikTokServer
+
+    with TikTokServer("tt-dashboard-token", "7012345678901234567", audiences={"1800000000000001": "EMAIL_SHA256"}) as tiktok:
+        response = manager_client.post("/dashboard/destinations/new/", {
+            "kind": "tiktok", "name": "TikTok", "key": "tiktok", "setting__base_url": tiktok.api_url,
+            "setting__advertiser_id": "7012345678901234567", "setting__calculate_type": "EMAIL_SHA256",
+            "credential__access_token": "tt-dashboard-token", "batch_size": 500, "rate_limit_per_s": 2})
+        assert response.status_code == 302, response.content.decode()[:3000]
+        page = manager_client.post("/dashboard/destinations/tiktok/test", follow=True).content.decode()
+        assert ("Test connection: TikTok accepted the access token for advertiser Downstream Test Advertiser "
+                "(7012345678901234567, STATUS_ENABLE); it holds 1 custom audience.") in page
+        assert [r["path"] for r in tiktok.request_log()] == [
+            "/open_api/v1.3/advertiser/info/", "/open_api/v1.3/dmp/custom_audience/list/"]
+
+        tiktok.token = "rotated"
+        page = manager_client.post("/dashboard/destinations/tiktok/test", follow=True).content.decode()
+        assert ("Test connection: TikTok refused the access token or its permissions: TikTok code 40105 on the "
+                "advertiser look-up: Access token is incorrect or has been revoked.") in page
+        assert "tt-dashboard-token" not in page
+
+
 def test_a_sync_made_in_the_dashboard_starts_in_dry_run_shows_its_first_batch_and_goes_live(
         manager_client, livelike, buyers):
     manager_client.post("/dashboard/destinations/new/", livelike_form(livelike))

@@ -7,6 +7,7 @@ import hashlib
 import itertools
 from datetime import UTC, datetime
 from io import StringIO
+from urllib.parse import parse_qs
 
 import pytest
 import requests
@@ -292,6 +293,61 @@ def test_the_rate_limit_answers_as_tiktok_does_and_is_waited_out(destination, ti
     assert "rate limited: TikTok code 40100 on the APPEND update" in str(error)
     assert [r["fault"] for r in tiktok.request_log()] == [None, "rate_limit"]
     assert [r["status"] for r in tiktok.request_log()] == [200, 200]
+
+
+# --- the connection test ---------------------------------------------------------------------
+
+
+def test_the_connection_test_names_the_advertiser_and_counts_its_audiences(tiktok, destination):
+    from syncs.wire import check_connection
+
+    assert check_connection(destination) == (True, (
+        f"TikTok accepted the access token for advertiser Downstream Test Advertiser ({ADVERTISER}, STATUS_ENABLE); "
+        "it holds 2 custom audiences."))
+    log = tiktok.request_log()
+    assert [(r["method"], r["path"]) for r in log] == [
+        ("GET", "/open_api/v1.3/advertiser/info/"), ("GET", "/open_api/v1.3/dmp/custom_audience/list/")]
+    assert parse_qs(log[0]["query"]) == {"advertiser_ids": [f'["{ADVERTISER}"]'],
+                                         "fields": ['["advertiser_id", "name", "status"]']}
+    assert log[1]["query"] == f"advertiser_id={ADVERTISER}&page=1&page_size=1"
+    assert all(TOKEN not in r["path"] + r["query"] for r in log)  # the Access-Token header, never the URL
+    assert tiktok.uploads() == [] and tiktok.updates() == []  # it reads, uploads nothing
+
+    tiktok.advertiser_status = "STATUS_DISABLE"
+    reached, said = check_connection(destination)
+    assert reached and said.endswith(
+        f"({ADVERTISER}, STATUS_DISABLE); it holds 2 custom audiences. TikTok marks the ad account STATUS_DISABLE, "
+        "not STATUS_ENABLE: its ads may not serve.")
+
+
+@pytest.mark.parametrize(("arrange", "expected"), [
+    (lambda t, d: d.set_credentials({"access_token": "stale-token"}),
+     "TikTok refused the access token or its permissions: TikTok code 40105 on the advertiser look-up: "
+     "Access token is incorrect or has been revoked. (request_id 2025"),
+    (lambda t, d: setattr(t, "advertiser_id", "7099999999999999999"),
+     f"TikTok refused the access token or its permissions: TikTok code 40001 on the advertiser look-up: "
+     f"No permission to operate advertiser {ADVERTISER}. (request_id 2025"),
+    (lambda t, d: t.answer_codes([0, 40001]),  # the advertiser is the token's, its audiences are not
+     "TikTok refused the access token or its permissions: TikTok code 40001 on the custom audience list: "
+     "planned answer 40001 (request_id 2025"),
+])
+def test_a_failed_connection_test_says_what_tiktok_answered_and_never_the_token(tiktok, destination, arrange,
+                                                                                expected):
+    from syncs.wire import check_connection
+
+    arrange(tiktok, destination)
+    reached, said = check_connection(destination)
+    assert not reached and said.startswith(expected)
+    assert TOKEN not in said and "stale-token" not in said
+    assert all(r["status"] == 200 for r in tiktok.request_log())  # TikTok's errors come inside a 200
+
+
+def test_the_connection_test_blanks_the_token_out_were_tiktok_to_quote_it(tiktok, destination):
+    from syncs.wire import check_connection
+
+    tiktok.advertiser_name = f"Shop {TOKEN}"
+    reached, said = check_connection(destination)
+    assert reached and TOKEN not in said and "advertiser Shop •••• (" in said
 
 
 def test_an_unknown_audience_and_an_audience_left_under_the_minimum_are_refused(tiktok, destination):

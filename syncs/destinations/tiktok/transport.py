@@ -9,9 +9,13 @@ its audience was created with: additions first, then removals, each in two steps
          custom_audience_id, action: APPEND | REMOVE, file_paths: [file_path]}
 
 and `read_back` asks `GET .../dmp/custom_audience/get/` for the audience's matched size
-(`cover_num`). Every answer of TikTok's API is HTTP 200 with a `code` (0: done), a `message`
-and a `request_id`; an error is a non-zero code inside that 200, so every body is read. The
-access token travels in the `Access-Token` header.
+(`cover_num`). The connection test only reads: `GET /open_api/v1.3/advertiser/info/`
+(advertiser_ids=["<id>"]: the token may operate the advertiser; its name and status), then
+`GET .../dmp/custom_audience/list/` (one audience a page: the token may manage its audiences).
+
+Every answer of TikTok's API is HTTP 200 with a `code` (0: done), a `message` and a
+`request_id`; an error is a non-zero code inside that 200, so every body is read. The access
+token travels in the `Access-Token` header.
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ from .identifiers import calculate_type_for
 
 DEFAULT_BASE_URL = "https://business-api.tiktok.com"
 API = "/open_api/v1.3/dmp/custom_audience/"
+ADVERTISER_INFO = "/open_api/v1.3/advertiser/info/"
+INFO_FIELDS = ("advertiser_id", "name", "status")
+# the connection test blanks the token out of what it says; a shorter one would blank words
+MASKED_TOKEN_MIN = 8
 # A file may be up to 1 GB (some 15 million hashes); the outbox's largest batch is 5,000 rows.
 MAX_BATCH = 5000
 APPEND, REMOVE = "APPEND", "REMOVE"
@@ -91,6 +99,47 @@ class Transport:
         response = request("POST", self.url(endpoint), timeout=timeout, who="TikTok",
                            headers={"Access-Token": self.token}, **kwargs)
         return read_answer(response, what=what, may_have_arrived=may_have_arrived)
+
+    def _get(self, path: str, *, what: str, params: dict) -> dict:
+        response = request("GET", f"{self.base_url}{path}", timeout=self.timeout, who="TikTok",
+                           headers={"Access-Token": self.token}, params=params)
+        return read_answer(response, what=what)
+
+    def check(self) -> str:
+        """The token may operate the advertiser (advertiser/info: its name and status) and read
+        its custom audiences (the DMP list, one a page): what a sync's upload and update need.
+        Both read; nothing is uploaded."""
+        try:
+            info = self._get(ADVERTISER_INFO, what="the advertiser look-up", params={
+                "advertiser_ids": json.dumps([self.advertiser_id]), "fields": json.dumps(list(INFO_FIELDS))})
+            data = info.get("data") if isinstance(info.get("data"), dict) else {}
+            advertiser = next((item for item in data.get("list") or [] if isinstance(item, dict)
+                               and str(item.get("advertiser_id")) == self.advertiser_id), None)
+            if advertiser is None:
+                raise TransportError(
+                    f"TikTok's look-up of advertiser {self.advertiser_id} did not return it (request_id "
+                    f"{info.get('request_id')}): check the advertiser id in the destination's settings", permanent=True,
+                    status=200)
+            listing = self._get(API + "list/", what="the custom audience list", params={
+                "advertiser_id": self.advertiser_id, "page": 1, "page_size": 1})
+        except TransportError as exc:
+            exc.args = (self._masked(str(exc)),)
+            raise
+        page_info = (listing.get("data") or {}).get("page_info") if isinstance(listing.get("data"), dict) else None
+        total = page_info.get("total_number") if isinstance(page_info, dict) else None
+        held = (f"it holds {total:,} custom audience{'' if total == 1 else 's'}"
+                if isinstance(total, int) and not isinstance(total, bool) else "it may read its custom audiences")
+        status = advertiser.get("status")
+        said = (f"TikTok accepted the access token for advertiser {advertiser.get('name') or self.advertiser_id} "
+                f"({self.advertiser_id}{f', {status}' if status else ''}); {held}.")
+        if status and status != "STATUS_ENABLE":
+            said += f" TikTok marks the ad account {status}, not STATUS_ENABLE: its ads may not serve."
+        return self._masked(said)
+
+    def _masked(self, text: str) -> str:
+        """The text with the access token blanked out, were TikTok ever to quote it back (a token
+        too short to be a real one is left: blanking it would blank ordinary words)."""
+        return text.replace(self.token, "••••") if len(self.token) >= MASKED_TOKEN_MIN else text
 
     def send(self, rows: list[OutRow], *, batch_id: str, sync, timeout: float | None = None) -> SendResult:
         calculate_type = calculate_type_for(sync)
