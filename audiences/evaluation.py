@@ -199,7 +199,7 @@ def evaluate_audience(audience: Audience, *, now: datetime | None = None, person
         # read once, for the condition, the definition digest and the expiry times
         exclusion_ids, higher_ids = list(audience.exclusions.values_list("pk", flat=True)), higher_ranked_ids(audience)
         people = Person.objects.filter(source_condition(audience, now, exclusion_ids=exclusion_ids, higher_ids=higher_ids))
-        current = Membership.objects.filter(audience=audience, exited_at__isnull=True)
+        current = audience.memberships.current()
         if full and connection.vendor == "postgresql":
             entries, exits = _diff_in_one_statement(audience, people, now)
         elif not full:
@@ -214,7 +214,7 @@ def evaluate_audience(audience: Audience, *, now: datetime | None = None, person
         figures = {}
         differences = None
         if full:
-            size = Membership.objects.filter(audience=audience, exited_at__isnull=True).count()
+            size = audience.memberships.current().count()
             audience.last_evaluated_at = now
             # a full evaluation that succeeds is what clears a failing mark (a per-person pass
             # over a few people does not show that the audience evaluates)
@@ -316,11 +316,11 @@ def leave_all_audiences(person: Person, *, now: datetime | None = None) -> list[
     audience rows are locked in dependency order, the order evaluation takes them in."""
     now = now or timezone.now()
     evaluations = []
-    audience_ids = Membership.objects.filter(person=person, exited_at__isnull=True).values_list("audience_id", flat=True)
+    audience_ids = person.memberships.current().values_list("audience_id", flat=True)
     for audience in dependency_order(Audience.objects.filter(pk__in=list(audience_ids)).prefetch_related("exclusions")):
         with transaction.atomic():
             audience = Audience.objects.select_for_update().get(pk=audience.pk)
-            closed = Membership.objects.filter(audience=audience, person=person, exited_at__isnull=True).update(exited_at=now)
+            closed = audience.memberships.current().filter(person=person).update(exited_at=now)
             if not closed:
                 continue
             audience.current_size = max(0, audience.current_size - closed)

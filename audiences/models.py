@@ -349,6 +349,12 @@ class Audience(models.Model):
         return self.evaluation_failed_at is not None
 
 
+class MembershipQuerySet(models.QuerySet):
+    def current(self):
+        """The memberships still open: the people in their audience now."""
+        return self.filter(exited_at__isnull=True)
+
+
 class Membership(models.Model):
     """A person in an audience from `entered_at` until `exited_at`; re-entry is a new row."""
 
@@ -360,6 +366,8 @@ class Membership(models.Model):
     # audience held anyone out then; True when this entry was held out of every sync (sent
     # nowhere), False when it went to at least one.
     held_out = models.BooleanField(null=True, blank=True, editable=False)
+
+    objects = MembershipQuerySet.as_manager()
 
     class Meta:
         constraints = [

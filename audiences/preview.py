@@ -74,7 +74,7 @@ def audience_preview(
     size = people.count()
     sample = list(people.order_by("-updated_at", "-pk")[:SAMPLE_SIZE])
     counts = dict(
-        Membership.objects.filter(exited_at__isnull=True, person__in=people.values("pk"))
+        Membership.objects.current().filter(person__in=people.values("pk"))
         .exclude(audience__key=key)
         .values_list("audience_id")
         .annotate(n=Count("pk"))

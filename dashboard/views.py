@@ -98,9 +98,9 @@ def audience_detail(request, key):
 def _current_overlaps(audience):
     from django.db.models import Count
 
-    members = Membership.objects.filter(audience=audience, exited_at__isnull=True).values("person_id")
+    members = audience.memberships.current().values("person_id")
     counts = dict(
-        Membership.objects.filter(exited_at__isnull=True, person_id__in=members).exclude(audience=audience)
+        Membership.objects.current().filter(person_id__in=members).exclude(audience=audience)
         .values_list("audience_id").annotate(n=Count("pk"))
     )
     names = dict(Audience.objects.exclude(pk=audience.pk).values_list("pk", "name"))
@@ -214,7 +214,7 @@ def person(request, person_id):
     timeline = person_timeline(person)
     return page(
         request, "dashboard/person.html", f"Person {person.customer_id}", person=person, timeline=timeline,
-        current=Membership.objects.filter(person=person, exited_at__isnull=True).select_related("audience"),
+        current=person.memberships.current().select_related("audience"),
         event_count=Event.objects.filter(person=person).count(),
     )
 

@@ -137,9 +137,8 @@ def record_on_memberships(audience_id: int, entered_at, sent: set[int], held: se
     """Each entry's membership says whether it went anywhere (False) or nowhere (True)."""
     for flag, people in ((False, sorted(sent)), (True, sorted(held))):
         for start in range(0, len(people), CHUNK):
-            Membership.objects.filter(
-                audience_id=audience_id, entered_at=entered_at, exited_at__isnull=True,
-                person_id__in=people[start : start + CHUNK],
+            Membership.objects.current().filter(
+                audience_id=audience_id, entered_at=entered_at, person_id__in=people[start : start + CHUNK]
             ).update(held_out=flag)
 
 

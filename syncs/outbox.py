@@ -189,7 +189,7 @@ def queue_current_members(sync: Sync) -> int:
     if in_force:
         queued -= _hold_out_current_members(sync, in_force)
     # a member held out of every other sync whom this one sends is no longer held out anywhere
-    Membership.objects.filter(audience_id=sync.audience_id, exited_at__isnull=True, held_out=True).exclude(
+    Membership.objects.current().filter(audience_id=sync.audience_id, held_out=True).exclude(
         person_id__in=Delivery.objects.filter(sync=sync, held_out=True).values("person_id")
     ).update(held_out=False)
     if queued:

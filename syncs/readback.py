@@ -56,7 +56,7 @@ def downstream_members(sync: Sync):
     not those whose latest change in this sync was skipped (held out, no identifier), refused,
     a dry run, a dead letter or cancelled; only test accounts for a test-cohort sync. Members
     whose deliveries are long gone (retention) count as sent."""
-    members = Membership.objects.filter(audience_id=sync.audience_id, exited_at__isnull=True)
+    members = Membership.objects.current().filter(audience_id=sync.audience_id)
     if sync.test_cohort_only:
         members = members.filter(person__is_test=True)
     latest = Delivery.objects.filter(sync=sync, person_id=OuterRef("person_id")).order_by("-id").values("state")[:1]

@@ -15,7 +15,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from audiences.models import Audience, IdentifierPolicy, Membership
+from audiences.models import Audience, IdentifierPolicy
 from audiences.rules import KEY_NAME
 from audiences.services import key_problem, set_actor
 
@@ -419,9 +419,7 @@ def sync_send_test_cohort(*, sync: Sync, actor=None) -> int:
     """Queue an entry for every internal test account currently in the audience, so a team can
     watch entry, exit and suppression end to end before launch."""
     now = timezone.now()
-    memberships = Membership.objects.filter(
-        audience=sync.audience, exited_at__isnull=True, person__is_test=True
-    ).select_related("person")
+    memberships = sync.audience.memberships.current().filter(person__is_test=True).select_related("person")
     rows = [
         Delivery(sync=sync, person=m.person, customer_id=m.person.customer_id, action=Delivery.ENTER,
                  triggered_at=now, changed_at=m.entered_at, next_attempt_at=now, initial=True)

@@ -280,7 +280,7 @@ def _fetch_mapped_attributes(audience: Audience, client: AppApiClient) -> int:
         return 0
     entering = Person.objects.filter(
         Exists(SegmentMember.objects.filter(audience=audience, person=OuterRef("pk"))),
-        ~Exists(Membership.objects.filter(audience=audience, person=OuterRef("pk"), exited_at__isnull=True)),
+        ~Exists(Membership.objects.current().filter(audience=audience, person=OuterRef("pk"))),
     )
     people = {p.customer_id: p for p in entering.only("pk", "customer_id", "attributes")}
     if not people:

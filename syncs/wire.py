@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 
 from django.utils import timezone
 
-from audiences.models import Membership
-
 from .destinations.base import OutRow
 from .destinations.registry import transport_for
 from .http import Captured, TransportError, capturing
@@ -60,7 +58,7 @@ def first_batch(sync: Sync, *, limit: int = PREVIEW_ROWS) -> WirePreview:
     """The first request the sync's first run would send: entries for its audience's current
     members in person order (as the outbox queues them), at most `limit` rows of it."""
     preview = WirePreview()
-    current = Membership.objects.filter(audience=sync.audience, exited_at__isnull=True)
+    current = sync.audience.memberships.current()
     preview.members = current.count()
     size = min(limit, sync.destination.batch_size)
     now = timezone.now()
