@@ -20,7 +20,7 @@ from audiences.preview import saved_audience_preview
 from syncs.alerts import alert_acknowledge
 from syncs.audit import person_timeline, setting_changes
 from syncs.lift import lift_panel, sync_holdout
-from syncs.models import Alert, Delivery, DeliveryBatch, Destination, RemovalHold, Sync, SyncRun
+from syncs.models import Alert, DeliveryBatch, Destination, RemovalHold, Sync, SyncRun
 from syncs.monitoring import Thresholds
 from syncs.outcomes import outcome_rows
 from syncs.readback import read_back_summary
@@ -123,7 +123,7 @@ def sync_detail(request, key):
         lag_histogram=charts.bars(lag_histogram(lag_values)), rejected=rejected,
         holds=sync.holds.filter(decision=RemovalHold.PENDING), decided_holds=sync.holds.exclude(decision=RemovalHold.PENDING)[:10],
         dry_runs=DeliveryBatch.objects.filter(sync=sync, error__startswith="dry run")[:20],
-        pending=sync.deliveries.filter(state=Delivery.PENDING).count(),
+        pending=sync.deliveries.pending().count(),
         can_change=request.user.has_perm("syncs.change_sync"), wire=first_batch(sync), readback=read_back_summary(sync),
         holdout=sync_holdout(sync),
     )

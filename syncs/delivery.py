@@ -175,7 +175,7 @@ def cancel_unsent_pairs(sync: Sync) -> int:
     differs from where the run began (the opposite of its first change). Runs are not always
     alternating (a test-cohort entry repeats an unsent entry), and a held row splits a run: its
     decision is still to come. Rows out on a request right now are not pending, so never here."""
-    pending = Delivery.objects.filter(sync=sync, state=Delivery.PENDING, may_have_arrived=False)
+    pending = sync.deliveries.pending().filter(may_have_arrived=False)
     repeated = pending.values("customer_id").annotate(n=Count("pk")).filter(n__gt=1).values("customer_id")
     rows = (
         Delivery.objects.filter(sync=sync, customer_id__in=repeated, state__in=(Delivery.PENDING, Delivery.HELD))
@@ -196,7 +196,7 @@ def cancel_unsent_pairs(sync: Sync) -> int:
             ids = [delivery_id for delivery_id, _ in run]
             cancel += ids if run[0][1] != run[-1][1] else ids[:-1]
     if cancel:
-        Delivery.objects.filter(pk__in=cancel, state=Delivery.PENDING, may_have_arrived=False).update(
+        Delivery.objects.pending().filter(pk__in=cancel, may_have_arrived=False).update(
             state=Delivery.CANCELLED, last_error="cancelled out by a later change that did not reach the destination either"
         )
     return len(cancel)
@@ -229,10 +229,10 @@ def claim_batch(syncs: list[Sync], limit: int, *, lane: str, retries: bool = Tru
     every pending row when there is none) is skipped. The attempt is the highest count among the
     rows claimed: rows of the batch that were skipped or cancelled meanwhile keep theirs."""
     now = timezone.now()
-    due = Delivery.objects.filter(lane_filter(syncs, lane), state=Delivery.PENDING, next_attempt_at__lte=now)
+    due = Delivery.objects.pending().filter(lane_filter(syncs, lane), next_attempt_at__lte=now)
     retry = due.filter(batch_id__isnull=False).order_by("id").values_list("batch_id", flat=True).first() if retries else None
     if retry:
-        claimed = Delivery.objects.filter(state=Delivery.PENDING, batch_id=retry).update(
+        claimed = Delivery.objects.pending().filter(batch_id=retry).update(
             state=Delivery.SENDING, attempts=F("attempts") + 1
         )
         attempt = Delivery.objects.filter(batch_id=retry, state=Delivery.SENDING).aggregate(n=Max("attempts"))["n"] or 1
@@ -246,7 +246,7 @@ def claim_batch(syncs: list[Sync], limit: int, *, lane: str, retries: bool = Tru
             due.filter(sync=sync, batch_id__isnull=True).filter(~first_open_before())
             .order_by("id").values_list("id", flat=True)[: limit - claimed]
         )
-        claimed += Delivery.objects.filter(pk__in=list(candidates), state=Delivery.PENDING).update(
+        claimed += Delivery.objects.pending().filter(pk__in=list(candidates)).update(
             state=Delivery.SENDING, batch_id=batch_id, attempts=F("attempts") + 1
         )
     return (batch_id, 1) if claimed else None
@@ -259,19 +259,18 @@ def expedite_blocking_entries(syncs) -> int:
     activation = [s.pk for s in syncs if not s.is_suppression]
     if not activation:
         return 0
-    blocked_exit = Delivery.objects.filter(
-        sync_id=OuterRef("sync_id"), customer_id=OuterRef("customer_id"), id__gt=OuterRef("id"),
-        action=Delivery.EXIT, state=Delivery.PENDING,
+    blocked_exit = Delivery.objects.pending().filter(
+        sync_id=OuterRef("sync_id"), customer_id=OuterRef("customer_id"), id__gt=OuterRef("id"), action=Delivery.EXIT,
     )
     now = timezone.now()
     batches = list(
-        Delivery.objects.filter(sync_id__in=activation, action=Delivery.ENTER, state=Delivery.PENDING,
-                                batch_id__isnull=False, next_attempt_at__gt=now)
+        Delivery.objects.pending()
+        .filter(sync_id__in=activation, action=Delivery.ENTER, batch_id__isnull=False, next_attempt_at__gt=now)
         .filter(Exists(blocked_exit)).values_list("batch_id", flat=True).distinct()[:10]
     )
     if not batches:
         return 0
-    return Delivery.objects.filter(batch_id__in=batches, state=Delivery.PENDING).update(next_attempt_at=now)
+    return Delivery.objects.pending().filter(batch_id__in=batches).update(next_attempt_at=now)
 
 
 # --- the gate -------------------------------------------------------------------------------
@@ -607,7 +606,7 @@ def next_due(destination: Destination):
     """When the next row can be claimed. Rows waiting behind an earlier open row of their person
     (a retry, a held removal) are not due: counting them made the sender spin until that row."""
     return (
-        Delivery.objects.filter(sync__destination=destination, sync__enabled=True, sync__paused=False, state=Delivery.PENDING)
+        Delivery.objects.pending().filter(sync__destination=destination, sync__enabled=True, sync__paused=False)
         .filter(~first_open_before())
         .aggregate(at=Min("next_attempt_at"))["at"]
     )
@@ -645,7 +644,7 @@ class Lane:
     def due_retry(self, now) -> bool:
         if not self.retry_known:
             self.retry_at = (
-                Delivery.objects.filter(lane_filter(self.syncs, self.name), state=Delivery.PENDING, batch_id__isnull=False)
+                Delivery.objects.pending().filter(lane_filter(self.syncs, self.name), batch_id__isnull=False)
                 .aggregate(at=Min("next_attempt_at"))["at"]
             )
             self.retry_known = True
@@ -657,7 +656,7 @@ class Lane:
         the whole destination, suppressions included)."""
         if self.name != ADDS or linger_s <= 0:
             return False
-        fresh = Delivery.objects.filter(lane_filter(self.syncs, ADDS), state=Delivery.PENDING, batch_id__isnull=True)
+        fresh = Delivery.objects.pending().filter(lane_filter(self.syncs, ADDS), batch_id__isnull=True)
         oldest = fresh.order_by("id").values_list("created_at", flat=True).first()
         if oldest is None or oldest <= now - timedelta(seconds=linger_s):
             self.linger_until = None
@@ -766,7 +765,7 @@ class Sender:
             return
         self.newest_seen = newest
         for sync in self.syncs:
-            pending = Delivery.objects.filter(sync=sync, state=Delivery.PENDING).order_by("-id").values_list("id", flat=True).first()
+            pending = sync.deliveries.pending().order_by("-id").values_list("id", flat=True).first()
             if pending is not None and pending != self.cancel_seen.get(sync.pk):
                 self.summary.cancelled += cancel_unsent_pairs(sync)
                 self.cancel_seen[sync.pk] = pending

@@ -294,6 +294,12 @@ class RemovalHold(models.Model):
         return f"{self.removals:,} removals held on {self.sync.key}: {self.reason}"
 
 
+class DeliveryQuerySet(models.QuerySet):
+    def pending(self):
+        """Waiting for the sender: not claimed, not held, not done."""
+        return self.filter(state=Delivery.PENDING)
+
+
 class Delivery(models.Model):
     """The outbox: one membership change waiting for, or done with, one sync."""
 
@@ -337,6 +343,8 @@ class Delivery(models.Model):
     # True for a held-out person (the row is skipped, with the holdout as its reason), False for
     # one it sends. A held-out person's exit is skipped and marked True too.
     held_out = models.BooleanField(null=True, blank=True, editable=False)
+
+    objects = DeliveryQuerySet.as_manager()
 
     class Meta:
         indexes = [

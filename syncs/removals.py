@@ -79,8 +79,8 @@ def came_back(sync: Sync, person_ids) -> set[int]:
 def after_change(sync: Sync, evaluation) -> None:
     """A change's exits are queued: hold those the minimum keeps, release what it allows now."""
     if not sync.additive_only:
-        keep_minimum(sync, Delivery.objects.filter(sync=sync, action=Delivery.EXIT, state=Delivery.PENDING,
-                                                   changed_at=evaluation.at), members=evaluation.size)
+        keep_minimum(sync, sync.deliveries.pending().filter(action=Delivery.EXIT, changed_at=evaluation.at),
+                     members=evaluation.size)
 
 
 def keep_minimum(sync: Sync, new: QuerySet | None = None, *, members: int | None = None) -> None:
@@ -101,7 +101,7 @@ def keep_minimum(sync: Sync, new: QuerySet | None = None, *, members: int | None
 
 
 def _apply(sync, hold, new, n_new, *, members, minimum) -> None:
-    waiting = Delivery.objects.filter(sync=sync, action=Delivery.ENTER, state=Delivery.PENDING).count()
+    waiting = sync.deliveries.pending().filter(action=Delivery.ENTER).count()
     pending_holds = RemovalHold.objects.filter(sync=sync, decision=RemovalHold.PENDING)
     held_all = Delivery.objects.filter(hold__in=pending_holds, state=Delivery.HELD).count()
     held = hold.deliveries.filter(state=Delivery.HELD).order_by("id") if hold else Delivery.objects.none()
@@ -165,6 +165,6 @@ def decided(hold: RemovalHold, *, approve: bool, actor=None) -> None:
     audience under the platform's minimum: those removals wait for it as any other; an approved
     minimum hold is sent at once, as the person asked."""
     if approve and not is_minimum_hold(hold):
-        keep_minimum(hold.sync, Delivery.objects.filter(hold=hold, state=Delivery.PENDING))
+        keep_minimum(hold.sync, hold.deliveries.pending())
     alert_resolve(key=alert_key(hold), resolution=(
         f"{actor or 'A person'} {'approved' if approve else 'discarded'} the held removals on the sync page."))

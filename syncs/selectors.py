@@ -282,7 +282,7 @@ def run_durations(runs) -> list[float]:
 
 def oldest_open_delivery(sync_ids) -> dict[int, datetime]:
     return dict(
-        Delivery.objects.filter(sync_id__in=list(sync_ids), state=Delivery.PENDING)
+        Delivery.objects.pending().filter(sync_id__in=list(sync_ids))
         .values("sync_id").annotate(at=Min("created_at"))
         .values_list("sync_id", "at")
     )

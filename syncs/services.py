@@ -338,7 +338,7 @@ def sync_save(*, data: dict, actor=None, instance: Sync | None = None) -> Sync:
     elif was_dry_run and not sync.dry_run:
         # going live: the dry run recorded the audience and sent nothing, so the first live run
         # starts from the audience as it is now (entries still waiting are replaced by it)
-        Delivery.objects.filter(sync=sync, state=Delivery.PENDING, action=Delivery.ENTER).update(
+        sync.deliveries.pending().filter(action=Delivery.ENTER).update(
             state=Delivery.CANCELLED, last_error="replaced by the first live run")
         queue_current_members(sync)
     return sync

@@ -37,9 +37,8 @@ def deliver(destination_id: int, *, sleep=time.sleep):
 
 
 def _due_now(destination_id: int) -> bool:
-    return Delivery.objects.filter(
-        sync__destination_id=destination_id, sync__enabled=True, sync__paused=False,
-        state=Delivery.PENDING, next_attempt_at__lte=timezone.now(),
+    return Delivery.objects.pending().filter(
+        sync__destination_id=destination_id, sync__enabled=True, sync__paused=False, next_attempt_at__lte=timezone.now(),
     ).filter(~first_open_before()).exists()
 
 
