@@ -59,7 +59,7 @@ def dashboard_rows(*, purpose: str = "", destination: str = "", owner: str = "")
     runs = last_runs([s.pk for s in syncs])
     lag = suppression_lag_by_sync([s.pk for s in syncs if s.audience_id in ids], since=now - timedelta(days=1))
     alerts = defaultdict(int)
-    for audience_id in Alert.objects.filter(resolved_at__isnull=True, audience_id__in=ids).values_list("audience_id", flat=True):
+    for audience_id in Alert.objects.open().filter(audience_id__in=ids).values_list("audience_id", flat=True):
         alerts[audience_id] += 1
     rows = []
     for audience in audiences:
@@ -79,4 +79,4 @@ def dashboard_rows(*, purpose: str = "", destination: str = "", owner: str = "")
 
 
 def open_alerts(limit: int = 50):
-    return Alert.objects.filter(resolved_at__isnull=True).select_related("audience", "sync", "acknowledged_by")[:limit]
+    return Alert.objects.open().select_related("audience", "sync", "acknowledged_by")[:limit]

@@ -91,7 +91,7 @@ def audience_detail(request, key):
         preview_error=preview_error, overlaps=overlaps,
         overlap_chart=charts.bars([(name, count) for name, count in overlaps[:10]]), sample=sample,
         syncs=audience.syncs.select_related("destination"), outcomes=outcome_rows(audience, days=14), lift=lift_panel(audience),
-        alerts=audience.alerts.filter(resolved_at__isnull=True), can_edit=request.user.has_perm("audiences.change_audience"),
+        alerts=audience.alerts.open(), can_edit=request.user.has_perm("audiences.change_audience"),
     )
 
 

@@ -10,7 +10,7 @@ from .models import Alert
 
 
 def alert_open(*, key: str, kind: str, message: str, audience=None, sync=None, details: dict | None = None) -> Alert:
-    existing = Alert.objects.filter(key=key, resolved_at__isnull=True).first()
+    existing = Alert.objects.open().filter(key=key).first()
     if existing:
         if existing.message != message or (details is not None and existing.details != details):
             existing.message = message
@@ -23,13 +23,13 @@ def alert_open(*, key: str, kind: str, message: str, audience=None, sync=None, d
                 key=key, kind=kind, message=message, audience=audience, sync=sync, details=details or {}
             )
     except IntegrityError:  # opened by a concurrent check a moment ago
-        return Alert.objects.get(key=key, resolved_at__isnull=True)
+        return Alert.objects.open().get(key=key)
 
 
 def alert_resolve(*, key: str, resolution: str = "") -> Alert | None:
     """Resolve the open alert with this key; `resolution` says how it resolved ("Carts is back at
     5 members"), kept in its details for the notification and the alerts page."""
-    alert = Alert.objects.filter(key=key, resolved_at__isnull=True).first()
+    alert = Alert.objects.open().filter(key=key).first()
     if alert:
         alert.resolved_at = timezone.now()
         fields = ["resolved_at"]

@@ -399,6 +399,12 @@ class DeliveryBatch(models.Model):
         return f"batch {self.id} ({len(self.rows)} rows, {self.status or self.error[:40]})"
 
 
+class AlertQuerySet(models.QuerySet):
+    def open(self):
+        """Not resolved yet (acknowledged or not)."""
+        return self.filter(resolved_at__isnull=True)
+
+
 class Alert(models.Model):
     """An open condition someone should look at. Opened and resolved by the system (one open
     alert per `key`), acknowledged by a person; notified once on opening and once on resolving."""
@@ -432,6 +438,8 @@ class Alert(models.Model):
         default=dict, blank=True, editable=False,
         help_text='Channels each notification went out on, e.g. {"open": ["email"]}: a retry sends only the others.',
     )
+
+    objects = AlertQuerySet.as_manager()
 
     class Meta:
         constraints = [

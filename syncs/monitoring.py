@@ -41,7 +41,7 @@ class Thresholds:
 def check_alerts(*, now: datetime | None = None, thresholds: Thresholds | None = None) -> dict[str, int]:
     now = now or timezone.now()
     limits = thresholds or Thresholds.from_settings()
-    opened_before = set(Alert.objects.filter(resolved_at__isnull=True).values_list("key", flat=True))
+    opened_before = set(Alert.objects.open().values_list("key", flat=True))
     wanted: dict[str, dict] = {}
     audiences = list(Audience.objects.filter(enabled=True))
     _audience_alerts(audiences, now, limits, wanted)
@@ -53,7 +53,7 @@ def check_alerts(*, now: datetime | None = None, thresholds: Thresholds | None =
                      Alert.LOW_COVERAGE, Alert.STALE_SYNC, Alert.FAILING_EVALUATION}
     resolved = 0
     # the read-back (syncs/readback.py) opens and resolves its own, keyed readback:...
-    for alert in (Alert.objects.filter(resolved_at__isnull=True, kind__in=checked_kinds).exclude(key__startswith="readback:")
+    for alert in (Alert.objects.open().filter(kind__in=checked_kinds).exclude(key__startswith="readback:")
                   .select_related("audience", "sync")):
         if alert.key not in wanted:
             alert_resolve(key=alert.key, resolution=_resolution(alert, now, limits))

@@ -176,7 +176,7 @@ def read_back_one(sync: Sync, *, now: datetime) -> dict:
 
 def _resolve_unchecked(active_ids: set[int]) -> None:
     """A sync that is paused, disabled or gone is not read, so nothing it said stays open."""
-    for alert in Alert.objects.filter(resolved_at__isnull=True, key__startswith=PREFIX).select_related("sync"):
+    for alert in Alert.objects.open().filter(key__startswith=PREFIX).select_related("sync"):
         if alert.sync_id not in active_ids:
             why = "is paused" if alert.sync and alert.sync.paused else "is not enabled"
             alert_resolve(key=alert.key, resolution=f"{alert.sync.key if alert.sync else 'The sync'} {why}, so it is "
