@@ -19,6 +19,7 @@ from django.db.models import (
     Exists,
     Expression,
     ExpressionWrapper,
+    F,
     FloatField,
     OuterRef,
     Q,
@@ -54,6 +55,29 @@ class _KeyExpression(Expression):
 
     def set_source_expressions(self, exprs):
         (self.transform,) = exprs
+
+
+class KeyLookup(Expression):
+    """`column -> key` compared by a JSON key lookup (exact, in, gt, ...), as the filter
+    `column__key__lookup=value` compares it, but built from the key itself: spliced into a lookup
+    path, a key is read as Django's own syntax (`attributes__in` is the `in` lookup on the whole
+    column, `attributes__tier___gt` the key `tier`, then `_gt`), so attributes named `in`, `exact`,
+    `contains` or `tier_` crashed the statement or compared the wrong thing."""
+
+    conditional = True
+    output_field = BooleanField()
+
+    def __init__(self, column: str, key: str, lookup: str, value):
+        super().__init__()
+        self.column, self.key, self.lookup, self.value = column, key, lookup, value
+
+    def resolve_expression(self, query=None, allow_joins=True, reuse=None, summarize=False, for_save=False):
+        transform = KeyTransform(self.key, F(self.column)).resolve_expression(query, allow_joins, reuse, summarize, for_save)
+        return transform.get_lookup(self.lookup)(transform, self.value)
+
+
+def _key_q(column: str, key: str, lookup: str, value) -> Q:
+    return Q(KeyLookup(column, key, lookup, value))
 
 
 class JsonType(_KeyExpression):
@@ -122,7 +146,7 @@ def _typed(column, key, kind):
 
 
 def _json_equal_q(column: str, key: str, value) -> Q:
-    return Q(_typed(column, key, json_type_name(value))) & Q(**{f"{column}__{key}": value})
+    return Q(_typed(column, key, json_type_name(value))) & _key_q(column, key, "exact", value)
 
 
 def compile_attribute(node: r.AttributeCondition, now: datetime) -> Q:
@@ -147,16 +171,16 @@ def compile_attribute(node: r.AttributeCondition, now: datetime) -> Q:
                 for item in dict.fromkeys(items):
                     combined |= _json_equal_q(column, key, item)
             else:
-                combined |= Q(_typed(column, key, kind)) & Q(**{f"{column}__{key}__in": items})
+                combined |= Q(_typed(column, key, kind)) & _key_q(column, key, "in", items)
         return _two_valued(combined)
     if op in ("gt", "gte", "lt", "lte"):
-        return _two_valued(Q(_typed(column, key, "number")) & Q(**{f"{column}__{key}__{op}": value}))
+        return _two_valued(Q(_typed(column, key, "number")) & _key_q(column, key, op, value))
     if op == "contains":
         return _two_valued(Q(JsonTextContains(column, key, value)))
     # dates are unix seconds: older_than 60d ⇔ value < now − 60d
     cutoff = (now - value.delta).timestamp()
     comparison = "lt" if op == "older_than" else "gte"
-    return _two_valued(Q(_typed(column, key, "number")) & Q(**{f"{column}__{key}__{comparison}": cutoff}))
+    return _two_valued(Q(_typed(column, key, "number")) & _key_q(column, key, comparison, cutoff))
 
 
 def _present(column, key):
@@ -249,7 +273,7 @@ def attribute_anchor(node: r.AttributeCondition, now: datetime):
     the date is no older than the duration (older_than does not hold yet, newer_than still
     does), else NULL; and the people it can be set for."""
     cutoff = (now - node.value.delta).timestamp()
-    recent = Q(_typed("attributes", node.attribute, "number")) & Q(**{f"attributes__{node.attribute}__gte": cutoff})
+    recent = Q(_typed("attributes", node.attribute, "number")) & _key_q("attributes", node.attribute, "gte", cutoff)
     seconds = Cast(KeyTransform(node.attribute, "attributes"), FloatField())
     anchor = Case(When(recent, then=seconds), default=Value(None), output_field=FloatField())
     return anchor, Person.objects.filter(recent).values("pk")

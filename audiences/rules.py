@@ -24,6 +24,7 @@ DURATION = re.compile(r"^([1-9]\d{0,5})([mhdw])\Z")
 UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 UNIT_WORDS = {"m": "minute", "h": "hour", "d": "day", "w": "week"}
 KEY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}\Z")
+NAME_CHARACTERS = "letters, digits, _ and -"
 AUDIENCE_KEY = re.compile(r"^[-a-zA-Z0-9_]{1,64}\Z")
 # Bounds, so that every rule that saves compiles to a statement both databases run quickly:
 # SQLite refuses expressions nested 1,000 deep and integers beyond 64 bits; PostgreSQL's
@@ -143,6 +144,27 @@ def value_problem(value) -> str | None:
         if not MIN_NUMBER <= value <= MAX_NUMBER:
             return f"{_show(value)} is out of range: numbers go from {MIN_NUMBER:,} to {MAX_NUMBER:,}"
     return None
+
+
+def name_problem(name, noun: str, *, quoted: bool = False) -> str | None:
+    """Why `name` cannot be an attribute or event property name in a rule, or None. Every name of
+    the pattern compiles (audiences.compiler builds each key lookup from the name itself, so `in`,
+    `exact` or `tier__x` are keys like any other); a name starting with a digit would be read as a
+    position in a list by both databases' JSON paths, a quote breaks SQLite's, and the pattern is
+    the one identifier policies and sync fields name attributes by."""
+    if isinstance(name, str) and KEY_NAME.match(name):
+        return None
+    long = isinstance(name, str) and len(name) > 64
+    subject = f"{_show(name)} " if quoted and not long else ""
+    if not isinstance(name, str) or not name:
+        return f"{subject}is not {noun} ({NAME_CHARACTERS})"
+    if long:
+        return f"is not {noun}: it is {len(name):,} characters long, and a name takes at most 64"
+    if odd := next((c for c in name if not c.isascii()), None):
+        return f"{subject}is not {noun} ({NAME_CHARACTERS}): {odd!r} is not an ASCII letter"
+    if re.fullmatch(r"[A-Za-z0-9_\-]+", name):
+        return f"{subject}is not {noun} ({NAME_CHARACTERS}): it must start with a letter or _"
+    return f"{subject}is not {noun} ({NAME_CHARACTERS})"
 
 
 class _Parser:
@@ -284,8 +306,8 @@ class _Parser:
             return None
         pairs = []
         for key, expected in value.items():
-            if not isinstance(key, str) or not KEY_NAME.match(key) or "__" in key:
-                self.fail(f"{path}.{key}", "is not a property name (letters, digits, _ and -)")
+            if problem := name_problem(key, "a property name"):
+                self.fail(f"{path}.{key}", problem)
                 return None
             if not _is_scalar(expected):
                 self.fail(f"{path}.{key}", f"{_show(expected)} must be a single text, number or true/false value")
@@ -298,8 +320,8 @@ class _Parser:
     def attribute(self, data, path):
         name = data["attribute"]
         operators = [k for k in data if k != "attribute"]
-        if not isinstance(name, str) or not KEY_NAME.match(name) or "__" in name:
-            self.fail(_join(path, "attribute"), f"{_show(name)} is not an attribute name (letters, digits, _ and -)")
+        if problem := name_problem(name, "an attribute name", quoted=True):
+            self.fail(_join(path, "attribute"), problem)
             return None
         if len(operators) != 1 or operators[0] not in ATTRIBUTE_OPERATORS:
             self.fail(path, f"an attribute condition needs exactly one of {', '.join(ATTRIBUTE_OPERATORS)}")
