@@ -40,6 +40,12 @@ def _slug_problem(value) -> str | None:
 RESERVED_KEYS = {"new", "editor"}  # the dashboard's own addresses beside /<key>/
 
 
+def unknown_fields(data: dict, allowed) -> dict[str, list[str]]:
+    """An error for each field of `data` that a service does not take, naming the ones it does."""
+    expected = ", ".join(allowed if isinstance(allowed, (list, tuple)) else sorted(allowed))
+    return {name: [f"unknown field; expected one of {expected}"] for name in sorted(set(data) - set(allowed))}
+
+
 def key_problem(model, key, instance, label: str) -> str | None:
     """The stable key of a new or existing object: a slug, unique, and never changed.
     `label` names the kind with its article: "an audience", "a sync"."""
@@ -71,14 +77,11 @@ def default_convention() -> NamingConvention | None:
 
 def audience_clean(data: dict, *, instance: Audience | None = None) -> dict:
     """Validate audience data; returns it with related keys resolved to objects."""
-    errors: dict[str, list[str]] = {}
+    errors: dict[str, list[str]] = unknown_fields(data, AUDIENCE_FIELDS)
 
     def fail(name, message):
         errors.setdefault(name, []).append(message)
 
-    unknown = set(data) - set(AUDIENCE_FIELDS)
-    for name in sorted(unknown):
-        fail(name, f"unknown field; expected one of {', '.join(AUDIENCE_FIELDS)}")
     clean = {k: v for k, v in data.items() if k in AUDIENCE_FIELDS}
 
     key = clean.get("key", instance.key if instance else None)

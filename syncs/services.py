@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from audiences.models import Audience, IdentifierPolicy
 from audiences.rules import KEY_NAME
-from audiences.services import key_problem, set_actor
+from audiences.services import key_problem, set_actor, unknown_fields
 
 from . import holdouts, removals
 from .addresses import url_problem
@@ -123,11 +123,9 @@ def workspace_endpoint(region: str, base_url: str) -> str:
 
 @transaction.atomic
 def destination_save(*, data: dict, actor=None, instance: Destination | None = None) -> Destination:
-    errors: dict[str, list[str]] = {}
     allowed = {"key", "name", "kind", "settings", "credentials", "batch_size", "rate_limit_per_s", "timeout_s",
                "max_attempts", "retry_base_s", "retry_cap_s", "concurrency"}
-    for name in sorted(set(data) - allowed):
-        errors.setdefault(name, []).append(f"unknown field; expected one of {', '.join(sorted(allowed))}")
+    errors: dict[str, list[str]] = unknown_fields(data, allowed)
     destination = instance or Destination()
     key = data.get("key", destination.key)
     if problem := key_problem(Destination, key, instance, "a destination"):
@@ -190,10 +188,8 @@ def destination_save(*, data: dict, actor=None, instance: Destination | None = N
 
 @transaction.atomic
 def workspace_save(*, data: dict, actor=None, instance: CustomerIoWorkspace | None = None) -> CustomerIoWorkspace:
-    errors: dict[str, list[str]] = {}
     allowed = {"key", "name", "region", "base_url", "credentials", "rate_limit_per_s", "timeout_s"}
-    for name in sorted(set(data) - allowed):
-        errors.setdefault(name, []).append(f"unknown field; expected one of {', '.join(sorted(allowed))}")
+    errors: dict[str, list[str]] = unknown_fields(data, allowed)
     workspace = instance or CustomerIoWorkspace()
     key = data.get("key", workspace.key)
     if problem := key_problem(CustomerIoWorkspace, key, instance, "a workspace"):
@@ -238,9 +234,7 @@ SYNC_FIELDS = {"key", "audience", "destination", "mode", "fields", "identifier_p
 def sync_save(*, data: dict, actor=None, instance: Sync | None = None) -> Sync:
     from django.contrib.auth import get_user_model
 
-    errors: dict[str, list[str]] = {}
-    for name in sorted(set(data) - SYNC_FIELDS):
-        errors.setdefault(name, []).append(f"unknown field; expected one of {', '.join(sorted(SYNC_FIELDS))}")
+    errors: dict[str, list[str]] = unknown_fields(data, SYNC_FIELDS)
     sync = instance or Sync()
     was_dry_run = instance.dry_run if instance else None
     key = data.get("key", sync.key)
@@ -355,10 +349,8 @@ def sync_go_live(*, sync: Sync, actor=None) -> Sync:
 def global_holdout_save(*, data: dict, actor=None, instance: GlobalHoldout | None = None) -> GlobalHoldout:
     """The global paid holdout's share and salt: a setting change like any other, recorded with
     who made it. Like a sync's, it applies to people entering from then on."""
-    errors: dict[str, list[str]] = {}
     allowed = {"key", "share", "salt"}
-    for name in sorted(set(data) - allowed):
-        errors.setdefault(name, []).append(f"unknown field; expected one of {', '.join(sorted(allowed))}")
+    errors: dict[str, list[str]] = unknown_fields(data, allowed)
     holdout = instance or holdouts.global_holdout()
     if data.get("key", GlobalHoldout.KEY) != GlobalHoldout.KEY:
         errors.setdefault("key", []).append(f"there is one global holdout, with the key {GlobalHoldout.KEY!r}")
