@@ -68,26 +68,21 @@ def destination_edit(request, key):
 
 def _destination_editor(request, spec, destination):
     form_class = destination_form(spec, instance=destination)
-    if request.method != "POST":
-        form = form_class(initial=destination_initial(spec, destination))
-    else:
-        form = form_class(request.POST)
-        if form.is_valid():
-            try:
-                data = destination_data(spec, form.cleaned_data, instance=destination)
-                if destination:
-                    data.pop("key")  # a key never changes
-                saved = services.destination_save(data=data, actor=request.user, instance=destination)
-            except forms.ValidationError as exc:
-                for field, errors in exc.error_dict.items():
-                    form.add_error(field, errors)
-            except ValidationError as exc:
-                _apply_errors(form, exc.message_dict, lambda f, m: error_field(spec, f, m))
-            else:
-                messages.success(request, f"Saved {saved.name}. Test the connection before a sync uses it.")
-                return redirect("dashboard:destination-edit", key=saved.key)
-    if destination:
+    initial = destination_initial(spec, destination)
+    form = form_class(request.POST, initial=initial) if request.method == "POST" else form_class(initial=initial)
+    if destination:  # shown disabled, so a browser does not send it (and it never changes)
         form.fields["key"].disabled = True
+    if request.method == "POST" and form.is_valid():
+        try:
+            data = destination_data(spec, form.cleaned_data, instance=destination)
+            if destination:
+                data.pop("key")
+            saved = services.destination_save(data=data, actor=request.user, instance=destination)
+        except ValidationError as exc:  # a line written wrong (keyed by its field) or the service's word
+            _apply_errors(form, exc.message_dict, lambda f, m: error_field(spec, f, m))
+        else:
+            messages.success(request, f"Saved {saved.name}. Test the connection before a sync uses it.")
+            return redirect("dashboard:destination-edit", key=saved.key)
     title = f"{destination.name} ({spec.label})" if destination else f"New {spec.label} destination"
     groups = {prefix: [form[name] for name in form.fields if name.startswith(prefix)] for prefix in (SETTING, CREDENTIAL)}
     return _page(request, "dashboard/destination_form.html", title, form=form, spec=spec, destination=destination,

@@ -1,11 +1,12 @@
 """Forms made from a kind's spec: one field per setting and per credential, typed as the spec
-says, so nobody types JSON. Read by the dashboard's destination editor and the admin."""
+says, so nobody types JSON. Read by the dashboard's destination editor."""
 
 from __future__ import annotations
 
 from django import forms
 from django.core.validators import MaxValueValidator
 
+from ..services import KEEP, destination_endpoint_moved
 from .spec import DestinationSpec
 
 SETTING, CREDENTIAL = "setting__", "credential__"
@@ -90,8 +91,10 @@ def destination_initial(spec: DestinationSpec, instance=None) -> dict:
 
 
 def destination_data(spec: DestinationSpec, cleaned: dict, *, instance=None) -> dict:
-    """The form's values as `destination_save` takes them. Raises forms.ValidationError keyed
-    by field for a mapping written wrong."""
+    """The form's values as `destination_save` takes them: a stored credential left empty is
+    kept, unless the endpoint moves (credentials go only where they were entered for, so the
+    service then asks for each required one again). Raises forms.ValidationError keyed by
+    field for a mapping written wrong."""
     errors = {}
     settings = {}
     for setting in spec.settings:
@@ -105,11 +108,12 @@ def destination_data(spec: DestinationSpec, cleaned: dict, *, instance=None) -> 
         if value not in (None, "", {}):
             settings[setting.name] = value
     credentials = {}
+    keep = instance is not None and not destination_endpoint_moved(instance, settings)
     for credential in spec.credentials:
         value = cleaned.get(CREDENTIAL + credential.name)
         if not value:
-            if instance and credential.name in instance.credential_names():
-                credentials[credential.name] = "keep"
+            if keep and credential.name in instance.credential_names():
+                credentials[credential.name] = KEEP
             continue
         if credential.type == "mapping":
             try:

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import yaml
 from django.conf import settings
-from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.utils import timezone
@@ -153,14 +152,14 @@ def test_apply_config_refuses_a_directory_out_of_the_root(export_root, tmp_path)
     assert not Destination.objects.exists()
 
 
-def test_the_admin_refuses_a_directory_out_of_the_root(export_root, client):
-    client.force_login(User.objects.create_superuser("root", password="pw-for-tests-1"))
-    response = client.post("/admin/syncs/destination/add/", {
-        "key": "files", "name": "Files", "kind": "file", "settings": f'{{"directory": "{PROJECT}/static/leak"}}',
-        "batch_size": "500", "rate_limit_per_s": "10", "timeout_s": "10", "max_attempts": "8", "retry_base_s": "2",
-        "retry_cap_s": "300", "concurrency": "1",
+def test_the_dashboard_editor_refuses_a_directory_out_of_the_root_beside_the_field(export_root, manager_client):
+    response = manager_client.post("/dashboard/destinations/new/", {
+        "kind": "file", "key": "files", "name": "Files", "setting__directory": f"{PROJECT}/static/leak",
+        "setting__format": "csv", "batch_size": "500", "rate_limit_per_s": "10",
     })
-    assert response.status_code == 200 and "export root" in response.content.decode()
+    assert response.status_code == 400
+    error = response.content.decode().split('id="id_setting__directory-error">', 1)[1].split("</p>", 1)[0]
+    assert "export root" in error
     assert not Destination.objects.exists()
 
 
@@ -249,20 +248,50 @@ def test_apply_config_says_keep_no_longer_holds_when_the_url_changed(tokens, tmp
     assert Destination.objects.get().settings["base_url"] == "https://cf-blast.livelikecdn.com/api/v1"
 
 
-def test_the_admin_asks_for_the_token_again_when_the_base_url_changes(tokens, client):
+def field_error(response, field: str) -> str:
+    return response.content.decode().split(f'id="id_{field}-error">', 1)[1].split("</p>", 1)[0]
+
+
+def test_the_dashboard_editor_asks_for_the_token_again_when_the_base_url_changes(tokens, manager_client):
     destination = livelike()
-    client.force_login(User.objects.create_superuser("root", password="pw-for-tests-1"))
-    form = {"key": "livelike", "name": "LiveLike", "kind": "livelike", "batch_size": "500", "rate_limit_per_s": "10",
-            "timeout_s": "10", "max_attempts": "8", "retry_base_s": "2", "retry_cap_s": "300", "concurrency": "1",
-            "settings": '{"client_id": "client-1", "base_url": "https://proxy.example/api/v1"}'}
-    response = client.post(f"/admin/syncs/destination/{destination.pk}/change/", form)
-    assert response.status_code == 200 and "base URL changed" in response.content.decode()
-    assert Destination.objects.get().credentials == {"producer_token": TOKEN}
-    response = client.post(f"/admin/syncs/destination/{destination.pk}/change/", {**form, "producer_token": "typed-again"})
-    assert response.status_code == 302
+    # as a browser sends it: the key is shown disabled, so it is not in the body
+    form = {"kind": "livelike", "name": "LiveLike", "setting__base_url": "https://proxy.example/api/v1",
+            "setting__client_id": "client-1", "credential__producer_token": "", "batch_size": "500", "rate_limit_per_s": "10"}
+    response = manager_client.post("/dashboard/destinations/livelike/", form)
+    assert response.status_code == 400
+    error = field_error(response, "credential__producer_token")
+    assert "base URL changed" in error and "enter it again" in error and "env:" not in error and "keep" not in error
+    destination.refresh_from_db()
+    assert destination.settings["base_url"] == "https://cf-blast.livelikecdn.com/api/v1"
+    assert destination.credentials == {"producer_token": TOKEN}
+
+    response = manager_client.post("/dashboard/destinations/livelike/", {**form, "credential__producer_token": "typed-again"})
+    assert response.status_code == 302, response.content.decode()[:3000]
     destination.refresh_from_db()
     assert destination.settings["base_url"] == "https://proxy.example/api/v1"
     assert destination.credentials == {"producer_token": "typed-again"}
+
+
+def test_the_dashboard_editor_drops_the_secret_headers_when_a_webhook_url_changes(tokens, manager_client):
+    destination = destination_save(data={
+        "key": "hook", "name": "Hook", "kind": "webhook", "settings": {"url": "https://hooks.example.com/a"},
+        "credentials": {"signing_secret": "env:HOOK_SECRET", "headers": "env:HOOK_HEADERS"},
+    })
+    form = {"kind": "webhook", "name": "Hook", "setting__url": "https://hooks.example.com/a", "setting__headers": "",
+            "credential__signing_secret": "", "credential__headers": "", "batch_size": "100", "rate_limit_per_s": "10"}
+    # the same URL: both stay as they are when left empty
+    assert manager_client.post("/dashboard/destinations/hook/", {**form, "name": "Hook A"}).status_code == 302
+    destination.refresh_from_db()
+    assert destination.credentials == {"signing_secret": "hook-secret-1", "headers": {"Authorization": "Bearer hook-header-secret"}}
+
+    moved = {**form, "setting__url": "https://attacker.example/a"}
+    response = manager_client.post("/dashboard/destinations/hook/", moved)
+    assert response.status_code == 400 and "URL changed" in field_error(response, "credential__signing_secret")
+    response = manager_client.post("/dashboard/destinations/hook/", {**moved, "credential__signing_secret": "typed-secret"})
+    assert response.status_code == 302, response.content.decode()[:3000]
+    destination.refresh_from_db()
+    assert destination.settings["url"] == "https://attacker.example/a"
+    assert destination.credentials == {"signing_secret": "typed-secret"}  # the headers went with the old URL
 
 
 @pytest.mark.parametrize("url", [
