@@ -1,5 +1,8 @@
 from django import forms
 from django.contrib import admin
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import redirect
 from django_q import admin as django_q_admin
 from django_q.models import Failure, Success
 
@@ -7,7 +10,6 @@ from audiences.admin import HistoryAdmin, ReadOnlyAdmin, ServiceAdmin
 
 from . import services
 from .alerts import alert_acknowledge
-from .destinations.registry import KINDS
 from .models import (
     Alert,
     Baseline,
@@ -33,48 +35,50 @@ class CredentialField(forms.CharField):
         super().__init__(**kwargs)
 
 
-def credential_fields() -> dict[str, CredentialField]:
-    """One write-only field per credential of every registered kind; a name two kinds share
-    is one field with both labels."""
-    labels: dict[str, list[str]] = {}
-    for spec in KINDS.values():
-        for credential in spec.credentials:
-            labels.setdefault(credential.name, []).append(credential.label)
-    return {name: CredentialField(label=" / ".join(names)) for name, names in labels.items()}
+class EditedInTheDashboard(HistoryAdmin):
+    """Added and changed in the dashboard's editors only: forms made from the kind's spec (no
+    JSON), write-only credentials, Test connection, dry run for every new sync and going live
+    as a recorded step. A user who may add or change is sent there; one who may only view keeps
+    the admin's read-only page. The list, its actions, the history and delete stay here. A
+    version in the history is shown, never reverted: a revert would write settings (or take a
+    sync out of dry run) past the editor."""
 
+    dashboard_new: str
+    dashboard_edit: str
 
-class DestinationForm(forms.ModelForm):
-    class Meta:
-        model = Destination
-        fields = ["key", "name", "kind", "settings", "batch_size", "rate_limit_per_s", "timeout_s", "max_attempts",
-                  "retry_base_s", "retry_cap_s", "concurrency"]
+    def add_view(self, request, form_url="", extra_context=None):
+        if self.has_add_permission(request):
+            return redirect(self.dashboard_new)
+        return super().add_view(request, form_url, extra_context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        obj = self.get_object(request, unquote(object_id))
+        if obj is not None and self.has_change_permission(request, obj):
+            return redirect(self.dashboard_edit, key=obj.key)
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def revert_disabled(self, request, obj=None):
+        return True
+
+    def history_form_view(self, request, object_id, version_id, extra_context=None):
+        if request.method == "POST":
+            raise PermissionDenied("A version is not reverted here: change the settings in the dashboard's editor.")
+        return super().history_form_view(request, object_id, version_id, extra_context)
 
 
 @admin.register(Destination)
-class DestinationAdmin(ServiceAdmin):
-    form = DestinationForm
-    save_service = services.destination_save
+class DestinationAdmin(EditedInTheDashboard):
+    dashboard_new, dashboard_edit = "dashboard:destination-new", "dashboard:destination-edit"
     list_display = ("key", "name", "kind", "batch_size", "rate_limit_per_s", "credentials_set")
-    readonly_fields = ("credentials_changed_at", "lease_owner", "lease_until", "not_before")
-
-    def get_form(self, request, obj=None, change=False, **kwargs):
-        # built per request from the registry, so a kind registered later brings its fields
-        kwargs["form"] = type("DestinationForm", (DestinationForm,), credential_fields())
-        return super().get_form(request, obj, change, **kwargs)
+    # what a viewer's read-only page shows: never the encrypted credentials or their references
+    fields = ("key", "name", "kind", "settings", "credentials_set", "credentials_changed_at", "batch_size",
+              "rate_limit_per_s", "timeout_s", "max_attempts", "retry_base_s", "retry_cap_s", "concurrency",
+              "lease_owner", "lease_until", "not_before")
+    readonly_fields = ("credentials_set", "credentials_changed_at", "lease_owner", "lease_until", "not_before")
 
     @admin.display(description="Credentials")
     def credentials_set(self, obj):
         return ", ".join(obj.credential_names()) or "none"
-
-    def service_data(self, form):
-        data = {k: form.cleaned_data[k] for k in DestinationForm.Meta.fields}
-        given = {k: form.cleaned_data[k] for k in credential_fields() if form.cleaned_data.get(k)}
-        if given:
-            # credentials stored for another URL are not kept: they are asked for again
-            moved = services.destination_endpoint_moved(form.instance, data["settings"])
-            kept = form.instance.credentials if form.instance.pk and not moved else {}
-            data["credentials"] = {**{k: services.KEEP for k in kept}, **given}
-        return data
 
 
 class WorkspaceForm(forms.ModelForm):
@@ -99,28 +103,15 @@ class WorkspaceAdmin(ServiceAdmin):
         return data
 
 
-class SyncForm(forms.ModelForm):
-    class Meta:
-        model = Sync
-        fields = ["key", "audience", "destination", "mode", "fields", "identifier_policy", "downstream_audience_id",
-                  "paused", "dry_run", "test_cohort_only", "removal_guard_share", "timeout_s", "enabled", "owner",
-                  "holdout_share", "holdout_salt"]
-
-
 @admin.register(Sync)
-class SyncAdmin(ServiceAdmin):
-    form = SyncForm
-    save_service = services.sync_save
+class SyncAdmin(EditedInTheDashboard):
+    dashboard_new, dashboard_edit = "dashboard:sync-new", "dashboard:sync-edit"
     list_display = ("key", "audience", "destination", "mode", "paused", "dry_run", "test_cohort_only", "enabled")
     list_filter = ("paused", "dry_run", "destination")
+    fields = ("key", "audience", "destination", "mode", "fields", "identifier_policy", "match_on", "downstream_audience_id",
+              "additive_only", "paused", "dry_run", "test_cohort_only", "removal_guard_share", "timeout_s", "enabled",
+              "owner", "holdout_share", "holdout_salt")
     actions = ("pause", "resume", "send_test_cohort")
-
-    def service_data(self, form):
-        data = dict(form.cleaned_data)
-        for name in ("audience", "destination", "identifier_policy"):
-            data[name] = data[name].key if data.get(name) else None
-        data["owner"] = data["owner"].username if data.get("owner") else None
-        return data
 
     @admin.action(description="Pause the selected syncs (changes keep queueing)", permissions=["change"])
     def pause(self, request, queryset):

@@ -1,6 +1,6 @@
 """Every destination kind, one line each. A new kind is one folder (`<kind>/__init__.py`
 exporting its `SPEC`, beside its transport) and one line in KINDS; the model's choices, the
-services, the admin and config as code read this table."""
+services, the dashboard's editors and config as code read this table."""
 
 from __future__ import annotations
 

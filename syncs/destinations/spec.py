@@ -1,5 +1,6 @@
-"""What a destination kind declares about itself, read by the model, the services, the admin
-and config as code: one `DestinationSpec` per kind, exported as `SPEC` by its package."""
+"""What a destination kind declares about itself, read by the model, the services, the
+dashboard's editors and config as code: one `DestinationSpec` per kind, exported as `SPEC` by
+its package."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """A retention manager connects LiveLike and sends an audience there without typing JSON:
 a destination from the kind's own form, its connection tested against the LiveLike contract
-server, a sync whose first batch is shown as it will go on the wire, going live, and the first
-run watched on the sync page. Screenshots go to var/test-artifacts/screenshots/."""
+server, renamed through the admin's Change (which is the same editor), a sync whose first
+batch is shown as it will go on the wire, going live, and the first run watched on the sync
+page. Screenshots go to var/test-artifacts/screenshots/."""
 
 from __future__ import annotations
 
@@ -41,7 +42,18 @@ def test_a_livelike_destination_and_sync_set_up_tested_previewed_and_live(page, 
         expect(page.locator(".messagelist")).to_contain_text("LiveLike accepted the producer token for application shop-app.")
         shot(page, "destination-connection-tested")
 
-        page.get_by_role("link", name="+ New sync to LiveLike (shop)").click()
+        # changed later from the admin's list: its Change is this editor, where Save keeps the token
+        page.goto("/admin/syncs/destination/")
+        page.get_by_role("link", name="livelike-shop").click()
+        page.wait_for_url("**/dashboard/destinations/livelike-shop/")
+        page.get_by_label("Name").fill("LiveLike shop app")
+        page.get_by_role("button", name="Save").click()
+        expect(page.locator(".messagelist")).to_contain_text("Saved LiveLike shop app")
+        expect(page.get_by_label("LiveLike producer token (stored)")).to_have_value("")
+        page.get_by_role("button", name="Test connection").click()
+        expect(page.locator(".messagelist")).to_contain_text("LiveLike accepted the producer token for application shop-app.")
+
+        page.get_by_role("link", name="+ New sync to LiveLike shop app").click()
         page.get_by_label("Audience").select_option("cart_0_2h")
         page.get_by_role("button", name="Next: what to send").click()
         page.get_by_label("Key").fill("cart-livelike-shop")

@@ -410,23 +410,23 @@ def test_the_dashboard_sync_editor_takes_the_holdout_in_percent(client):
     assert (sync.holdout_share, sync.holdout_salt) == (0.125, "q4")
 
 
-def test_the_admin_sync_form_saves_a_share_and_refuses_one_on_a_suppression_sync(client):
-    from tests.test_role_matrix import admin_form_data
+def test_the_admin_sends_a_sync_to_the_editor_which_offers_no_holdout_on_a_suppression_sync(client):
+    from tests.conftest import logged_in
 
     hook()
     flagged_audience()
     flagged_audience(key="buyers", purpose=Audience.SUPPRESSION)
-    root = User.objects.create_superuser("root", password="pw-for-tests-1")
-    client.force_login(root)
     activation = sync_save(data={"key": "flagged-hook", "audience": "flagged", "destination": "hook"})
-    response = client.post(f"/admin/syncs/sync/{activation.pk}/change/",
-                           admin_form_data(Sync, activation, root, holdout_share="0.1"))
-    assert response.status_code == 302
-    activation.refresh_from_db()
-    assert activation.holdout_share == 0.1
     suppression = sync_save(data={"key": "buyers-hook", "audience": "buyers", "destination": "hook"})
-    page = client.post(f"/admin/syncs/sync/{suppression.pk}/change/",
-                       admin_form_data(Sync, suppression, root, holdout_share="0.1")).content.decode()
-    assert "a suppression sync never holds anyone out" in page
+    manager = logged_in(client, "Retention manager", "rita")
+    # the share is set in the dashboard's editor (test_the_dashboard_sync_editor_takes_the_holdout_in_percent)
+    response = manager.get(f"/admin/syncs/sync/{activation.pk}/change/")
+    assert (response.status_code, response["Location"]) == (302, "/dashboard/syncs/flagged-hook/edit/")
+
+    page = manager.get("/dashboard/syncs/buyers-hook/edit/").content.decode()
+    assert 'name="holdout_percent"' not in page and 'name="holdout_salt"' not in page
+    response = manager.post("/dashboard/syncs/buyers-hook/edit/", {
+        "mode": "membership", "removal_guard_share": "0.3", "identifier_policy": "", "holdout_percent": "10"})
+    assert response.status_code == 302
     suppression.refresh_from_db()
     assert suppression.holdout_share == 0

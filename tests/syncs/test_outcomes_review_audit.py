@@ -481,12 +481,11 @@ def test_setting_history_shows_who_changed_which_audience_field_when(client, pla
 def test_setting_history_never_shows_a_credential(client, livelike, playbook_syncs, livelike_destination, monkeypatch):
     manager = user(RETENTION_MANAGER, "rita")
     client.force_login(manager)
-    data = {"key": "livelike", "name": "LiveLike", "kind": "livelike",
-            "settings": json.dumps({"base_url": livelike.api_url, "client_id": "client-1"}), "batch_size": "500",
-            "rate_limit_per_s": "200", "timeout_s": "1", "max_attempts": "8", "retry_base_s": "0.05", "retry_cap_s": "0.5", "concurrency": "4",
-            "producer_token": "typed-token-5b2c91e7"}
-    response = client.post(f"/admin/syncs/destination/{livelike_destination.pk}/change/", data)
-    assert response.status_code == 302
+    data = {"kind": "livelike", "name": "LiveLike", "setting__base_url": livelike.api_url, "setting__client_id": "client-1",
+            "batch_size": "500", "rate_limit_per_s": "200", "timeout_s": "1", "max_attempts": "8", "concurrency": "4",
+            "credential__producer_token": "typed-token-5b2c91e7"}
+    response = client.post("/dashboard/destinations/livelike/", data)
+    assert response.status_code == 302, response.content.decode()[:3000]
     assert Destination.objects.get(pk=livelike_destination.pk).credentials == {"producer_token": "typed-token-5b2c91e7"}
     # and again through a config file's env reference
     monkeypatch.setenv("LIVELIKE_TOKEN_V3", "env-token-77a0c3d4")

@@ -1,6 +1,6 @@
 """A destination kind is one folder and one registry line: the toy kind of
 tests/syncs/toy_destination/ is registered here and nothing else changes, yet the admin, the
-services, config as code and the delivery worker all know it."""
+dashboard's editor, the services, config as code and the delivery worker all know it."""
 
 from dataclasses import replace
 from io import StringIO
@@ -50,20 +50,22 @@ def test_the_kinds_are_the_registry_and_each_folder_exports_its_spec():
     assert {kind for kind, spec in registry.KINDS.items() if spec.paid_media} == {"meta", "google", "tiktok"}
 
 
-def test_the_admin_destination_form_offers_the_toy_kind_and_its_credential(toy, client):
+def test_the_admin_lists_the_toy_kind_and_its_add_offers_it_with_its_credential(toy, client):
     client.force_login(User.objects.create_superuser("root", password="x-password-1"))
-    page = client.get("/admin/syncs/destination/add/").content.decode()
-    assert '<option value="toy">Toy board</option>' in page
-    assert 'name="toy_api_key"' in page and "Toy API key" in page
-    assert 'name="producer_token"' in page and 'name="signing_secret"' in page
+    destination_save(data=toy_data())
+    assert '<td class="field-kind">Toy board</td>' in client.get("/admin/syncs/destination/").content.decode()
+    # adding is the dashboard's: its list of kinds offers the toy, whose form asks for its key
+    kinds = client.get("/admin/syncs/destination/add/", follow=True)
+    assert kinds.redirect_chain == [("/dashboard/destinations/new/", 302)]
+    assert '/dashboard/destinations/new/?kind=toy"' in kinds.content.decode() and "Toy board" in kinds.content.decode()
+    assert "Toy API key" in client.get("/dashboard/destinations/new/?kind=toy").content.decode()
 
-    response = client.post("/admin/syncs/destination/add/", {
-        "key": "board", "name": "Board", "kind": "toy", "settings": '{"board": "b-1"}', "batch_size": 50,
-        "rate_limit_per_s": 2, "timeout_s": 10, "max_attempts": 8, "retry_base_s": 2, "retry_cap_s": 300,
-        "concurrency": 4, "toy_api_key": "typed-key",
+    response = client.post("/dashboard/destinations/new/", {
+        "kind": "toy", "key": "typed", "name": "Typed", "setting__board": "b-1", "setting__colour": "red",
+        "credential__toy_api_key": "typed-key", "batch_size": "50", "rate_limit_per_s": "2",
     })
     assert response.status_code == 302, response.content.decode()[:2000]
-    assert Destination.objects.get(key="board").credentials == {"toy_api_key": "typed-key"}
+    assert Destination.objects.get(key="typed").credentials == {"toy_api_key": "typed-key"}
 
 
 def test_destination_save_takes_the_toy_settings_and_refuses_a_bad_one_with_the_spec_message(toy):
