@@ -19,9 +19,10 @@ install: $(VENV)/.installed
 run: install
 	@PY=$(PY) ./scripts/run
 
-## ruff: pyflakes, pycodestyle, import order and bug-prone patterns (pyproject.toml)
+## ruff: pyflakes, pycodestyle, import order and bug-prone patterns, and the code's format (pyproject.toml)
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 ## the whole suite on SQLite, ORM broker: no service needed
 test: install

@@ -111,7 +111,9 @@ class ServiceAdmin(HistoryAdmin):
 
 class SourceForm(forms.ModelForm):
     scopes = forms.MultipleChoiceField(
-        choices=SCOPE_CHOICES, initial=[TRACK], widget=forms.CheckboxSelectMultiple,
+        choices=SCOPE_CHOICES,
+        initial=[TRACK],
+        widget=forms.CheckboxSelectMultiple,
         help_text="A key in a browser or an app is public: give it track only. Erasure and outcomes are for server keys.",
     )
 
@@ -141,10 +143,16 @@ class SourceAdmin(admin.ModelAdmin):
     def _show_keys_once(self, request, keys):
         """New keys are shown on the page that answers the request that made them: never in a
         message (the messages framework keeps them in a cookie or the session), never cached."""
-        response = TemplateResponse(request, "admin/audiences/source/new_keys.html", {
-            **self.admin_site.each_context(request), "title": "Copy the new write key" + ("s" if len(keys) > 1 else ""),
-            "opts": self.model._meta, "keys": keys,
-        })
+        response = TemplateResponse(
+            request,
+            "admin/audiences/source/new_keys.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Copy the new write key" + ("s" if len(keys) > 1 else ""),
+                "opts": self.model._meta,
+                "keys": keys,
+            },
+        )
         add_never_cache_headers(response)
         return response
 
@@ -251,8 +259,22 @@ class AudienceAdmin(ServiceAdmin):
     list_display = ("key", "name", "purpose", "cadence", "current_size", "last_evaluated_at", "enabled")
     list_filter = ("purpose", "enabled", "source_kind")
     search_fields = ("key", "name")
-    fields = ("key", "name", "description", "purpose", "source_kind", "rule", "source_settings", "exclusions",
-              "priority_group", "priority_rank", "cadence", "identifier_policy", "enabled", "owner")
+    fields = (
+        "key",
+        "name",
+        "description",
+        "purpose",
+        "source_kind",
+        "rule",
+        "source_settings",
+        "exclusions",
+        "priority_group",
+        "priority_rank",
+        "cadence",
+        "identifier_policy",
+        "enabled",
+        "owner",
+    )
     filter_horizontal = ("exclusions",)
     save_service = services.audience_save
 

@@ -74,9 +74,18 @@ CONVENTION_DEFAULTS = {"example": "", "is_default": False}
 POLICY_DEFAULTS = {"attribute": "", "default_region": "US", "hash_sha256": False}
 GROUP_DEFAULTS = {"description": ""}
 AUDIENCE_DEFAULTS = {
-    "description": "", "purpose": Audience.ACTIVATION, "source_kind": Audience.RULES, "rule": {},
-    "source_settings": {}, "exclusions": [], "priority_group": None, "priority_rank": None,
-    "cadence": Audience.REALTIME, "identifier_policy": None, "enabled": True, "owner": None,
+    "description": "",
+    "purpose": Audience.ACTIVATION,
+    "source_kind": Audience.RULES,
+    "rule": {},
+    "source_settings": {},
+    "exclusions": [],
+    "priority_group": None,
+    "priority_rank": None,
+    "cadence": Audience.REALTIME,
+    "identifier_policy": None,
+    "enabled": True,
+    "owner": None,
 }
 
 
@@ -87,8 +96,12 @@ def convention_dict(c: NamingConvention) -> dict:
 
 def policy_dict(p: IdentifierPolicy) -> dict:
     data = {
-        "key": p.key, "name": p.name, "field": p.field, "attribute": p.attribute,
-        "default_region": p.default_region, "hash_sha256": p.hash_sha256,
+        "key": p.key,
+        "name": p.name,
+        "field": p.field,
+        "attribute": p.attribute,
+        "default_region": p.default_region,
+        "hash_sha256": p.hash_sha256,
     }
     return without_defaults(data, POLICY_DEFAULTS)
 
@@ -99,13 +112,20 @@ def group_dict(g: PriorityGroup) -> dict:
 
 def audience_dict(a: Audience) -> dict:
     data = {
-        "key": a.key, "name": a.name, "description": a.description, "purpose": a.purpose,
-        "source_kind": a.source_kind, "rule": a.rule, "source_settings": a.source_settings,
+        "key": a.key,
+        "name": a.name,
+        "description": a.description,
+        "purpose": a.purpose,
+        "source_kind": a.source_kind,
+        "rule": a.rule,
+        "source_settings": a.source_settings,
         "exclusions": sorted(x.key for x in a.exclusions.all()),
         "priority_group": a.priority_group.key if a.priority_group else None,
-        "priority_rank": a.priority_rank, "cadence": a.cadence,
+        "priority_rank": a.priority_rank,
+        "cadence": a.cadence,
         "identifier_policy": a.identifier_policy.key if a.identifier_policy else None,
-        "enabled": a.enabled, "owner": a.owner.username if a.owner else None,
+        "enabled": a.enabled,
+        "owner": a.owner.username if a.owner else None,
     }
     return without_defaults(data, AUDIENCE_DEFAULTS)
 
@@ -133,21 +153,36 @@ def _delete_unused(instance, actor):
     instance.delete()
 
 
-register_section(Section(
-    "naming_conventions", NamingConvention, convention_dict,
-    lambda data, instance, actor: services.naming_convention_save(data=data, instance=instance, actor=actor)[0],
-    lambda instance, actor: instance.delete(), CONVENTION_DEFAULTS,
-))
-register_section(Section(
-    "identifier_policies", IdentifierPolicy, policy_dict,
-    lambda data, instance, actor: services.identifier_policy_save(data=data, instance=instance, actor=actor),
-    _delete_unused, POLICY_DEFAULTS,
-))
-register_section(Section(
-    "priority_groups", PriorityGroup, group_dict,
-    lambda data, instance, actor: services.priority_group_save(data=data, instance=instance, actor=actor),
-    _delete_unused, GROUP_DEFAULTS,
-))
+register_section(
+    Section(
+        "naming_conventions",
+        NamingConvention,
+        convention_dict,
+        lambda data, instance, actor: services.naming_convention_save(data=data, instance=instance, actor=actor)[0],
+        lambda instance, actor: instance.delete(),
+        CONVENTION_DEFAULTS,
+    )
+)
+register_section(
+    Section(
+        "identifier_policies",
+        IdentifierPolicy,
+        policy_dict,
+        lambda data, instance, actor: services.identifier_policy_save(data=data, instance=instance, actor=actor),
+        _delete_unused,
+        POLICY_DEFAULTS,
+    )
+)
+register_section(
+    Section(
+        "priority_groups",
+        PriorityGroup,
+        group_dict,
+        lambda data, instance, actor: services.priority_group_save(data=data, instance=instance, actor=actor),
+        _delete_unused,
+        GROUP_DEFAULTS,
+    )
+)
 
 
 def _release_ranks(items: list[dict], changes: list[Change]) -> None:
@@ -159,7 +194,8 @@ def _release_ranks(items: list[dict], changes: list[Change]) -> None:
     leaving = {c.key for c in changes if c.action == "delete"}
     wanted = {(i.get("priority_group"), i.get("priority_rank")) for i in items if i.get("priority_group")}
     leaving_in_the_way = [
-        a.pk for a in Audience.objects.filter(key__in=leaving, priority_group__isnull=False).select_related("priority_group")
+        a.pk
+        for a in Audience.objects.filter(key__in=leaving, priority_group__isnull=False).select_related("priority_group")
         if (a.priority_group.key, a.priority_rank) in wanted
     ]
     Audience.objects.filter(Q(key__in=moving, priority_group__isnull=False) | Q(pk__in=leaving_in_the_way)).update(
@@ -167,10 +203,18 @@ def _release_ranks(items: list[dict], changes: list[Change]) -> None:
     )
 
 
-register_section(Section(
-    "audiences", Audience, audience_dict, _save_audience, _delete_audience, AUDIENCE_DEFAULTS,
-    order_items=lambda items: _order_audience_items(items), before_save=_release_ranks,
-))
+register_section(
+    Section(
+        "audiences",
+        Audience,
+        audience_dict,
+        _save_audience,
+        _delete_audience,
+        AUDIENCE_DEFAULTS,
+        order_items=lambda items: _order_audience_items(items),
+        before_save=_release_ranks,
+    )
+)
 
 
 # --- plan and apply -------------------------------------------------------------------------

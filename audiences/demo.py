@@ -69,7 +69,15 @@ def build_people(rng: random.Random, count: int, anchor: datetime) -> list[Messa
         phone = rng.choice(PHONE_FORMATS).format(n % 10000)
         orders = max(0, int(rng.expovariate(1 / 2.2)))
         lifetime_value = round(sum(rng.uniform(25, 120) for _ in range(orders)), 2)
-        tier = "platinum" if lifetime_value > 600 else "gold" if lifetime_value > 300 else "silver" if lifetime_value > 120 else "none"
+        tier = (
+            "platinum"
+            if lifetime_value > 600
+            else "gold"
+            if lifetime_value > 300
+            else "silver"
+            if lifetime_value > 120
+            else "none"
+        )
         traits = {
             "email": email,
             "first_name": first,
@@ -233,10 +241,18 @@ def backfill_size_history(*, days: int, seed: int = 11) -> int:
             rhythm = 1 + swing * math.sin((at.hour - 9) / 24 * 2 * math.pi)
             value = max(0, round(size * rhythm * rng.uniform(0.9, 1.1)))
             delta = value - previous
-            rows.append(SizeSample(
-                audience=audience, at=at, last_at=at, size=value, entered=max(delta, 0) + rng.randint(0, max(1, value // 20)),
-                exited=max(-delta, 0) + rng.randint(0, max(1, value // 20)), evaluations=60, full=True,
-            ))
+            rows.append(
+                SizeSample(
+                    audience=audience,
+                    at=at,
+                    last_at=at,
+                    size=value,
+                    entered=max(delta, 0) + rng.randint(0, max(1, value // 20)),
+                    exited=max(-delta, 0) + rng.randint(0, max(1, value // 20)),
+                    evaluations=60,
+                    full=True,
+                )
+            )
             previous = value
     SizeSample.objects.bulk_create(rows, batch_size=2000)
     return len(rows)

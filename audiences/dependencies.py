@@ -78,8 +78,10 @@ def item_graph(items: dict[str, dict]) -> dict[str, set[str]]:
         found = set(item.get("exclusions") or []) | rule_dependencies(item.get("rule"))
         if ranked(item):
             found |= {
-                key for key, other in items.items()
-                if ranked(other) and other["priority_group"] == item["priority_group"]
+                key
+                for key, other in items.items()
+                if ranked(other)
+                and other["priority_group"] == item["priority_group"]
                 and other["priority_rank"] < item["priority_rank"]
             }
         return found & items.keys()
@@ -98,7 +100,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(key)
         for dep in sorted(graph.get(key, ())):
             if state.get(dep) == 1:
-                return stack[stack.index(dep):] + [dep]
+                return stack[stack.index(dep) :] + [dep]
             if dep not in state:
                 found = visit(dep)
                 if found:

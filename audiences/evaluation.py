@@ -180,7 +180,13 @@ def record_size_sample(audience: Audience, *, at, size, entered, exited, full, d
         last.save(update_fields=["last_at", "evaluations"])
     else:
         SizeSample.objects.create(
-            audience=audience, at=at, last_at=at, size=size, entered=entered, exited=exited, full=full,
+            audience=audience,
+            at=at,
+            last_at=at,
+            size=size,
+            entered=entered,
+            exited=exited,
+            full=full,
             duration_ms=duration_ms,
         )
 
@@ -205,9 +211,7 @@ def evaluate_audience(audience: Audience, *, now: datetime | None = None, person
         elif not full:
             entries, exits = _diff_for_people(audience, people.filter(pk__in=ids), current.filter(person_id__in=ids), now)
         else:
-            entries = _insert_entries(
-                audience, people.filter(~Exists(current.filter(person_id=OuterRef("pk")))), now
-            )
+            entries = _insert_entries(audience, people.filter(~Exists(current.filter(person_id=OuterRef("pk")))), now)
             exits = _close_exits(
                 current.filter(~Exists(people.filter(pk=OuterRef("person_id")))).exclude(person_id__in=entries), now
             )
@@ -228,9 +232,7 @@ def evaluate_audience(audience: Audience, *, now: datetime | None = None, person
             size = audience.current_size + len(entries) - len(exits)
         audience.current_size = size
         # a queryset update: figures are not settings, and must not add to the setting history
-        Audience.objects.filter(pk=audience.pk).update(
-            current_size=size, last_evaluated_at=audience.last_evaluated_at, **figures
-        )
+        Audience.objects.filter(pk=audience.pk).update(current_size=size, last_evaluated_at=audience.last_evaluated_at, **figures)
         if full:
             _refresh_statistics_after_bulk_change(len(entries) + len(exits), size)
         if follows_windows(audience):
@@ -240,13 +242,25 @@ def evaluate_audience(audience: Audience, *, now: datetime | None = None, person
         if full and (entries or exits):
             _mark_readers_due(audience, set(entries) | set(exits), now)
         evaluation = Evaluation(
-            audience_id=audience.pk, audience_key=audience.key, at=now, full=full, entries=entries, exits=exits,
-            size=size, triggered_at=dict(triggered_at or {}), differences=differences,
+            audience_id=audience.pk,
+            audience_key=audience.key,
+            at=now,
+            full=full,
+            entries=entries,
+            exits=exits,
+            size=size,
+            triggered_at=dict(triggered_at or {}),
+            differences=differences,
         )
         evaluation.duration_ms = (time.perf_counter() - started) * 1000
         if full or entries or exits:
             record_size_sample(
-                audience, at=now, size=size, entered=len(entries), exited=len(exits), full=full,
+                audience,
+                at=now,
+                size=size,
+                entered=len(entries),
+                exited=len(exits),
+                full=full,
                 duration_ms=evaluation.duration_ms,
             )
         if entries or exits:
@@ -264,9 +278,12 @@ def current_definition(audience: Audience, everyone) -> str:
     """The audience's definition digest, from `everyone` (the enabled audiences, exclusions
     prefetched), as `evaluate_audience` reads it from the database."""
     higher = [
-        a.pk for a in everyone
-        if audience.priority_group_id and audience.priority_rank is not None
-        and a.priority_group_id == audience.priority_group_id and a.priority_rank is not None
+        a.pk
+        for a in everyone
+        if audience.priority_group_id
+        and audience.priority_rank is not None
+        and a.priority_group_id == audience.priority_group_id
+        and a.priority_rank is not None
         and a.priority_rank < audience.priority_rank
     ]
     return expiry.definition_digest(audience, exclusion_ids=[a.pk for a in audience.exclusions.all()], higher_ids=higher)
@@ -288,8 +305,11 @@ def _missed_by_expiry(audience: Audience, entries, exits, now: datetime) -> int:
         log.error(
             "audience %s: the consistency check at %s corrected %s window expiry had missed (%d entered, %d left; "
             "person ids %s): a bug in the evaluation engine",
-            audience.key, now.isoformat(), f"{len(missed)} {'person' if len(missed) == 1 else 'people'}",
-            sum(pid in entered for pid in missed), sum(pid not in entered for pid in missed),
+            audience.key,
+            now.isoformat(),
+            f"{len(missed)} {'person' if len(missed) == 1 else 'people'}",
+            sum(pid in entered for pid in missed),
+            sum(pid not in entered for pid in missed),
             ", ".join(map(str, missed[:20])),
         )
     return len(missed)
@@ -300,8 +320,7 @@ def _mark_readers_due(audience: Audience, changed: set[int], now: datetime) -> N
     read this one meet those people again at once; after a large change, in full at the next tick
     (a first evaluation, not a check)."""
     readers = [
-        a.pk for a in enabled_audiences().exclude(pk=audience.pk)
-        if follows_windows(a) and audience.key in dependencies(a)
+        a.pk for a in enabled_audiences().exclude(pk=audience.pk) if follows_windows(a) and audience.key in dependencies(a)
     ]
     if not readers:
         return
@@ -326,8 +345,13 @@ def leave_all_audiences(person: Person, *, now: datetime | None = None) -> list[
             audience.current_size = max(0, audience.current_size - closed)
             Audience.objects.filter(pk=audience.pk).update(current_size=audience.current_size)
             evaluation = Evaluation(
-                audience_id=audience.pk, audience_key=audience.key, at=now, full=False, exits=[person.pk],
-                size=audience.current_size, erasure=True,
+                audience_id=audience.pk,
+                audience_key=audience.key,
+                at=now,
+                full=False,
+                exits=[person.pk],
+                size=audience.current_size,
+                erasure=True,
             )
             record_size_sample(audience, at=now, size=audience.current_size, entered=0, exited=1, full=False, duration_ms=0)
             membership_changed.send(sender=Audience, evaluation=evaluation)
@@ -404,8 +428,7 @@ def realtime_in_order() -> list[Audience]:
 def evaluate_people(person_ids, *, triggered_at=None, now: datetime | None = None) -> list[Evaluation]:
     """Realtime audiences, for these people only, dependencies first; failing ones are skipped."""
     evaluations = [
-        evaluate_or_mark_failing(a, now=now, person_ids=person_ids, triggered_at=triggered_at)
-        for a in realtime_in_order()
+        evaluate_or_mark_failing(a, now=now, person_ids=person_ids, triggered_at=triggered_at) for a in realtime_in_order()
     ]
     return [e for e in evaluations if e is not None]
 
@@ -555,8 +578,10 @@ def evaluate_due(*, now: datetime | None = None) -> list[Evaluation]:
         changed = follows_windows(audience) and current_definition(audience, everyone) != audience.evaluated_definition
         if due_at is not None and due_at > moment and not changed:
             continue
-        claimed = Audience.objects.filter(pk=audience.pk, next_evaluation_at=due_at) if due_at else Audience.objects.filter(
-            pk=audience.pk, next_evaluation_at__isnull=True
+        claimed = (
+            Audience.objects.filter(pk=audience.pk, next_evaluation_at=due_at)
+            if due_at
+            else Audience.objects.filter(pk=audience.pk, next_evaluation_at__isnull=True)
         )
         if not claimed.update(next_evaluation_at=next_evaluation(audience, moment)):
             continue

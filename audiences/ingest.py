@@ -105,12 +105,14 @@ def _write(requests: list[_Request]) -> list[IngestResult]:
     for index, request in enumerate(requests):
         events = sum(1 for m in request.messages if m.kind == "event")
         identified = sum(1 for m in request.messages if m.kind == "identify")
-        results.append(IngestResult(
-            accepted=identified + inserted[index],
-            duplicates=events - inserted[index],
-            people=len(touched[index]),
-            person_ids=touched[index],
-        ))
+        results.append(
+            IngestResult(
+                accepted=identified + inserted[index],
+                duplicates=events - inserted[index],
+                people=len(touched[index]),
+                person_ids=touched[index],
+            )
+        )
     return results
 
 
@@ -188,7 +190,9 @@ def _merge_traits(identifies: list[tuple[Message, datetime]], person_ids: dict[s
     # this request is about to insert: a deadlock.
     people = {
         p.id: p
-        for p in Person.objects.select_for_update(no_key=True).filter(id__in=ids).order_by("id")
+        for p in Person.objects.select_for_update(no_key=True)
+        .filter(id__in=ids)
+        .order_by("id")
         .only("id", "attributes", "phone_e164", *PROFILE_FIELDS)
     }
     for message, received_at in identifies:
@@ -252,9 +256,13 @@ def _write_postgresql(requests: list[_Request], owners, person_ids, touched) -> 
     received = [iso.setdefault(r.received_at, r.received_at.isoformat()) for r in requests]
     events = [
         {
-            "p": person_ids[m.customer_id], "s": request.source.id, "n": m.name,
+            "p": person_ids[m.customer_id],
+            "s": request.source.id,
+            "n": m.name,
             "t": iso.get(m.timestamp) or iso.setdefault(m.timestamp, m.timestamp.isoformat()),
-            "r": received[index], "d": m.properties, "m": m.message_id,
+            "r": received[index],
+            "d": m.properties,
+            "m": m.message_id,
         }
         for index, request, m in _owned_events(requests, owners)
     ]
@@ -265,10 +273,13 @@ def _write_postgresql(requests: list[_Request], owners, person_ids, touched) -> 
     sql = POSTGRESQL_WRITE.format(event=_table(Event), stat=_table(EventStat), pending=_table(PendingEvaluation))
     inserted = [0] * len(requests)
     with connection.cursor() as cursor:
-        cursor.execute(sql, {
-            "events": json.dumps(events),
-            "queue": json.dumps([{"p": pid, "t": at} for pid, at in queued.items()]),
-        })
+        cursor.execute(
+            sql,
+            {
+                "events": json.dumps(events),
+                "queue": json.dumps([{"p": pid, "t": at} for pid, at in queued.items()]),
+            },
+        )
         for key in cursor.fetchall():
             inserted[owners[key]] += 1
     return inserted
@@ -568,8 +579,6 @@ def _erase(customer_id: str, source: Source | None) -> bool:
     if person is None:  # erased by a concurrent request meanwhile
         return False
     events_deleted = Event.objects.filter(person=person).count()
-    Erasure.objects.create(
-        customer_id_hash=hash_write_key(customer_id), source=source, events_deleted=events_deleted
-    )
+    Erasure.objects.create(customer_id_hash=hash_write_key(customer_id), source=source, events_deleted=events_deleted)
     person.delete()
     return True

@@ -325,9 +325,7 @@ def parse_segment_message(raw, index: int | None, *, now: datetime, implied_type
         return None, check.problems
 
     customer_id = check.customer_id(raw.get("userId"), "userId")
-    message_id = check.text(
-        raw.get("messageId"), "messageId", required=False, max_length=MAX_MESSAGE_ID_LENGTH
-    )
+    message_id = check.text(raw.get("messageId"), "messageId", required=False, max_length=MAX_MESSAGE_ID_LENGTH)
     timestamp = check.iso_timestamp(raw.get("timestamp"), "timestamp", now)
     if timestamp is None and "timestamp" not in raw:
         timestamp = check.iso_timestamp(raw.get("originalTimestamp"), "originalTimestamp", now)

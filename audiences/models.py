@@ -49,9 +49,7 @@ class Source(models.Model):
 
     name = models.SlugField(max_length=64, unique=True)
     write_key_hash = models.CharField(max_length=64, unique=True, editable=False)
-    key_hint = models.CharField(
-        max_length=8, editable=False, help_text="Last characters of the key, to tell keys apart."
-    )
+    key_hint = models.CharField(max_length=8, editable=False, help_text="Last characters of the key, to tell keys apart.")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True)
     scopes = models.JSONField(
@@ -97,9 +95,7 @@ class Person(models.Model):
     phone_e164 = models.CharField(max_length=20, blank=True, default="", db_index=True, editable=False)
     cio_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
     attributes = models.JSONField(default=dict, blank=True)
-    is_test = models.BooleanField(
-        default=False, help_text="Internal test account: receives 'Send test cohort' syncs."
-    )
+    is_test = models.BooleanField(default=False, help_text="Internal test account: receives 'Send test cohort' syncs.")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -127,9 +123,7 @@ class Event(models.Model):
     message_id = models.CharField(max_length=255)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["source", "message_id"], name="event_message_id_unique")
-        ]
+        constraints = [models.UniqueConstraint(fields=["source", "message_id"], name="event_message_id_unique")]
         indexes = [
             # windowed counts and property filters for one person and one event name
             models.Index(fields=["person", "name", "occurred_at"], name="event_person_name_time"),
@@ -156,9 +150,7 @@ class EventStat(models.Model):
     count = models.PositiveIntegerField()
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["person", "name"], name="eventstat_person_name_unique")
-        ]
+        constraints = [models.UniqueConstraint(fields=["person", "name"], name="eventstat_person_name_unique")]
         indexes = [
             models.Index(fields=["name", "last_at"], name="eventstat_name_last"),
             models.Index(fields=["name", "first_at"], name="eventstat_name_first"),
@@ -280,12 +272,13 @@ class Audience(models.Model):
     rule = models.JSONField(default=dict, blank=True)
     source_settings = models.JSONField(default=dict, blank=True)
     exclusions = models.ManyToManyField(
-        "self", symmetrical=False, blank=True, related_name="excluded_from",
+        "self",
+        symmetrical=False,
+        blank=True,
+        related_name="excluded_from",
         help_text="Suppression audiences whose members are taken out of this one.",
     )
-    priority_group = models.ForeignKey(
-        PriorityGroup, null=True, blank=True, on_delete=models.SET_NULL, related_name="audiences"
-    )
+    priority_group = models.ForeignKey(PriorityGroup, null=True, blank=True, on_delete=models.SET_NULL, related_name="audiences")
     priority_rank = models.PositiveIntegerField(null=True, blank=True, help_text="1 is the highest.")
     cadence = models.CharField(
         max_length=100, default=REALTIME, help_text="realtime, an interval such as 15m, or a cron expression."
@@ -322,8 +315,15 @@ class Audience(models.Model):
     history = HistoricalRecords(
         m2m_fields=[exclusions],
         excluded_fields=[
-            "current_size", "last_evaluated_at", "next_evaluation_at", "identifier_coverage", "coverage_checked_at",
-            "evaluation_error", "evaluation_failed_at", "evaluated_definition", "consistency_differences",
+            "current_size",
+            "last_evaluated_at",
+            "next_evaluation_at",
+            "identifier_coverage",
+            "coverage_checked_at",
+            "evaluation_error",
+            "evaluation_failed_at",
+            "evaluated_definition",
+            "consistency_differences",
             "consistency_checked_at",
         ],
     )
@@ -332,7 +332,8 @@ class Audience(models.Model):
         ordering = ["key"]
         constraints = [
             models.UniqueConstraint(
-                fields=["priority_group", "priority_rank"], name="audience_rank_unique_in_group",
+                fields=["priority_group", "priority_rank"],
+                name="audience_rank_unique_in_group",
                 condition=models.Q(priority_group__isnull=False),
             )
         ]
@@ -372,21 +373,21 @@ class Membership(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["audience", "person"], condition=models.Q(exited_at__isnull=True),
+                fields=["audience", "person"],
+                condition=models.Q(exited_at__isnull=True),
                 name="membership_one_open_per_person",
             )
         ]
         indexes = [
-            models.Index(
-                fields=["audience", "person"], condition=models.Q(exited_at__isnull=True), name="membership_current"
-            ),
+            models.Index(fields=["audience", "person"], condition=models.Q(exited_at__isnull=True), name="membership_current"),
             models.Index(fields=["person", "entered_at"], name="membership_person_time"),
             models.Index(fields=["audience", "entered_at"], name="membership_audience_entered"),
             models.Index(fields=["audience", "exited_at"], name="membership_audience_exited"),
             # the lift: an audience's entries of a period that were part of a holdout, and each
             # person's first one among them
             models.Index(
-                fields=["audience", "person", "entered_at", "held_out"], condition=models.Q(held_out__isnull=False),
+                fields=["audience", "person", "entered_at", "held_out"],
+                condition=models.Q(held_out__isnull=False),
                 name="membership_holdout_entries",
             ),
         ]

@@ -24,9 +24,7 @@ def validate_convention(template: str, tokens: dict) -> list[str]:
     pieces = TOKEN.split(template)
     for position in range(2, len(pieces) - 1, 2):
         if pieces[position] == "":
-            problems.append(
-                f"template: {{{pieces[position - 1]}}} and {{{pieces[position + 1]}}} need a separator between them"
-            )
+            problems.append(f"template: {{{pieces[position - 1]}}} and {{{pieces[position + 1]}}} need a separator between them")
     if not isinstance(tokens, dict):
         return problems + ["tokens: must be a mapping of token name to {values: [...]} or {pattern: ...}"]
     for name in names:

@@ -55,7 +55,9 @@ def preview_condition(*, rule, exclusions=(), priority_group=None, priority_rank
         group = PriorityGroup.objects.filter(key=priority_group).first()
         if group:
             higher_ids = list(
-                group.audiences.filter(priority_rank__lt=priority_rank, enabled=True).exclude(key=key).values_list("pk", flat=True)
+                group.audiences.filter(priority_rank__lt=priority_rank, enabled=True)
+                .exclude(key=key)
+                .values_list("pk", flat=True)
             )
     stand_in = Audience(key=key or "__preview__")
     return audience_condition(stand_in, now, rule=node, exclusion_ids=exclusion_ids, higher_ids=higher_ids)
@@ -74,7 +76,8 @@ def audience_preview(
     size = people.count()
     sample = list(people.order_by("-updated_at", "-pk")[:SAMPLE_SIZE])
     counts = dict(
-        Membership.objects.current().filter(person__in=people.values("pk"))
+        Membership.objects.current()
+        .filter(person__in=people.values("pk"))
         .exclude(audience__key=key)
         .values_list("audience_id")
         .annotate(n=Count("pk"))
@@ -106,7 +109,8 @@ def saved_audience_preview(audience: Audience, *, now=None) -> tuple[Preview | N
                 priority_group=audience.priority_group.key if audience.priority_group else None,
                 priority_rank=audience.priority_rank,
                 identifier_policy=audience.identifier_policy.key if audience.identifier_policy else None,
-                key=audience.key, now=now,
+                key=audience.key,
+                now=now,
             )
     except r.RuleError as exc:
         return None, f"rule: {exc}"
@@ -137,9 +141,11 @@ def refresh_stale_coverage(*, older_than=None, limit: int = 20) -> int:
 
     now = timezone.now()
     cutoff = now - (older_than or timedelta(hours=1))
-    stale = Audience.objects.filter(enabled=True).filter(
-        models.Q(coverage_checked_at__isnull=True) | models.Q(coverage_checked_at__lt=cutoff)
-    ).order_by(models.F("coverage_checked_at").asc(nulls_first=True))[:limit]
+    stale = (
+        Audience.objects.filter(enabled=True)
+        .filter(models.Q(coverage_checked_at__isnull=True) | models.Q(coverage_checked_at__lt=cutoff))
+        .order_by(models.F("coverage_checked_at").asc(nulls_first=True))[:limit]
+    )
     count = 0
     for audience in stale:
         refresh_coverage(audience, now=now)

@@ -293,7 +293,11 @@ class _Parser:
         if not ok:
             return None
         return EventCondition(
-            name=name.strip(), within=within, last_between=last_between, min_count=min_count, where=where,
+            name=name.strip(),
+            within=within,
+            last_between=last_between,
+            min_count=min_count,
+            where=where,
             not_followed_by=not_followed_by,
         )
 
@@ -361,8 +365,11 @@ def parse_rule(data) -> object:
     parser = _Parser()
     node = parser.node(data, "")
     if parser.conditions > MAX_CONDITIONS:
-        parser.fail("", f"the rule has {parser.conditions:,} conditions (counting all, any and not); at most "
-                        f"{MAX_CONDITIONS} (put a part of it in an audience of its own and use in_audience)")
+        parser.fail(
+            "",
+            f"the rule has {parser.conditions:,} conditions (counting all, any and not); at most "
+            f"{MAX_CONDITIONS} (put a part of it in an audience of its own and use in_audience)",
+        )
     if parser.values > MAX_VALUES:
         parser.fail("", f"the rule lists {parser.values:,} values in all; at most {MAX_VALUES:,}")
     if len(parser.problems) > MAX_PROBLEMS:
@@ -396,8 +403,14 @@ def event_names(node) -> set[str]:
 # --- plain words ----------------------------------------------------------------------------
 
 OPERATOR_WORDS = {
-    "eq": "is", "ne": "is not", "gt": "is more than", "gte": "is at least", "lt": "is less than",
-    "lte": "is at most", "in": "is one of", "contains": "contains",
+    "eq": "is",
+    "ne": "is not",
+    "gt": "is more than",
+    "gte": "is at least",
+    "lt": "is less than",
+    "lte": "is at most",
+    "in": "is one of",
+    "contains": "contains",
 }
 
 
@@ -438,8 +451,10 @@ def _describe_event(node: EventCondition, negated: bool) -> str:
         when = f" in the last {node.within.words()}"
     elif node.last_between:
         newer, older = node.last_between
-        return (f"{'last did' if not negated else 'did not last do'} {node.name}{where} between {newer.words()} "
-                f"and {older.words()} ago{since}")
+        return (
+            f"{'last did' if not negated else 'did not last do'} {node.name}{where} between {newer.words()} "
+            f"and {older.words()} ago{since}"
+        )
     else:
         when = " ever"
     return f"{verb} {node.name}{where}{times}{when}{since}"

@@ -22,8 +22,20 @@ from .naming import parse_name, validate_convention
 SLUG = re.compile(r"^[-a-z0-9_]{1,64}\Z")
 MAX_RANK = 2_147_483_647  # the largest value of a PositiveIntegerField on every database
 AUDIENCE_FIELDS = (
-    "key", "name", "description", "purpose", "source_kind", "rule", "source_settings", "exclusions",
-    "priority_group", "priority_rank", "cadence", "identifier_policy", "enabled", "owner",
+    "key",
+    "name",
+    "description",
+    "purpose",
+    "source_kind",
+    "rule",
+    "source_settings",
+    "exclusions",
+    "priority_group",
+    "priority_rank",
+    "cadence",
+    "identifier_policy",
+    "enabled",
+    "owner",
 )
 
 
@@ -187,7 +199,9 @@ def audience_clean(data: dict, *, instance: Audience | None = None) -> dict:
     if problem := validate_cadence(cadence):
         fail("cadence", problem)
 
-    policy_key = clean.get("identifier_policy", instance.identifier_policy.key if instance and instance.identifier_policy else None)
+    policy_key = clean.get(
+        "identifier_policy", instance.identifier_policy.key if instance and instance.identifier_policy else None
+    )
     clean["identifier_policy"] = None
     if policy_key:
         clean["identifier_policy"] = IdentifierPolicy.objects.filter(key=policy_key).first()
@@ -218,15 +232,19 @@ def _cycle_with(key, clean, instance) -> list[str] | None:
     group = clean.get("priority_group")
     higher = (
         list(group.audiences.filter(priority_rank__lt=clean["priority_rank"]).exclude(key=key).values_list("key", flat=True))
-        if group else []
+        if group
+        else []
     )
     lower = (
         list(group.audiences.filter(priority_rank__gt=clean["priority_rank"]).exclude(key=key).values_list("key", flat=True))
-        if group else []
+        if group
+        else []
     )
     candidate.source_kind = clean.get("source_kind", candidate.source_kind)
     graph[key] = dependencies(
-        candidate, rule=clean.get("rule", candidate.rule), exclusion_keys=[a.key for a in clean["exclusions"]],
+        candidate,
+        rule=clean.get("rule", candidate.rule),
+        exclusion_keys=[a.key for a in clean["exclusions"]],
         group_higher_keys=higher,
     )
     for lower_key in lower:
@@ -254,8 +272,7 @@ def audience_save(*, data: dict, actor=None, instance: Audience | None = None) -
 @transaction.atomic
 def audience_delete(*, audience: Audience, actor=None) -> None:
     dependants = [
-        a.key for a in Audience.objects.exclude(pk=audience.pk).prefetch_related("exclusions")
-        if audience.key in dependencies(a)
+        a.key for a in Audience.objects.exclude(pk=audience.pk).prefetch_related("exclusions") if audience.key in dependencies(a)
     ]
     if dependants:
         raise ValidationError(f"{audience.key!r} is used by {', '.join(sorted(dependants))}; change those first")
@@ -328,7 +345,9 @@ def identifier_policy_save(*, data: dict, actor=None, instance: IdentifierPolicy
     policy.hash_sha256 = data.get("hash_sha256", policy.hash_sha256)
     if not isinstance(policy.field, str) or policy.field not in dict(IdentifierPolicy.FIELD_CHOICES):
         errors["field"] = [f"{policy.field!r} is not an identifier: use {', '.join(dict(IdentifierPolicy.FIELD_CHOICES))}"]
-    elif policy.field == IdentifierPolicy.ATTRIBUTE and not (isinstance(policy.attribute, str) and r.KEY_NAME.match(policy.attribute)):
+    elif policy.field == IdentifierPolicy.ATTRIBUTE and not (
+        isinstance(policy.attribute, str) and r.KEY_NAME.match(policy.attribute)
+    ):
         errors["attribute"] = ["name the attribute that holds the identifier (letters, digits, _ and -)"]
     elif policy.field != IdentifierPolicy.ATTRIBUTE and policy.attribute:
         errors["attribute"] = ["only an identifier of field 'attribute' names an attribute"]

@@ -14,6 +14,7 @@ def announce_people_changed(person_ids):
     if person_ids:
         people_changed.send(sender="audiences", person_ids=tuple(person_ids))
 
+
 # Sent inside the evaluation transaction with `evaluation` (audiences.evaluation.Evaluation):
 # who entered and who left one audience. The sync side writes its outbox rows in the same
 # transaction, so membership and outbox never disagree.

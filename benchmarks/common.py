@@ -32,9 +32,7 @@ def django_env(database_url: str, **extra) -> dict:
         "DATABASE_URL": database_url,
         "REDIS_URL": extra.pop("redis_url", ""),
         "SECRET_KEY": os.environ.get("SECRET_KEY", "benchmark-secret"),
-        "DOWNSTREAM_ENCRYPTION_KEY": os.environ.get(
-            "DOWNSTREAM_ENCRYPTION_KEY", "GUTmjgfsx7nEwG3Rg2c5D6yyYeRc7Z2ZyAOgL8cP_7s="
-        ),
+        "DOWNSTREAM_ENCRYPTION_KEY": os.environ.get("DOWNSTREAM_ENCRYPTION_KEY", "GUTmjgfsx7nEwG3Rg2c5D6yyYeRc7Z2ZyAOgL8cP_7s="),
         "DEBUG": "0",
         # the fake LiveLike and webhook receivers listen on 127.0.0.1, over http
         "DESTINATION_PRIVATE_HOSTS": "127.0.0.1,localhost",
@@ -89,7 +87,9 @@ class Processes:
         """A contract server (`tests/contract_servers/<kind>.py`) in its own process; its URL."""
         self.server = subprocess.Popen(
             [sys.executable, "-m", f"tests.contract_servers.{kind}", "--port", "0", *flags],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         line = self.server.stdout.readline().strip()
         if not line.startswith("listening on "):
@@ -99,16 +99,34 @@ class Processes:
     def start_web(self, env, port: int, workers: int, *, threads: int = 1) -> None:
         worker_class = ["--worker-class", "gthread", "--threads", str(threads)] if threads > 1 else ["--worker-class", "sync"]
         self.web = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi", "-b", f"127.0.0.1:{port}",
-             "-w", str(workers), *worker_class, "--log-level", "warning"],
-            cwd=ROOT, env={**env, "GUNICORN_ACCESS_LOG": ""},
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "config/gunicorn.conf.py",
+                "config.wsgi",
+                "-b",
+                f"127.0.0.1:{port}",
+                "-w",
+                str(workers),
+                *worker_class,
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env={**env, "GUNICORN_ACCESS_LOG": ""},
         )
         wait_for_port(port)
 
     def start_worker(self, env) -> None:
         self.worker = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
 
     def kill_worker(self) -> None:

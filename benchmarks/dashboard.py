@@ -41,17 +41,25 @@ def build(audiences: int, days: int) -> None:
 
     now = timezone.now().replace(minute=0, second=0, microsecond=0)
     User.objects.create_superuser("bench", password="bench-password-1")
-    Audience.objects.bulk_create([
-        Audience(key=f"aud_{n:03d}", name=f"paid_cart_{n}h_nopurch", purpose="suppression" if n % 4 == 0 else "activation",
-                 rule={"event": "Added to Cart", "within": f"{n % 48 + 1}h"}, current_size=1000 + n * 37,
-                 last_evaluated_at=now, identifier_coverage=0.9)
-        for n in range(audiences)
-    ])
+    Audience.objects.bulk_create(
+        [
+            Audience(
+                key=f"aud_{n:03d}",
+                name=f"paid_cart_{n}h_nopurch",
+                purpose="suppression" if n % 4 == 0 else "activation",
+                rule={"event": "Added to Cart", "within": f"{n % 48 + 1}h"},
+                current_size=1000 + n * 37,
+                last_evaluated_at=now,
+                identifier_coverage=0.9,
+            )
+            for n in range(audiences)
+        ]
+    )
     start = now - timedelta(days=days)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(
-                "INSERT INTO audiences_sizesample (audience_id, at, last_at, size, entered, exited, evaluations, \"full\", duration_ms) "
+                'INSERT INTO audiences_sizesample (audience_id, at, last_at, size, entered, exited, evaluations, "full", duration_ms) '
                 "SELECT a.id, t, t, 1000 + (a.id * 37 + extract(hour from t)::int * 11) %% 500, 5, 4, 60, true, 3.0 "
                 "FROM audiences_audience a CROSS JOIN generate_series(%s::timestamptz, %s::timestamptz, interval '1 hour') t",
                 [start, now],
@@ -59,22 +67,36 @@ def build(audiences: int, days: int) -> None:
         else:
             cursor.execute(
                 "WITH RECURSIVE hours(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM hours WHERE n < %s) "
-                "INSERT INTO audiences_sizesample (audience_id, at, last_at, size, entered, exited, evaluations, \"full\", duration_ms) "
+                'INSERT INTO audiences_sizesample (audience_id, at, last_at, size, entered, exited, evaluations, "full", duration_ms) '
                 "SELECT a.id, datetime(%s, '+' || h.n || ' hours'), datetime(%s, '+' || h.n || ' hours'), "
                 "1000 + (a.id * 37 + h.n * 11) %% 500, 5, 4, 60, 1, 3.0 FROM audiences_audience a CROSS JOIN hours h",
                 [days * 24, start.strftime("%Y-%m-%d %H:%M:%S"), start.strftime("%Y-%m-%d %H:%M:%S")],
             )
     destination = Destination.objects.create(key="files", name="Files", kind="file", settings={"format": "csv"})
-    syncs = Sync.objects.bulk_create([Sync(key=f"sync-{a.key}", audience=a, destination=destination) for a in Audience.objects.all()])
+    syncs = Sync.objects.bulk_create(
+        [Sync(key=f"sync-{a.key}", audience=a, destination=destination) for a in Audience.objects.all()]
+    )
     runs, deliveries = [], []
     for sync in syncs:
         for k in range(20):
             at = now - timedelta(minutes=15 * k)
-            runs.append(SyncRun(sync=sync, status="succeeded", sent=10, planned=10, started_at=at, finished_at=at + timedelta(seconds=2)))
+            runs.append(
+                SyncRun(sync=sync, status="succeeded", sent=10, planned=10, started_at=at, finished_at=at + timedelta(seconds=2))
+            )
         for k in range(50):
             at = now - timedelta(minutes=k * 10)
-            deliveries.append(Delivery(sync=sync, customer_id=f"c{k}", action="enter", triggered_at=at, changed_at=at,
-                                       state="sent", acknowledged_at=at + timedelta(seconds=1 + k % 5), next_attempt_at=at))
+            deliveries.append(
+                Delivery(
+                    sync=sync,
+                    customer_id=f"c{k}",
+                    action="enter",
+                    triggered_at=at,
+                    changed_at=at,
+                    state="sent",
+                    acknowledged_at=at + timedelta(seconds=1 + k % 5),
+                    next_attempt_at=at,
+                )
+            )
     SyncRun.objects.bulk_create(runs, batch_size=5000)
     Delivery.objects.bulk_create(deliveries, batch_size=5000)
     if connection.vendor == "postgresql":
@@ -134,15 +156,28 @@ def main():
         child(args.child, args.audiences, args.days, args.runs)
         return
     print(machine_line())
-    print(f"inputs: {args.audiences} audiences x {args.days} days of hourly size samples, one sync each with 20 runs and "
-          f"50 acknowledged deliveries; {args.runs} timed GET /admin/ (the dashboard) in-process, target 300 ms")
+    print(
+        f"inputs: {args.audiences} audiences x {args.days} days of hourly size samples, one sync each with 20 runs and "
+        f"50 acknowledged deliveries; {args.runs} timed GET /admin/ (the dashboard) in-process, target 300 ms"
+    )
     for backend in args.backends.split(","):
         env = django_env(URLS[backend], LOG_LEVEL="WARNING", ALLOWED_HOSTS="testserver,localhost")
         reset_database(URLS[backend], env)
         subprocess.run(
-            [sys.executable, __file__, "--child", backend, "--audiences", str(args.audiences), "--days", str(args.days),
-             "--runs", str(args.runs)],
-            env=env, check=True,
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                backend,
+                "--audiences",
+                str(args.audiences),
+                "--days",
+                str(args.days),
+                "--runs",
+                str(args.runs),
+            ],
+            env=env,
+            check=True,
         )
 
 

@@ -84,8 +84,12 @@ def _catalogue():
         sku, title, category, price = PRODUCTS[i % len(PRODUCTS)]
         variant = i // len(PRODUCTS)
         tail.append(
-            (f"{sku}-{variant + 1:02d}", f"{title} {sizes[variant % len(sizes)]} {variant + 1}", category,
-             round(price * (0.5 + 0.1 * (variant % 13)), 2))
+            (
+                f"{sku}-{variant + 1:02d}",
+                f"{title} {sizes[variant % len(sizes)]} {variant + 1}",
+                category,
+                round(price * (0.5 + 0.1 * (variant % 13)), 2),
+            )
         )
     return list(PRODUCTS), tail
 
@@ -174,9 +178,7 @@ class Plan:
             raise ValueError("no active people")
         cat = self.catalogue
         heroes, tails = cat.hero_count, len(cat.products) - cat.hero_count
-        view_json, cart_json, checkout_json, order_tail, values = (
-            cat.view, cat.cart, cat.checkout, cat.order_tail, cat.value
-        )
+        view_json, cart_json, checkout_json, order_tail, values = (cat.view, cat.cart, cat.checkout, cat.order_tail, cat.value)
         orders, revenue, last_order = self.orders, self.revenue, self.last_order
         end, span, power = self.end, self.span, RECENCY_POWER
         slices = max(1, math.ceil(self.events / SESSION_EVENTS_PER_SLICE))
@@ -214,10 +216,15 @@ class Plan:
                 if at > end or rand() > 0.62:
                     continue
                 order_number += 1
-                append((
-                    at, person, ORDERED, f'{{"order_id": "ORD-{order_number:08d}", {order_tail[product][quantity]}',
-                    values[product][quantity],
-                ))
+                append(
+                    (
+                        at,
+                        person,
+                        ORDERED,
+                        f'{{"order_id": "ORD-{order_number:08d}", {order_tail[product][quantity]}',
+                        values[product][quantity],
+                    )
+                )
             del rows[quota:]  # only the last session's tail
             rows.sort()
             out = []
@@ -279,8 +286,13 @@ class Plan:
             orders_count = history + orders[p]
             lifetime_value = round(history_value + revenue[p], 2)
             tier = (
-                "platinum" if lifetime_value > 600 else "gold" if lifetime_value > 300
-                else "silver" if lifetime_value > 120 else "none"
+                "platinum"
+                if lifetime_value > 600
+                else "gold"
+                if lifetime_value > 300
+                else "silver"
+                if lifetime_value > 120
+                else "none"
             )
             if last_order[p]:
                 last_order_date = last_order[p]
@@ -309,8 +321,17 @@ class Plan:
             if cio_id:
                 attributes["cio_id"] = cio_id
             chunk.append(
-                (n, f"cus_{n:07d}", raw_email.strip(), raw_phone.strip(), cio_id, _dumps(attributes), test_account, created,
-                 phone_e164(raw_phone.strip()))
+                (
+                    n,
+                    f"cus_{n:07d}",
+                    raw_email.strip(),
+                    raw_phone.strip(),
+                    cio_id,
+                    _dumps(attributes),
+                    test_account,
+                    created,
+                    phone_e164(raw_phone.strip()),
+                )
             )
             if len(chunk) >= size:
                 yield chunk

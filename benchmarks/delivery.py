@@ -66,8 +66,18 @@ class Platform:
 PLATFORMS = {
     "livelike": Platform("livelike", 10.0, 500, 1, {"client_id": CLIENT_ID}),
     "meta": Platform("meta", 2.0, 2500, 1, {}),
-    "google": Platform("google", 5.0, 1000, 1, {"operating_account_id": ACCOUNT_ID, "customer_match_terms": "ACCEPTED",
-                                                "ad_user_data": "CONSENT_GRANTED", "ad_personalization": "CONSENT_GRANTED"}),
+    "google": Platform(
+        "google",
+        5.0,
+        1000,
+        1,
+        {
+            "operating_account_id": ACCOUNT_ID,
+            "customer_match_terms": "ACCEPTED",
+            "ad_user_data": "CONSENT_GRANTED",
+            "ad_personalization": "CONSENT_GRANTED",
+        },
+    ),
     "tiktok": Platform("tiktok", 2.0, 5000, 2, {"advertiser_id": ADVERTISER_ID}),
 }
 
@@ -94,13 +104,15 @@ def _server(kind: str, options: dict):
     if kind == "google":
         from tests.contract_servers.google import GoogleDataManagerServer
 
-        return GoogleDataManagerServer(TOKEN, account_id=ACCOUNT_ID, user_lists=(AUDIENCE_ID,), keep_members=False,
-                                       rate_limit_per_s=rate)
+        return GoogleDataManagerServer(
+            TOKEN, account_id=ACCOUNT_ID, user_lists=(AUDIENCE_ID,), keep_members=False, rate_limit_per_s=rate
+        )
     if kind == "tiktok":
         from tests.contract_servers.tiktok import TikTokServer
 
-        return TikTokServer(TOKEN, ADVERTISER_ID, audiences={AUDIENCE_ID: "EMAIL_SHA256"}, keep_files=False,
-                            rate_limit_per_s=rate)
+        return TikTokServer(
+            TOKEN, ADVERTISER_ID, audiences={AUDIENCE_ID: "EMAIL_SHA256"}, keep_files=False, rate_limit_per_s=rate
+        )
     from tests.contract_servers.customerio import CustomerIoServer
 
     server = CustomerIoServer(APP_KEY, rate_limit_per_s=rate)
@@ -209,18 +221,37 @@ def run_delivery(platform: Platform, args) -> None:
         Destination.objects.all().delete()
         base_url = server.url + "/api/v1" if kind == "livelike" else server.url
         credential = "producer_token" if kind == "livelike" else "access_token"
-        destination = destination_save(data={
-            "key": f"{kind}-bench", "name": f"{kind} (bench)", "kind": kind,
-            "settings": {"base_url": base_url, **platform.settings}, "credentials": {credential: "env:BENCH_TOKEN"},
-            # the sender paces every request, a TikTok batch's upload and update alike
-            "rate_limit_per_s": platform.rate_limit, "batch_size": platform.batch_size,
-            "timeout_s": 30.0,
-        })
+        destination = destination_save(
+            data={
+                "key": f"{kind}-bench",
+                "name": f"{kind} (bench)",
+                "kind": kind,
+                "settings": {"base_url": base_url, **platform.settings},
+                "credentials": {credential: "env:BENCH_TOKEN"},
+                # the sender paces every request, a TikTok batch's upload and update alike
+                "rate_limit_per_s": platform.rate_limit,
+                "batch_size": platform.batch_size,
+                "timeout_s": 30.0,
+            }
+        )
         if not Audience.objects.filter(key="bench_buyers").exists():
-            audience_save(data={"key": "bench_buyers", "name": "Bench buyers", "purpose": "suppression",
-                                "rule": {"event": "Order Completed", "within": "24h"}, "cadence": "1d"})
-        sync = sync_save(data={"key": f"bench-buyers-{kind}", "audience": "bench_buyers", "destination": destination.key,
-                               "downstream_audience_id": "" if kind == "livelike" else AUDIENCE_ID})
+            audience_save(
+                data={
+                    "key": "bench_buyers",
+                    "name": "Bench buyers",
+                    "purpose": "suppression",
+                    "rule": {"event": "Order Completed", "within": "24h"},
+                    "cadence": "1d",
+                }
+            )
+        sync = sync_save(
+            data={
+                "key": f"bench-buyers-{kind}",
+                "audience": "bench_buyers",
+                "destination": destination.key,
+                "downstream_audience_id": "" if kind == "livelike" else AUDIENCE_ID,
+            }
+        )
         took = insert_deliveries(sync, args.rows)
         print(f"{tag} {Delivery.objects.filter(state=Delivery.PENDING).count():,} pending rows inserted in {took:.1f} s")
 
@@ -280,12 +311,23 @@ def run_pull(args) -> None:
     cio = ServerProcess("customerio", rate_limit=10.0, members=args.members)
     try:
         os.environ["BENCH_CIO_APP_KEY"] = APP_KEY
-        workspace_save(data={"key": "bench", "name": "Bench workspace", "base_url": cio.url,
-                             "credentials": {"app_key": "env:BENCH_CIO_APP_KEY"}})
-        audience = audience_save(data={
-            "key": "bench_segment", "name": "Bench segment", "source_kind": "customerio_segment",
-            "source_settings": {"workspace": "bench", "segment_id": SEGMENT_ID}, "cadence": "1h",
-        })
+        workspace_save(
+            data={
+                "key": "bench",
+                "name": "Bench workspace",
+                "base_url": cio.url,
+                "credentials": {"app_key": "env:BENCH_CIO_APP_KEY"},
+            }
+        )
+        audience = audience_save(
+            data={
+                "key": "bench_segment",
+                "name": "Bench segment",
+                "source_kind": "customerio_segment",
+                "source_settings": {"workspace": "bench", "segment_id": SEGMENT_ID},
+                "cadence": "1h",
+            }
+        )
         figures = []
         for label in ("first pull (writes the snapshot)", "second pull (nothing changed)"):
             pages_before = cio.state()["counters"]["membership_pages"]
@@ -319,9 +361,11 @@ def run_lag(args) -> None:
     from benchmarks.common import percentile
 
     options = SimpleNamespace(events=args.lag_events, per_second=4.0, web_workers=2, wait=120.0)
-    print(f"\n[lag] inputs: {options.events} Order Completed events, one per ingest request at {options.per_second:g}/s, "
-          f"a realtime suppression audience synced to each platform's contract server (own process); lag = the "
-          f"platform's 200 for the add - the ingest request's return; no faults")
+    print(
+        f"\n[lag] inputs: {options.events} Order Completed events, one per ingest request at {options.per_second:g}/s, "
+        f"a realtime suppression audience synced to each platform's contract server (own process); lag = the "
+        f"platform's 200 for the add - the ingest request's return; no faults"
+    )
     for kind in args.platforms.split(","):
         options.destination = kind
         result = suppression_lag.run_backend("postgres", args.lag_pg_url, args.lag_redis_url, options)
@@ -329,8 +373,10 @@ def run_lag(args) -> None:
         if not lags:
             print(f"[lag] {kind}: nothing acknowledged ({result['missing']} missing)")
             continue
-        print(f"[lag] {kind:9s} p50 {statistics.median(lags):.2f} s  p95 {percentile(lags, 0.95):.2f} s  max {max(lags):.2f} s "
-              f"({len(lags)} acknowledged, {result['missing']} missing); {load_line()}")
+        print(
+            f"[lag] {kind:9s} p50 {statistics.median(lags):.2f} s  p95 {percentile(lags, 0.95):.2f} s  max {max(lags):.2f} s "
+            f"({len(lags)} acknowledged, {result['missing']} missing); {load_line()}"
+        )
 
 
 def main():
@@ -345,7 +391,8 @@ def main():
     parser.add_argument("--lag-pg-url", default="postgres://postgres@127.0.0.1:5432/downstream_bench_lag")
     parser.add_argument("--lag-redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument(
-        "--pg-url", default=os.environ.get("BENCH_DELIVERY_PG_URL", "postgres://postgres@127.0.0.1:5432/downstream_bench_delivery")
+        "--pg-url",
+        default=os.environ.get("BENCH_DELIVERY_PG_URL", "postgres://postgres@127.0.0.1:5432/downstream_bench_delivery"),
     )
     args = parser.parse_args()
     if not args.pg_url.startswith("postgres"):
@@ -361,8 +408,10 @@ def main():
 
     django.setup()
     took = make_people(args.people)
-    print(f"database: {args.pg_url} (fresh, migrated in {time.perf_counter() - started - took:.1f} s), "
-          f"{args.people:,} people inserted in {took:.1f} s")
+    print(
+        f"database: {args.pg_url} (fresh, migrated in {time.perf_counter() - started - took:.1f} s), "
+        f"{args.people:,} people inserted in {took:.1f} s"
+    )
     parts = args.parts.split(",")
     if "delivery" in parts:
         for kind in args.platforms.split(","):

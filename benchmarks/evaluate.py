@@ -45,7 +45,9 @@ def ensure_data(backend: str, regenerate: bool) -> None:
     print(f"[{backend}] generating {people:,} people and {events:,} events (benchmarks/datagen.py)...", flush=True)
     subprocess.run(
         [sys.executable, "benchmarks/datagen.py", "--database-url", url, "--people", str(people), "--events", str(events)],
-        cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
 
 
@@ -61,9 +63,7 @@ def _has_data(backend, url, people) -> bool:
                 return db.execute("SELECT count(*) FROM audiences_person").fetchone()[0] == people
             except sqlite3.OperationalError:
                 return False
-    probe = subprocess.run(
-        ["psql", url, "-tAc", "SELECT count(*) FROM audiences_person"], capture_output=True, text=True
-    )
+    probe = subprocess.run(["psql", url, "-tAc", "SELECT count(*) FROM audiences_person"], capture_output=True, text=True)
     return probe.returncode == 0 and probe.stdout.strip() == str(people)
 
 
@@ -83,7 +83,9 @@ def run(backend: str) -> None:
 
     now = Event.objects.aggregate(m=Max("occurred_at"))["m"]
     people_count = Person.objects.count()
-    print(f"[{backend}] {people_count:,} people, {Event.objects.count():,} events; rules evaluated at {now:%Y-%m-%d %H:%M:%S} UTC")
+    print(
+        f"[{backend}] {people_count:,} people, {Event.objects.count():,} events; rules evaluated at {now:%Y-%m-%d %H:%M:%S} UTC"
+    )
 
     Membership.objects.all().delete()
     SizeSample.objects.all().delete()
@@ -131,8 +133,14 @@ def run(backend: str) -> None:
     ids = rng.sample(range(1, people_count + 1), 2 * churn)
     out_first, out_next = ids[:churn], ids[churn:]
     _set_flag(connection, out_first, True)
-    everyone = audience_save(data={"key": "bench_everyone", "name": "paid_browse_any_none", "cadence": "1d",
-                                   "rule": {"not": {"attribute": "bench_out", "eq": True}}})
+    everyone = audience_save(
+        data={
+            "key": "bench_everyone",
+            "name": "paid_browse_any_none",
+            "cadence": "1d",
+            "rule": {"not": {"attribute": "bench_out", "eq": True}},
+        }
+    )
     started = time.perf_counter()
     first = evaluate_audience(everyone, now=now)
     first_s = time.perf_counter() - started

@@ -65,9 +65,7 @@ def make_batch(rng: random.Random, batch_size: int, people: int, prefix: str) ->
 
 def make_bodies(count: int, batch_size: int, people: int, seed: int) -> list[bytes]:
     rng = random.Random(seed)
-    return [
-        json.dumps({"batch": make_batch(rng, batch_size, people, f"bench-{seed}-{i}")}).encode() for i in range(count)
-    ]
+    return [json.dumps({"batch": make_batch(rng, batch_size, people, f"bench-{seed}-{i}")}).encode() for i in range(count)]
 
 
 def load(port: int, key: str, bodies: list[bytes], concurrency: int, seconds: float):
@@ -88,7 +86,9 @@ def load(port: int, key: str, bodies: list[bytes], concurrency: int, seconds: fl
                 break
             started = time.perf_counter()
             try:
-                conn.request("POST", "/ingest/v1/batch", bodies[index], {"Authorization": auth, "Content-Type": "application/json"})
+                conn.request(
+                    "POST", "/ingest/v1/batch", bodies[index], {"Authorization": auth, "Content-Type": "application/json"}
+                )
                 response = conn.getresponse()
                 response.read()
                 if response.status != 200:
@@ -234,7 +234,8 @@ def per_table_statements(cursor, source_id, batch, now):
     ids = sorted(set(people.values()))
     cursor.execute(
         "INSERT INTO audiences_pendingevaluation (person_id, queued_at) VALUES "
-        + ", ".join(["(%s, %s)"] * len(ids)) + " ON CONFLICT (person_id) DO NOTHING",
+        + ", ".join(["(%s, %s)"] * len(ids))
+        + " ON CONFLICT (person_id) DO NOTHING",
         [v for pid in ids for v in (pid, now)],
     )
     return len(new)
@@ -256,8 +257,15 @@ def one_statement(cursor, source_id, batch, now):
     received = now.isoformat()
     unique = {m["messageId"]: m for m in reversed(batch)}.values()
     events = [
-        {"p": people[m["userId"]], "s": source_id, "n": m["event"], "t": m["timestamp"], "r": received,
-         "d": m["properties"], "m": m["messageId"]}
+        {
+            "p": people[m["userId"]],
+            "s": source_id,
+            "n": m["event"],
+            "t": m["timestamp"],
+            "r": received,
+            "d": m["properties"],
+            "m": m["messageId"],
+        }
         for m in unique
     ]
     sql = POSTGRESQL_WRITE.format(event="audiences_event", stat="audiences_eventstat", pending="audiences_pendingevaluation")
@@ -353,10 +361,28 @@ def run_http(name: str, url: str, env: dict, key: str, args) -> dict:
             conn.execute(f"TRUNCATE {STORE_TABLES} CASCADE")
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi", "-b", f"127.0.0.1:{port}",
-         "-w", str(args.workers),
-         "--worker-class", "gthread", "--threads", str(args.threads), "--keep-alive", "30", "--log-level", "warning"],
-        cwd=ROOT, env={**env, "LOG_LEVEL": "ERROR", "GUNICORN_ACCESS_LOG": ""},
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "config/gunicorn.conf.py",
+            "config.wsgi",
+            "-b",
+            f"127.0.0.1:{port}",
+            "-w",
+            str(args.workers),
+            "--worker-class",
+            "gthread",
+            "--threads",
+            str(args.threads),
+            "--keep-alive",
+            "30",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env={**env, "LOG_LEVEL": "ERROR", "GUNICORN_ACCESS_LOG": ""},
     )
     try:
         wait_for_port(port)
@@ -384,8 +410,9 @@ def run_http(name: str, url: str, env: dict, key: str, args) -> dict:
         "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
         "failures": len(failures),
         "failure_kinds": sorted(set(failures)),
-        "cpu_ms": {k: 1000 * v * 100 / max(events, 1) for k, v in
-                   (("web", web_cpu), ("database", database_cpu), ("client", client_cpu))},
+        "cpu_ms": {
+            k: 1000 * v * 100 / max(events, 1) for k, v in (("web", web_cpu), ("database", database_cpu), ("client", client_cpu))
+        },
     }
     if name == "postgres":
         import psycopg
@@ -435,8 +462,10 @@ def main():
             f"client {cpu['client']:.1f} ms: two idle cores would carry about {2 * 100_000 / total:,.0f} events/s"
         )
         if "check" in result:
-            print(f"          {result['check']}; {result['wake_ups']:,} realtime wake-ups queued for "
-                  f"{result['all_requests']:,} requests")
+            print(
+                f"          {result['check']}; {result['wake_ups']:,} realtime wake-ups queued for "
+                f"{result['all_requests']:,} requests"
+            )
         if backend == "postgres" and not args.no_ceiling:
             for form in ("per-table statements", "one statement"):
                 print(f"  ceiling, {form}: {load_line()}")

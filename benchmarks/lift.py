@@ -33,8 +33,10 @@ def bench_lift(backend: str, *, now) -> None:
 
     started = time.perf_counter()
     audience, sync, entries = _set_up(connection, now=now, days=PERIOD_DAYS + DEFAULT_WINDOW_DAYS)
-    print(f"[{backend}] lift: {entries:,} entries of a cart audience over {PERIOD_DAYS + DEFAULT_WINDOW_DAYS} days, "
-          f"a sync holding {SHARE:.0%} out (set-up {time.perf_counter() - started:.0f} s, not timed)")
+    print(
+        f"[{backend}] lift: {entries:,} entries of a cart audience over {PERIOD_DAYS + DEFAULT_WINDOW_DAYS} days, "
+        f"a sync holding {SHARE:.0%} out (set-up {time.perf_counter() - started:.0f} s, not timed)"
+    )
     try:
         _time_lifts(backend, audience, sync, now=now, label="default period (as far back as retention keeps events)")
         # what a store keeping its events longer gets: the whole 90 days
@@ -76,14 +78,34 @@ def _set_up(connection, *, now, days: int):
     left_over = Sync.objects.filter(key="bench-cart-hook").first()
     if left_over:  # a run that stopped half-way
         _tear_down(left_over.audience, left_over)
-    audience = audience_save(data={"key": "bench_cart_history", "name": "paid_cart_2h_nopurch", "cadence": "1d",
-                                   "enabled": False, "rule": {"event": "Added to Cart", "within": "2h"}})
-    destination = Destination.objects.filter(key="bench-hook").first() or destination_save(data={
-        "key": "bench-hook", "name": "Bench hook", "kind": "webhook", "settings": {"url": "http://127.0.0.1:9/hook"},
-        "credentials": {"signing_secret": "bench-secret"},
-    })
-    sync = sync_save(data={"key": "bench-cart-hook", "audience": audience.key, "destination": destination.key,
-                           "enabled": False, "holdout_share": SHARE, "holdout_salt": SALT})
+    audience = audience_save(
+        data={
+            "key": "bench_cart_history",
+            "name": "paid_cart_2h_nopurch",
+            "cadence": "1d",
+            "enabled": False,
+            "rule": {"event": "Added to Cart", "within": "2h"},
+        }
+    )
+    destination = Destination.objects.filter(key="bench-hook").first() or destination_save(
+        data={
+            "key": "bench-hook",
+            "name": "Bench hook",
+            "kind": "webhook",
+            "settings": {"url": "http://127.0.0.1:9/hook"},
+            "credentials": {"signing_secret": "bench-secret"},
+        }
+    )
+    sync = sync_save(
+        data={
+            "key": "bench-cart-hook",
+            "audience": audience.key,
+            "destination": destination.key,
+            "enabled": False,
+            "holdout_share": SHARE,
+            "holdout_salt": SALT,
+        }
+    )
     q = connection.ops.quote_name
     membership, event, person, delivery = (q(m._meta.db_table) for m in (Membership, Event, Person, Delivery))
     since = connection.ops.adapt_datetimefield_value(now - timedelta(days=days))

@@ -47,13 +47,24 @@ FULL_EVENTS_PER_DAY = 1_000_000
 # filter, which reads the event table) and a winback on the last order 60-90 days ago: events
 # are kept 97 days. (A 2-hour cart audience is all but empty at a once-a-day step.)
 AUDIENCES = [
-    {"key": "recent_purchasers_24h", "name": "Purchasers 24h", "purpose": "suppression",
-     "rule": {"event": "Order Completed", "within": "24h"}},
-    {"key": "serum_viewers_7d", "name": "Serum viewers 7d", "rule": {"event": "Product Viewed", "within": "7d",
-                                                                     "where": {"category": "serum"}},
-     "exclusions": ["recent_purchasers_24h"]},
-    {"key": "winback_60_90d", "name": "Winback 60-90d", "rule": {"event": "Order Completed", "last_between": ["60d", "90d"]},
-     "exclusions": ["recent_purchasers_24h"]},
+    {
+        "key": "recent_purchasers_24h",
+        "name": "Purchasers 24h",
+        "purpose": "suppression",
+        "rule": {"event": "Order Completed", "within": "24h"},
+    },
+    {
+        "key": "serum_viewers_7d",
+        "name": "Serum viewers 7d",
+        "rule": {"event": "Product Viewed", "within": "7d", "where": {"category": "serum"}},
+        "exclusions": ["recent_purchasers_24h"],
+    },
+    {
+        "key": "winback_60_90d",
+        "name": "Winback 60-90d",
+        "rule": {"event": "Order Completed", "last_between": ["60d", "90d"]},
+        "exclusions": ["recent_purchasers_24h"],
+    },
 ]
 
 
@@ -76,8 +87,12 @@ def funnel_events(rng, customer_ids, count, start, seconds, counter):
             if rng.random() < 0.55:
                 steps.append(("Checkout Started", {"value": price, "currency": "USD", "category": category}))
                 if rng.random() < 0.62:
-                    steps.append(("Order Completed", {"order_id": f"ORD-{next(counter)}", "revenue": price,
-                                                      "currency": "USD", "category": category}))
+                    steps.append(
+                        (
+                            "Order Completed",
+                            {"order_id": f"ORD-{next(counter)}", "revenue": price, "currency": "USD", "category": category},
+                        )
+                    )
         for name, properties in steps:
             at += timedelta(minutes=rng.uniform(0.5, 6))
             messages.append(Message("event", customer_id, f"e{next(counter)}", at, name=name, properties=properties))
@@ -87,8 +102,10 @@ def funnel_events(rng, customer_ids, count, start, seconds, counter):
 def week_figures(week_ending):
     from syncs.review import weekly_review
 
-    return {row.audience.key: (row.lag.count, row.lag.p50, row.lag.p95, row.rejected, row.dead, row.size_end)
-            for row in weekly_review(week_ending=week_ending).rows}
+    return {
+        row.audience.key: (row.lag.count, row.lag.p50, row.lag.p95, row.rejected, row.dead, row.size_end)
+        for row in weekly_review(week_ending=week_ending).rows
+    }
 
 
 def day_figures(sync, now):
@@ -135,31 +152,55 @@ def child(backend: str, scale: int, days: int, steps_per_day: int, seed: int, de
     with time_machine.travel(start, tick=True) as clock:
         for data in AUDIENCES:
             audience_save(data=data)
-        destination = destination_save(data={"key": "files", "name": "Files", "kind": "file", "settings": {"format": "csv"},
-                                             "batch_size": 5000, "rate_limit_per_s": 1000})
+        destination = destination_save(
+            data={
+                "key": "files",
+                "name": "Files",
+                "kind": "file",
+                "settings": {"format": "csv"},
+                "batch_size": 5000,
+                "rate_limit_per_s": 1000,
+            }
+        )
         # a step a day turns the whole 24-hour audience over, which the mass-removal guard would rightly hold
-        syncs = [sync_save(data={"key": f"{a.key}-files", "audience": a.key, "destination": destination.key,
-                                 "removal_guard_share": 1.0})
-                 for a in Audience.objects.order_by("key")]
+        syncs = [
+            sync_save(
+                data={"key": f"{a.key}-files", "audience": a.key, "destination": destination.key, "removal_guard_share": 1.0}
+            )
+            for a in Audience.objects.order_by("key")
+        ]
         source = source_create(name="shop")[0]
         # the profiles arrive as one bulk load (traits as identify would merge them; the ingest
         # path's per-person merge is not what this measures); events go through ingest
         profiles = build_people(rng, people, start)
         Person.objects.bulk_create(
-            [Person(customer_id=p.customer_id, email=p.traits["email"].strip(), attributes=p.traits, created_at=start,
-                    updated_at=start) for p in profiles],
+            [
+                Person(
+                    customer_id=p.customer_id,
+                    email=p.traits["email"].strip(),
+                    attributes=p.traits,
+                    created_at=start,
+                    updated_at=start,
+                )
+                for p in profiles
+            ],
             batch_size=2000,
         )
         customer_ids = [p.customer_id for p in profiles]
         horizon_days = retention_overview().horizon.days
-        print(f"  [{backend}] {people:,} people ingested; events kept {horizon_days} days, deliveries "
-              f"{policy.delivery_days}, batches {policy.batch_days}, runs {policy.run_days}, task results {policy.task_days}",
-              flush=True)
+        print(
+            f"  [{backend}] {people:,} people ingested; events kept {horizon_days} days, deliveries "
+            f"{policy.delivery_days}, batches {policy.batch_days}, runs {policy.run_days}, task results {policy.task_days}",
+            flush=True,
+        )
 
         stand_in_for_autovacuum = _autovacuum_off()
         if stand_in_for_autovacuum:
-            print(f"  [{backend}] this server runs with autovacuum off: once a simulated day the benchmark vacuums each "
-                  "table autovacuum would (its defaults: more than 50 + 20 % of its rows dead)", flush=True)
+            print(
+                f"  [{backend}] this server runs with autovacuum off: once a simulated day the benchmark vacuums each "
+                "table autovacuum would (its defaults: more than 50 + 20 % of its rows dead)",
+                flush=True,
+            )
         recorded_weeks, recorded_days, sizes, vacuumed = {}, {}, [], 0
         watched = next(s for s in syncs if s.audience.key == "recent_purchasers_24h")
         largest = (0, None)
@@ -170,8 +211,9 @@ def child(backend: str, scale: int, days: int, steps_per_day: int, seed: int, de
                 began = time.perf_counter()
                 messages = funnel_events(rng, customer_ids, per_day // steps_per_day, now - step, step.total_seconds(), counter)
                 for chunk in range(0, len(messages), 2500):
-                    ingest_messages(source=source, messages=[m for m in messages[chunk : chunk + 2500] if m.timestamp <= now],
-                                    received_at=now)
+                    ingest_messages(
+                        source=source, messages=[m for m in messages[chunk : chunk + 2500] if m.timestamp <= now], received_at=now
+                    )
                 timings["ingest"] += time.perf_counter() - began
                 began = time.perf_counter()
                 evaluate_all(now=timezone.now())
@@ -194,39 +236,62 @@ def child(backend: str, scale: int, days: int, steps_per_day: int, seed: int, de
             if today.weekday() == 0:  # Monday: last week is over, and nothing of it pruned yet
                 last_day = today - timedelta(days=1)
                 recorded_weeks[last_day] = week_figures(last_day)
-                recorded_days.update({d: f for d, f in day_figures(watched, timezone.now()).items()
-                                      if last_day - timedelta(days=6) <= d <= last_day})
+                recorded_days.update(
+                    {
+                        d: f
+                        for d, f in day_figures(watched, timezone.now()).items()
+                        if last_day - timedelta(days=6) <= d <= last_day
+                    }
+                )
             if day % 7 == 6 or day == days - 1:
                 size = store_size().total_bytes
                 sizes.append((day + 1, size, Event.objects.count(), Delivery.objects.count()))
                 largest = max(largest, (size, day + 1))
             timings["checks"] += time.perf_counter() - began
             if day % 30 == 29:
-                print(f"  [{backend}] day {day + 1}: {sizes[-1][1] / 2**20:,.1f} MiB, {sizes[-1][2]:,} events, "
-                      f"{sizes[-1][3]:,} deliveries kept; {load_line()}", flush=True)
+                print(
+                    f"  [{backend}] day {day + 1}: {sizes[-1][1] / 2**20:,.1f} MiB, {sizes[-1][2]:,} events, "
+                    f"{sizes[-1][3]:,} deliveries kept; {load_line()}",
+                    flush=True,
+                )
 
         now = timezone.now()
-        print(f"  [{backend}] time: ingest {timings['ingest']:.0f} s, evaluation {timings['evaluate']:.0f} s, "
-              f"delivery {timings['deliver']:.0f} s, "
-              f"retention {timings['retention']:.0f} s ({days * steps_per_day:,} passes; {RetentionRun.objects.count():,} "
-              f"records kept), vacuum {timings['vacuum']:.0f} s ({vacuumed:,} tables), checks {timings['checks']:.0f} s")
-        print(f"  [{backend}] database size at the end of each month (MiB): "
-              + ", ".join(f"{size / 2**20:.0f}" for d, size, _, _ in sizes if d % 28 == 0 or d == days))
-        print(f"  [{backend}] largest {largest[0] / 2**20:,.1f} MiB (day {largest[1]}); at the end "
-              f"{sizes[-1][1] / 2**20:,.1f} MiB with {Event.objects.count():,} events "
-              f"(oldest {(now - Event.objects.order_by('occurred_at').values_list('occurred_at', flat=True).first()).days} days), "
-              f"{Delivery.objects.count():,} deliveries, {DeliveryBatch.objects.count():,} batches, "
-              f"{SyncRun.objects.count():,} runs, {SyncDay.objects.count():,} daily rollups")
+        print(
+            f"  [{backend}] time: ingest {timings['ingest']:.0f} s, evaluation {timings['evaluate']:.0f} s, "
+            f"delivery {timings['deliver']:.0f} s, "
+            f"retention {timings['retention']:.0f} s ({days * steps_per_day:,} passes; {RetentionRun.objects.count():,} "
+            f"records kept), vacuum {timings['vacuum']:.0f} s ({vacuumed:,} tables), checks {timings['checks']:.0f} s"
+        )
+        print(
+            f"  [{backend}] database size at the end of each month (MiB): "
+            + ", ".join(f"{size / 2**20:.0f}" for d, size, _, _ in sizes if d % 28 == 0 or d == days)
+        )
+        print(
+            f"  [{backend}] largest {largest[0] / 2**20:,.1f} MiB (day {largest[1]}); at the end "
+            f"{sizes[-1][1] / 2**20:,.1f} MiB with {Event.objects.count():,} events "
+            f"(oldest {(now - Event.objects.order_by('occurred_at').values_list('occurred_at', flat=True).first()).days} days), "
+            f"{Delivery.objects.count():,} deliveries, {DeliveryBatch.objects.count():,} batches, "
+            f"{SyncRun.objects.count():,} runs, {SyncDay.objects.count():,} daily rollups"
+        )
         tables = store_size().tables
-        print(f"  [{backend}] rows kept: " + ", ".join(
-            f"{t.label.lower()} {t.rows:,}" + (f" ({t.bytes / 2**20:.1f} MiB, {t.bytes / t.rows:.0f} B a row)" if t.bytes and t.rows else "")
-            for t in tables))
+        print(
+            f"  [{backend}] rows kept: "
+            + ", ".join(
+                f"{t.label.lower()} {t.rows:,}"
+                + (f" ({t.bytes / 2**20:.1f} MiB, {t.bytes / t.rows:.0f} B a row)" if t.bytes and t.rows else "")
+                for t in tables
+            )
+        )
         events = next(t for t in tables if t.label == "Events")
         if events.bytes:
-            print(f"  [{backend}] at full scale (x{scale:,}) the events kept would be {events.rows * scale:,} rows, "
-                  f"{events.bytes * scale / 2**30:,.0f} GiB with their indexes")
-        print(f"  [{backend}] lifetime counts in the per-person aggregates: {EventStat.objects.aggregate(n=Sum('count'))['n']:,} "
-              "events (none lost to pruning)")
+            print(
+                f"  [{backend}] at full scale (x{scale:,}) the events kept would be {events.rows * scale:,} rows, "
+                f"{events.bytes * scale / 2**30:,.0f} GiB with their indexes"
+            )
+        print(
+            f"  [{backend}] lifetime counts in the per-person aggregates: {EventStat.objects.aggregate(n=Sum('count'))['n']:,} "
+            "events (none lost to pruning)"
+        )
 
         failures = []
         # the weekly review of every week, pruned or not, against what it said when the week ended
@@ -251,8 +316,14 @@ def child(backend: str, scale: int, days: int, steps_per_day: int, seed: int, de
         # the storage page's counts against count(*)
         overview = retention_overview()
         for table in overview.store.tables:
-            model = {"Events": Event, "Deliveries": Delivery, "Sync runs": SyncRun, "People": Person,
-                     "Memberships": Membership, "Size samples": SizeSample}.get(table.label)
+            model = {
+                "Events": Event,
+                "Deliveries": Delivery,
+                "Sync runs": SyncRun,
+                "People": Person,
+                "Memberships": Membership,
+                "Size samples": SizeSample,
+            }.get(table.label)
             if model is not None:
                 direct = model.objects.count()
                 off = abs(table.rows - direct) / max(direct, 1)
@@ -260,16 +331,22 @@ def child(backend: str, scale: int, days: int, steps_per_day: int, seed: int, de
                     failures.append(f"storage page: {table.label} {table.rows:,}, count(*) {direct:,}")
         # the home page's lag (24 h) against the rows
         row = next(r for r in dashboard_rows() if r.audience.key == "recent_purchasers_24h")
-        direct = lag_figures(sorted(
-            (a - t).total_seconds() for a, t in acknowledged([watched.pk], since=now - timedelta(days=1), action=Delivery.ENTER)
-            .values_list("acknowledged_at", "triggered_at")
-        ))
+        direct = lag_figures(
+            sorted(
+                (a - t).total_seconds()
+                for a, t in acknowledged([watched.pk], since=now - timedelta(days=1), action=Delivery.ENTER).values_list(
+                    "acknowledged_at", "triggered_at"
+                )
+            )
+        )
         if row.lag_p95 != direct.p95:
             failures.append(f"home page lag p95 {row.lag_p95}, from the rows {direct.p95}")
-        print(f"  [{backend}] checked {len(recorded_weeks)} weekly reviews ({pruned_weeks} of weeks whose deliveries were "
-              f"pruned, {lag_checked:,} lags), {len(recorded_days)} days of run history ({pruned_days} pruned), the storage "
-              f"page's row counts and the home page's 24 h lag p95 ({direct.p95:.3f} s over {direct.count:,}): "
-              + ("all as they were" if not failures else f"{len(failures)} differ"))
+        print(
+            f"  [{backend}] checked {len(recorded_weeks)} weekly reviews ({pruned_weeks} of weeks whose deliveries were "
+            f"pruned, {lag_checked:,} lags), {len(recorded_days)} days of run history ({pruned_days} pruned), the storage "
+            f"page's row counts and the home page's 24 h lag p95 ({direct.p95:.3f} s over {direct.count:,}): "
+            + ("all as they were" if not failures else f"{len(failures)} differ")
+        )
         for failure in failures[:20]:
             print(f"    {failure}")
         newest = Event.objects.aggregate(m=Max("occurred_at"))["m"]
@@ -339,10 +416,12 @@ def deletion_rate(backend, count, source, now, policy):
     run = apply_retention(now=now)
     took = time.perf_counter() - started
     chunks = -(-run.deleted["events"] // policy.chunk_rows)
-    print(f"  [{backend}] deleting a full-scale day: {run.deleted['events']:,} events past the horizon (loaded in "
-          f"{loaded:.0f} s) deleted by one pass in {took:.1f} s, {run.deleted['events'] / took:,.0f} rows/s in {chunks:,} "
-          f"chunks of {policy.chunk_rows:,} ({1000 * took / chunks:.0f} ms each; with the production pause of 0.2 s after "
-          f"each, {took + 0.2 * chunks:.0f} s of a day's 24 passes)")
+    print(
+        f"  [{backend}] deleting a full-scale day: {run.deleted['events']:,} events past the horizon (loaded in "
+        f"{loaded:.0f} s) deleted by one pass in {took:.1f} s, {run.deleted['events'] / took:,.0f} rows/s in {chunks:,} "
+        f"chunks of {policy.chunk_rows:,} ({1000 * took / chunks:.0f} ms each; with the production pause of 0.2 s after "
+        f"each, {took + 0.2 * chunks:.0f} s of a day's 24 passes)"
+    )
 
 
 def main():
@@ -351,8 +430,12 @@ def main():
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--steps-per-day", type=int, default=1)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--delete-events", type=int, default=0,
-                        help="then time one pass deleting this many old events (1000000: a full-scale day)")
+    parser.add_argument(
+        "--delete-events",
+        type=int,
+        default=0,
+        help="then time one pass deleting this many old events (1000000: a full-scale day)",
+    )
     parser.add_argument("--backends", default="sqlite", help="sqlite, postgres or both: sqlite,postgres")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -360,24 +443,47 @@ def main():
         child(args.child, args.scale, args.days, args.steps_per_day, args.seed, args.delete_events)
         return
     print(machine_line())
-    print(f"inputs: a {FULL_PEOPLE:,}-customer store at {FULL_EVENTS_PER_DAY:,} events a day, scaled 1/{args.scale}: "
-          f"{FULL_PEOPLE // args.scale:,} people, {FULL_EVENTS_PER_DAY // args.scale:,} events a day "
-          f"({FULL_EVENTS_PER_DAY // args.scale * args.days:,} in all) for {args.days} simulated days; the clock moves "
-          f"{args.steps_per_day}× a day; each step: ingest, full evaluation of {len(AUDIENCES)} audiences (the longest "
-          f"window 90 days), one wake of the sender (a file destination), the retention pass (hourly in production: "
-          f"here once a step); "
-          f"seed {args.seed}; default retention settings, RETENTION_PAUSE_S=0 (nothing else writes here)")
+    print(
+        f"inputs: a {FULL_PEOPLE:,}-customer store at {FULL_EVENTS_PER_DAY:,} events a day, scaled 1/{args.scale}: "
+        f"{FULL_PEOPLE // args.scale:,} people, {FULL_EVENTS_PER_DAY // args.scale:,} events a day "
+        f"({FULL_EVENTS_PER_DAY // args.scale * args.days:,} in all) for {args.days} simulated days; the clock moves "
+        f"{args.steps_per_day}× a day; each step: ingest, full evaluation of {len(AUDIENCES)} audiences (the longest "
+        f"window 90 days), one wake of the sender (a file destination), the retention pass (hourly in production: "
+        f"here once a step); "
+        f"seed {args.seed}; default retention settings, RETENTION_PAUSE_S=0 (nothing else writes here)"
+    )
     print(load_line())
     for backend in args.backends.split(","):
         exports = tempfile.mkdtemp(prefix="bench-retention-exports-")
-        env = django_env(URLS[backend], LOG_LEVEL="WARNING", RETENTION_PAUSE_S="0", DELIVERY_IDLE_S="0",
-                         DELIVERY_ADDS_LINGER_S="0", EXPORT_ROOT=exports)
+        env = django_env(
+            URLS[backend],
+            LOG_LEVEL="WARNING",
+            RETENTION_PAUSE_S="0",
+            DELIVERY_IDLE_S="0",
+            DELIVERY_ADDS_LINGER_S="0",
+            EXPORT_ROOT=exports,
+        )
         reset_database(URLS[backend], env)
         started = time.perf_counter()
         subprocess.run(
-            [sys.executable, __file__, "--child", backend, "--scale", str(args.scale), "--days", str(args.days),
-             "--steps-per-day", str(args.steps_per_day), "--seed", str(args.seed), "--delete-events", str(args.delete_events)],
-            env=env, check=True,
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                backend,
+                "--scale",
+                str(args.scale),
+                "--days",
+                str(args.days),
+                "--steps-per-day",
+                str(args.steps_per_day),
+                "--seed",
+                str(args.seed),
+                "--delete-events",
+                str(args.delete_events),
+            ],
+            env=env,
+            check=True,
         )
         print(f"  [{backend}] ran in {time.perf_counter() - started:.0f} s")
 

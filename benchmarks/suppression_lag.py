@@ -79,11 +79,21 @@ AUDIENCE_ID = "23850000000000001"
 DESTINATIONS = {
     "livelike": (["--token", TOKEN, "--client-id", CLIENT_ID], {"client_id": CLIENT_ID}, "producer_token"),
     "meta": (["--token", TOKEN, "--audience", AUDIENCE_ID], {}, "access_token"),
-    "google": (["--token", TOKEN, "--account-id", "1234567890", "--user-list", AUDIENCE_ID], {
-        "operating_account_id": "1234567890", "customer_match_terms": "ACCEPTED", "ad_user_data": "CONSENT_GRANTED",
-        "ad_personalization": "CONSENT_GRANTED"}, "access_token"),
-    "tiktok": (["--token", TOKEN, "--audience", f"{AUDIENCE_ID}:EMAIL_SHA256"], {"advertiser_id": "7000000000000000001"},
-               "access_token"),
+    "google": (
+        ["--token", TOKEN, "--account-id", "1234567890", "--user-list", AUDIENCE_ID],
+        {
+            "operating_account_id": "1234567890",
+            "customer_match_terms": "ACCEPTED",
+            "ad_user_data": "CONSENT_GRANTED",
+            "ad_personalization": "CONSENT_GRANTED",
+        },
+        "access_token",
+    ),
+    "tiktok": (
+        ["--token", TOKEN, "--audience", f"{AUDIENCE_ID}:EMAIL_SHA256"],
+        {"advertiser_id": "7000000000000000001"},
+        "access_token",
+    ),
 }
 ACKS = """\
 import json
@@ -123,11 +133,20 @@ def send_events(port: int, key: str, users: list[str], per_second: float, prefix
         delay = started + n * interval - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        body = json.dumps({"batch": [{
-            "type": "track", "userId": user, "event": "Order Completed", "messageId": f"{prefix}-{n}",
-            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-            "properties": {"order_id": f"{prefix}-{n}", "revenue": 38.0},
-        }]})
+        body = json.dumps(
+            {
+                "batch": [
+                    {
+                        "type": "track",
+                        "userId": user,
+                        "event": "Order Completed",
+                        "messageId": f"{prefix}-{n}",
+                        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                        "properties": {"order_id": f"{prefix}-{n}", "revenue": 38.0},
+                    }
+                ]
+            }
+        )
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         sent[user] = time.time()
         conn.request("POST", "/ingest/v1/batch", body, {"Authorization": auth, "Content-Type": "application/json"})
@@ -165,9 +184,15 @@ def run_backend(name: str, url: str, redis_url: str, args) -> dict:
         key = manage(env, "create_source", "shop").strip().splitlines()[-1]
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "downstream.yaml"
-            config.write_text(CONFIG.format(
-                audience=AUDIENCE, kind=kind, settings=json.dumps({"base_url": base_url, **settings}), credential=credential,
-                audience_id=AUDIENCE_ID if kind != "livelike" else ""))
+            config.write_text(
+                CONFIG.format(
+                    audience=AUDIENCE,
+                    kind=kind,
+                    settings=json.dumps({"base_url": base_url, **settings}),
+                    credential=credential,
+                    audience_id=AUDIENCE_ID if kind != "livelike" else "",
+                )
+            )
             manage(env, "apply_config", str(config))
         read = (lambda: livelike_acks(server_url)) if kind == "livelike" else (lambda: downstream_acks(env, kind))
         manage(env, "setup_schedules")
@@ -195,7 +220,12 @@ def run_backend(name: str, url: str, redis_url: str, args) -> dict:
     lags = [acks[u] - returned[u] for u in users if u in acks]
     from_sending = [acks[u] - sent[u] for u in users if u in acks]
     return {
-        "backend": name, "lags": lags, "from_sending": from_sending, "missing": len(users) - len(lags), "sending": sending, "warm": warm_lags,
+        "backend": name,
+        "lags": lags,
+        "from_sending": from_sending,
+        "missing": len(users) - len(lags),
+        "sending": sending,
+        "warm": warm_lags,
     }
 
 
@@ -206,9 +236,15 @@ def main():
     parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the last acknowledgements")
     parser.add_argument("--backends", default="sqlite,postgres")
-    parser.add_argument("--destination", default="livelike", choices=sorted(DESTINATIONS),
-                        help="the destination kind (its contract server in its own process)")
-    parser.add_argument("--pg-url", default=os.environ.get("BENCH_LAG_PG_URL", "postgres://postgres@127.0.0.1:5432/downstream_bench_lag"))
+    parser.add_argument(
+        "--destination",
+        default="livelike",
+        choices=sorted(DESTINATIONS),
+        help="the destination kind (its contract server in its own process)",
+    )
+    parser.add_argument(
+        "--pg-url", default=os.environ.get("BENCH_LAG_PG_URL", "postgres://postgres@127.0.0.1:5432/downstream_bench_lag")
+    )
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_LAG_REDIS_URL", "redis://127.0.0.1:6379/14"))
     args = parser.parse_args()
 

@@ -111,8 +111,12 @@ class Ingest:
             for message in messages:
                 message.setdefault("messageId", f"m-{next(self.ids)}-{time.time_ns()}")
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        conn.request("POST", "/ingest/v1/batch", json.dumps({"batch": messages}),
-                     {"Authorization": self.auth, "Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/ingest/v1/batch",
+            json.dumps({"batch": messages}),
+            {"Authorization": self.auth, "Content-Type": "application/json"},
+        )
         response = conn.getresponse()
         body = response.read()
         conn.close()
@@ -126,8 +130,12 @@ def now_iso() -> str:
 
 
 def identify(user: str, rng: random.Random) -> dict:
-    return {"type": "identify", "userId": user, "timestamp": now_iso(),
-            "traits": {f"seg_{i}": rng.random() < 0.5 for i in range(1, len(ACTIVATION) + 1)}}
+    return {
+        "type": "identify",
+        "userId": user,
+        "timestamp": now_iso(),
+        "traits": {f"seg_{i}": rng.random() < 0.5 for i in range(1, len(ACTIVATION) + 1)},
+    }
 
 
 def server_state(url: str, **flags) -> dict:
@@ -179,8 +187,14 @@ def outbox_times(env, buyers: list[str]) -> dict[tuple[str, str], tuple[float, f
 
 
 def run_backend(name: str, database_url: str, redis_url: str, args) -> dict:
-    env = django_env(database_url, redis_url=redis_url, LOG_LEVEL="WARNING", FAULTS_LIVELIKE_PRODUCER_TOKEN=TOKEN,
-                     DESTINATION_PRIVATE_HOSTS="127.0.0.1,localhost", Q_WORKERS=str(args.q_workers))
+    env = django_env(
+        database_url,
+        redis_url=redis_url,
+        LOG_LEVEL="WARNING",
+        FAULTS_LIVELIKE_PRODUCER_TOKEN=TOKEN,
+        DESTINATION_PRIVATE_HOSTS="127.0.0.1,localhost",
+        Q_WORKERS=str(args.q_workers),
+    )
     if redis_url:
         import redis
 
@@ -190,8 +204,20 @@ def run_backend(name: str, database_url: str, redis_url: str, args) -> dict:
     rng = random.Random(args.seed)
     try:
         livelike_url = processes.start_livelike(
-            TOKEN, CLIENT_ID, "--fault-rate", str(args.fault_rate), "--fault-kinds", "429,500,timeout,reset",
-            "--retry-after", "1", "--slow-seconds", str(SLOW_SECONDS), "--rate-limit", "10", "--seed", str(args.seed),
+            TOKEN,
+            CLIENT_ID,
+            "--fault-rate",
+            str(args.fault_rate),
+            "--fault-kinds",
+            "429,500,timeout,reset",
+            "--retry-after",
+            "1",
+            "--slow-seconds",
+            str(SLOW_SECONDS),
+            "--rate-limit",
+            "10",
+            "--seed",
+            str(args.seed),
         )
         key = manage(env, "create_source", "shop").strip().splitlines()[-1]
         with tempfile.TemporaryDirectory() as tmp:
@@ -206,7 +232,7 @@ def run_backend(name: str, database_url: str, redis_url: str, args) -> dict:
 
         pool = [f"pool-{i:04d}" for i in range(args.pool)]
         for start in range(0, len(pool), 100):
-            ingest.post([identify(user, rng) for user in pool[start:start + 100]])
+            ingest.post([identify(user, rng) for user in pool[start : start + 100]])
         # the pool's entries go out before the clock starts
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -245,10 +271,17 @@ def run_backend(name: str, database_url: str, redis_url: str, args) -> dict:
                 kills.append(time.time())
                 processes.kill_worker()
                 processes.start_worker(env)
-            returned[user] = ingest.post([{
-                "type": "track", "userId": user, "event": "Order Completed", "timestamp": now_iso(),
-                "properties": {"order_id": f"o-{n}", "revenue": 38.0},
-            }])
+            returned[user] = ingest.post(
+                [
+                    {
+                        "type": "track",
+                        "userId": user,
+                        "event": "Order Completed",
+                        "timestamp": now_iso(),
+                        "properties": {"order_id": f"o-{n}", "revenue": 38.0},
+                    }
+                ]
+            )
         purchases_took = time.monotonic() - clock
 
         wanted = {(a, u, True) for u in buyers for a in SUPPRESSION}
@@ -284,9 +317,9 @@ def run_backend(name: str, database_url: str, redis_url: str, args) -> dict:
     # have taken some out before: their removal then comes later, or never, and is not counted)
     removal_lags = [
         removals[(a, u, False)] - returned[u]
-        for u in buyers for a in ACTIVATION
-        if u in memberships_before.get(a, []) and (a, u, False) in removals
-        and removals[(a, u, False)] - returned[u] < 60
+        for u in buyers
+        for a in ACTIVATION
+        if u in memberships_before.get(a, []) and (a, u, False) in removals and removals[(a, u, False)] - returned[u] < 60
     ]
     log = state["requests"]
     kill_to_first = []
@@ -300,15 +333,27 @@ def run_backend(name: str, database_url: str, redis_url: str, args) -> dict:
         there = downstream.get(audience, set())
         lost += len(in_db - there) + len(there - in_db)
     to_outbox = [outbox[(a, u)][0] - returned[u] for u in buyers for a in SUPPRESSION if (a, u) in outbox]
-    to_request = [outbox[(a, u)][1] - outbox[(a, u)][0] for u in buyers for a in SUPPRESSION
-                  if (a, u) in outbox and outbox[(a, u)][1]]
+    to_request = [
+        outbox[(a, u)][1] - outbox[(a, u)][0] for u in buyers for a in SUPPRESSION if (a, u) in outbox and outbox[(a, u)][1]
+    ]
     return {
-        "to_outbox": to_outbox, "to_request": to_request,
-        "backend": name, "lags": lags, "missing": missing, "removal_lags": removal_lags, "kills": kill_to_first,
-        "violations": state["counters"]["retry_after_violations"], "faults": state["counters"]["faults"],
-        "rate_limited": state["counters"]["rate_limited"], "requests": state["counters"]["requests"],
-        "lost": lost, "exit_before_entry": state["counters"]["exit_before_entry"], "dead": snapshot["dead"],
-        "open": snapshot["open"], "purchases_took": purchases_took, "churned": churned[0],
+        "to_outbox": to_outbox,
+        "to_request": to_request,
+        "backend": name,
+        "lags": lags,
+        "missing": missing,
+        "removal_lags": removal_lags,
+        "kills": kill_to_first,
+        "violations": state["counters"]["retry_after_violations"],
+        "faults": state["counters"]["faults"],
+        "rate_limited": state["counters"]["rate_limited"],
+        "requests": state["counters"]["requests"],
+        "lost": lost,
+        "exit_before_entry": state["counters"]["exit_before_entry"],
+        "dead": snapshot["dead"],
+        "open": snapshot["open"],
+        "purchases_took": purchases_took,
+        "churned": churned[0],
         "max_in_1s": state["counters"]["max_requests_in_any_1s_window"],
     }
 
@@ -331,7 +376,9 @@ def main():
     parser.add_argument("--q-workers", type=int, default=2, help="the qcluster's worker processes (Q_WORKERS)")
     parser.add_argument("--wait", type=float, default=180.0, help="seconds to wait for acknowledgements and to settle")
     parser.add_argument("--backends", default="postgres,sqlite")
-    parser.add_argument("--pg-url", default=os.environ.get("BENCH_FAULTS_PG_URL", "postgres://postgres@127.0.0.1:5432/downstream_bench_faults"))
+    parser.add_argument(
+        "--pg-url", default=os.environ.get("BENCH_FAULTS_PG_URL", "postgres://postgres@127.0.0.1:5432/downstream_bench_faults")
+    )
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_FAULTS_REDIS_URL", "redis://127.0.0.1:6379/14"))
     args = parser.parse_args()
     if args.purchases > args.pool:
@@ -358,18 +405,30 @@ def main():
         p95 = percentile(r["lags"], 0.95) if r["lags"] else float("inf")
         floors = p95 <= 10 and not r["lost"] and not r["violations"] and not r["exit_before_entry"] and not r["missing"]
         print(f"{name} ({label}):")
-        print(f"  suppression lag (purchase returned -> first ack of the add, {len(r['lags'])} adds in 2 audiences): "
-              f"{fmt(r['lags'])}; {len(r['missing'])} never acknowledged")
-        print(f"  of which: purchase returned -> outbox row {fmt(r['to_outbox'])}; outbox row -> first request "
-              f"{fmt(r['to_request'])}")
-        print(f"  first removal after the purchase from the activation audiences they were in ({len(r['removal_lags'])} removals): {fmt(r['removal_lags'])}")
+        print(
+            f"  suppression lag (purchase returned -> first ack of the add, {len(r['lags'])} adds in 2 audiences): "
+            f"{fmt(r['lags'])}; {len(r['missing'])} never acknowledged"
+        )
+        print(
+            f"  of which: purchase returned -> outbox row {fmt(r['to_outbox'])}; outbox row -> first request "
+            f"{fmt(r['to_request'])}"
+        )
+        print(
+            f"  first removal after the purchase from the activation audiences they were in ({len(r['removal_lags'])} removals): {fmt(r['removal_lags'])}"
+        )
         print("  kill -> first delivered request: " + ", ".join(f"{k:.2f} s" for k in r["kills"]))
-        print(f"  Retry-After violations {r['violations']}; rows lost {r['lost']}; exits for entries never delivered "
-              f"{r['exit_before_entry']}; dead letters {r['dead']}; still open {r['open']}")
-        print(f"  {r['requests']} requests, faults {r['faults']}, {r['rate_limited']} refused by the server's bucket, "
-              f"at most {r['max_in_1s']} in a second; purchases took {r['purchases_took']:.1f} s, {r['churned']} churn identifies")
-        print(f"  floors (p95 <= 10 s, 0 lost, 0 violations, 0 exits without entry): {'met' if floors else 'MISSED'}; "
-              f"goal p95 <= 3 s: {'met' if p95 <= 3 else 'missed'}; {load_line()}")
+        print(
+            f"  Retry-After violations {r['violations']}; rows lost {r['lost']}; exits for entries never delivered "
+            f"{r['exit_before_entry']}; dead letters {r['dead']}; still open {r['open']}"
+        )
+        print(
+            f"  {r['requests']} requests, faults {r['faults']}, {r['rate_limited']} refused by the server's bucket, "
+            f"at most {r['max_in_1s']} in a second; purchases took {r['purchases_took']:.1f} s, {r['churned']} churn identifies"
+        )
+        print(
+            f"  floors (p95 <= 10 s, 0 lost, 0 violations, 0 exits without entry): {'met' if floors else 'MISSED'}; "
+            f"goal p95 <= 3 s: {'met' if p95 <= 3 else 'missed'}; {load_line()}"
+        )
 
 
 if __name__ == "__main__":

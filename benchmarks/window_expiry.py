@@ -80,8 +80,10 @@ def tick_figures(backend: str, now, people: int, share: float = 0.01) -> None:
         with connection.cursor() as cursor:
             cursor.execute("VACUUM ANALYZE audiences_windowexpiry")
     realtime = realtime_audiences()
-    print(f"[{backend}] window expiry: realtime audiences {', '.join(a.key for a in realtime)}; "
-          f"{WindowExpiry.objects.count():,} expiry times for {WindowExpiry.objects.values('person').distinct().count():,} people")
+    print(
+        f"[{backend}] window expiry: realtime audiences {', '.join(a.key for a in realtime)}; "
+        f"{WindowExpiry.objects.count():,} expiry times for {WindowExpiry.objects.values('person').distinct().count():,} people"
+    )
     full = {}
     for audience in realtime:
         with database_time() as spent:
@@ -90,8 +92,10 @@ def tick_figures(backend: str, now, people: int, share: float = 0.01) -> None:
     today = sum(s["other"] for s in full.values())
     parts = ", ".join(f"{key} {s['other'] * 1000:,.0f}" for key, s in full.items())
     writing = sum(s["expiry"] for s in full.values())
-    print(f"[{backend}] today's full pass (realtime audiences, nothing changing): {today * 1000:,.0f} ms database time "
-          f"({parts} ms); writing the expiry times adds {writing * 1000:,.0f} ms to the hourly check")
+    print(
+        f"[{backend}] today's full pass (realtime audiences, nothing changing): {today * 1000:,.0f} ms database time "
+        f"({parts} ms); writing the expiry times adds {writing * 1000:,.0f} ms to the hourly check"
+    )
     wanted = max(1, round(people * share))
     firsts = WindowExpiry.objects.values("person").annotate(first=Min("due_at")).order_by("first").values_list("first", flat=True)
     at = firsts[min(wanted, firsts.count()) - 1]
@@ -100,14 +104,18 @@ def tick_figures(backend: str, now, people: int, share: float = 0.01) -> None:
         evaluated = evaluate_expired(now=at)
         wall = time.perf_counter() - started
     db = spent["expiry"] + spent["other"]
-    print(f"[{backend}] realtime tick at now + {(at - now).total_seconds() / 60:,.1f} min, when {evaluated:,} people "
-          f"({evaluated / people:.2%}) have had their time come: {db * 1000:,.0f} ms database time "
-          f"({db / today:.1%} of today's full pass; target <= 5%), {wall * 1000:,.0f} ms wall")
+    print(
+        f"[{backend}] realtime tick at now + {(at - now).total_seconds() / 60:,.1f} min, when {evaluated:,} people "
+        f"({evaluated / people:.2%}) have had their time come: {db * 1000:,.0f} ms database time "
+        f"({db / today:.1%} of today's full pass; target <= 5%), {wall * 1000:,.0f} ms wall"
+    )
     with database_time() as spent:
         evaluated = sum(evaluate_expired(now=at + timedelta(seconds=s)) for s in range(1, 61))
     db = spent["expiry"] + spent["other"]
-    print(f"[{backend}] the minute after, ticked every second as the worker does: {evaluated:,} people, "
-          f"{db * 1000:,.0f} ms database time in all ({db / today:.1%} of one full pass, which ran every minute)")
+    print(
+        f"[{backend}] the minute after, ticked every second as the worker does: {evaluated:,} people, "
+        f"{db * 1000:,.0f} ms database time in all ({db / today:.1%} of one full pass, which ran every minute)"
+    )
     corrected, checked = check(at + timedelta(seconds=60))
     print(f"[{backend}] hourly consistency check then: {corrected:,} people corrected over {checked} audiences (target 0)")
 
@@ -135,8 +143,11 @@ def exit_latency(backend: str, planted: int = 200, seed: int = 4) -> None:
     processes.start_worker(os.environ.copy())
     try:
         warm = f"{PLANTED_PREFIX}warm-up"
-        ingest_messages(source=source, messages=[Message("event", warm, "warm", timezone.now(), name="Added to Cart")],
-                        received_at=timezone.now())
+        ingest_messages(
+            source=source,
+            messages=[Message("event", warm, "warm", timezone.now(), name="Added to Cart")],
+            received_at=timezone.now(),
+        )
         started = time.monotonic()
         while not Membership.objects.filter(person__customer_id=warm).exists():
             if time.monotonic() - started > 120:
@@ -145,8 +156,9 @@ def exit_latency(backend: str, planted: int = 200, seed: int = 4) -> None:
         rng = random.Random(seed)
         now = timezone.now()
         ends = {f"{PLANTED_PREFIX}{n}": now + timedelta(seconds=8 + 30 * rng.random()) for n in range(planted)}
-        messages = [Message("event", cid, f"cart-{cid}", end - timedelta(hours=2), name="Added to Cart")
-                    for cid, end in ends.items()]
+        messages = [
+            Message("event", cid, f"cart-{cid}", end - timedelta(hours=2), name="Added to Cart") for cid, end in ends.items()
+        ]
         ingest_messages(source=source, messages=messages, received_at=now)
         seen = {}
         deadline = time.monotonic() + 120
@@ -161,10 +173,12 @@ def exit_latency(backend: str, planted: int = 200, seed: int = 4) -> None:
         processes.stop()
     late = sorted((observed - ends[cid]).total_seconds() for cid, (observed, _) in seen.items())
     written = sorted((exited - ends[cid]).total_seconds() for cid, (_, exited) in seen.items())
-    print(f"[{backend}] exit latency, {planted} carts whose 2 h end 8-38 s after planting, one qcluster running: "
-          f"{len(seen)} exits seen; window end -> exit seen p50 {statistics.median(late):.2f} s, "
-          f"p95 {percentile(late, 0.95):.2f} s, max {late[-1]:.2f} s (target p95 <= 5 s); "
-          f"exit time written - window end p95 {percentile(written, 0.95):.2f} s")
+    print(
+        f"[{backend}] exit latency, {planted} carts whose 2 h end 8-38 s after planting, one qcluster running: "
+        f"{len(seen)} exits seen; window end -> exit seen p50 {statistics.median(late):.2f} s, "
+        f"p95 {percentile(late, 0.95):.2f} s, max {late[-1]:.2f} s (target p95 <= 5 s); "
+        f"exit time written - window end p95 {percentile(written, 0.95):.2f} s"
+    )
     corrected, checked = check(timezone.now())
     print(f"[{backend}] consistency check after the worker ran: {corrected:,} people corrected over {checked} audiences")
     Person.objects.filter(customer_id__startswith=PLANTED_PREFIX).delete()

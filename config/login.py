@@ -20,7 +20,10 @@ def locked_out(request, original_response=None, credentials=None):
     minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
     username = (credentials or {}).get("username") or request.POST.get("username", "")
     context = {
-        **admin.site.each_context(request), "title": "Too many failed logins", "username": username,
-        "failure_limit": settings.AXES_FAILURE_LIMIT, "minutes": minutes,
+        **admin.site.each_context(request),
+        "title": "Too many failed logins",
+        "username": username,
+        "failure_limit": settings.AXES_FAILURE_LIMIT,
+        "minutes": minutes,
     }
     return TemplateResponse(request, "admin/lockout.html", context, status=429).render()

@@ -23,7 +23,9 @@ def _scale(values, low, high, size):
 def sparkline(values: list[float | None], *, width: int = 120, height: int = 28, label: str = "") -> str:
     points = [v for v in values if v is not None]
     if len(points) < 2:
-        return mark_safe(f'<svg class="spark" width="{width}" height="{height}" role="img" aria-label="{escape(label or "no data yet")}"></svg>')
+        return mark_safe(
+            f'<svg class="spark" width="{width}" height="{height}" role="img" aria-label="{escape(label or "no data yet")}"></svg>'
+        )
     low, high = min(points), max(points)
     step = width / (len(values) - 1)
     # the line starts at the first known size: no flat week before an audience existed
@@ -35,7 +37,8 @@ def sparkline(values: list[float | None], *, width: int = 120, height: int = 28,
     # an audience younger than the window: say so beside its short line
     new = (
         f'<text x="{known[0] * step - 5:.1f}" y="{height / 2 + 4:.1f}" text-anchor="end" font-size="11" fill="{MUTED}">new</text>'
-        if known[0] * step > width * 0.6 else ""
+        if known[0] * step > width * 0.6
+        else ""
     )
     return mark_safe(
         f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
@@ -68,8 +71,15 @@ def whole_ticks(high: float, *, most: int = 4) -> list[int]:
         magnitude *= 10
 
 
-def size_chart(points: list[tuple[datetime, int | None, int, int]], *, width: int = 1100, height: int = 260,
-               label_format: str = "%b %d", title: str = "", lows: dict[int, int] | None = None) -> str:
+def size_chart(
+    points: list[tuple[datetime, int | None, int, int]],
+    *,
+    width: int = 1100,
+    height: int = 260,
+    label_format: str = "%b %d",
+    title: str = "",
+    lows: dict[int, int] | None = None,
+) -> str:
     """Size as a line over whole-number gridlines; entries and exits as bars side by side,
     both rising from their own zero line under it (an exit is a count, not a negative size);
     the legend above."""
@@ -84,7 +94,9 @@ def size_chart(points: list[tuple[datetime, int | None, int, int]], *, width: in
     gridlines = whole_ticks(max(known))
     high = gridlines[-1]
     step = plot_w / max(len(points) - 1, 1)
-    parts = [f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">']
+    parts = [
+        f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">'
+    ]
     for value in gridlines:
         y = top + line_h - value / high * line_h
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="{GRID}"/>')
@@ -105,8 +117,12 @@ def size_chart(points: list[tuple[datetime, int | None, int, int]], *, width: in
         dip_x = left + i * step
         y_peak, y_low = top + line_h - points[i][1] / high * line_h, top + line_h - low / high * line_h
         color = EXIT if low == 0 else INK
-        parts.append(f'<line class="dip" x1="{dip_x:.1f}" x2="{dip_x:.1f}" y1="{y_peak:.1f}" y2="{y_low:.1f}" stroke="{color}" stroke-width="1.5"/>')
-        parts.append(f'<circle class="dip" cx="{dip_x:.1f}" cy="{y_low:.1f}" r="2.5" fill="{color}"><title>down to {low:,}</title></circle>')
+        parts.append(
+            f'<line class="dip" x1="{dip_x:.1f}" x2="{dip_x:.1f}" y1="{y_peak:.1f}" y2="{y_low:.1f}" stroke="{color}" stroke-width="1.5"/>'
+        )
+        parts.append(
+            f'<circle class="dip" cx="{dip_x:.1f}" cy="{y_low:.1f}" r="2.5" fill="{color}"><title>down to {low:,}</title></circle>'
+        )
     # the latest size as a dot: visible even when there is a single evaluation
     parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{INK}"><title>{known[-1]:,}</title></circle>')
     flow_high = whole_ticks(max(max(p[2], p[3]) for p in points), most=1)[-1]
@@ -116,16 +132,22 @@ def size_chart(points: list[tuple[datetime, int | None, int, int]], *, width: in
         x = left + i * step
         if entered:
             h = max(1.0, entered / flow_high * bars_h)
-            parts.append(f'<rect x="{x - bar_w:.1f}" y="{base - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{ENTER}"><title>+{entered:,} entered</title></rect>')
+            parts.append(
+                f'<rect x="{x - bar_w:.1f}" y="{base - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{ENTER}"><title>+{entered:,} entered</title></rect>'
+            )
         if exited:
             h = max(1.0, exited / flow_high * bars_h)
-            parts.append(f'<rect x="{x:.1f}" y="{base - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{EXIT}"><title>{exited:,} exited</title></rect>')
+            parts.append(
+                f'<rect x="{x:.1f}" y="{base - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{EXIT}"><title>{exited:,} exited</title></rect>'
+            )
     parts.append(f'<line x1="{left}" x2="{width - right}" y1="{base:.1f}" y2="{base:.1f}" stroke="{GRID}"/>')
     ticks = max(1, len(points) // 6)
     for i in range(0, len(points), ticks):
         x = left + i * step
         anchor = "end" if x > width - right - 30 else "middle"  # the last label stays inside the chart
-        parts.append(f'<text x="{x:.1f}" y="{height - 4}" text-anchor="{anchor}" class="axis">{escape(points[i][0].strftime(label_format))}</text>')
+        parts.append(
+            f'<text x="{x:.1f}" y="{height - 4}" text-anchor="{anchor}" class="axis">{escape(points[i][0].strftime(label_format))}</text>'
+        )
     parts.append(
         f'<text x="{width - right}" y="14" text-anchor="end" class="axis"><tspan fill="{INK}">― size</tspan>  '
         f'<tspan fill="{ENTER}">■ entered</tspan>  <tspan fill="{EXIT}">■ exited</tspan>'
@@ -147,15 +169,20 @@ def bars(items: list[tuple[str, float]], *, width: int = 520, row: int = 24, col
         y = i * row + 2
         w = value / high * plot
         short = label if len(label) <= 30 else label[:29] + "…"
-        parts.append(f'<text x="{label_w - 6}" y="{y + row * 0.65:.1f}" text-anchor="end" class="axis"><title>{escape(label)}</title>{escape(short)}</text>')
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y + row * 0.65:.1f}" text-anchor="end" class="axis"><title>{escape(label)}</title>{escape(short)}</text>'
+        )
         parts.append(f'<rect x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row - 8}" fill="{color}" rx="2"/>')
-        parts.append(f'<text x="{label_w + w + 4:.1f}" y="{y + row * 0.65:.1f}" class="axis">{escape(_fmt(value))}{escape(unit)}</text>')
+        parts.append(
+            f'<text x="{label_w + w + 4:.1f}" y="{y + row * 0.65:.1f}" class="axis">{escape(_fmt(value))}{escape(unit)}</text>'
+        )
     parts.append("</svg>")
     return mark_safe("".join(parts))
 
 
-def lag_chart(points: list[tuple[datetime, float | None, float | None]], *, width: int = 600, height: int = 200,
-              target: float | None = None) -> str:
+def lag_chart(
+    points: list[tuple[datetime, float | None, float | None]], *, width: int = 600, height: int = 200, target: float | None = None
+) -> str:
     """p50 and p95 suppression lag over time, with the target as a dashed line."""
     known = [v for _, a, b in points for v in (a, b) if v is not None]
     if not known:
@@ -163,7 +190,9 @@ def lag_chart(points: list[tuple[datetime, float | None, float | None]], *, widt
     left, right, top, plot_h = 48, 10, 10, height - 34
     high = max(known + ([target] if target else [])) * 1.1 or 1
     step = (width - left - right) / max(len(points) - 1, 1)
-    parts = [f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="suppression lag">']
+    parts = [
+        f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="suppression lag">'
+    ]
     for fraction in (0, 0.5, 1):
         y = top + plot_h - fraction * plot_h
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="{GRID}"/>')
@@ -174,23 +203,28 @@ def lag_chart(points: list[tuple[datetime, float | None, float | None]], *, widt
     for index, color in ((1, MUTED), (2, INK)):
         path = [
             f"{'M' if not i else 'L'}{left + i * step:.1f},{top + plot_h - p[index] / high * plot_h:.1f}"
-            for i, p in enumerate(points) if p[index] is not None
+            for i, p in enumerate(points)
+            if p[index] is not None
         ]
         if path:
             path[0] = "M" + path[0][1:]
             parts.append(f'<path d="{" ".join(path)}" fill="none" stroke="{color}" stroke-width="2"/>')
         # a point with no known neighbour makes no line: draw it as a dot (a single hour of data)
         for i, p in enumerate(points):
-            alone = p[index] is not None and all(
-                not 0 <= j < len(points) or points[j][index] is None for j in (i - 1, i + 1)
-            )
+            alone = p[index] is not None and all(not 0 <= j < len(points) or points[j][index] is None for j in (i - 1, i + 1))
             if alone:
                 x, y = left + i * step, top + plot_h - p[index] / high * plot_h
-                parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{color}"><title>{p[index]:,.1f} s</title></circle>')
+                parts.append(
+                    f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{color}"><title>{p[index]:,.1f} s</title></circle>'
+                )
     ticks = max(1, len(points) // 6)
     for i in range(0, len(points), ticks):
         x = left + i * step
         anchor = "end" if x > width - right - 20 else "middle"
-        parts.append(f'<text x="{x:.1f}" y="{height - 4}" text-anchor="{anchor}" class="axis">{escape(points[i][0].strftime("%H:%M"))}</text>')
-    parts.append(f'<text x="{width - right}" y="{top + 10}" text-anchor="end" class="axis"><tspan fill="{MUTED}">■ p50</tspan>  <tspan fill="{INK}">■ p95</tspan></text></svg>')
+        parts.append(
+            f'<text x="{x:.1f}" y="{height - 4}" text-anchor="{anchor}" class="axis">{escape(points[i][0].strftime("%H:%M"))}</text>'
+        )
+    parts.append(
+        f'<text x="{width - right}" y="{top + 10}" text-anchor="end" class="axis"><tspan fill="{MUTED}">■ p50</tspan>  <tspan fill="{INK}">■ p95</tspan></text></svg>'
+    )
     return mark_safe("".join(parts))

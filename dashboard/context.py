@@ -9,7 +9,11 @@ def dashboard_context(request) -> dict:
     from django.contrib.admin import site
 
     return {
-        "site_title": site.site_title, "site_header": site.site_header, "site_url": site.site_url,
-        "has_permission": site.has_permission(request), "is_popup": False, "is_nav_sidebar_enabled": False,
+        "site_title": site.site_title,
+        "site_header": site.site_header,
+        "site_url": site.site_url,
+        "has_permission": site.has_permission(request),
+        "is_popup": False,
+        "is_nav_sidebar_enabled": False,
         "available_apps": [],
     }

@@ -57,7 +57,9 @@ def value_problem(value, path: str = "", depth: int = 0) -> str | None:
                 return problem
     elif isinstance(value, dict):
         for key, item in value.items():
-            if problem := value_problem(key, path, depth + 1) or value_problem(item, f"{path}.{key}" if path else str(key), depth + 1):
+            if problem := value_problem(key, path, depth + 1) or value_problem(
+                item, f"{path}.{key}" if path else str(key), depth + 1
+            ):
                 return problem
     return None
 
@@ -112,11 +114,15 @@ def preview_request(payload) -> dict:
         raise RequestError("priority_rank: must be a whole number")
     rank = rank_value(rank)
     return {
-        "source": source, "yaml": _text_or_none(payload, "yaml") or "", "match": match,
-        "rows": [{k: v for k, v in row.items() if v is not None} for row in rows], "exclusions": exclusions,
+        "source": source,
+        "yaml": _text_or_none(payload, "yaml") or "",
+        "match": match,
+        "rows": [{k: v for k, v in row.items() if v is not None} for row in rows],
+        "exclusions": exclusions,
         "priority_group": _text_or_none(payload, "priority_group") or None,
         "priority_rank": rank if isinstance(rank, int) else None,
-        "identifier_policy": _text_or_none(payload, "identifier_policy") or None, "key": _text_or_none(payload, "key") or None,
+        "identifier_policy": _text_or_none(payload, "identifier_policy") or None,
+        "key": _text_or_none(payload, "key") or None,
     }
 
 
@@ -136,8 +142,12 @@ def form_state(text: str) -> dict | None:
         return None
     if not all(isinstance(row, dict) and all(isinstance(v, (str, int, float)) for v in row.values()) for row in rows):
         return None
-    return {"match": state.get("match", "all"), "rows": rows, "yaml": state.get("yaml", ""),
-            "rows_fit": state.get("rows_fit") is not False}
+    return {
+        "match": state.get("match", "all"),
+        "rows": rows,
+        "yaml": state.get("yaml", ""),
+        "rows_fit": state.get("rows_fit") is not False,
+    }
 
 
 def coerce(text):
@@ -164,7 +174,7 @@ def _event(row: dict) -> dict:
 
 
 def _since(row: dict, condition: dict) -> dict:
-    """"with no Order Completed since", when the row names one."""
+    """ "with no Order Completed since", when the row names one."""
     follower = (row.get("not_followed_by") or "").strip()
     return {**condition, "not_followed_by": follower} if follower else condition
 
@@ -176,8 +186,13 @@ def row_to_condition(row: dict, index: int) -> dict:
     if kind == "did_not":
         return {"not": _event(row)}
     if kind == "last_between":
-        return _since(row, {"event": (row.get("event") or "").strip(),
-                            "last_between": [row.get("newer", "").strip(), row.get("older", "").strip()]})
+        return _since(
+            row,
+            {
+                "event": (row.get("event") or "").strip(),
+                "last_between": [row.get("newer", "").strip(), row.get("older", "").strip()],
+            },
+        )
     if kind == "attribute":
         op = row.get("op", "eq")
         raw = row.get("value", "")
@@ -212,9 +227,15 @@ def _event_row(kind: str, condition: dict) -> dict | None:
         return None
     if not isinstance(condition.get("where") or {}, dict):
         return None
-    row = {"type": kind, "event": condition["event"], "within": condition.get("within", ""),
-           "min_count": condition.get("min_count", 1), "where_key": "", "where_value": "",
-           "not_followed_by": condition.get("not_followed_by", "")}
+    row = {
+        "type": kind,
+        "event": condition["event"],
+        "within": condition.get("within", ""),
+        "min_count": condition.get("min_count", 1),
+        "where_key": "",
+        "where_value": "",
+        "not_followed_by": condition.get("not_followed_by", ""),
+    }
     where = condition.get("where") or {}
     if len(where) > 1:
         return None
@@ -255,8 +276,13 @@ def condition_to_row(condition: dict) -> dict | None:
             if not (isinstance(between, list) and len(between) == 2 and all(isinstance(b, str) for b in between)):
                 return None
             newer, older = between
-            return {"type": "last_between", "event": condition["event"], "newer": newer, "older": older,
-                    "not_followed_by": condition.get("not_followed_by", "")}
+            return {
+                "type": "last_between",
+                "event": condition["event"],
+                "newer": newer,
+                "older": older,
+                "not_followed_by": condition.get("not_followed_by", ""),
+            }
         return _event_row("did", condition)
     if "attribute" in condition:
         ops = [k for k in condition if k != "attribute"]

@@ -26,12 +26,25 @@ log = logging.getLogger(__name__)
 
 FORM_FIELDS = ("key", "name", "description", "purpose", "cadence", "identifier_policy", "priority_group", "priority_rank")
 ROW_KINDS = [
-    ("did", "did an event"), ("did_not", "did not do an event"), ("last_between", "last did an event between"),
-    ("attribute", "has an attribute"), ("in_audience", "is in audience"), ("not_in_audience", "is not in audience"),
+    ("did", "did an event"),
+    ("did_not", "did not do an event"),
+    ("last_between", "last did an event between"),
+    ("attribute", "has an attribute"),
+    ("in_audience", "is in audience"),
+    ("not_in_audience", "is not in audience"),
 ]
 OPERATORS = [
-    ("eq", "is"), ("ne", "is not"), ("gt", ">"), ("gte", "≥"), ("lt", "<"), ("lte", "≤"), ("in", "is one of"),
-    ("contains", "contains"), ("exists", "exists"), ("older_than", "is older than"), ("newer_than", "is newer than"),
+    ("eq", "is"),
+    ("ne", "is not"),
+    ("gt", ">"),
+    ("gte", "≥"),
+    ("lt", "<"),
+    ("lte", "≤"),
+    ("in", "is one of"),
+    ("contains", "contains"),
+    ("exists", "exists"),
+    ("older_than", "is older than"),
+    ("newer_than", "is newer than"),
 ]
 
 
@@ -43,7 +56,9 @@ def _choices(audience=None) -> dict:
         "row_kinds": ROW_KINDS,
         "operators": OPERATORS,
         "audiences": Audience.objects.exclude(pk=audience.pk if audience else None).order_by("name"),
-        "suppressions": Audience.objects.filter(purpose=Audience.SUPPRESSION).exclude(pk=audience.pk if audience else None).order_by("name"),
+        "suppressions": Audience.objects.filter(purpose=Audience.SUPPRESSION)
+        .exclude(pk=audience.pk if audience else None)
+        .order_by("name"),
         "groups": PriorityGroup.objects.order_by("name"),
         "policies": IdentifierPolicy.objects.order_by("name"),
         "event_names": EventStat.objects.order_by().values_list("name", flat=True).distinct()[:200],
@@ -56,8 +71,10 @@ def _initial_state(audience: Audience | None) -> dict:
         return {"match": "all", "rows": [{"type": "did", "event": "", "within": "2h"}], "yaml": "", "rows_fit": True}
     shape = editor.rule_to_rows(audience.rule)
     return {
-        "match": shape[0] if shape else "all", "rows": shape[1] if shape else [],
-        "yaml": editor.rule_to_yaml(audience.rule), "rows_fit": shape is not None,
+        "match": shape[0] if shape else "all",
+        "rows": shape[1] if shape else [],
+        "yaml": editor.rule_to_yaml(audience.rule),
+        "rows_fit": shape is not None,
     }
 
 
@@ -98,19 +115,38 @@ def _posted_state(post, audience, data) -> tuple[dict, str | None]:
 
 # the form fields that show their own errors beside them; any other error is listed at the top
 FIELDS_WITH_ERRORS_BESIDE = (
-    "name", "key", "description", "rule", "exclusions", "priority_group", "priority_rank", "purpose", "cadence",
-    "identifier_policy", "enabled",
+    "name",
+    "key",
+    "description",
+    "rule",
+    "exclusions",
+    "priority_group",
+    "priority_rank",
+    "purpose",
+    "cadence",
+    "identifier_policy",
+    "enabled",
 )
 
 
 def _render(request, audience, state, *, data=None, errors=None, status=200):
     title = f"Edit {audience.name}" if audience else "New audience"
     errors = errors or {}
-    return render(request, "dashboard/audience_form.html", {
-        **dashboard_context(request), "title": title, "audience": audience, "state": state,
-        "data": data or {}, "errors": errors, **_choices(audience),
-        "other_errors": {field: messages for field, messages in errors.items() if field not in FIELDS_WITH_ERRORS_BESIDE},
-    }, status=status)
+    return render(
+        request,
+        "dashboard/audience_form.html",
+        {
+            **dashboard_context(request),
+            "title": title,
+            "audience": audience,
+            "state": state,
+            "data": data or {},
+            "errors": errors,
+            **_choices(audience),
+            "other_errors": {field: messages for field, messages in errors.items() if field not in FIELDS_WITH_ERRORS_BESIDE},
+        },
+        status=status,
+    )
 
 
 @permission_required("audiences.add_audience", raise_exception=True)
@@ -127,7 +163,10 @@ def _editor(request, audience):
     if request.method != "POST":
         data = {}
         if audience:
-            data = {name: getattr(audience, name) for name in ("key", "name", "description", "purpose", "cadence", "priority_rank", "enabled")}
+            data = {
+                name: getattr(audience, name)
+                for name in ("key", "name", "description", "purpose", "cadence", "priority_rank", "enabled")
+            }
             data.update(
                 identifier_policy=audience.identifier_policy.key if audience.identifier_policy else "",
                 priority_group=audience.priority_group.key if audience.priority_group else "",
@@ -146,7 +185,9 @@ def _editor(request, audience):
         except ValidationError as exc:
             errors = exc.message_dict
         else:
-            messages.success(request, f"Saved {saved.name}. It is evaluated within a minute; realtime audiences follow every event.")
+            messages.success(
+                request, f"Saved {saved.name}. It is evaluated within a minute; realtime audiences follow every event."
+            )
             return redirect("dashboard:audience", key=saved.key)
     return _render(request, audience, state, data=data, errors=errors, status=400)
 
@@ -188,8 +229,12 @@ def editor_preview(request):
         try:
             with transaction.atomic():  # a failed query must not spoil the rest of the request
                 preview = audience_preview(
-                    rule=rule, exclusions=payload["exclusions"], priority_group=payload["priority_group"],
-                    priority_rank=payload["priority_rank"], identifier_policy=payload["identifier_policy"], key=payload["key"],
+                    rule=rule,
+                    exclusions=payload["exclusions"],
+                    priority_group=payload["priority_group"],
+                    priority_rank=payload["priority_rank"],
+                    identifier_policy=payload["identifier_policy"],
+                    key=payload["key"],
                 )
         except Exception:  # a preview must never break the editor: a plain message here, the detail in the log
             log.exception("editor preview failed for rule %s", json.dumps(rule))
@@ -198,10 +243,15 @@ def editor_preview(request):
             answer["preview"] = {
                 "size": preview.size,
                 "sample": [{"customer_id": p.customer_id, "email": p.email} for p in preview.sample],
-                "overlaps": [{"key": o.key, "name": o.name, "purpose": o.purpose, "count": o.count, "share": o.share}
-                             for o in preview.overlaps],
-                "coverage": preview.coverage, "coverage_valid": preview.coverage_valid, "coverage_looked": preview.coverage_looked,
-                "coverage_estimate": preview.coverage_is_estimate, "policy": preview.policy_name,
+                "overlaps": [
+                    {"key": o.key, "name": o.name, "purpose": o.purpose, "count": o.count, "share": o.share}
+                    for o in preview.overlaps
+                ],
+                "coverage": preview.coverage,
+                "coverage_valid": preview.coverage_valid,
+                "coverage_looked": preview.coverage_looked,
+                "coverage_estimate": preview.coverage_is_estimate,
+                "policy": preview.policy_name,
             }
     return JsonResponse(answer)
 

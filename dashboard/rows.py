@@ -69,12 +69,18 @@ def dashboard_rows(*, purpose: str = "", destination: str = "", owner: str = "")
         own_runs = [runs[s.pk] for s in own_syncs if s.pk in runs]
         last_run = max(own_runs, key=lambda r: r.started_at) if own_runs else None
         lags = [lag[s.pk].p95 for s in own_syncs if s.pk in lag and lag[s.pk].p95 is not None]
-        rows.append(AudienceRow(
-            audience=audience,
-            spark=charts.sparkline(sizes, label=f"{audience.name}: size over the last 7 days"),
-            change=change, size_week_ago=before, syncs=own_syncs, last_run=last_run,
-            lag_p95=max(lags) if lags else None, open_alerts=alerts.get(audience.pk, 0),
-        ))
+        rows.append(
+            AudienceRow(
+                audience=audience,
+                spark=charts.sparkline(sizes, label=f"{audience.name}: size over the last 7 days"),
+                change=change,
+                size_week_ago=before,
+                syncs=own_syncs,
+                last_run=last_run,
+                lag_p95=max(lags) if lags else None,
+                open_alerts=alerts.get(audience.pk, 0),
+            )
+        )
     return rows
 
 

@@ -47,16 +47,28 @@ def _apply_errors(form, problems: dict, place) -> None:
 
 def destinations(request):
     rows = Destination.objects.annotate(sync_count=Count("syncs")).order_by("name")
-    return _page(request, "dashboard/destinations.html", "Destinations", destinations=rows, kinds=KINDS.values(),
-                 can_add=request.user.has_perm("syncs.add_destination"))
+    return _page(
+        request,
+        "dashboard/destinations.html",
+        "Destinations",
+        destinations=rows,
+        kinds=KINDS.values(),
+        can_add=request.user.has_perm("syncs.add_destination"),
+    )
 
 
 @permission_required("syncs.add_destination", raise_exception=True)
 def destination_new(request):
     kind = request.GET.get("kind") or request.POST.get("kind")
     if kind not in KINDS:
-        return _page(request, "dashboard/destination_kinds.html", "New destination", kinds=KINDS.values(),
-                     status=400 if kind else 200, unknown=kind)
+        return _page(
+            request,
+            "dashboard/destination_kinds.html",
+            "New destination",
+            kinds=KINDS.values(),
+            status=400 if kind else 200,
+            unknown=kind,
+        )
     return _destination_editor(request, spec_for(kind), None)
 
 
@@ -85,10 +97,19 @@ def _destination_editor(request, spec, destination):
             return redirect("dashboard:destination-edit", key=saved.key)
     title = f"{destination.name} ({spec.label})" if destination else f"New {spec.label} destination"
     groups = {prefix: [form[name] for name in form.fields if name.startswith(prefix)] for prefix in (SETTING, CREDENTIAL)}
-    return _page(request, "dashboard/destination_form.html", title, form=form, spec=spec, destination=destination,
-                 setting_fields=groups[SETTING], credential_fields=groups[CREDENTIAL],
-                 number_fields=[form[name] for name in NUMBERS], status=400 if form.errors else 200,
-                 syncs=destination.syncs.select_related("audience") if destination else [])
+    return _page(
+        request,
+        "dashboard/destination_form.html",
+        title,
+        form=form,
+        spec=spec,
+        destination=destination,
+        setting_fields=groups[SETTING],
+        credential_fields=groups[CREDENTIAL],
+        number_fields=[form[name] for name in NUMBERS],
+        status=400 if form.errors else 200,
+        syncs=destination.syncs.select_related("audience") if destination else [],
+    )
 
 
 @require_POST
@@ -103,26 +124,48 @@ def destination_test(request, key):
 class SyncForm(forms.Form):
     key = forms.SlugField(max_length=64, help_text="Stable id for config files and the run history; never changes.")
     mode = forms.ChoiceField(choices=Sync.MODE_CHOICES)
-    fields = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple, label="Fields sent",
-                                       help_text="Sent beside the identifier; nothing else about a person leaves.")
-    other_fields = forms.CharField(required=False, label="Other attributes",
-                                   help_text="Person attributes by name, separated by commas (e.g. vip_tier, city).")
+    fields = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Fields sent",
+        help_text="Sent beside the identifier; nothing else about a person leaves.",
+    )
+    other_fields = forms.CharField(
+        required=False,
+        label="Other attributes",
+        help_text="Person attributes by name, separated by commas (e.g. vip_tier, city).",
+    )
     identifier_policy = forms.ChoiceField(required=False, label="Identifier")
     match_on = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple, label="Match on")
-    downstream_audience_id = forms.CharField(required=False, max_length=120, label="Audience id downstream",
-                                             help_text="Blank: the audience's key.")
-    additive_only = forms.BooleanField(required=False, label="Additive only",
-                                       help_text="Never send a removal (a lookalike seed, say).")
-    test_cohort_only = forms.BooleanField(required=False, label="Test cohort only",
-                                          help_text="Send internal test accounts only.")
-    removal_guard_share = forms.FloatField(min_value=0.01, max_value=1, initial=0.3, label="Hold removals above",
-                                           help_text="A share of the audience, e.g. 0.3: larger removals wait for a person.")
+    downstream_audience_id = forms.CharField(
+        required=False, max_length=120, label="Audience id downstream", help_text="Blank: the audience's key."
+    )
+    additive_only = forms.BooleanField(
+        required=False, label="Additive only", help_text="Never send a removal (a lookalike seed, say)."
+    )
+    test_cohort_only = forms.BooleanField(required=False, label="Test cohort only", help_text="Send internal test accounts only.")
+    removal_guard_share = forms.FloatField(
+        min_value=0.01,
+        max_value=1,
+        initial=0.3,
+        label="Hold removals above",
+        help_text="A share of the audience, e.g. 0.3: larger removals wait for a person.",
+    )
     holdout_percent = forms.DecimalField(
-        required=False, min_value=0, max_value=50, decimal_places=2, initial=0, label="Holdout (%)",
+        required=False,
+        min_value=0,
+        max_value=50,
+        decimal_places=2,
+        initial=0,
+        label="Holdout (%)",
         help_text="Members never sent, to measure lift against: 10 holds out 10 %. Applies to people entering from now on.",
     )
-    holdout_salt = forms.CharField(required=False, max_length=64, label="Holdout salt",
-                                   help_text="Chooses who is held out, with the customer id; blank: the sync's key.")
+    holdout_salt = forms.CharField(
+        required=False,
+        max_length=64,
+        label="Holdout salt",
+        help_text="Chooses who is held out, with the customer id; blank: the sync's key.",
+    )
 
     def __init__(self, *args, spec, audience, **kwargs):
         super().__init__(*args, **kwargs)
@@ -139,7 +182,8 @@ class SyncForm(forms.Form):
             usable = [p for p in IdentifierPolicy.objects.order_by("name") if not spec.identifier_problem(p)]
             default = own.name if own and not spec.identifier_problem(own) else "Customer id"
             self.fields["identifier_policy"].choices = [("", f"The audience's default ({default})")] + [
-                (p.key, p.name) for p in usable]
+                (p.key, p.name) for p in usable
+            ]
             self.fields["identifier_policy"].help_text = spec.identifier_hint
         if not spec.removes:
             del self.fields["additive_only"]
@@ -163,9 +207,16 @@ def sync_new(request):
     audience = Audience.objects.filter(key=request.GET.get("audience") or request.POST.get("audience") or "").first()
     destination = Destination.objects.filter(key=request.GET.get("destination") or request.POST.get("destination") or "").first()
     if not (audience and destination):
-        return _page(request, "dashboard/sync_start.html", "New sync", audiences=Audience.objects.order_by("name"),
-                     destinations=Destination.objects.order_by("name"), chosen_audience=audience, chosen_destination=destination,
-                     status=400 if request.GET.get("audience") or request.GET.get("destination") else 200)
+        return _page(
+            request,
+            "dashboard/sync_start.html",
+            "New sync",
+            audiences=Audience.objects.order_by("name"),
+            destinations=Destination.objects.order_by("name"),
+            chosen_audience=audience,
+            chosen_destination=destination,
+            status=400 if request.GET.get("audience") or request.GET.get("destination") else 200,
+        )
     return _sync_editor(request, audience, destination, None)
 
 
@@ -180,12 +231,18 @@ def _sync_initial(sync: Sync | None, audience, destination) -> dict:
         return {"key": f"{audience.key}-{destination.key}"[:64], "mode": Sync.MEMBERSHIP, "removal_guard_share": 0.3}
     listed = [f for f in sync.fields if f in PERSON_COLUMNS]
     return {
-        "key": sync.key, "mode": sync.mode, "fields": listed,
+        "key": sync.key,
+        "mode": sync.mode,
+        "fields": listed,
         "other_fields": ", ".join(f for f in sync.fields if f not in PERSON_COLUMNS),
-        "identifier_policy": sync.identifier_policy.key if sync.identifier_policy else "", "match_on": sync.match_on,
-        "downstream_audience_id": sync.downstream_audience_id, "additive_only": sync.additive_only,
-        "test_cohort_only": sync.test_cohort_only, "removal_guard_share": sync.removal_guard_share,
-        "holdout_percent": round(sync.holdout_share * 100, 2), "holdout_salt": sync.holdout_salt,
+        "identifier_policy": sync.identifier_policy.key if sync.identifier_policy else "",
+        "match_on": sync.match_on,
+        "downstream_audience_id": sync.downstream_audience_id,
+        "additive_only": sync.additive_only,
+        "test_cohort_only": sync.test_cohort_only,
+        "removal_guard_share": sync.removal_guard_share,
+        "holdout_percent": round(sync.holdout_share * 100, 2),
+        "holdout_salt": sync.holdout_salt,
     }
 
 
@@ -209,14 +266,26 @@ def _sync_editor(request, audience, destination, sync):
             except ValidationError as exc:
                 _apply_errors(form, exc.message_dict, lambda f, m: "holdout_percent" if f == "holdout_share" else f)
             else:
-                messages.success(request, f"Saved {saved.key}." + (
-                    " It is in dry run: check the first batch below, then go live." if saved.dry_run else ""))
+                messages.success(
+                    request,
+                    f"Saved {saved.key}."
+                    + (" It is in dry run: check the first batch below, then go live." if saved.dry_run else ""),
+                )
                 return redirect("dashboard:sync", key=saved.key)
     if sync:
         form.fields["key"].disabled = True
     title = f"Edit {sync.key}" if sync else f"New sync: {audience.name} → {destination.name}"
-    return _page(request, "dashboard/sync_form.html", title, form=form, spec=spec, sync=sync, audience=audience,
-                 destination=destination, status=400 if form.errors else 200)
+    return _page(
+        request,
+        "dashboard/sync_form.html",
+        title,
+        form=form,
+        spec=spec,
+        sync=sync,
+        audience=audience,
+        destination=destination,
+        status=400 if form.errors else 200,
+    )
 
 
 @require_POST

@@ -60,8 +60,15 @@ def home(request, extra_context=None):
     rows = dashboard_rows(**filters)
     owners = sorted({row.audience.owner.username for row in rows if row.audience.owner})
     return page(
-        request, "dashboard/home.html", "Dashboard", rows=rows, alerts=open_alerts(), filters=filters,
-        destinations=Destination.objects.order_by("name"), owners=owners, **(extra_context or {}),
+        request,
+        "dashboard/home.html",
+        "Dashboard",
+        rows=rows,
+        alerts=open_alerts(),
+        filters=filters,
+        destinations=Destination.objects.order_by("name"),
+        owners=owners,
+        **(extra_context or {}),
     )
 
 
@@ -82,16 +89,31 @@ def audience_detail(request, key):
         rule_words, rule_problem = "", str(exc)
     preview, preview_error = saved_audience_preview(audience)
     overlaps = [o for o in _current_overlaps(audience) if o[1]]
-    sample = Person.objects.filter(memberships__audience=audience, memberships__exited_at__isnull=True).order_by("-memberships__entered_at")[:20]
+    sample = Person.objects.filter(memberships__audience=audience, memberships__exited_at__isnull=True).order_by(
+        "-memberships__entered_at"
+    )[:20]
     return page(
-        request, "dashboard/audience.html", audience.name, audience=audience, bucket=bucket_name, buckets=list(BUCKETS),
+        request,
+        "dashboard/audience.html",
+        audience.name,
+        audience=audience,
+        bucket=bucket_name,
+        buckets=list(BUCKETS),
         chart=charts.size_chart(series, label_format=label, title=f"{audience.name} size", lows=lows),
         series=[p for p in series if p[1] is not None][-14:],
-        rule_words=rule_words, rule_problem=rule_problem, exclusions=audience.exclusions.all(), preview=preview,
-        preview_error=preview_error, overlaps=overlaps,
-        overlap_chart=charts.bars([(name, count) for name, count in overlaps[:10]]), sample=sample,
-        syncs=audience.syncs.select_related("destination"), outcomes=outcome_rows(audience, days=14), lift=lift_panel(audience),
-        alerts=audience.alerts.open(), can_edit=request.user.has_perm("audiences.change_audience"),
+        rule_words=rule_words,
+        rule_problem=rule_problem,
+        exclusions=audience.exclusions.all(),
+        preview=preview,
+        preview_error=preview_error,
+        overlaps=overlaps,
+        overlap_chart=charts.bars([(name, count) for name, count in overlaps[:10]]),
+        sample=sample,
+        syncs=audience.syncs.select_related("destination"),
+        outcomes=outcome_rows(audience, days=14),
+        lift=lift_panel(audience),
+        alerts=audience.alerts.open(),
+        can_edit=request.user.has_perm("audiences.change_audience"),
     )
 
 
@@ -100,8 +122,11 @@ def _current_overlaps(audience):
 
     members = audience.memberships.current().values("person_id")
     counts = dict(
-        Membership.objects.current().filter(person_id__in=members).exclude(audience=audience)
-        .values_list("audience_id").annotate(n=Count("pk"))
+        Membership.objects.current()
+        .filter(person_id__in=members)
+        .exclude(audience=audience)
+        .values_list("audience_id")
+        .annotate(n=Count("pk"))
     )
     names = dict(Audience.objects.exclude(pk=audience.pk).values_list("pk", "name"))
     return sorted(((names[pk], n) for pk, n in counts.items() if pk in names), key=lambda x: -x[1])
@@ -118,13 +143,23 @@ def sync_detail(request, key):
     batches = {str(b.batch_id): b for b in DeliveryBatch.objects.filter(sync=sync).order_by("-sent_at")[:200]}
     rejected = [(d, _sent_row(batches.get(str(d.batch_id)), d.pk)) for d in rejected_rows(sync, limit=50)]
     return page(
-        request, "dashboard/sync.html", f"{sync.audience.name} → {sync.destination.name}", sync=sync, runs=runs,
-        lag=lag, lag_chart=charts.lag_chart([(at, f.p50, f.p95) for at, f in series], target=target), target=target,
-        lag_histogram=charts.bars(lag_histogram(lag_values)), rejected=rejected,
-        holds=sync.holds.filter(decision=RemovalHold.PENDING), decided_holds=sync.holds.exclude(decision=RemovalHold.PENDING)[:10],
+        request,
+        "dashboard/sync.html",
+        f"{sync.audience.name} → {sync.destination.name}",
+        sync=sync,
+        runs=runs,
+        lag=lag,
+        lag_chart=charts.lag_chart([(at, f.p50, f.p95) for at, f in series], target=target),
+        target=target,
+        lag_histogram=charts.bars(lag_histogram(lag_values)),
+        rejected=rejected,
+        holds=sync.holds.filter(decision=RemovalHold.PENDING),
+        decided_holds=sync.holds.exclude(decision=RemovalHold.PENDING)[:10],
         dry_runs=DeliveryBatch.objects.filter(sync=sync, error__startswith="dry run")[:20],
         pending=sync.deliveries.pending().count(),
-        can_change=request.user.has_perm("syncs.change_sync"), wire=first_batch(sync), readback=read_back_summary(sync),
+        can_change=request.user.has_perm("syncs.change_sync"),
+        wire=first_batch(sync),
+        readback=read_back_summary(sync),
         holdout=sync_holdout(sync),
     )
 
@@ -180,8 +215,14 @@ def send_test_cohort(request, key):
 
 def alerts(request):
     recent = Alert.objects.filter(resolved_at__isnull=False).select_related("audience", "sync")[:50]
-    return page(request, "dashboard/alerts.html", "Alerts", open=open_alerts(200), recent=recent,
-                can_ack=request.user.has_perm("syncs.change_alert"))
+    return page(
+        request,
+        "dashboard/alerts.html",
+        "Alerts",
+        open=open_alerts(200),
+        recent=recent,
+        can_ack=request.user.has_perm("syncs.change_alert"),
+    )
 
 
 @require_POST
@@ -213,7 +254,11 @@ def person(request, person_id):
         raise Http404("No such person (they may have been erased).")
     timeline = person_timeline(person)
     return page(
-        request, "dashboard/person.html", f"Person {person.customer_id}", person=person, timeline=timeline,
+        request,
+        "dashboard/person.html",
+        f"Person {person.customer_id}",
+        person=person,
+        timeline=timeline,
         current=person.memberships.current().select_related("audience"),
         event_count=Event.objects.filter(person=person).count(),
     )
@@ -237,5 +282,11 @@ def runs(request, key):
     from syncs.retention import run_days
 
     sync = get_object_or_404(Sync, key=key)
-    return page(request, "dashboard/runs.html", f"Runs of {sync.key}", sync=sync,
-                runs=SyncRun.objects.filter(sync=sync).order_by("-started_at")[:200], days=run_days(sync))
+    return page(
+        request,
+        "dashboard/runs.html",
+        f"Runs of {sync.key}",
+        sync=sync,
+        runs=SyncRun.objects.filter(sync=sync).order_by("-started_at")[:200],
+        days=run_days(sync),
+    )

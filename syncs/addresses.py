@@ -125,6 +125,6 @@ def check_url(url: str) -> None:
         address = _address(str(sockaddr[0]).split("%")[0])
         if address is not None and not _is_public(address) and not any(address in n for n in networks):
             raise TransportError(
-                f"refused to send: {host} resolves to {address}, {_kind(address)}; list the host in {SETTING} "
-                "to allow it", permanent=True,
+                f"refused to send: {host} resolves to {address}, {_kind(address)}; list the host in {SETTING} to allow it",
+                permanent=True,
             )

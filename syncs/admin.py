@@ -71,9 +71,24 @@ class DestinationAdmin(EditedInTheDashboard):
     dashboard_new, dashboard_edit = "dashboard:destination-new", "dashboard:destination-edit"
     list_display = ("key", "name", "kind", "batch_size", "rate_limit_per_s", "credentials_set")
     # what a viewer's read-only page shows: never the encrypted credentials or their references
-    fields = ("key", "name", "kind", "settings", "credentials_set", "credentials_changed_at", "batch_size",
-              "rate_limit_per_s", "timeout_s", "max_attempts", "retry_base_s", "retry_cap_s", "concurrency",
-              "lease_owner", "lease_until", "not_before")
+    fields = (
+        "key",
+        "name",
+        "kind",
+        "settings",
+        "credentials_set",
+        "credentials_changed_at",
+        "batch_size",
+        "rate_limit_per_s",
+        "timeout_s",
+        "max_attempts",
+        "retry_base_s",
+        "retry_cap_s",
+        "concurrency",
+        "lease_owner",
+        "lease_until",
+        "not_before",
+    )
     readonly_fields = ("credentials_set", "credentials_changed_at", "lease_owner", "lease_until", "not_before")
 
     @admin.display(description="Credentials")
@@ -108,9 +123,26 @@ class SyncAdmin(EditedInTheDashboard):
     dashboard_new, dashboard_edit = "dashboard:sync-new", "dashboard:sync-edit"
     list_display = ("key", "audience", "destination", "mode", "paused", "dry_run", "test_cohort_only", "enabled")
     list_filter = ("paused", "dry_run", "destination")
-    fields = ("key", "audience", "destination", "mode", "fields", "identifier_policy", "match_on", "downstream_audience_id",
-              "additive_only", "paused", "dry_run", "test_cohort_only", "removal_guard_share", "timeout_s", "enabled",
-              "owner", "holdout_share", "holdout_salt")
+    fields = (
+        "key",
+        "audience",
+        "destination",
+        "mode",
+        "fields",
+        "identifier_policy",
+        "match_on",
+        "downstream_audience_id",
+        "additive_only",
+        "paused",
+        "dry_run",
+        "test_cohort_only",
+        "removal_guard_share",
+        "timeout_s",
+        "enabled",
+        "owner",
+        "holdout_share",
+        "holdout_salt",
+    )
     actions = ("pause", "resume", "send_test_cohort")
 
     @admin.action(description="Pause the selected syncs (changes keep queueing)", permissions=["change"])

@@ -19,9 +19,7 @@ def alert_open(*, key: str, kind: str, message: str, audience=None, sync=None, d
         return existing
     try:
         with transaction.atomic():
-            return Alert.objects.create(
-                key=key, kind=kind, message=message, audience=audience, sync=sync, details=details or {}
-            )
+            return Alert.objects.create(key=key, kind=kind, message=message, audience=audience, sync=sync, details=details or {})
     except IntegrityError:  # opened by a concurrent check a moment ago
         return Alert.objects.open().get(key=key)
 

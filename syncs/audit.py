@@ -50,12 +50,17 @@ def person_timeline(person, *, limit: int = TIMELINE_LIMIT) -> list[Moment]:
         if d.last_error:
             answer += f": {d.last_error}"
         sent = d.payload or sent_rows.get(d.pk) or {}
-        moments.append(Moment(
-            d.acknowledged_at or d.created_at, "delivery",
-            f"{verb} {d.sync.audience.name} at {d.sync.destination.name}",
-            detail=f"identifier {sent.get('identifier', '—')}" + (f", fields {_as_pairs(sent['fields'])}" if sent.get("fields") else ""),
-            status=d.state, data={"answer": answer, "attempts": d.attempts, "batch": str(d.batch_id or ""), "held_out": d.held_out},
-        ))
+        moments.append(
+            Moment(
+                d.acknowledged_at or d.created_at,
+                "delivery",
+                f"{verb} {d.sync.audience.name} at {d.sync.destination.name}",
+                detail=f"identifier {sent.get('identifier', '—')}"
+                + (f", fields {_as_pairs(sent['fields'])}" if sent.get("fields") else ""),
+                status=d.state,
+                data={"answer": answer, "attempts": d.attempts, "batch": str(d.batch_id or ""), "held_out": d.held_out},
+            )
+        )
     moments.sort(key=lambda m: m.at, reverse=True)
     return moments[:limit]
 
@@ -82,8 +87,13 @@ def _shown(model, name: str, value):
 
 
 TRACKED = {
-    "audience": Audience, "naming convention": NamingConvention, "identifier policy": IdentifierPolicy,
-    "priority group": PriorityGroup, "destination": Destination, "sync": Sync, "Customer.io workspace": CustomerIoWorkspace,
+    "audience": Audience,
+    "naming convention": NamingConvention,
+    "identifier policy": IdentifierPolicy,
+    "priority group": PriorityGroup,
+    "destination": Destination,
+    "sync": Sync,
+    "Customer.io workspace": CustomerIoWorkspace,
     "global holdout": GlobalHoldout,
 }
 
@@ -116,15 +126,26 @@ def setting_changes(*, kind: str = "", key: str = "", limit: int = 100) -> list[
                     delta = record.diff_against(previous)
                     changes = [
                         (c.field, _shown(model, c.field, c.old), _shown(model, c.field, c.new))
-                        for c in delta.changes if c.field not in HIDDEN_FIELDS
+                        for c in delta.changes
+                        if c.field not in HIDDEN_FIELDS
                     ]
-                    if model in (Destination, CustomerIoWorkspace) and record.credentials_changed_at != previous.credentials_changed_at:
+                    if (
+                        model in (Destination, CustomerIoWorkspace)
+                        and record.credentials_changed_at != previous.credentials_changed_at
+                    ):
                         changes.append(("credentials", "…", "replaced (not shown)"))
                 if not changes:
                     continue
-            found.append(SettingChange(
-                at=record.history_date, who=record.history_user.username if record.history_user else "system / config file",
-                what=label, key=record.key, action=action, changes=changes, reason=record.history_change_reason or "",
-            ))
+            found.append(
+                SettingChange(
+                    at=record.history_date,
+                    who=record.history_user.username if record.history_user else "system / config file",
+                    what=label,
+                    key=record.key,
+                    action=action,
+                    changes=changes,
+                    reason=record.history_change_reason or "",
+                )
+            )
     found.sort(key=lambda c: c.at, reverse=True)
     return found[:limit]

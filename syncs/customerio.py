@@ -40,7 +40,9 @@ class AppApiClient:
             self.limiter.wait()
             self.requests += 1
             try:
-                response = request(method, url, headers=headers, timeout=self.timeout, who="Customer.io", passthrough=(404,), **kwargs)
+                response = request(
+                    method, url, headers=headers, timeout=self.timeout, who="Customer.io", passthrough=(404,), **kwargs
+                )
             except TransportError as exc:
                 if exc.permanent:
                     raise
@@ -57,7 +59,7 @@ class AppApiClient:
                     return response.json()
                 except ValueError:
                     last = "the answer was not JSON"
-            self.limiter.hold(min(30.0, 0.5 * 2 ** attempt))
+            self.limiter.hold(min(30.0, 0.5 * 2**attempt))
         raise TransportError(f"Customer.io {method} {path}: {last} after {MAX_TRIES} tries")
 
     def list_segments(self) -> list[dict]:

@@ -163,7 +163,9 @@ def recover_orphans(destination: Destination) -> int:
     sender can own them. They go back as they were, batch id included; the attempt may have
     reached the destination."""
     return Delivery.objects.filter(sync__destination=destination, state=Delivery.SENDING).update(
-        state=Delivery.PENDING, next_attempt_at=timezone.now(), may_have_arrived=True,
+        state=Delivery.PENDING,
+        next_attempt_at=timezone.now(),
+        may_have_arrived=True,
         last_error="the sender stopped before an answer came",
     )
 
@@ -179,7 +181,8 @@ def cancel_unsent_pairs(sync: Sync) -> int:
     repeated = pending.values("customer_id").annotate(n=Count("pk")).filter(n__gt=1).values("customer_id")
     rows = (
         Delivery.objects.filter(sync=sync, customer_id__in=repeated, state__in=(Delivery.PENDING, Delivery.HELD))
-        .order_by("customer_id", "id").values_list("customer_id", "id", "action", "state", "may_have_arrived")
+        .order_by("customer_id", "id")
+        .values_list("customer_id", "id", "action", "state", "may_have_arrived")
     )
     runs: list[list[tuple[int, str]]] = [[]]
     person = None
@@ -206,7 +209,9 @@ def first_open_before():
     """A row whose person still has an earlier open row must wait for it."""
     return Exists(
         Delivery.objects.filter(
-            sync_id=OuterRef("sync_id"), customer_id=OuterRef("customer_id"), id__lt=OuterRef("id"),
+            sync_id=OuterRef("sync_id"),
+            customer_id=OuterRef("customer_id"),
+            id__lt=OuterRef("id"),
             state__in=Delivery.OPEN_STATES,
         )
     )
@@ -232,9 +237,7 @@ def claim_batch(syncs: list[Sync], limit: int, *, lane: str, retries: bool = Tru
     due = Delivery.objects.pending().filter(lane_filter(syncs, lane), next_attempt_at__lte=now)
     retry = due.filter(batch_id__isnull=False).order_by("id").values_list("batch_id", flat=True).first() if retries else None
     if retry:
-        claimed = Delivery.objects.pending().filter(batch_id=retry).update(
-            state=Delivery.SENDING, attempts=F("attempts") + 1
-        )
+        claimed = Delivery.objects.pending().filter(batch_id=retry).update(state=Delivery.SENDING, attempts=F("attempts") + 1)
         attempt = Delivery.objects.filter(batch_id=retry, state=Delivery.SENDING).aggregate(n=Max("attempts"))["n"] or 1
         return (retry, attempt) if claimed else None
     batch_id = uuid.uuid4()
@@ -243,11 +246,15 @@ def claim_batch(syncs: list[Sync], limit: int, *, lane: str, retries: bool = Tru
         if claimed >= limit:
             break
         candidates = (
-            due.filter(sync=sync, batch_id__isnull=True).filter(~first_open_before())
-            .order_by("id").values_list("id", flat=True)[: limit - claimed]
+            due.filter(sync=sync, batch_id__isnull=True)
+            .filter(~first_open_before())
+            .order_by("id")
+            .values_list("id", flat=True)[: limit - claimed]
         )
-        claimed += Delivery.objects.pending().filter(pk__in=list(candidates)).update(
-            state=Delivery.SENDING, batch_id=batch_id, attempts=F("attempts") + 1
+        claimed += (
+            Delivery.objects.pending()
+            .filter(pk__in=list(candidates))
+            .update(state=Delivery.SENDING, batch_id=batch_id, attempts=F("attempts") + 1)
         )
     return (batch_id, 1) if claimed else None
 
@@ -260,13 +267,18 @@ def expedite_blocking_entries(syncs) -> int:
     if not activation:
         return 0
     blocked_exit = Delivery.objects.pending().filter(
-        sync_id=OuterRef("sync_id"), customer_id=OuterRef("customer_id"), id__gt=OuterRef("id"), action=Delivery.EXIT,
+        sync_id=OuterRef("sync_id"),
+        customer_id=OuterRef("customer_id"),
+        id__gt=OuterRef("id"),
+        action=Delivery.EXIT,
     )
     now = timezone.now()
     batches = list(
         Delivery.objects.pending()
         .filter(sync_id__in=activation, action=Delivery.ENTER, batch_id__isnull=False, next_attempt_at__gt=now)
-        .filter(Exists(blocked_exit)).values_list("batch_id", flat=True).distinct()[:10]
+        .filter(Exists(blocked_exit))
+        .values_list("batch_id", flat=True)
+        .distinct()[:10]
     )
     if not batches:
         return 0
@@ -377,8 +389,10 @@ def backoff_seconds(destination: Destination, attempts: int, *, urgent: bool = F
 
 
 NEVER_REACHED = {
-    Delivery.SKIPPED: "skipped", Delivery.REJECTED: "rejected by the destination",
-    Delivery.DRY_RUN: "a dry run", Delivery.DEAD: "a dead letter that never reached it",
+    Delivery.SKIPPED: "skipped",
+    Delivery.REJECTED: "rejected by the destination",
+    Delivery.DRY_RUN: "a dry run",
+    Delivery.DEAD: "a dead letter that never reached it",
 }
 
 
@@ -394,7 +408,8 @@ def _exits_without_entry(sync: Sync, deliveries: list[Delivery]) -> dict[int, st
     for customer_id, delivery_id, action, state, may_have_arrived in (
         Delivery.objects.filter(sync=sync, customer_id__in={d.customer_id for d in exits}, id__lt=max(d.pk for d in exits))
         .exclude(state=Delivery.CANCELLED)
-        .order_by("id").values_list("customer_id", "id", "action", "state", "may_have_arrived")
+        .order_by("id")
+        .values_list("customer_id", "id", "action", "state", "may_have_arrived")
     ):
         earlier[customer_id].append((delivery_id, action, state, may_have_arrived))
     never = {}
@@ -429,8 +444,17 @@ def _build_rows(sync: Sync, deliveries: list[Delivery]):
                 no_identifier_reason(sync, policy) if delivery.person else "the person was erased before it was sent"
             )
             continue
-        rows.append(OutRow(delivery.pk, delivery.action, payload["identifier"], delivery.changed_at, payload["fields"], sync,
-                           payload.get("identifiers") or {}))
+        rows.append(
+            OutRow(
+                delivery.pk,
+                delivery.action,
+                payload["identifier"],
+                delivery.changed_at,
+                payload["fields"],
+                sync,
+                payload.get("identifiers") or {},
+            )
+        )
     return rows, skipped
 
 
@@ -465,8 +489,16 @@ class Job:
 
 
 def _sent_rows(rows: list[OutRow]) -> list[dict]:
-    return [{"delivery": r.delivery_id, "action": r.action, "identifier": r.identifier, "fields": r.fields,
-             **({"identifiers": r.identifiers} if r.identifiers else {})} for r in rows]
+    return [
+        {
+            "delivery": r.delivery_id,
+            "action": r.action,
+            "identifier": r.identifier,
+            "fields": r.fields,
+            **({"identifiers": r.identifiers} if r.identifiers else {}),
+        }
+        for r in rows
+    ]
 
 
 REPORT_SAMPLES = 20
@@ -512,8 +544,9 @@ def prepare_batch(batch_id: uuid.UUID, attempt: int, lane: str, *, syncs: dict, 
                     Delivery.objects.filter(pk=row.delivery_id).update(
                         state=Delivery.DRY_RUN, run=run, payload={"identifier": row.identifier, "fields": row.fields}
                     )
-                DeliveryBatch.objects.create(batch_id=batch_id, sync=sync, run=run, attempt=attempt, rows=_sent_rows(built),
-                                             error="dry run: not sent")
+                DeliveryBatch.objects.create(
+                    batch_id=batch_id, sync=sync, run=run, attempt=attempt, rows=_sent_rows(built), error="dry run: not sent"
+                )
             summary.skipped += len(built)
             continue
         rows += built
@@ -538,8 +571,14 @@ def record_sent(job: Job, result, *, duration_ms: float, summary: Summary) -> No
                     state=Delivery.REJECTED, acknowledged_at=acked, response_status=400, last_error=reason[:2000], run=run
                 )
             DeliveryBatch.objects.create(
-                batch_id=job.batch_id, sync=sync, run=run, attempt=job.attempt, sent_at=job.sent_at, duration_ms=duration_ms,
-                status=result.status, rows=_sent_rows(rows),
+                batch_id=job.batch_id,
+                sync=sync,
+                run=run,
+                attempt=job.attempt,
+                sent_at=job.sent_at,
+                duration_ms=duration_ms,
+                status=result.status,
+                rows=_sent_rows(rows),
                 error="; ".join(f"row {k}: {v}" for k, v in list(refused.items())[:20]),
             )
             run.sent += sent
@@ -572,16 +611,28 @@ def record_failed(job: Job, exc: TransportError, *, duration_ms: float, summary:
                 Delivery.objects.filter(pk__in=ids, state=Delivery.SENDING).update(may_have_arrived=True)
             dead = Delivery.objects.filter(pk__in=ids, state=Delivery.SENDING, attempts__gte=destination.max_attempts)
             dead_count = dead.update(
-                state=Delivery.DEAD, last_error=f"gave up after {destination.max_attempts} attempts: {exc}"[:2000],
-                response_status=exc.status, run=run,
+                state=Delivery.DEAD,
+                last_error=f"gave up after {destination.max_attempts} attempts: {exc}"[:2000],
+                response_status=exc.status,
+                run=run,
             )
             retried = Delivery.objects.filter(pk__in=ids, state=Delivery.SENDING).update(
-                state=Delivery.PENDING, next_attempt_at=now + timedelta(seconds=wait), last_error=str(exc)[:2000],
-                response_status=exc.status, run=run,
+                state=Delivery.PENDING,
+                next_attempt_at=now + timedelta(seconds=wait),
+                last_error=str(exc)[:2000],
+                response_status=exc.status,
+                run=run,
             )
             DeliveryBatch.objects.create(
-                batch_id=job.batch_id, sync=sync, run=run, attempt=job.attempt, sent_at=job.sent_at or now,
-                duration_ms=duration_ms, status=exc.status, error=str(exc)[:2000], rows=_sent_rows(rows),
+                batch_id=job.batch_id,
+                sync=sync,
+                run=run,
+                attempt=job.attempt,
+                sent_at=job.sent_at or now,
+                duration_ms=duration_ms,
+                status=exc.status,
+                error=str(exc)[:2000],
+                rows=_sent_rows(rows),
             )
             run.retried += retried
             run.requests += requests
@@ -606,7 +657,8 @@ def next_due(destination: Destination):
     """When the next row can be claimed. Rows waiting behind an earlier open row of their person
     (a retry, a held removal) are not due: counting them made the sender spin until that row."""
     return (
-        Delivery.objects.pending().filter(sync__destination=destination, sync__enabled=True, sync__paused=False)
+        Delivery.objects.pending()
+        .filter(sync__destination=destination, sync__enabled=True, sync__paused=False)
         .filter(~first_open_before())
         .aggregate(at=Min("next_attempt_at"))["at"]
     )
@@ -644,7 +696,8 @@ class Lane:
     def due_retry(self, now) -> bool:
         if not self.retry_known:
             self.retry_at = (
-                Delivery.objects.pending().filter(lane_filter(self.syncs, self.name), batch_id__isnull=False)
+                Delivery.objects.pending()
+                .filter(lane_filter(self.syncs, self.name), batch_id__isnull=False)
                 .aggregate(at=Min("next_attempt_at"))["at"]
             )
             self.retry_known = True
@@ -749,8 +802,11 @@ class Sender:
         groups = lane_groups(syncs, self.transport)
         self.lanes = {
             URGENT: [Lane(group, URGENT) for group in groups],
-            ADDS: [Lane([s for s in group if not s.is_suppression], ADDS) for group in groups
-                   if any(not s.is_suppression for s in group)],
+            ADDS: [
+                Lane([s for s in group if not s.is_suppression], ADDS)
+                for group in groups
+                if any(not s.is_suppression for s in group)
+            ],
         }
 
     def wait(self, seconds: float) -> None:
@@ -795,7 +851,9 @@ class Sender:
     def _run_for(self, sync: Sync) -> SyncRun:
         run = self.runs.get(sync.pk)
         if run is None:
-            run = self.runs[sync.pk] = SyncRun.objects.create(sync=sync, kind=SyncRun.DRY_RUN if sync.dry_run else SyncRun.DELIVER)
+            run = self.runs[sync.pk] = SyncRun.objects.create(
+                sync=sync, kind=SyncRun.DRY_RUN if sync.dry_run else SyncRun.DELIVER
+            )
         return run
 
     def _claim(self, lane: Lane) -> Job | None:
@@ -821,8 +879,11 @@ class Sender:
             job = prepare_batch(*claimed, lane.name, syncs=self.by_id, run_for=self._run_for, summary=self.summary)
             if job is None:
                 continue  # all skipped or a dry run: nothing to send, look for the next batch
-            job.hedge = (lane.name == URGENT and getattr(self.transport, "hedge", False)
-                         and all(s.mode == Sync.MEMBERSHIP for s in job.syncs.values()))
+            job.hedge = (
+                lane.name == URGENT
+                and getattr(self.transport, "hedge", False)
+                and all(s.mode == Sync.MEMBERSHIP for s in job.syncs.values())
+            )
             return job
 
     def _fill(self) -> bool:

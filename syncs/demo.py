@@ -57,8 +57,10 @@ def load_holdout_history(*, log=None) -> None:
         held_everywhere = _record(stays, syncs, in_force)
         planted += _plant(stays, held_everywhere, rng, anchor=anchor)
         if log:
-            log(f"  {audience.key}: {len(stays):,} past stays recorded with their holdout, "
-                f"{sum(held_everywhere.values()):,} held out of every sync")
+            log(
+                f"  {audience.key}: {len(stays):,} past stays recorded with their holdout, "
+                f"{sum(held_everywhere.values()):,} held out of every sync"
+            )
     if planted:
         ingest_messages(source=demo_source(), messages=planted, received_at=anchor)
     _outcomes_and_baselines(anchor, rng)
@@ -73,8 +75,9 @@ def _cart_rule(audience: Audience):
         return None
     delay = timedelta(0)
     if audience.priority_group_id and audience.priority_rank:
-        for higher in Audience.objects.filter(priority_group_id=audience.priority_group_id,
-                                              priority_rank__lt=audience.priority_rank):
+        for higher in Audience.objects.filter(
+            priority_group_id=audience.priority_group_id, priority_rank__lt=audience.priority_rank
+        ):
             if (higher.rule or {}).get("event") == rule["event"] and "within" in higher.rule:
                 delay = max(delay, r.Duration(higher.rule["within"]).delta)
     return rule["event"], r.Duration(rule["within"]).delta, rule.get("not_followed_by"), delay
@@ -83,11 +86,15 @@ def _cart_rule(audience: Audience):
 def _past_stays(audience, event, window, ends_on, delay, *, anchor) -> list[tuple[int, object, object]]:
     """(person id, entered, left) of every stay that ended before the evaluation at `anchor`."""
     carts = defaultdict(list)
-    for person_id, at in Event.objects.filter(name=event, occurred_at__lt=anchor - window).values_list("person_id", "occurred_at"):
+    for person_id, at in Event.objects.filter(name=event, occurred_at__lt=anchor - window).values_list(
+        "person_id", "occurred_at"
+    ):
         carts[person_id].append(at)
     buys = defaultdict(list)
     if ends_on:
-        for person_id, at in Event.objects.filter(name=ends_on, person_id__in=list(carts)).values_list("person_id", "occurred_at"):
+        for person_id, at in Event.objects.filter(name=ends_on, person_id__in=list(carts)).values_list(
+            "person_id", "occurred_at"
+        ):
             buys[person_id].append(at)
     stays = []
     for person_id, times in carts.items():
@@ -118,18 +125,35 @@ def _record(stays, syncs, in_force) -> dict[int, bool]:
         customer_id = customer_ids[person_id]
         decided = {sync.pk: holdouts.decide(in_force[sync.pk], customer_id) for sync in syncs}
         held_everywhere[n] = all(decided.values())
-        memberships.append(Membership(audience_id=audience_id, person_id=person_id, entered_at=entered, exited_at=left,
-                                      held_out=held_everywhere[n]))
+        memberships.append(
+            Membership(
+                audience_id=audience_id, person_id=person_id, entered_at=entered, exited_at=left, held_out=held_everywhere[n]
+            )
+        )
         for sync in syncs:
             reason, measured = decided[sync.pk], bool(in_force[sync.pk])
             went = Delivery.DRY_RUN if sync.dry_run else Delivery.SENT
-            for action, at, skipped in ((Delivery.ENTER, entered, reason or ""), (Delivery.EXIT, left, exit_reason if reason else "")):
-                deliveries.append(Delivery(
-                    sync=sync, person_id=person_id, customer_id=customer_id, action=action, triggered_at=at, changed_at=at,
-                    created_at=at, next_attempt_at=at, state=Delivery.SKIPPED if reason else went, last_error=skipped,
-                    held_out=(bool(reason) if measured else None) if action == Delivery.ENTER else (True if reason else None),
-                    acknowledged_at=None if reason or sync.dry_run else at + timedelta(seconds=1), attempts=0 if reason else 1,
-                ))
+            for action, at, skipped in (
+                (Delivery.ENTER, entered, reason or ""),
+                (Delivery.EXIT, left, exit_reason if reason else ""),
+            ):
+                deliveries.append(
+                    Delivery(
+                        sync=sync,
+                        person_id=person_id,
+                        customer_id=customer_id,
+                        action=action,
+                        triggered_at=at,
+                        changed_at=at,
+                        created_at=at,
+                        next_attempt_at=at,
+                        state=Delivery.SKIPPED if reason else went,
+                        last_error=skipped,
+                        held_out=(bool(reason) if measured else None) if action == Delivery.ENTER else (True if reason else None),
+                        acknowledged_at=None if reason or sync.dry_run else at + timedelta(seconds=1),
+                        attempts=0 if reason else 1,
+                    )
+                )
     Membership.objects.bulk_create(memberships, batch_size=2000)
     Delivery.objects.bulk_create(deliveries, batch_size=2000)
     return held_everywhere
@@ -148,13 +172,32 @@ def _plant(stays, held_everywhere, rng, *, anchor) -> list[Message]:
         at = left + (latest - left) * rng.random()
         sku, _, category, price = rng.choice(PRODUCTS)
         # a buyer checks out first, as every order in the store does
-        orders.append(Message(kind="event", customer_id=customer_ids[person_id], message_id=f"demo-return-checkout-{n}-{person_id}",
-                              timestamp=at - timedelta(minutes=2), name="Checkout Started",
-                              properties={"product_id": sku, "category": category, "price": price}))
-        orders.append(Message(kind="event", customer_id=customer_ids[person_id], message_id=f"demo-return-{n}-{person_id}",
-                              timestamp=at, name="Order Completed",
-                              properties={"order_id": f"ORD-R{n}", "revenue": price, "currency": "USD", "category": category,
-                                          "product_id": sku}))
+        orders.append(
+            Message(
+                kind="event",
+                customer_id=customer_ids[person_id],
+                message_id=f"demo-return-checkout-{n}-{person_id}",
+                timestamp=at - timedelta(minutes=2),
+                name="Checkout Started",
+                properties={"product_id": sku, "category": category, "price": price},
+            )
+        )
+        orders.append(
+            Message(
+                kind="event",
+                customer_id=customer_ids[person_id],
+                message_id=f"demo-return-{n}-{person_id}",
+                timestamp=at,
+                name="Order Completed",
+                properties={
+                    "order_id": f"ORD-R{n}",
+                    "revenue": price,
+                    "currency": "USD",
+                    "category": category,
+                    "product_id": sku,
+                },
+            )
+        )
     return orders
 
 
@@ -166,10 +209,13 @@ def _outcomes_and_baselines(anchor, rng) -> None:
     source = Source.objects.filter(name=ADS_SOURCE).first() or source_create(name=ADS_SOURCE, scopes=["outcomes"])[0]
     today = timezone.localdate()
     rows = []
-    for audience in Audience.objects.filter(purpose=Audience.ACTIVATION, syncs__isnull=False, name__startswith="paid_").distinct():
+    for audience in Audience.objects.filter(
+        purpose=Audience.ACTIVATION, syncs__isnull=False, name__startswith="paid_"
+    ).distinct():
         entered = defaultdict(int)
-        for at in Membership.objects.filter(audience=audience, entered_at__gte=anchor - timedelta(days=OUTCOME_DAYS)) \
-                .values_list("entered_at", flat=True):
+        for at in Membership.objects.filter(audience=audience, entered_at__gte=anchor - timedelta(days=OUTCOME_DAYS)).values_list(
+            "entered_at", flat=True
+        ):
             entered[timezone.localdate(at)] += 1
         for back in range(OUTCOME_DAYS):
             day = today - timedelta(days=back)
@@ -178,12 +224,28 @@ def _outcomes_and_baselines(anchor, rng) -> None:
             impressions = int(reach * rng.uniform(3.5, 5))
             conversions = round(people * rng.uniform(0.10, 0.14))
             spend = Decimal(conversions * rng.uniform(12, 16) + reach * 0.05).quantize(Decimal("0.01"))
-            rows.append({"audience": audience, "date": day, "impressions": impressions, "reach": reach,
-                         "clicks": int(people * rng.uniform(0.9, 1.3)), "conversions": conversions, "spend": spend,
-                         "revenue": Decimal(conversions * rng.uniform(30, 40)).quantize(Decimal("0.01")), "currency": "USD"})
-        Baseline.objects.get_or_create(audience=audience, defaults={
-            "captured_on": today - timedelta(days=OUTCOME_DAYS + 7), "cpa": Decimal("15.50"), "roas": Decimal("2.40"),
-            "frequency": Decimal("4.00"), "conversion_rate": Decimal("0.1000"),
-            "notes": "Captured from the ad platform the month before launch (demo).",
-        })
+            rows.append(
+                {
+                    "audience": audience,
+                    "date": day,
+                    "impressions": impressions,
+                    "reach": reach,
+                    "clicks": int(people * rng.uniform(0.9, 1.3)),
+                    "conversions": conversions,
+                    "spend": spend,
+                    "revenue": Decimal(conversions * rng.uniform(30, 40)).quantize(Decimal("0.01")),
+                    "currency": "USD",
+                }
+            )
+        Baseline.objects.get_or_create(
+            audience=audience,
+            defaults={
+                "captured_on": today - timedelta(days=OUTCOME_DAYS + 7),
+                "cpa": Decimal("15.50"),
+                "roas": Decimal("2.40"),
+                "frequency": Decimal("4.00"),
+                "conversion_rate": Decimal("0.1000"),
+                "notes": "Captured from the ad platform the month before launch (demo).",
+            },
+        )
     outcomes_record(source=source, rows=rows)

@@ -126,7 +126,8 @@ def held_out_exits(sync: Sync, person_ids) -> set[int]:
         latest = {}
         for person_id, flag in (
             Delivery.objects.filter(sync=sync, action=Delivery.ENTER, person_id__in=ids[start : start + CHUNK])
-            .order_by("id").values_list("person_id", "held_out")
+            .order_by("id")
+            .values_list("person_id", "held_out")
         ):
             latest[person_id] = flag
         held |= {person_id for person_id, flag in latest.items() if flag}

@@ -23,8 +23,15 @@ class TransportError(Exception):
     `may_have_arrived` means the request went out and no answer came (a timeout, a connection
     dropped mid-way), so the destination may have applied it."""
 
-    def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None, status: int | None = None,
-                 may_have_arrived: bool = False):
+    def __init__(
+        self,
+        message: str,
+        *,
+        permanent: bool = False,
+        retry_after: float | None = None,
+        status: int | None = None,
+        may_have_arrived: bool = False,
+    ):
         super().__init__(message)
         self.permanent = permanent
         self.retry_after = retry_after
@@ -127,8 +134,9 @@ def capturing():
         _capture.on = False
 
 
-def request(method: str, url: str, *, timeout: float, passthrough: tuple[int, ...] = (), who: str = "the destination",
-            **kwargs) -> requests.Response:
+def request(
+    method: str, url: str, *, timeout: float, passthrough: tuple[int, ...] = (), who: str = "the destination", **kwargs
+) -> requests.Response:
     """Send one request (requests' keyword arguments: json, data, files, params, headers) and
     turn every way of not getting a usable answer into a TransportError:
 

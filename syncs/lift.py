@@ -62,11 +62,15 @@ def revenue_sql(properties: str) -> str:
     limit = f"{REVENUE_LIMIT:.0f}"
     if connection.vendor == "postgresql":
         value = f"({properties} ->> 'revenue')"
-        return (f"(CASE WHEN jsonb_typeof({properties} -> 'revenue') = 'number' THEN (CASE WHEN abs({value}::numeric) "
-                f"< {limit} THEN {value}::double precision ELSE 0 END) ELSE 0 END)")
+        return (
+            f"(CASE WHEN jsonb_typeof({properties} -> 'revenue') = 'number' THEN (CASE WHEN abs({value}::numeric) "
+            f"< {limit} THEN {value}::double precision ELSE 0 END) ELSE 0 END)"
+        )
     value = f"json_extract({properties}, '$.revenue')"
-    return (f"(CASE WHEN json_type({properties}, '$.revenue') IN ('integer', 'real') THEN "
-            f"(CASE WHEN abs({value}) < {limit} THEN {value} ELSE 0 END) ELSE 0 END)")
+    return (
+        f"(CASE WHEN json_type({properties}, '$.revenue') IN ('integer', 'real') THEN "
+        f"(CASE WHEN abs({value}) < {limit} THEN {value} ELSE 0 END) ELSE 0 END)"
+    )
 
 
 def _points(value: float) -> str:
@@ -129,9 +133,12 @@ def t_quantile(df: float) -> float:
     """The 97.5 % quantile of Student's t (Cornish-Fisher series; within 0.01 of the table
     from 4 degrees of freedom, and the normal's in the limit)."""
     z = Z
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2) + (
-        3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z
-    ) / (384 * df**3)
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+    )
 
 
 def rate_difference(sent: Arm, held: Arm) -> tuple[float, float] | None:
@@ -148,9 +155,7 @@ def relative_interval(sent: Arm, held: Arm) -> tuple[float, Interval] | None:
     if not sent.converted or not held.converted:
         return None
     ratio = sent.rate / held.rate
-    spread = Z * math.sqrt(
-        (1 - sent.rate) / sent.converted + (1 - held.rate) / held.converted
-    )
+    spread = Z * math.sqrt((1 - sent.rate) / sent.converted + (1 - held.rate) / held.converted)
     return ratio - 1, Interval(math.exp(math.log(ratio) - spread) - 1, math.exp(math.log(ratio) + spread) - 1)
 
 
@@ -272,18 +277,23 @@ class Lift:
         interval, relative, revenue = self.interval, self.relative_interval, self.revenue_interval
         cost, bounds = self.cost_per_incremental, self.cost_per_incremental_interval
         return {
-            "rate_sent": _share(self.sent.rate), "rate_held": _share(self.held.rate),
+            "rate_sent": _share(self.sent.rate),
+            "rate_held": _share(self.held.rate),
             "difference": f"{_points(self.difference)} points" if self.measurable else "—",
             "interval": f"{_points(interval.low)} to {_points(interval.high)}" if interval else "—",
-            "relative": _signed_share(self.relative), "relative_interval": (
-                f"{_signed_share(relative.low)} to {_signed_share(relative.high)}" if relative else "—"),
-            "revenue_sent": _money(self.sent.revenue_per_member), "revenue_held": _money(self.held.revenue_per_member),
+            "relative": _signed_share(self.relative),
+            "relative_interval": (f"{_signed_share(relative.low)} to {_signed_share(relative.high)}" if relative else "—"),
+            "revenue_sent": _money(self.sent.revenue_per_member),
+            "revenue_held": _money(self.held.revenue_per_member),
             "revenue_difference": _money(self.revenue_difference, signed=True),
-            "revenue_interval": (f"{_money(revenue.low, signed=True)} to {_money(revenue.high, signed=True)}"
-                                 if revenue else "—"),
-            "spend": _money(self.spend), "cost": _money(cost),
-            "cost_interval": (f"{_money(bounds[0])} to {_money(bounds[1]) if bounds[1] is not None else 'no bound yet'}"
-                              if bounds else "—"),
+            "revenue_interval": (
+                f"{_money(revenue.low, signed=True)} to {_money(revenue.high, signed=True)}" if revenue else "—"
+            ),
+            "spend": _money(self.spend),
+            "cost": _money(cost),
+            "cost_interval": (
+                f"{_money(bounds[0])} to {_money(bounds[1]) if bounds[1] is not None else 'no bound yet'}" if bounds else "—"
+            ),
         }
 
     @property
@@ -298,15 +308,21 @@ class Lift:
         def place(value):
             return round(MARKS_WIDTH / 2 * (1 + value / reach), 1)
 
-        return {"zero": MARKS_WIDTH / 2, "low": place(interval.low), "high": place(interval.high),
-                "point": place(self.difference), "width": MARKS_WIDTH}
+        return {
+            "zero": MARKS_WIDTH / 2,
+            "low": place(interval.low),
+            "high": place(interval.high),
+            "point": place(self.difference),
+            "width": MARKS_WIDTH,
+        }
 
     @property
     def approximation_holds(self) -> bool:
         """The normal approximation needs a few conversions and non-conversions in each group; with
         fewer, its interval is too narrow to trust (two held-out members who did not buy say nothing)."""
-        return all(arm.converted >= MIN_OUTCOMES and arm.members - arm.converted >= MIN_OUTCOMES
-                   for arm in (self.sent, self.held))
+        return all(
+            arm.converted >= MIN_OUTCOMES and arm.members - arm.converted >= MIN_OUTCOMES for arm in (self.sent, self.held)
+        )
 
     @property
     def verdict(self) -> str:
@@ -318,8 +334,10 @@ class Lift:
         if not self.sent.members:
             return "No sent members yet"
         if not self.approximation_holds:
-            return (f"Too few members to judge yet: each group needs at least {MIN_OUTCOMES} who converted and "
-                    f"{MIN_OUTCOMES} who did not (held out: {self.held.converted:,} of {self.held.members:,} converted)")
+            return (
+                f"Too few members to judge yet: each group needs at least {MIN_OUTCOMES} who converted and "
+                f"{MIN_OUTCOMES} who did not (held out: {self.held.converted:,} of {self.held.members:,} converted)"
+            )
         interval = self.interval
         if interval.excludes_zero:
             word = "more" if interval.low > 0 else "fewer"
@@ -333,8 +351,9 @@ class Lift:
 # --- the selector ---------------------------------------------------------------------------
 
 
-def period(*, now: datetime | None, window_days: int, period_days: int = PERIOD_DAYS,
-           sync: Sync | None = None) -> tuple[datetime, datetime]:
+def period(
+    *, now: datetime | None, window_days: int, period_days: int = PERIOD_DAYS, sync: Sync | None = None
+) -> tuple[datetime, datetime]:
     """Entries from `since` to `until`: the last `period_days` whose window closed by `now`, and
     never further back than retention keeps what the lift reads (syncs.retention): the events of
     the window (an entry whose purchase was pruned would count as a member who never bought),
@@ -357,19 +376,38 @@ def _first_entries(audience_ids, sync: Sync | None, since, until, window):
     person with DISTINCT ON (a pass over the index); SQLite, which has no DISTINCT ON, with
     ROW_NUMBER()."""
     if sync:
-        rows, at, scope = Delivery.objects.filter(
-            sync=sync, action=Delivery.ENTER, initial=False, held_out__isnull=False, changed_at__gte=since,
-            changed_at__lt=until,
-        ).annotate(grp=Value(sync.audience_id)), "changed_at", "sync_id"
+        rows, at, scope = (
+            Delivery.objects.filter(
+                sync=sync,
+                action=Delivery.ENTER,
+                initial=False,
+                held_out__isnull=False,
+                changed_at__gte=since,
+                changed_at__lt=until,
+            ).annotate(grp=Value(sync.audience_id)),
+            "changed_at",
+            "sync_id",
+        )
     else:
-        rows, at, scope = Membership.objects.filter(
-            audience_id__in=audience_ids, held_out__isnull=False, entered_at__gte=since, entered_at__lt=until,
-        ).annotate(grp=F("audience_id")), "entered_at", "audience_id"
-    rows = rows.filter(person__isnull=False).exclude(
-        person_id__in=Person.objects.filter(is_test=True).values("pk")
-    ).annotate(
-        arm=F("held_out"), unit_person=F("person_id"), unit_at=F(at),
-        window_end=ExpressionWrapper(F(at) + window, output_field=DateTimeField()),
+        rows, at, scope = (
+            Membership.objects.filter(
+                audience_id__in=audience_ids,
+                held_out__isnull=False,
+                entered_at__gte=since,
+                entered_at__lt=until,
+            ).annotate(grp=F("audience_id")),
+            "entered_at",
+            "audience_id",
+        )
+    rows = (
+        rows.filter(person__isnull=False)
+        .exclude(person_id__in=Person.objects.filter(is_test=True).values("pk"))
+        .annotate(
+            arm=F("held_out"),
+            unit_person=F("person_id"),
+            unit_at=F(at),
+            window_end=ExpressionWrapper(F(at) + window, output_field=DateTimeField()),
+        )
     )
     columns = ("grp", "arm", "unit_person", "unit_at", "window_end")
     if connection.vendor == "postgresql":
@@ -378,16 +416,28 @@ def _first_entries(audience_ids, sync: Sync | None, since, until, window):
     return ranked.values(*columns, "rank"), "WHERE u.rank = 1"
 
 
-def lift_figures(audiences, *, sync: Sync | None = None, event: str = DEFAULT_EVENT,
-                 window_days: int = DEFAULT_WINDOW_DAYS, now: datetime | None = None,
-                 period_days: int = PERIOD_DAYS) -> dict[int, Lift]:
+def lift_figures(
+    audiences,
+    *,
+    sync: Sync | None = None,
+    event: str = DEFAULT_EVENT,
+    window_days: int = DEFAULT_WINDOW_DAYS,
+    now: datetime | None = None,
+    period_days: int = PERIOD_DAYS,
+) -> dict[int, Lift]:
     """Lift per audience id (of `audiences`, or of `sync`'s audience for that sync): one
     statement for the arms of every audience asked about, one for their spend."""
     audience_ids = [sync.audience_id] if sync else [a.pk for a in audiences]
     since, until = period(now=now, window_days=window_days, period_days=period_days, sync=sync)
     figures = {
-        audience_id: Lift(audience_id=audience_id, sync_id=sync.pk if sync else None, event=event,
-                          window_days=window_days, since=since, until=until)
+        audience_id: Lift(
+            audience_id=audience_id,
+            sync_id=sync.pk if sync else None,
+            event=event,
+            window_days=window_days,
+            since=since,
+            until=until,
+        )
         for audience_id in audience_ids
     }
     firsts, keep = _first_entries(audience_ids, sync, since, until, timedelta(days=window_days))
@@ -416,7 +466,8 @@ def lift_figures(audiences, *, sync: Sync | None = None, event: str = DEFAULT_EV
                 figures[audience_id].sent = arm
     for row in (
         Outcome.objects.filter(audience_id__in=audience_ids, date__gte=since.date(), date__lt=until.date())
-        .values("audience_id").annotate(spend=Sum("spend"))
+        .values("audience_id")
+        .annotate(spend=Sum("spend"))
     ):
         figures[row["audience_id"]].spend = Decimal(row["spend"]).quantize(Decimal("0.01"))
     return figures
@@ -458,8 +509,11 @@ def sync_holdout(sync: Sync, *, now: datetime | None = None) -> SyncHoldout:
         recorded=Count("pk"), held=Count("pk", filter=Q(held_out=True))
     )
     return SyncHoldout(
-        sync=sync, in_force=holdouts.holdouts_of(sync, holdouts.paid_holdout_for([sync])), held_entries=counts["held"],
-        recorded_entries=counts["recorded"], lift=lift_for(sync.audience, sync=sync, now=now) if counts["recorded"] else None,
+        sync=sync,
+        in_force=holdouts.holdouts_of(sync, holdouts.paid_holdout_for([sync])),
+        held_entries=counts["held"],
+        recorded_entries=counts["recorded"],
+        lift=lift_for(sync.audience, sync=sync, now=now) if counts["recorded"] else None,
     )
 
 
@@ -519,14 +573,20 @@ def report_lines(lift: Lift, *, label: str) -> list[str]:
     lines.append("")
     if lift.measurable:
         interval = lift.interval
-        lines.append(f"conversion lift {_points(lift.difference)} points, 95 % {_points(interval.low)} to {_points(interval.high)}")
+        lines.append(
+            f"conversion lift {_points(lift.difference)} points, 95 % {_points(interval.low)} to {_points(interval.high)}"
+        )
         if lift.relative is not None:
             relative = lift.relative_interval
-            lines.append(f"relative lift {_signed_share(lift.relative)}, 95 % {_signed_share(relative.low)} to "
-                         f"{_signed_share(relative.high)}")
+            lines.append(
+                f"relative lift {_signed_share(lift.relative)}, 95 % {_signed_share(relative.low)} to "
+                f"{_signed_share(relative.high)}"
+            )
         if lift.revenue_difference is not None:
             revenue = lift.revenue_interval
-            lines.append(f"revenue per member {lift.revenue_difference:+,.2f}, 95 % {revenue.low:+,.2f} to {revenue.high:+,.2f} (Welch)")
+            lines.append(
+                f"revenue per member {lift.revenue_difference:+,.2f}, 95 % {revenue.low:+,.2f} to {revenue.high:+,.2f} (Welch)"
+            )
         if lift.spend is not None:
             cost = lift.cost_per_incremental
             bounds = lift.cost_per_incremental_interval
@@ -534,7 +594,8 @@ def report_lines(lift: Lift, *, label: str) -> list[str]:
                 lines.append(f"spend {lift.spend:,} on those days; no incremental conversion to divide it by")
             else:
                 high = f"{bounds[1]:,}" if bounds and bounds[1] is not None else "no bound yet"
-                lines.append(f"spend {lift.spend:,} on those days: cost per incremental conversion {cost:,} "
-                             f"(95 % {bounds[0]:,} to {high})")
+                lines.append(
+                    f"spend {lift.spend:,} on those days: cost per incremental conversion {cost:,} (95 % {bounds[0]:,} to {high})"
+                )
     lines.append(lift.verdict)
     return lines

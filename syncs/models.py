@@ -1,4 +1,3 @@
-
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -64,16 +63,13 @@ class Destination(EncryptedCredentials):
     # The destination asked us (Retry-After) not to call before this time.
     not_before = models.DateTimeField(null=True, blank=True, editable=False)
 
-    history = HistoricalRecords(
-        excluded_fields=["credentials_encrypted", "lease_owner", "lease_until", "not_before"]
-    )
+    history = HistoricalRecords(excluded_fields=["credentials_encrypted", "lease_owner", "lease_until", "not_before"])
 
     class Meta:
         ordering = ["key"]
 
     def __str__(self):
         return self.name
-
 
 
 class CustomerIoWorkspace(EncryptedCredentials):
@@ -127,29 +123,38 @@ class Sync(models.Model):
     destination = models.ForeignKey(Destination, on_delete=models.PROTECT, related_name="syncs")
     mode = models.CharField(max_length=20, choices=MODE_CHOICES, default=MEMBERSHIP)
     fields = models.JSONField(
-        default=list, blank=True,
+        default=list,
+        blank=True,
         help_text="Allow-list of person attributes sent beside the identifier, audience name and entry time.",
     )
     identifier_policy = models.ForeignKey(
-        IdentifierPolicy, null=True, blank=True, on_delete=models.PROTECT, related_name="syncs",
+        IdentifierPolicy,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="syncs",
         help_text="Defaults to the audience's policy, then to the customer id.",
     )
     downstream_audience_id = models.CharField(
         max_length=120, blank=True, default="", help_text="The audience id downstream; defaults to the audience key."
     )
     match_on = models.JSONField(
-        default=list, blank=True,
+        default=list,
+        blank=True,
         help_text="For an ad platform: which of its identifiers to send (blank: every one it takes).",
     )
     additive_only = models.BooleanField(
         default=False, help_text="Only add people downstream; never send a removal (a lookalike seed, say)."
     )
     holdout_share = models.FloatField(
-        default=0.0, help_text="Share of the audience never sent, to measure lift against: 0.1 holds out 10 %. "
+        default=0.0,
+        help_text="Share of the audience never sent, to measure lift against: 0.1 holds out 10 %. "
         "Applies to people entering from the change on.",
     )
     holdout_salt = models.CharField(
-        max_length=64, blank=True, default="",
+        max_length=64,
+        blank=True,
+        default="",
         help_text="Mixed with the customer id to choose who is held out; blank: the sync's key. A new salt chooses other people.",
     )
     # what the platform itself says of the audience, read on a schedule where it tells
@@ -163,7 +168,8 @@ class Sync(models.Model):
         default=0.30, help_text="Hold removals above this share of the audience until a person approves them."
     )
     timeout_s = models.FloatField(
-        null=True, blank=True,
+        null=True,
+        blank=True,
         help_text="Deadline of each request; blank: 3 s for a suppression audience, else the destination's timeout.",
     )
     enabled = models.BooleanField(default=True)
@@ -220,11 +226,14 @@ class GlobalHoldout(models.Model):
 
     key = models.SlugField(max_length=64, unique=True, default=KEY, editable=False)
     share = models.FloatField(
-        default=0.0, help_text="Share of every paid audience never sent to any ad platform: 0.05 holds out 5 %. "
+        default=0.0,
+        help_text="Share of every paid audience never sent to any ad platform: 0.05 holds out 5 %. "
         "Applies to people entering from the change on.",
     )
     salt = models.CharField(
-        max_length=64, blank=True, default="",
+        max_length=64,
+        blank=True,
+        default="",
         help_text="Mixed with the customer id to choose who is held out; blank: 'global'. A new salt chooses other people.",
     )
     updated_at = models.DateTimeField(auto_now=True)
@@ -306,12 +315,26 @@ class Delivery(models.Model):
     ENTER, EXIT = "enter", "exit"
     ACTION_CHOICES = [(ENTER, "Enter"), (EXIT, "Exit")]
     PENDING, SENDING, SENT, REJECTED, DEAD, CANCELLED, HELD, SKIPPED, DRY_RUN = (
-        "pending", "sending", "sent", "rejected", "dead", "cancelled", "held", "skipped", "dry_run",
+        "pending",
+        "sending",
+        "sent",
+        "rejected",
+        "dead",
+        "cancelled",
+        "held",
+        "skipped",
+        "dry_run",
     )
     STATE_CHOICES = [
-        (PENDING, "Pending"), (SENDING, "Sending"), (SENT, "Sent"), (REJECTED, "Rejected by destination"),
-        (DEAD, "Dead letter"), (CANCELLED, "Cancelled (entry and exit never sent)"), (HELD, "Held"),
-        (SKIPPED, "Skipped"), (DRY_RUN, "Dry run (not sent)"),
+        (PENDING, "Pending"),
+        (SENDING, "Sending"),
+        (SENT, "Sent"),
+        (REJECTED, "Rejected by destination"),
+        (DEAD, "Dead letter"),
+        (CANCELLED, "Cancelled (entry and exit never sent)"),
+        (HELD, "Held"),
+        (SKIPPED, "Skipped"),
+        (DRY_RUN, "Dry run (not sent)"),
     ]
     OPEN_STATES = (PENDING, SENDING, HELD)
 
@@ -361,7 +384,8 @@ class Delivery(models.Model):
             # person's first one among them
             models.Index(
                 fields=["sync", "person", "changed_at", "held_out"],
-                condition=models.Q(action="enter", initial=False, held_out__isnull=False), name="delivery_holdout_entries",
+                condition=models.Q(action="enter", initial=False, held_out__isnull=False),
+                name="delivery_holdout_entries",
             ),
         ]
         verbose_name_plural = "deliveries"
@@ -410,15 +434,27 @@ class Alert(models.Model):
     alert per `key`), acknowledged by a person; notified once on opening and once on resolving."""
 
     ZERO_COUNT, SUDDEN_DROP, FAILING_SYNC, LAG_OVER_TARGET, LOW_COVERAGE, STALE_SYNC, MASS_REMOVAL = (
-        "zero_count", "sudden_drop", "failing_sync", "lag_over_target", "low_coverage", "stale_sync", "mass_removal",
+        "zero_count",
+        "sudden_drop",
+        "failing_sync",
+        "lag_over_target",
+        "low_coverage",
+        "stale_sync",
+        "mass_removal",
     )
     FAILING_EVALUATION = "failing_evaluation"
     LOW_MATCH_RATE, DOWNSTREAM_DRIFT, UNDER_MINIMUM = "low_match_rate", "downstream_drift", "under_minimum"
     KIND_CHOICES = [
-        (ZERO_COUNT, "Audience at zero"), (SUDDEN_DROP, "Sudden drop"), (FAILING_SYNC, "Failing sync"),
-        (LAG_OVER_TARGET, "Suppression lag over target"), (LOW_COVERAGE, "Low identifier coverage"),
-        (STALE_SYNC, "Stale sync"), (MASS_REMOVAL, "Mass removal held"), (FAILING_EVALUATION, "Evaluation failing"),
-        (LOW_MATCH_RATE, "Low match rate downstream"), (DOWNSTREAM_DRIFT, "Downstream count drifted"),
+        (ZERO_COUNT, "Audience at zero"),
+        (SUDDEN_DROP, "Sudden drop"),
+        (FAILING_SYNC, "Failing sync"),
+        (LAG_OVER_TARGET, "Suppression lag over target"),
+        (LOW_COVERAGE, "Low identifier coverage"),
+        (STALE_SYNC, "Stale sync"),
+        (MASS_REMOVAL, "Mass removal held"),
+        (FAILING_EVALUATION, "Evaluation failing"),
+        (LOW_MATCH_RATE, "Low match rate downstream"),
+        (DOWNSTREAM_DRIFT, "Downstream count drifted"),
         (UNDER_MINIMUM, "Removals held at the platform's minimum"),
     ]
 
@@ -431,11 +467,15 @@ class Alert(models.Model):
     opened_at = models.DateTimeField(default=timezone.now)
     resolved_at = models.DateTimeField(null=True, blank=True)
     acknowledged_at = models.DateTimeField(null=True, blank=True)
-    acknowledged_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     notified_open_at = models.DateTimeField(null=True, blank=True)
     notified_resolved_at = models.DateTimeField(null=True, blank=True)
     notified_channels = models.JSONField(
-        default=dict, blank=True, editable=False,
+        default=dict,
+        blank=True,
+        editable=False,
         help_text='Channels each notification went out on, e.g. {"open": ["email"]}: a retry sends only the others.',
     )
 
@@ -520,7 +560,6 @@ class Baseline(models.Model):
 
     def __str__(self):
         return f"baseline of {self.audience.key} on {self.captured_on}"
-
 
 
 class SyncDay(models.Model):

@@ -49,12 +49,23 @@ def check_alerts(*, now: datetime | None = None, thresholds: Thresholds | None =
     _sync_alerts(syncs, now, limits, wanted)
     for key, spec in wanted.items():
         alert_open(key=key, **spec)
-    checked_kinds = {Alert.ZERO_COUNT, Alert.SUDDEN_DROP, Alert.FAILING_SYNC, Alert.LAG_OVER_TARGET,
-                     Alert.LOW_COVERAGE, Alert.STALE_SYNC, Alert.FAILING_EVALUATION}
+    checked_kinds = {
+        Alert.ZERO_COUNT,
+        Alert.SUDDEN_DROP,
+        Alert.FAILING_SYNC,
+        Alert.LAG_OVER_TARGET,
+        Alert.LOW_COVERAGE,
+        Alert.STALE_SYNC,
+        Alert.FAILING_EVALUATION,
+    }
     resolved = 0
     # the read-back (syncs/readback.py) opens and resolves its own, keyed readback:...
-    for alert in (Alert.objects.open().filter(kind__in=checked_kinds).exclude(key__startswith="readback:")
-                  .select_related("audience", "sync")):
+    for alert in (
+        Alert.objects.open()
+        .filter(kind__in=checked_kinds)
+        .exclude(key__startswith="readback:")
+        .select_related("audience", "sync")
+    ):
         if alert.key not in wanted:
             alert_resolve(key=alert.key, resolution=_resolution(alert, now, limits))
             resolved += 1
@@ -80,8 +91,10 @@ def _resolution(alert: Alert, now: datetime, limits: Thresholds) -> str:
             lag = suppression_lag(sync, since=now - timedelta(hours=1))
             if lag.p95 is None:
                 return f"{sync.key}: no suppression was acknowledged in the last hour, so its lag is no longer over target."
-            return (f"{sync.key}: suppression lag p95 is back at {lag.p95:,.1f} s over the last hour "
-                    f"(target {limits.lag_target_s:g} s).")
+            return (
+                f"{sync.key}: suppression lag p95 is back at {lag.p95:,.1f} s over the last hour "
+                f"(target {limits.lag_target_s:g} s)."
+            )
         if alert.kind == Alert.STALE_SYNC:
             return f"{sync.key} is moving again: no change has waited over {limits.stale_factor:g}× its cadence."
     if audience is not None:
@@ -96,8 +109,10 @@ def _resolution(alert: Alert, now: datetime, limits: Thresholds) -> str:
         if alert.kind == Alert.LOW_COVERAGE:
             if audience.identifier_coverage is None or not audience.current_size:
                 return f"{audience.name} has no members to match downstream, so its coverage is not checked."
-            return (f"{audience.identifier_coverage:.0%} of {audience.name} now have a valid identifier "
-                    f"(target {limits.min_coverage:.0%}).")
+            return (
+                f"{audience.identifier_coverage:.0%} of {audience.name} now have a valid identifier "
+                f"(target {limits.min_coverage:.0%})."
+            )
     return "The condition has cleared."
 
 
@@ -105,7 +120,9 @@ def _audience_alerts(audiences, now, limits, wanted):
     ids = [a.pk for a in audiences]
     had_members = dict(
         SizeSample.objects.filter(audience_id__in=ids, at__gte=now - timedelta(days=30))
-        .values("audience_id").annotate(m=Max("size")).values_list("audience_id", "m")
+        .values("audience_id")
+        .annotate(m=Max("size"))
+        .values_list("audience_id", "m")
     )
     means = trailing_mean(ids, until=now - timedelta(hours=1))
     synced = set(Sync.objects.filter(enabled=True).values_list("audience_id", flat=True))
@@ -114,21 +131,23 @@ def _audience_alerts(audiences, now, limits, wanted):
             # people window expiry had missed, corrected by the hourly full evaluation: a bug in
             # the evaluation engine, not in the rule
             wanted[f"failing_evaluation:consistency:audience:{audience.pk}"] = dict(
-                kind=Alert.FAILING_EVALUATION, audience=audience,
+                kind=Alert.FAILING_EVALUATION,
+                audience=audience,
                 message=f"{audience.name}: the consistency check at {audience.consistency_checked_at:%Y-%m-%d %H:%M} UTC "
-                        f"corrected {count:,} {'person' if count == 1 else 'people'} whose membership window expiry had "
-                        "missed. This is a bug in Downstream's evaluation, not in the rule: report it with the worker "
-                        "log's consistency check line.",
+                f"corrected {count:,} {'person' if count == 1 else 'people'} whose membership window expiry had "
+                "missed. This is a bug in Downstream's evaluation, not in the rule: report it with the worker "
+                "log's consistency check line.",
                 details={"checked_at": audience.consistency_checked_at.isoformat(), "differences": count},
             )
         if audience.is_failing:
             # evaluation records the failure on the audience (it knows nothing of alerts); its
             # figures are stale while it fails, so the other audience alerts wait
             wanted[f"failing_evaluation:audience:{audience.pk}"] = dict(
-                kind=Alert.FAILING_EVALUATION, audience=audience,
+                kind=Alert.FAILING_EVALUATION,
+                audience=audience,
                 message=f"{audience.name} is failing to evaluate and is skipped until it evaluates again: "
-                        f"{audience.evaluation_error.rstrip('.')}. Audiences that read it keep its last good members; "
-                        "open the editor to fix its rule.",
+                f"{audience.evaluation_error.rstrip('.')}. Audiences that read it keep its last good members; "
+                "open the editor to fix its rule.",
                 details={"since": audience.evaluation_failed_at.isoformat()},
             )
             continue
@@ -136,25 +155,28 @@ def _audience_alerts(audiences, now, limits, wanted):
             continue
         if audience.current_size == 0 and had_members.get(audience.pk):
             wanted[f"zero_count:audience:{audience.pk}"] = dict(
-                kind=Alert.ZERO_COUNT, audience=audience,
+                kind=Alert.ZERO_COUNT,
+                audience=audience,
                 message=f"{audience.name} is at 0 members (it had up to {had_members[audience.pk]:,} in the last 30 days). "
-                        "Check the tracking of its events and its rule.",
+                "Check the tracking of its events and its rule.",
             )
             continue
         mean = means.get(audience.pk)
         if mean and mean >= limits.drop_min_mean and audience.current_size < limits.drop_share * mean:
             wanted[f"sudden_drop:audience:{audience.pk}"] = dict(
-                kind=Alert.SUDDEN_DROP, audience=audience,
+                kind=Alert.SUDDEN_DROP,
+                audience=audience,
                 message=f"{audience.name} fell to {audience.current_size:,}, under {limits.drop_share:.0%} of its "
-                        f"7-day mean ({mean:,.0f}).",
+                f"7-day mean ({mean:,.0f}).",
                 details={"size": audience.current_size, "mean": round(mean, 1)},
             )
         if audience.pk in synced and audience.identifier_coverage is not None and audience.current_size:
             if audience.identifier_coverage < limits.min_coverage:
                 wanted[f"low_coverage:audience:{audience.pk}"] = dict(
-                    kind=Alert.LOW_COVERAGE, audience=audience,
+                    kind=Alert.LOW_COVERAGE,
+                    audience=audience,
                     message=f"Only {audience.identifier_coverage:.0%} of {audience.name} have a valid identifier under "
-                            f"its policy (target {limits.min_coverage:.0%}): the rest never match downstream.",
+                    f"its policy (target {limits.min_coverage:.0%}): the rest never match downstream.",
                 )
 
 
@@ -163,7 +185,9 @@ def _sync_alerts(syncs, now, limits, wanted):
     oldest = oldest_open_delivery(ids)
     recent_runs: dict[int, list[str]] = {}
     for sync_id, status in (
-        SyncRun.objects.filter(sync_id__in=ids).exclude(status=SyncRun.RUNNING).order_by("sync_id", "-started_at")
+        SyncRun.objects.filter(sync_id__in=ids)
+        .exclude(status=SyncRun.RUNNING)
+        .order_by("sync_id", "-started_at")
         .values_list("sync_id", "status")
     ):
         runs = recent_runs.setdefault(sync_id, [])
@@ -171,14 +195,17 @@ def _sync_alerts(syncs, now, limits, wanted):
             runs.append(status)
     dead = set(
         Delivery.objects.filter(sync_id__in=ids, state=Delivery.DEAD, created_at__gte=now - timedelta(days=1))
-        .values_list("sync_id", flat=True).distinct()
+        .values_list("sync_id", flat=True)
+        .distinct()
     )
     for sync in syncs:
         runs = recent_runs.get(sync.pk, [])
         if (len(runs) == limits.failed_runs and all(s == SyncRun.FAILED for s in runs)) or sync.pk in dead:
             why = f"{limits.failed_runs} failed runs in a row" if sync.pk not in dead else "dead letters in the last 24 hours"
             wanted[f"failing_sync:sync:{sync.pk}"] = dict(
-                kind=Alert.FAILING_SYNC, sync=sync, audience=sync.audience,
+                kind=Alert.FAILING_SYNC,
+                sync=sync,
+                audience=sync.audience,
                 message=f"{sync.key} is failing: {why}. Open the sync page for the errors.",
             )
         if sync.paused:
@@ -187,18 +214,22 @@ def _sync_alerts(syncs, now, limits, wanted):
             lag = suppression_lag(sync, since=now - timedelta(hours=1))
             if lag.p95 is not None and lag.p95 > limits.lag_target_s:
                 wanted[f"lag_over_target:sync:{sync.pk}"] = dict(
-                    kind=Alert.LAG_OVER_TARGET, sync=sync, audience=sync.audience,
+                    kind=Alert.LAG_OVER_TARGET,
+                    sync=sync,
+                    audience=sync.audience,
                     message=f"{sync.key}: suppression lag p95 {lag.p95:,.1f} s over the last hour "
-                            f"(target {limits.lag_target_s:g} s); people who bought still see ads.",
+                    f"(target {limits.lag_target_s:g} s); people who bought still see ads.",
                     details={"p95": lag.p95, "count": lag.count},
                 )
         cadence = interval_of(sync.audience.cadence) or timedelta(minutes=1)
         waiting_since = oldest.get(sync.pk)
         if waiting_since and now - waiting_since > limits.stale_factor * cadence:
             wanted[f"stale_sync:sync:{sync.pk}"] = dict(
-                kind=Alert.STALE_SYNC, sync=sync, audience=sync.audience,
+                kind=Alert.STALE_SYNC,
+                sync=sync,
+                audience=sync.audience,
                 message=f"{sync.key} is stale: changes have waited since {waiting_since:%Y-%m-%d %H:%M} UTC "
-                        f"(over {limits.stale_factor:g}× its cadence) without going out. Is the worker running?",
+                f"(over {limits.stale_factor:g}× its cadence) without going out. Is the worker running?",
             )
 
 
@@ -226,13 +257,19 @@ def _channels(alert: Alert, *, resolved: bool) -> dict:
     channels = {}
     if settings.ALERT_EMAILS:
         channels["email"] = lambda: send_mail(
-            subject=text[:150], message=f"{said}\n\n{link}\n", from_email=settings.DEFAULT_FROM_EMAIL,
+            subject=text[:150],
+            message=f"{said}\n\n{link}\n",
+            from_email=settings.DEFAULT_FROM_EMAIL,
             recipient_list=settings.ALERT_EMAILS,
         )
     if settings.ALERT_WEBHOOK_URL:
+
         def post():
             response = request(
-                "POST", settings.ALERT_WEBHOOK_URL, json={"text": f"{text} <{link}|Open in Downstream>"}, timeout=10,
+                "POST",
+                settings.ALERT_WEBHOOK_URL,
+                json={"text": f"{text} <{link}|Open in Downstream>"},
+                timeout=10,
                 who="the alert webhook",
             )
             if response.status_code >= 300:

@@ -32,7 +32,9 @@ def on_membership_changed(sender, evaluation, **kwargs):
     paid = holdouts.paid_holdout_for(syncs)
     in_force = {sync.pk: holdouts.holdouts_of(sync, paid) for sync in syncs}
     measured = any(in_force.values()) and len(evaluation.entries) and not evaluation.erasure
-    customer_ids = dict(Person.objects.filter(pk__in=list(evaluation.entries)).values_list("pk", "customer_id")) if measured else {}
+    customer_ids = (
+        dict(Person.objects.filter(pk__in=list(evaluation.entries)).values_list("pk", "customer_id")) if measured else {}
+    )
     sent_anywhere = set()
     for sync in syncs:
         hold = removal_hold_for(sync, evaluation, size_before)
@@ -40,16 +42,34 @@ def on_membership_changed(sender, evaluation, **kwargs):
         sent = [person_id for person_id in evaluation.entries if person_id not in held]
         sent_anywhere.update(sent)
         back = removals.came_back(sync, sent)  # their removal never went: the destination still has them
-        write_deliveries(sync, Delivery.ENTER, [p for p in sent if p not in back] if back else sent, evaluation,
-                         held_out=False if in_force[sync.pk] else None)
+        write_deliveries(
+            sync,
+            Delivery.ENTER,
+            [p for p in sent if p not in back] if back else sent,
+            evaluation,
+            held_out=False if in_force[sync.pk] else None,
+        )
         for reason in sorted(set(held.values())):
-            write_deliveries(sync, Delivery.ENTER, [p for p, r in held.items() if r == reason], evaluation, held_out=True,
-                             skipped=reason)
+            write_deliveries(
+                sync, Delivery.ENTER, [p for p, r in held.items() if r == reason], evaluation, held_out=True, skipped=reason
+            )
         held_exits = holdouts.held_out_exits(sync, evaluation.exits) if _may_hold_exits(sync, in_force, evaluation) else set()
-        write_deliveries(sync, Delivery.EXIT, [p for p in evaluation.exits if p not in held_exits], evaluation, hold=hold,
-                         skipped=removals.ADDITIVE_ONLY if sync.additive_only else "")
-        write_deliveries(sync, Delivery.EXIT, sorted(held_exits), evaluation, held_out=True,
-                         skipped="held out: this person's entry was never sent, so there is nothing to remove")
+        write_deliveries(
+            sync,
+            Delivery.EXIT,
+            [p for p in evaluation.exits if p not in held_exits],
+            evaluation,
+            hold=hold,
+            skipped=removals.ADDITIVE_ONLY if sync.additive_only else "",
+        )
+        write_deliveries(
+            sync,
+            Delivery.EXIT,
+            sorted(held_exits),
+            evaluation,
+            held_out=True,
+            skipped="held out: this person's entry was never sent, so there is nothing to remove",
+        )
         removals.after_change(sync, evaluation)
     if measured:
         holdouts.record_on_memberships(
@@ -74,9 +94,10 @@ def _may_hold_exits(sync, in_force, evaluation) -> bool:
     """Only a sync that holds people out now, or did once, has exits to skip for it."""
     if not len(evaluation.exits) or sync.is_suppression:
         return False
-    return bool(in_force[sync.pk]) or Delivery.objects.filter(
-        sync=sync, action=Delivery.ENTER, initial=False, held_out=True
-    ).exists()
+    return (
+        bool(in_force[sync.pk])
+        or Delivery.objects.filter(sync=sync, action=Delivery.ENTER, initial=False, held_out=True).exists()
+    )
 
 
 def removal_hold_for(sync: Sync, evaluation, size_before: int) -> RemovalHold | None:
@@ -91,15 +112,26 @@ def removal_hold_for(sync: Sync, evaluation, size_before: int) -> RemovalHold | 
         return None
     hold = RemovalHold.objects.create(sync=sync, reason=reason, removals=removals, audience_size_before=size_before)
     alert_open(
-        key=f"mass_removal:hold:{hold.pk}", kind=Alert.MASS_REMOVAL, sync=sync, audience=sync.audience,
+        key=f"mass_removal:hold:{hold.pk}",
+        kind=Alert.MASS_REMOVAL,
+        sync=sync,
+        audience=sync.audience,
         message=f"{sync.key}: removals held: {reason}. Approve or discard them on the sync page.",
         details={"hold": hold.pk, "removals": removals, "size_before": size_before},
     )
     return hold
 
 
-def write_deliveries(sync: Sync, action: str, person_ids, evaluation, *, hold: RemovalHold | None = None,
-                     held_out: bool | None = None, skipped: str = "") -> int:
+def write_deliveries(
+    sync: Sync,
+    action: str,
+    person_ids,
+    evaluation,
+    *,
+    hold: RemovalHold | None = None,
+    held_out: bool | None = None,
+    skipped: str = "",
+) -> int:
     """`skipped`: the rows are never sent, for this reason (a holdout's); `held_out`: the
     holdout's decision, kept on the rows for the lift."""
     if not len(person_ids):
@@ -120,13 +152,23 @@ def _write_with_orm(sync, action, person_ids, evaluation, state, hold, marks) ->
         person = people.get(person_id)
         if person is None:
             continue
-        rows.append(Delivery(
-            sync=sync, person=person, customer_id=person.customer_id, action=action,
-            triggered_at=evaluation.triggered(person_id), changed_at=evaluation.at, created_at=now,
-            next_attempt_at=now, state=state, hold=hold, **marks,
-            # the person is about to be erased: take what must be sent now
-            payload=payload_for(sync, person) if evaluation.erasure else None,
-        ))
+        rows.append(
+            Delivery(
+                sync=sync,
+                person=person,
+                customer_id=person.customer_id,
+                action=action,
+                triggered_at=evaluation.triggered(person_id),
+                changed_at=evaluation.at,
+                created_at=now,
+                next_attempt_at=now,
+                state=state,
+                hold=hold,
+                **marks,
+                # the person is about to be erased: take what must be sent now
+                payload=payload_for(sync, person) if evaluation.erasure else None,
+            )
+        )
     Delivery.objects.bulk_create(rows, batch_size=2000)
     return len(rows)
 
@@ -146,8 +188,20 @@ def _write_with_sql(sync, action, person_ids, evaluation, state, hold, marks) ->
                 "state, attempts, next_attempt_at, last_error, hold_id, initial, held_out) "
                 f"SELECT %s, p.id, p.customer_id, %s, %s, %s, %s, %s, 0, %s, %s, %s, %s, %s FROM {person} p "
                 f"WHERE p.id IN ({', '.join(['%s'] * len(chunk))}) ORDER BY p.id",
-                [sync.pk, action, adapt(evaluation.at), adapt(evaluation.at), adapt(now), state, adapt(now),
-                 marks["last_error"], hold.pk if hold else None, False, marks["held_out"], *chunk],
+                [
+                    sync.pk,
+                    action,
+                    adapt(evaluation.at),
+                    adapt(evaluation.at),
+                    adapt(now),
+                    state,
+                    adapt(now),
+                    marks["last_error"],
+                    hold.pk if hold else None,
+                    False,
+                    marks["held_out"],
+                    *chunk,
+                ],
             )
             written += cursor.rowcount
     return written

@@ -22,7 +22,9 @@ MAX_ITEMS = 1000
 
 def parse_outcomes(body) -> list[dict]:
     if not isinstance(body, dict) or not isinstance(body.get("outcomes"), list):
-        raise Rejected(400, [Problem(None, "outcomes", "is required: an array of {audience, date, impressions, clicks, conversions, spend}")])
+        raise Rejected(
+            400, [Problem(None, "outcomes", "is required: an array of {audience, date, impressions, clicks, conversions, spend}")]
+        )
     items = body["outcomes"]
     if len(items) > MAX_ITEMS:
         raise Rejected(413, [Problem(None, "outcomes", f"at most {MAX_ITEMS} rows a request", True)])
@@ -82,7 +84,9 @@ def outcomes_record(*, source, rows: list[dict]) -> int:
     """A day reported again replaces what that source said before (downstream numbers settle)."""
     for row in rows:
         Outcome.objects.update_or_create(
-            audience=row["audience"], date=row["date"], source=source,
+            audience=row["audience"],
+            date=row["date"],
+            source=source,
             defaults={k: v for k, v in row.items() if k not in ("audience", "date")},
         )
     return len(rows)

@@ -33,8 +33,7 @@ def payload_for(sync, person, *, policy=None) -> dict | None:
         identifiers = spec.identifiers_for(sync, person)
         if not identifiers:
             return None
-        return {"identifier": next(iter(identifiers.values())), "fields": mapped_fields(sync, person),
-                "identifiers": identifiers}
+        return {"identifier": next(iter(identifiers.values())), "fields": mapped_fields(sync, person), "identifiers": identifiers}
     identifier = (policy or sync.policy()).identifier_for(person)
     if identifier is None:
         return None

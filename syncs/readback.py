@@ -81,8 +81,9 @@ def read_back_syncs(now: datetime | None = None) -> dict:
     """Read every eligible sync back, store what the platform said, open and resolve alerts."""
     now = now or timezone.now()
     summary = {"read": 0, "failed": 0, "unavailable": 0, "alerts": []}
-    active = [s for s in Sync.objects.filter(enabled=True, paused=False).select_related("audience", "destination")
-              if has_read_back(s)]
+    active = [
+        s for s in Sync.objects.filter(enabled=True, paused=False).select_related("audience", "destination") if has_read_back(s)
+    ]
     _resolve_unchecked({s.pk for s in active})
     for sync in active:
         try:
@@ -106,13 +107,15 @@ def read_back_one(sync: Sync, *, now: datetime) -> dict:
             log.info("read-back of sync %s: %s; next pass tries again", sync.key, exc)
             return {"result": "unavailable", "alerts": []}
         alert_open(
-            key=alert_key("failing_sync", sync), kind=Alert.FAILING_SYNC, sync=sync, audience=sync.audience,
+            key=alert_key("failing_sync", sync),
+            kind=Alert.FAILING_SYNC,
+            sync=sync,
+            audience=sync.audience,
             message=f"{sync.key}: {spec.label} refused to tell the audience's size: {exc}",
             details={"read_back": True},
         )
         return {"result": "failed", "alerts": [alert_key("failing_sync", sync)]}
-    alert_resolve(key=alert_key("failing_sync", sync),
-                  resolution=f"{spec.label} answers the read-back of {sync.key} again.")
+    alert_resolve(key=alert_key("failing_sync", sync), resolution=f"{spec.label} answers the read-back of {sync.key} again.")
     members = downstream_count(sync)
     size, rate = answer.size, answer.match_rate
     if rate is None and size is not None and members > 0:
@@ -120,8 +123,10 @@ def read_back_one(sync: Sync, *, now: datetime) -> dict:
     Sync.objects.filter(pk=sync.pk).update(downstream_size=size, downstream_match_rate=rate, downstream_read_at=now)
     sync.downstream_size, sync.downstream_match_rate, sync.downstream_read_at = size, rate, now
     if sync.created_at > now - timedelta(hours=settings.READBACK_SETTLE_HOURS):
-        young = (f"{sync.key} is under {settings.READBACK_SETTLE_HOURS:g} hours old: {spec.label} may still be matching "
-                 "its first upload, so nothing is judged yet.")
+        young = (
+            f"{sync.key} is under {settings.READBACK_SETTLE_HOURS:g} hours old: {spec.label} may still be matching "
+            "its first upload, so nothing is judged yet."
+        )
         for kind in ("low_match_rate", "downstream_drift"):
             alert_resolve(key=alert_key(kind, sync), resolution=young)
         return {"result": "read", "alerts": []}
@@ -132,21 +137,24 @@ def read_back_one(sync: Sync, *, now: datetime) -> dict:
     key, minimum = alert_key("low_match_rate", sync), settings.READBACK_MIN_MATCH_RATE
     if rate is not None and members >= smallest and rate < minimum:
         alert_open(
-            key=key, kind=Alert.LOW_MATCH_RATE, sync=sync, audience=sync.audience,
+            key=key,
+            kind=Alert.LOW_MATCH_RATE,
+            sync=sync,
+            audience=sync.audience,
             message=f"{sync.key}: {spec.label} matches only {rate:.0%} of the {members:,} people Downstream sent{said}; "
-                    f"the floor is {minimum:.0%}. Check which identifiers went out (the runs' rows_with_* counts) and "
-                    "whether the audience's people have emails or phones in the right form.",
+            f"the floor is {minimum:.0%}. Check which identifiers went out (the runs' rows_with_* counts) and "
+            "whether the audience's people have emails or phones in the right form.",
             details={"match_rate": round(rate, 4), "members": members, "size": size},
         )
         opened.append(key)
     elif rate is None:
         alert_resolve(key=key, resolution=f"{spec.label} gives no count for {sync.key} now, so its match rate is not judged.")
     elif members < smallest:
-        alert_resolve(key=key, resolution=f"{sync.key} has {members:,} people, under the {smallest:,} a match rate is "
-                                          "judged on.")
+        alert_resolve(key=key, resolution=f"{sync.key} has {members:,} people, under the {smallest:,} a match rate is judged on.")
     else:
-        alert_resolve(key=key, resolution=f"{spec.label} matches {rate:.0%} of {sync.key}'s {members:,} people "
-                                          f"(floor {minimum:.0%}).")
+        alert_resolve(
+            key=key, resolution=f"{spec.label} matches {rate:.0%} of {sync.key}'s {members:,} people (floor {minimum:.0%})."
+        )
 
     key, share = alert_key("downstream_drift", sync), settings.READBACK_DRIFT_SHARE
     expected = members * (answer.match_rate if answer.match_rate is not None else 1.0)
@@ -159,18 +167,24 @@ def read_back_one(sync: Sync, *, now: datetime) -> dict:
     if drifted and max(size, members) >= smallest:
         repair = getattr(spec.transport, "repair", "")
         alert_open(
-            key=key, kind=Alert.DOWNSTREAM_DRIFT, sync=sync, audience=sync.audience,
+            key=key,
+            kind=Alert.DOWNSTREAM_DRIFT,
+            sync=sync,
+            audience=sync.audience,
             message=f"{sync.key}: {spec.label} counts {size:,} people where Downstream expects {expected:,.0f}{said}, "
-                    f"more than {share:.0%} apart: removals may have been lost, or another tool writes to the same "
-                    "audience." + (f" Repair it with a full upload: {repair.format(key=sync.key)}." if repair else ""),
+            f"more than {share:.0%} apart: removals may have been lost, or another tool writes to the same "
+            "audience." + (f" Repair it with a full upload: {repair.format(key=sync.key)}." if repair else ""),
             details={"size": size, "expected": round(expected, 1), "members": members},
         )
         opened.append(key)
     elif size is None:
         alert_resolve(key=key, resolution=f"{spec.label} gives no count for {sync.key} now, so drift is not judged.")
     else:
-        alert_resolve(key=key, resolution=f"{spec.label} counts {size:,} people in {sync.key}, within {share:.0%} of "
-                                          f"the {expected:,.0f} Downstream expects.")
+        alert_resolve(
+            key=key,
+            resolution=f"{spec.label} counts {size:,} people in {sync.key}, within {share:.0%} of "
+            f"the {expected:,.0f} Downstream expects.",
+        )
     return {"result": "read", "alerts": opened}
 
 
@@ -179,13 +193,20 @@ def _resolve_unchecked(active_ids: set[int]) -> None:
     for alert in Alert.objects.open().filter(key__startswith=PREFIX).select_related("sync"):
         if alert.sync_id not in active_ids:
             why = "is paused" if alert.sync and alert.sync.paused else "is not enabled"
-            alert_resolve(key=alert.key, resolution=f"{alert.sync.key if alert.sync else 'The sync'} {why}, so it is "
-                                                    "not read back until it runs again.")
+            alert_resolve(
+                key=alert.key,
+                resolution=f"{alert.sync.key if alert.sync else 'The sync'} {why}, so it is not read back until it runs again.",
+            )
 
 
 def read_back_summary(sync: Sync) -> dict | None:
     """What the sync page shows beside Downstream's own size; None for a kind without read-back."""
     if not has_read_back(sync):
         return None
-    return {"platform": spec_for(sync.destination.kind).label, "members": downstream_count(sync),
-            "size": sync.downstream_size, "match_rate": sync.downstream_match_rate, "read_at": sync.downstream_read_at}
+    return {
+        "platform": spec_for(sync.destination.kind).label,
+        "members": downstream_count(sync),
+        "size": sync.downstream_size,
+        "match_rate": sync.downstream_match_rate,
+        "read_at": sync.downstream_read_at,
+    }

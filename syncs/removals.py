@@ -36,8 +36,10 @@ from .models import Alert, Delivery, RemovalHold, Sync
 
 ADDITIVE_ONLY = "the sync is additive only"
 UNDER_MINIMUM = "under the platform's minimum"
-CAME_BACK = ("came back into the audience before this removal could go: the destination still has them, so neither "
-             "this removal nor their return is sent")
+CAME_BACK = (
+    "came back into the audience before this removal could go: the destination still has them, so neither "
+    "this removal nor their return is sent"
+)
 CHUNK = 5000
 
 
@@ -51,8 +53,11 @@ def is_minimum_hold(hold: RemovalHold) -> bool:
 
 def minimum_hold(sync: Sync) -> RemovalHold | None:
     """The sync's pending hold of removals waiting for the platform's minimum, if any."""
-    return (RemovalHold.objects.filter(sync=sync, decision=RemovalHold.PENDING, reason__startswith=UNDER_MINIMUM)
-            .order_by("pk").first())
+    return (
+        RemovalHold.objects.filter(sync=sync, decision=RemovalHold.PENDING, reason__startswith=UNDER_MINIMUM)
+        .order_by("pk")
+        .first()
+    )
 
 
 def alert_key(hold: RemovalHold) -> str:
@@ -72,15 +77,17 @@ def came_back(sync: Sync, person_ids) -> set[int]:
     ids = [held[person_id] for person_id in back]
     for start in range(0, len(ids), CHUNK):
         Delivery.objects.filter(pk__in=ids[start : start + CHUNK], state=Delivery.HELD).update(
-            state=Delivery.CANCELLED, last_error=CAME_BACK)
+            state=Delivery.CANCELLED, last_error=CAME_BACK
+        )
     return back
 
 
 def after_change(sync: Sync, evaluation) -> None:
     """A change's exits are queued: hold those the minimum keeps, release what it allows now."""
     if not sync.additive_only:
-        keep_minimum(sync, sync.deliveries.pending().filter(action=Delivery.EXIT, changed_at=evaluation.at),
-                     members=evaluation.size)
+        keep_minimum(
+            sync, sync.deliveries.pending().filter(action=Delivery.EXIT, changed_at=evaluation.at), members=evaluation.size
+        )
 
 
 def keep_minimum(sync: Sync, new: QuerySet | None = None, *, members: int | None = None) -> None:
@@ -116,9 +123,11 @@ def _apply(sync, hold, new, n_new, *, members, minimum) -> None:
     if kept:
         if hold is None:
             hold = RemovalHold.objects.create(
-                sync=sync, removals=0, audience_size_before=downstream,
+                sync=sync,
+                removals=0,
+                audience_size_before=downstream,
                 reason=f"{UNDER_MINIMUM}: {label(sync)} needs at least {minimum:,} people in an audience, and sending "
-                       "these would leave fewer; they go by themselves once it is back over",
+                "these would leave fewer; they go by themselves once it is back over",
             )
         first = new.order_by("id").values_list("id", flat=True)[n_new - kept]
         new.filter(id__gte=first).update(state=Delivery.HELD, hold=hold)
@@ -139,11 +148,14 @@ def _held(sync: Sync, hold: RemovalHold, still: int, *, minimum: int, there: int
         hold.save(update_fields=["removals"])
     removals = f"{still:,} removal{'' if still == 1 else 's'}"
     alert_open(
-        key=alert_key(hold), kind=Alert.UNDER_MINIMUM, sync=sync, audience=sync.audience,
+        key=alert_key(hold),
+        kind=Alert.UNDER_MINIMUM,
+        sync=sync,
+        audience=sync.audience,
         message=f"{sync.key}: {removals} held, as {label(sync)} needs at least {minimum:,} people in an audience and "
-                f"sending them would leave fewer in {sync.audience.name}'s (about {there:,} there by Downstream's count). "
-                f"They go by themselves once it is back over {minimum:,}; discard them on the sync page to keep those "
-                "people downstream.",
+        f"sending them would leave fewer in {sync.audience.name}'s (about {there:,} there by Downstream's count). "
+        f"They go by themselves once it is back over {minimum:,}; discard them on the sync page to keep those "
+        "people downstream.",
         details={"hold": hold.pk, "removals": still, "minimum": minimum, "downstream": there},
     )
 
@@ -153,8 +165,10 @@ def _done(sync: Sync, hold: RemovalHold, released: int, *, minimum: int) -> None
     hold.decision, hold.decided_at = RemovalHold.APPROVED, timezone.now()
     hold.save(update_fields=["decision", "decided_at"])
     if released:
-        resolution = (f"{sync.audience.name} is back over {label(sync)}'s minimum of {minimum:,}: the "
-                      f"{released:,} removal{'' if released == 1 else 's'} still held went out.")
+        resolution = (
+            f"{sync.audience.name} is back over {label(sync)}'s minimum of {minimum:,}: the "
+            f"{released:,} removal{'' if released == 1 else 's'} still held went out."
+        )
     else:
         resolution = f"Everyone whose removal was held came back into {sync.audience.name}: nothing is left to remove."
     alert_resolve(key=alert_key(hold), resolution=resolution)
@@ -166,5 +180,7 @@ def decided(hold: RemovalHold, *, approve: bool, actor=None) -> None:
     minimum hold is sent at once, as the person asked."""
     if approve and not is_minimum_hold(hold):
         keep_minimum(hold.sync, hold.deliveries.pending())
-    alert_resolve(key=alert_key(hold), resolution=(
-        f"{actor or 'A person'} {'approved' if approve else 'discarded'} the held removals on the sync page."))
+    alert_resolve(
+        key=alert_key(hold),
+        resolution=(f"{actor or 'A person'} {'approved' if approve else 'discarded'} the held removals on the sync page."),
+    )

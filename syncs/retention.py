@@ -269,7 +269,8 @@ def _add_to_days(changes: dict) -> None:
     SyncDay.objects.bulk_create([SyncDay(sync_id=s, day=d) for s, d in keys], ignore_conflicts=True)
     rows = {
         (row.sync_id, row.day): row
-        for row in SyncDay.objects.select_for_update().order_by("sync_id", "day")
+        for row in SyncDay.objects.select_for_update()
+        .order_by("sync_id", "day")
         .filter(sync_id__in={s for s, _ in keys}, day__in={d for _, d in keys})
     }
     changed = set()
@@ -312,7 +313,9 @@ def prune_deliveries(cutoff: datetime, chunk: int, clock: _Clock) -> int:
         upper = window[-1][0]
         with transaction.atomic():
             rows = list(
-                Delivery.objects.select_for_update(skip_locked=True).filter(pk__gt=last, pk__lte=upper).filter(prunable)
+                Delivery.objects.select_for_update(skip_locked=True)
+                .filter(pk__gt=last, pk__lte=upper)
+                .filter(prunable)
                 .values_list("pk", "sync_id", "state", "action", "initial", "created_at", "triggered_at", "acknowledged_at")
             )
             if rows:
@@ -337,14 +340,16 @@ def prune_batches(cutoff: datetime, chunk: int, clock: _Clock) -> int:
     for sync_id in Sync.objects.order_by("pk").values_list("pk", flat=True):
         while not clock.out:
             ids = list(
-                DeliveryBatch.objects.filter(sync_id=sync_id, sent_at__lt=cutoff).order_by("sent_at")
+                DeliveryBatch.objects.filter(sync_id=sync_id, sent_at__lt=cutoff)
+                .order_by("sent_at")
                 .values_list("pk", flat=True)[:chunk]
             )
             if not ids:
                 break
             with transaction.atomic():
                 rows = list(
-                    DeliveryBatch.objects.select_for_update(skip_locked=True).filter(pk__in=ids)
+                    DeliveryBatch.objects.select_for_update(skip_locked=True)
+                    .filter(pk__in=ids)
                     .values_list("pk", "sent_at", "status", "error")
                 )
                 days = defaultdict(_empty_day)
@@ -379,7 +384,8 @@ def prune_runs(cutoff: datetime, chunk: int, clock: _Clock) -> int:
                 break
             with transaction.atomic():
                 rows = list(
-                    SyncRun.objects.select_for_update(skip_locked=True).filter(pk__in=ids)
+                    SyncRun.objects.select_for_update(skip_locked=True)
+                    .filter(pk__in=ids)
                     .values_list("pk", "started_at", "status", *RUN_COUNT_FIELDS)
                 )
                 days = defaultdict(_empty_day)
@@ -439,7 +445,9 @@ def pruned_failures(audience_ids, *, since: datetime, until: datetime) -> dict[i
     return {
         row.pop("sync__audience_id"): row
         for row in SyncDay.objects.filter(sync__audience_id__in=list(audience_ids), day__gte=first, day__lt=last)
-        .values("sync__audience_id").annotate(rejected=Sum("rejected"), dead=Sum("dead")).order_by()
+        .values("sync__audience_id")
+        .annotate(rejected=Sum("rejected"), dead=Sum("dead"))
+        .order_by()
     }
 
 
@@ -468,13 +476,22 @@ def run_days(sync: Sync, *, now: datetime | None = None, days: int = RUN_HISTORY
     statuses = {"succeeded": SyncRun.SUCCEEDED, "partial": SyncRun.PARTIAL, "failed": SyncRun.FAILED}
     since = timezone.make_aware(datetime.combine(first, datetime.min.time()))
     for row in (
-        SyncRun.objects.filter(sync=sync, started_at__gte=since).annotate(day=TruncDate("started_at"))
-        .values("day").order_by()
-        .annotate(runs=Count("pk"), **{k: Count("pk", filter=Q(status=v)) for k, v in statuses.items()},
-                  **{f"total_{name}": Sum(name) for name in RUN_COUNT_FIELDS})
+        SyncRun.objects.filter(sync=sync, started_at__gte=since)
+        .annotate(day=TruncDate("started_at"))
+        .values("day")
+        .order_by()
+        .annotate(
+            runs=Count("pk"),
+            **{k: Count("pk", filter=Q(status=v)) for k, v in statuses.items()},
+            **{f"total_{name}": Sum(name) for name in RUN_COUNT_FIELDS},
+        )
     ):
         found[row["day"]] = RunDay(
-            row["day"], row["runs"], row["succeeded"], row["partial"], row["failed"],
+            row["day"],
+            row["runs"],
+            row["succeeded"],
+            row["partial"],
+            row["failed"],
             *(row[f"total_{name}"] or 0 for name in RUN_COUNT_FIELDS),
         )
     for rollup in SyncDay.objects.filter(sync=sync, day__gte=first, runs__gt=0):
@@ -493,9 +510,16 @@ def run_days(sync: Sync, *, now: datetime | None = None, days: int = RUN_HISTORY
 
 
 TABLES = (
-    ("People", Person), ("Events", Event), ("Event aggregates", EventStat), ("Memberships", Membership),
-    ("Size samples", SizeSample), ("Deliveries", Delivery), ("Request batches", DeliveryBatch), ("Sync runs", SyncRun),
-    ("Daily rollups", SyncDay), ("Worker task results", Task),
+    ("People", Person),
+    ("Events", Event),
+    ("Event aggregates", EventStat),
+    ("Memberships", Membership),
+    ("Size samples", SizeSample),
+    ("Deliveries", Delivery),
+    ("Request batches", DeliveryBatch),
+    ("Sync runs", SyncRun),
+    ("Daily rollups", SyncDay),
+    ("Worker task results", Task),
 )
 # Above this many rows PostgreSQL's own estimate is shown rather than counting every row.
 EXACT_COUNT_BELOW = 200_000
@@ -579,24 +603,34 @@ def retention_overview() -> RetentionOverview:
     policy = Policy.from_settings()
     horizon = event_horizon(policy)
     if horizon.longest is not None and horizon.days > policy.event_floor_days:
-        why = (f"the longest window a rule names is {_words(horizon.longest)} ({horizon.longest_in}), "
-               f"plus a margin of {policy.event_margin_days} days")
+        why = (
+            f"the longest window a rule names is {_words(horizon.longest)} ({horizon.longest_in}), "
+            f"plus a margin of {policy.event_margin_days} days"
+        )
     else:
         why = "the floor (RETENTION_EVENT_FLOOR_DAYS); no rule needs more" + (
-            f": the longest window is {_words(horizon.longest)} ({horizon.longest_in})" if horizon.longest else "")
+            f": the longest window is {_words(horizon.longest)} ({horizon.longest_in})" if horizon.longest else ""
+        )
     kept = [Kept("Events", horizon.days, why)]
     for event, audiences in horizon.kept_in_full.items():
         kept.append(Kept(f"{event} events", None, f"kept whole: {', '.join(audiences)} read them with no window"))
     kept += [
-        Kept("Deliveries (sent, rejected, dead, skipped, cancelled, dry runs)", policy.delivery_days,
-             "then counted per day; pending and held ones, and each person's last change per sync, are kept"),
+        Kept(
+            "Deliveries (sent, rejected, dead, skipped, cancelled, dry runs)",
+            policy.delivery_days,
+            "then counted per day; pending and held ones, and each person's last change per sync, are kept",
+        ),
         Kept("Request batches", policy.batch_days, "then counted per day"),
         Kept("Sync runs", policy.run_days, f"then counted per day; each sync keeps its last {KEEP_LAST_RUNS}"),
-        Kept("Worker task results", policy.task_days,
-             f"and at most {Conf.SAVE_LIMIT:,} successes per task function (Q_SAVE_LIMIT)"),
+        Kept(
+            "Worker task results", policy.task_days, f"and at most {Conf.SAVE_LIMIT:,} successes per task function (Q_SAVE_LIMIT)"
+        ),
     ]
     return RetentionOverview(
-        store=store_size(), kept=kept, horizon=horizon, last_run=RetentionRun.objects.first(),
+        store=store_size(),
+        kept=kept,
+        horizon=horizon,
+        last_run=RetentionRun.objects.first(),
         rolled_up_days=SyncDay.objects.values("day").distinct().count(),
     )
 

@@ -113,12 +113,15 @@ def weekly_review(*, week_ending=None) -> WeeklyReport:
     zero_days = {}
     for audience_id, n in (
         SizeSample.objects.filter(audience_id__in=ids, at__gte=start, at__lt=end, size=0)
-        .values("audience_id").annotate(n=Count("at__date", distinct=True)).values_list("audience_id", "n")
+        .values("audience_id")
+        .annotate(n=Count("at__date", distinct=True))
+        .values_list("audience_id", "n")
     ):
         zero_days[audience_id] = n
     week_deliveries = Delivery.objects.filter(sync__audience_id__in=ids, created_at__gte=start, created_at__lt=end)
     failures = {
-        row["sync__audience_id"]: row for row in week_deliveries.values("sync__audience_id").annotate(
+        row["sync__audience_id"]: row
+        for row in week_deliveries.values("sync__audience_id").annotate(
             rejected=Count("pk", filter=Q(state=Delivery.REJECTED)), dead=Count("pk", filter=Q(state=Delivery.DEAD))
         )
     }
@@ -131,36 +134,65 @@ def weekly_review(*, week_ending=None) -> WeeklyReport:
     for audience in audiences:
         action = Delivery.ENTER if audience.purpose == Audience.SUPPRESSION else Delivery.EXIT
         sync_ids = [s.pk for s in suppressing if s.audience_id == audience.pk]
-        rows = acknowledged(sync_ids, since=start, until=end, action=action).values_list("acknowledged_at", "triggered_at")[:20000]
+        rows = acknowledged(sync_ids, since=start, until=end, action=action).values_list("acknowledged_at", "triggered_at")[
+            :20000
+        ]
         lags[audience.pk] = merged_lag_figures(
             [max(0.0, (a - t).total_seconds()) for a, t in rows], pruned_lags(sync_ids, since=start, until=end, action=action)
         )
     alerts = Alert.objects.filter(audience_id__in=ids)
-    opened = dict(alerts.filter(opened_at__gte=start, opened_at__lt=end).values("audience_id").annotate(n=Count("pk")).values_list("audience_id", "n"))
-    closed = dict(alerts.filter(resolved_at__gte=start, resolved_at__lt=end).values("audience_id").annotate(n=Count("pk")).values_list("audience_id", "n"))
+    opened = dict(
+        alerts.filter(opened_at__gte=start, opened_at__lt=end)
+        .values("audience_id")
+        .annotate(n=Count("pk"))
+        .values_list("audience_id", "n")
+    )
+    closed = dict(
+        alerts.filter(resolved_at__gte=start, resolved_at__lt=end)
+        .values("audience_id")
+        .annotate(n=Count("pk"))
+        .values_list("audience_id", "n")
+    )
     baselines = {}
     for baseline in Baseline.objects.filter(audience_id__in=ids).order_by("audience_id", "-captured_on"):
         baselines.setdefault(baseline.audience_id, baseline)
     outcomes = {}
     for row in (
         Outcome.objects.filter(audience_id__in=ids, date__gte=start.date(), date__lt=end.date())
-        .values("audience_id").annotate(spend=Sum("spend"), conversions=Sum("conversions"), clicks=Sum("clicks"),
-                                        impressions=Sum("impressions"), reach=Sum("reach"), revenue=Sum("revenue"))
+        .values("audience_id")
+        .annotate(
+            spend=Sum("spend"),
+            conversions=Sum("conversions"),
+            clicks=Sum("clicks"),
+            impressions=Sum("impressions"),
+            reach=Sum("reach"),
+            revenue=Sum("revenue"),
+        )
     ):
         audience_id = row.pop("audience_id")
         outcomes[audience_id] = Figures(**{k: (v if v is not None else (None if k == "revenue" else 0)) for k, v in row.items()})
     lifts = lift_figures([a for a in audiences if a.purpose == Audience.ACTIVATION], now=min(end, timezone.now()))
     report_rows = [
         AudienceWeek(
-            audience=a, size_start=sizes[a.pk].before, size_end=sizes[a.pk].after,
-            days_at_zero=zero_days.get(a.pk, 0), lag=lags[a.pk], rejected=failures.get(a.pk, {}).get("rejected", 0),
-            dead=failures.get(a.pk, {}).get("dead", 0), alerts_opened=opened.get(a.pk, 0), alerts_closed=closed.get(a.pk, 0),
-            baseline=baselines.get(a.pk), outcomes=outcomes.get(a.pk, Figures()), lift=lifts.get(a.pk),
+            audience=a,
+            size_start=sizes[a.pk].before,
+            size_end=sizes[a.pk].after,
+            days_at_zero=zero_days.get(a.pk, 0),
+            lag=lags[a.pk],
+            rejected=failures.get(a.pk, {}).get("rejected", 0),
+            dead=failures.get(a.pk, {}).get("dead", 0),
+            alerts_opened=opened.get(a.pk, 0),
+            alerts_closed=closed.get(a.pk, 0),
+            baseline=baselines.get(a.pk),
+            outcomes=outcomes.get(a.pk, Figures()),
+            lift=lifts.get(a.pk),
         )
         for a in audiences
     ]
     return WeeklyReport(
-        start=start, end=end, rows=report_rows,
+        start=start,
+        end=end,
+        rows=report_rows,
         alerts_opened=Alert.objects.filter(opened_at__gte=start, opened_at__lt=end).count(),
         alerts_closed=Alert.objects.filter(resolved_at__gte=start, resolved_at__lt=end).count(),
         generated_at=timezone.now(),
@@ -189,7 +221,9 @@ def render_text(report: WeeklyReport) -> str:
             f"rejected rows: {row.rejected}, dead letters: {row.dead}; alerts: {row.alerts_opened} opened, {row.alerts_closed} closed"
         )
         if row.lag.count:
-            lines.append(f"  suppression lag p50 {_fmt(row.lag.p50, ' s')}, p95 {_fmt(row.lag.p95, ' s')} over {row.lag.count:,} changes")
+            lines.append(
+                f"  suppression lag p50 {_fmt(row.lag.p50, ' s')}, p95 {_fmt(row.lag.p95, ' s')} over {row.lag.count:,} changes"
+            )
         if row.baseline or row.outcomes.conversions:
             b, o = row.baseline, row.outcomes
             lines.append(

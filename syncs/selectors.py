@@ -192,9 +192,7 @@ def size_series(audience_ids, *, since: datetime, until: datetime | None = None,
 def size_before(audience_ids, *, at: datetime) -> dict[int, int]:
     """Each audience's size as of `at`: its last sample before then (one query)."""
     latest = SizeSample.objects.filter(audience_id=OuterRef("pk"), at__lt=at).order_by("-at").values("size")[:1]
-    return dict(
-        Audience.objects.filter(pk__in=list(audience_ids)).annotate(size=Subquery(latest)).values_list("pk", "size")
-    )
+    return dict(Audience.objects.filter(pk__in=list(audience_ids)).annotate(size=Subquery(latest)).values_list("pk", "size"))
 
 
 @dataclass(frozen=True)
@@ -254,7 +252,9 @@ def last_runs(sync_ids) -> dict[int, SyncRun]:
 def last_success(sync_ids) -> dict[int, datetime]:
     return dict(
         SyncRun.objects.filter(sync_id__in=list(sync_ids), status=SyncRun.SUCCEEDED)
-        .values("sync_id").annotate(at=Max("finished_at")).values_list("sync_id", "at")
+        .values("sync_id")
+        .annotate(at=Max("finished_at"))
+        .values_list("sync_id", "at")
     )
 
 
@@ -262,7 +262,9 @@ def delivery_counts(sync_ids, *, since: datetime) -> dict[int, dict[str, int]]:
     counts = defaultdict(lambda: defaultdict(int))
     rows = (
         Delivery.objects.filter(sync_id__in=list(sync_ids), created_at__gte=since)
-        .values("sync_id", "state").annotate(n=Count("pk")).values_list("sync_id", "state", "n")
+        .values("sync_id", "state")
+        .annotate(n=Count("pk"))
+        .values_list("sync_id", "state", "n")
     )
     for sync_id, state, n in rows:
         counts[sync_id][state] = n
@@ -272,7 +274,8 @@ def delivery_counts(sync_ids, *, since: datetime) -> dict[int, dict[str, int]]:
 def rejected_rows(sync: Sync, *, limit: int = 100):
     return (
         Delivery.objects.filter(sync=sync, state__in=[Delivery.REJECTED, Delivery.DEAD])
-        .order_by("-id").select_related("person")[:limit]
+        .order_by("-id")
+        .select_related("person")[:limit]
     )
 
 
@@ -282,7 +285,9 @@ def run_durations(runs) -> list[float]:
 
 def oldest_open_delivery(sync_ids) -> dict[int, datetime]:
     return dict(
-        Delivery.objects.pending().filter(sync_id__in=list(sync_ids))
-        .values("sync_id").annotate(at=Min("created_at"))
+        Delivery.objects.pending()
+        .filter(sync_id__in=list(sync_ids))
+        .values("sync_id")
+        .annotate(at=Min("created_at"))
         .values_list("sync_id", "at")
     )

@@ -30,8 +30,9 @@ KEEP = "keep"  # in a config file: leave the stored credential as it is
 ENV = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
 
 
-def resolve_credentials(raw: dict, *, allowed, stored: dict, stored_refs: dict, errors: dict, field: str = "credentials",
-                        cleared: str = ""):
+def resolve_credentials(
+    raw: dict, *, allowed, stored: dict, stored_refs: dict, errors: dict, field: str = "credentials", cleared: str = ""
+):
     """{name: value | 'env:NAME' | 'keep'} → (values, refs). `cleared` says why nothing is
     stored any more (the endpoint moved), for the message a `keep` then gets."""
     values, refs = {}, {}
@@ -82,8 +83,7 @@ def _check_mapping_credentials(spec, values: dict, errors: dict) -> None:
         stored = credential_as_stored(spec, name, values[name])
         if stored is None:
             errors.setdefault("credentials", []).append(
-                f"{name}: give a JSON object of {spec.credential(name).keys} to texts, "
-                'such as {"Authorization": "Bearer ..."}'
+                f'{name}: give a JSON object of {spec.credential(name).keys} to texts, such as {{"Authorization": "Bearer ..."}}'
             )
         else:
             values[name] = stored
@@ -123,8 +123,20 @@ def workspace_endpoint(region: str, base_url: str) -> str:
 
 @transaction.atomic
 def destination_save(*, data: dict, actor=None, instance: Destination | None = None) -> Destination:
-    allowed = {"key", "name", "kind", "settings", "credentials", "batch_size", "rate_limit_per_s", "timeout_s",
-               "max_attempts", "retry_base_s", "retry_cap_s", "concurrency"}
+    allowed = {
+        "key",
+        "name",
+        "kind",
+        "settings",
+        "credentials",
+        "batch_size",
+        "rate_limit_per_s",
+        "timeout_s",
+        "max_attempts",
+        "retry_base_s",
+        "retry_cap_s",
+        "concurrency",
+    }
     errors: dict[str, list[str]] = unknown_fields(data, allowed)
     destination = instance or Destination()
     key = data.get("key", destination.key)
@@ -151,20 +163,37 @@ def destination_save(*, data: dict, actor=None, instance: Destination | None = N
     cleared = f"the {spec.endpoint_label()} changed, so the credentials stored for the old one were cleared" if moved else ""
     destination.settings = options
     if spec and not instance:  # what a new destination of this kind starts from
-        data = {"batch_size": min(destination.batch_size, spec.max_batch),
-                "rate_limit_per_s": spec.default_rate_limit_per_s, **data}
+        data = {
+            "batch_size": min(destination.batch_size, spec.max_batch),
+            "rate_limit_per_s": spec.default_rate_limit_per_s,
+            **data,
+        }
     # a kind may take larger requests (Meta and Google: 10,000 rows)
     largest = max(5000, spec.max_batch) if spec else 5000
-    set_numbers(destination, data, errors, {"batch_size": (1, largest), "max_attempts": (1, 50), "concurrency": (1, 16)}, whole=True)
+    set_numbers(
+        destination, data, errors, {"batch_size": (1, largest), "max_attempts": (1, 50), "concurrency": (1, 16)}, whole=True
+    )
     if spec and destination.batch_size > spec.max_batch:
         errors.setdefault("batch_size", []).append(f"{spec.label} takes at most {spec.max_batch} rows a request")
-    set_numbers(destination, data, errors, {
-        "rate_limit_per_s": (0.01, 1000), "timeout_s": (0.1, 120), "retry_base_s": (0.01, 600), "retry_cap_s": (0.1, 86400),
-    })
+    set_numbers(
+        destination,
+        data,
+        errors,
+        {
+            "rate_limit_per_s": (0.01, 1000),
+            "timeout_s": (0.1, 120),
+            "retry_base_s": (0.01, 600),
+            "retry_cap_s": (0.1, 86400),
+        },
+    )
     if "credentials" in data and kind:
         values, refs = resolve_credentials(
-            data["credentials"], allowed=[c.name for c in spec.credentials], stored=destination.credentials if instance and not moved else {},
-            stored_refs=destination.credential_refs if instance and not moved else {}, errors=errors, cleared=cleared,
+            data["credentials"],
+            allowed=[c.name for c in spec.credentials],
+            stored=destination.credentials if instance and not moved else {},
+            stored_refs=destination.credential_refs if instance and not moved else {},
+            errors=errors,
+            cleared=cleared,
         )
         _check_mapping_credentials(spec, values, errors)
     elif instance and not moved:
@@ -225,9 +254,26 @@ def workspace_save(*, data: dict, actor=None, instance: CustomerIoWorkspace | No
     return workspace
 
 
-SYNC_FIELDS = {"key", "audience", "destination", "mode", "fields", "identifier_policy", "downstream_audience_id",
-               "paused", "dry_run", "test_cohort_only", "removal_guard_share", "enabled", "owner", "timeout_s",
-               "match_on", "additive_only", "holdout_share", "holdout_salt"}
+SYNC_FIELDS = {
+    "key",
+    "audience",
+    "destination",
+    "mode",
+    "fields",
+    "identifier_policy",
+    "downstream_audience_id",
+    "paused",
+    "dry_run",
+    "test_cohort_only",
+    "removal_guard_share",
+    "enabled",
+    "owner",
+    "timeout_s",
+    "match_on",
+    "additive_only",
+    "holdout_share",
+    "holdout_salt",
+}
 
 
 @transaction.atomic
@@ -333,7 +379,8 @@ def sync_save(*, data: dict, actor=None, instance: Sync | None = None) -> Sync:
         # going live: the dry run recorded the audience and sent nothing, so the first live run
         # starts from the audience as it is now (entries still waiting are replaced by it)
         sync.deliveries.pending().filter(action=Delivery.ENTER).update(
-            state=Delivery.CANCELLED, last_error="replaced by the first live run")
+            state=Delivery.CANCELLED, last_error="replaced by the first live run"
+        )
         queue_current_members(sync)
     return sync
 
@@ -413,8 +460,16 @@ def sync_send_test_cohort(*, sync: Sync, actor=None) -> int:
     now = timezone.now()
     memberships = sync.audience.memberships.current().filter(person__is_test=True).select_related("person")
     rows = [
-        Delivery(sync=sync, person=m.person, customer_id=m.person.customer_id, action=Delivery.ENTER,
-                 triggered_at=now, changed_at=m.entered_at, next_attempt_at=now, initial=True)
+        Delivery(
+            sync=sync,
+            person=m.person,
+            customer_id=m.person.customer_id,
+            action=Delivery.ENTER,
+            triggered_at=now,
+            changed_at=m.entered_at,
+            next_attempt_at=now,
+            initial=True,
+        )
         for m in memberships
     ]
     Delivery.objects.bulk_create(rows)

@@ -93,9 +93,18 @@ def _people_for(page: list[dict], pull: SourcePull, known: dict[str, int] | None
     if missing:
         now = timezone.now()
         Person.objects.bulk_create(
-            [Person(customer_id=c, email=by_id[c].get("email") or "", cio_id=by_id[c].get("cio_id") or "",
-                    created_at=now, updated_at=now) for c in missing],
-            ignore_conflicts=True, batch_size=CHUNK,
+            [
+                Person(
+                    customer_id=c,
+                    email=by_id[c].get("email") or "",
+                    cio_id=by_id[c].get("cio_id") or "",
+                    created_at=now,
+                    updated_at=now,
+                )
+                for c in missing
+            ],
+            ignore_conflicts=True,
+            batch_size=CHUNK,
         )
         created = _pks_by("customer_id", missing)
         pull.people_created += len(created)
@@ -130,10 +139,14 @@ def _for_person_ids(sql: dict[str, str], audience: Audience, person_ids: list[in
 
 def _snapshot_insert(audience: Audience, person_ids: list[int]) -> None:
     table = connection.ops.quote_name(SegmentMember._meta.db_table)
-    _for_person_ids({
-        "postgresql": f"INSERT INTO {table} (audience_id, person_id) SELECT %s, unnest(%s::bigint[])",
-        "sqlite": f"INSERT INTO {table} (audience_id, person_id) SELECT %s, value FROM json_each(%s)",
-    }, audience, person_ids)
+    _for_person_ids(
+        {
+            "postgresql": f"INSERT INTO {table} (audience_id, person_id) SELECT %s, unnest(%s::bigint[])",
+            "sqlite": f"INSERT INTO {table} (audience_id, person_id) SELECT %s, value FROM json_each(%s)",
+        },
+        audience,
+        person_ids,
+    )
 
 
 class _Inserter:
@@ -187,10 +200,14 @@ class _Inserter:
 
 def _snapshot_remove(audience: Audience, person_ids: list[int]) -> None:
     table = connection.ops.quote_name(SegmentMember._meta.db_table)
-    _for_person_ids({
-        "postgresql": f"DELETE FROM {table} WHERE audience_id = %s AND person_id = ANY(%s)",
-        "sqlite": f"DELETE FROM {table} WHERE audience_id = %s AND person_id IN (SELECT value FROM json_each(%s))",
-    }, audience, person_ids)
+    _for_person_ids(
+        {
+            "postgresql": f"DELETE FROM {table} WHERE audience_id = %s AND person_id = ANY(%s)",
+            "sqlite": f"DELETE FROM {table} WHERE audience_id = %s AND person_id IN (SELECT value FROM json_each(%s))",
+        },
+        audience,
+        person_ids,
+    )
 
 
 class _Prefetch:
@@ -274,8 +291,14 @@ def _fetch_mapped_attributes(audience: Audience, client: AppApiClient) -> int:
     """Attributes only for fields a sync maps, and only for people about to enter (those in the
     snapshot but not yet members): 100 ids a call at the App API's pace."""
     # person columns (email, phone, ...) are sent from the person, never from its attributes
-    wanted = sorted({f for fields in Sync.objects.filter(audience=audience, enabled=True).values_list("fields", flat=True)
-                     for f in fields if f not in PERSON_COLUMNS})
+    wanted = sorted(
+        {
+            f
+            for fields in Sync.objects.filter(audience=audience, enabled=True).values_list("fields", flat=True)
+            for f in fields
+            if f not in PERSON_COLUMNS
+        }
+    )
     if not wanted:
         return 0
     entering = Person.objects.filter(

@@ -32,14 +32,27 @@ def deliver(destination_id: int, *, sleep=time.sleep):
         # time was up with work left, or rows came in as the lease was let go: hand over to a
         # fresh task rather than outlive the timeout
         async_task("syncs.tasks.deliver", destination_id, task_name=f"deliver to destination {destination_id}")
-    return {"sent": summary.sent, "rejected": summary.rejected, "retried": summary.retried, "dead": summary.dead,
-            "leased": summary.leased}
+    return {
+        "sent": summary.sent,
+        "rejected": summary.rejected,
+        "retried": summary.retried,
+        "dead": summary.dead,
+        "leased": summary.leased,
+    }
 
 
 def _due_now(destination_id: int) -> bool:
-    return Delivery.objects.pending().filter(
-        sync__destination_id=destination_id, sync__enabled=True, sync__paused=False, next_attempt_at__lte=timezone.now(),
-    ).filter(~first_open_before()).exists()
+    return (
+        Delivery.objects.pending()
+        .filter(
+            sync__destination_id=destination_id,
+            sync__enabled=True,
+            sync__paused=False,
+            next_attempt_at__lte=timezone.now(),
+        )
+        .filter(~first_open_before())
+        .exists()
+    )
 
 
 def deliver_due():
@@ -47,7 +60,10 @@ def deliver_due():
     backoff ran out, rows a lost task left behind)."""
     woken = []
     for destination_id in Destination.objects.values_list("pk", flat=True):
-        if _due_now(destination_id) or Delivery.objects.filter(sync__destination_id=destination_id, state=Delivery.SENDING).exists():
+        if (
+            _due_now(destination_id)
+            or Delivery.objects.filter(sync__destination_id=destination_id, state=Delivery.SENDING).exists()
+        ):
             async_task("syncs.tasks.deliver", destination_id, task_name=f"deliver to destination {destination_id}")
             woken.append(destination_id)
     return woken

@@ -68,8 +68,17 @@ def first_batch(sync: Sync, *, limit: int = PREVIEW_ROWS) -> WirePreview:
         if payload is None:
             preview.without_identifier += 1
             continue
-        rows.append(OutRow(membership.pk, "enter", payload["identifier"], membership.entered_at or now, payload["fields"],
-                           sync, payload.get("identifiers") or {}))
+        rows.append(
+            OutRow(
+                membership.pk,
+                "enter",
+                payload["identifier"],
+                membership.entered_at or now,
+                payload["fields"],
+                sync,
+                payload.get("identifiers") or {},
+            )
+        )
         if len(rows) == size:
             break
     if preview.without_identifier:

@@ -86,8 +86,12 @@ class Stack:
 
     def start_worker(self, env=None) -> subprocess.Popen:
         worker = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env or process_env(),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=ROOT,
+            env=env or process_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self.workers.append(worker)
         return worker
@@ -137,9 +141,11 @@ def running_stack(*, web: bool = True, workers: int = 1, env_extra: dict | None 
         if web:
             port = free_port()
             stack.processes["web"] = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2",
-                 "--log-level", "warning"],
-                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2", "--log-level", "warning"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             wait_for_port(port)
             stack.web_url = f"http://127.0.0.1:{port}"

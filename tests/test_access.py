@@ -4,7 +4,9 @@ from django.contrib.auth.models import Group, User
 pytestmark = pytest.mark.django_db
 
 
-@pytest.mark.parametrize("path", ["/", "/admin/", "/admin/audiences/person/", "/admin/audiences/event/", "/admin/audiences/source/"])
+@pytest.mark.parametrize(
+    "path", ["/", "/admin/", "/admin/audiences/person/", "/admin/audiences/event/", "/admin/audiences/source/"]
+)
 def test_anonymous_requests_go_to_the_login_page(client, path):
     response = client.get(path)
     assert response.status_code == 302
@@ -23,7 +25,9 @@ def make_user(role):
     return user
 
 
-@pytest.mark.parametrize("path", ["/admin/", "/admin/audiences/person/", "/admin/audiences/event/", "/admin/audiences/eventstat/"])
+@pytest.mark.parametrize(
+    "path", ["/admin/", "/admin/audiences/person/", "/admin/audiences/event/", "/admin/audiences/eventstat/"]
+)
 def test_viewer_can_read(client, path):
     client.force_login(make_user("Viewer"))
     assert client.get(path).status_code == 200

@@ -15,13 +15,20 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def world(db):
     audience = audience_save(data={"key": "vips", "name": "vips", "rule": {"attribute": "vip_tier", "eq": "gold"}})
-    destination = Destination.objects.create(key="hook", name="Hook", kind="webhook", settings={"url": "https://example.com/hook"})
+    destination = Destination.objects.create(
+        key="hook", name="Hook", kind="webhook", settings={"url": "https://example.com/hook"}
+    )
     sync = Sync.objects.create(key="vips-hook", audience=audience, destination=destination)
     hold = RemovalHold.objects.create(sync=sync, reason="12 of 20 would leave", removals=12, audience_size_before=20)
-    alert = Alert.objects.create(key=f"mass_removal:sync:{sync.pk}", kind=Alert.MASS_REMOVAL, sync=sync, audience=audience,
-                                 message="12 removals held", opened_at=timezone.now())
+    alert = Alert.objects.create(
+        key=f"mass_removal:sync:{sync.pk}",
+        kind=Alert.MASS_REMOVAL,
+        sync=sync,
+        audience=audience,
+        message="12 removals held",
+        opened_at=timezone.now(),
+    )
     return sync, hold, alert
-
 
 
 def test_an_unknown_hold_decision_is_a_400_and_decides_nothing(manager_client, world):
@@ -43,16 +50,19 @@ def test_an_odd_pause_switch_is_a_400_and_changes_nothing(manager_client, world,
     assert Sync.objects.get(pk=sync.pk).paused is True
 
 
-@pytest.mark.parametrize("method,url,data", [
-    ("get", "/dashboard/audiences/editor/check-name", {"name": "a\x00b"}),
-    ("get", "/dashboard/audiences/editor/check-name", {"name": "vips", "key": "\x00"}),
-    ("get", "/dashboard/people/", {"q": "cus\x00"}),
-    ("get", "/admin/", {"destination": "\x00", "owner": "x"}),
-    ("get", "/dashboard/history/", {"kind": "\x00"}),
-    ("get", "/admin/audiences/person/", {"q": "\x00"}),
-    ("post", "/dashboard/audiences/new/", {"key": "k", "name": "n\x00", "rule_yaml": "event: A\n"}),
-    ("post", "/dashboard/alerts/{alert}/acknowledge", {"next": "/admin/\x00"}),
-])
+@pytest.mark.parametrize(
+    "method,url,data",
+    [
+        ("get", "/dashboard/audiences/editor/check-name", {"name": "a\x00b"}),
+        ("get", "/dashboard/audiences/editor/check-name", {"name": "vips", "key": "\x00"}),
+        ("get", "/dashboard/people/", {"q": "cus\x00"}),
+        ("get", "/admin/", {"destination": "\x00", "owner": "x"}),
+        ("get", "/dashboard/history/", {"kind": "\x00"}),
+        ("get", "/admin/audiences/person/", {"q": "\x00"}),
+        ("post", "/dashboard/audiences/new/", {"key": "k", "name": "n\x00", "rule_yaml": "event: A\n"}),
+        ("post", "/dashboard/alerts/{alert}/acknowledge", {"next": "/admin/\x00"}),
+    ],
+)
 def test_text_with_a_nul_character_is_a_400_with_a_message(manager_client, world, method, url, data):
     response = getattr(manager_client, method)(url.format(alert=world[2].pk), data)
     assert response.status_code == 400

@@ -66,7 +66,9 @@ def test_generate_counts_determinism_and_exact_event_stats():
     # EventStat is exactly the aggregate of the event table, for every (person, name).
     aggregate = {
         (r["person_id"], r["name"]): (r["first"], r["last"], r["n"])
-        for r in Event.objects.values("person_id", "name").annotate(first=Min("occurred_at"), last=Max("occurred_at"), n=Count("id"))
+        for r in Event.objects.values("person_id", "name").annotate(
+            first=Min("occurred_at"), last=Max("occurred_at"), n=Count("id")
+        )
     }
     stats = {(s.person_id, s.name): (s.first_at, s.last_at, s.count) for s in EventStat.objects.all()}
     assert stats == aggregate

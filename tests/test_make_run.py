@@ -45,7 +45,12 @@ def test_run_serves_the_login_page_and_the_worker_shows_as_running(tmp_path):
         # runners) ignores SIGINT, which its children inherit and bash cannot undo, so Ctrl-C
         # is given back its default before the script starts.
         [sys.executable, "-c", RESTORE_CTRL_C, str(ROOT / "scripts" / "run")],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     output = []
     # keep reading, or the worker's log fills the pipe and blocks it

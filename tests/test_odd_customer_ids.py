@@ -32,8 +32,24 @@ from tests.contract_servers.livelike import LiveLikeServer
 from tests.test_role_matrix import TOKEN, make_user, world_for_the_module
 
 ODD_IDS = [
-    "../../etc/passwd", "a/b", "..", ".", "%2F", "a%2Fb", "with space", " padded ", "100%", "%%", "it's",
-    'say "hi"', "<script>alert(1)</script>", "ünïcødé ✓ 顧客", "emoji 🛒", "a?b=c#d", "back\\slash", "semi;colon",
+    "../../etc/passwd",
+    "a/b",
+    "..",
+    ".",
+    "%2F",
+    "a%2Fb",
+    "with space",
+    " padded ",
+    "100%",
+    "%%",
+    "it's",
+    'say "hi"',
+    "<script>alert(1)</script>",
+    "ünïcødé ✓ 顧客",
+    "emoji 🛒",
+    "a?b=c#d",
+    "back\\slash",
+    "semi;colon",
     "x" * 150,
 ]
 # path values besides the ids of real people: separators, encodings, control characters, length
@@ -45,10 +61,13 @@ ADMIN_ODD_VALUES = ["/", "%2F", "ünï/cødé ✓", "nul\x00byte", "-1", "999999
 
 def identify_and_cart(source, customer_id, n=0):
     now = timezone.now()
-    ingest_messages(source=source, messages=[
-        Message("identify", customer_id, f"odd-{n}-id", now, traits={"email": "shared@example.com"}),
-        Message("event", customer_id, f"odd-{n}-cart", now, name="Added to Cart", properties={"sku": "serum"}),
-    ])
+    ingest_messages(
+        source=source,
+        messages=[
+            Message("identify", customer_id, f"odd-{n}-id", now, traits={"email": "shared@example.com"}),
+            Message("event", customer_id, f"odd-{n}-cart", now, name="Added to Cart", properties={"sku": "serum"}),
+        ],
+    )
 
 
 # --- ingest and the timeline -----------------------------------------------------------------
@@ -63,8 +82,9 @@ def viewer(db, client):
 
 
 def test_ingest_accepts_odd_ids_and_every_timeline_is_reached_from_a_search(ingest, viewer):
-    response = ingest.batch([{"type": "identify", "userId": c, "traits": {"email": f"odd{n}@example.com"}}
-                             for n, c in enumerate(ODD_IDS)])
+    response = ingest.batch(
+        [{"type": "identify", "userId": c, "traits": {"email": f"odd{n}@example.com"}} for n, c in enumerate(ODD_IDS)]
+    )
     assert response.status_code == 200, response.content
     assert Person.objects.count() == len(ODD_IDS)
     for customer_id in ODD_IDS:
@@ -100,9 +120,15 @@ def test_an_id_longer_than_customer_io_allows_is_refused_with_a_message(ingest, 
 def test_pages_that_list_people_with_odd_ids_link_to_their_timelines(ingest, viewer, livelike_server, monkeypatch):
     monkeypatch.setenv("LIVELIKE_PRODUCER_TOKEN", TOKEN)
     audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
-    destination_save(data={"key": "livelike", "name": "LiveLike", "kind": "livelike",
-                           "settings": {"base_url": livelike_server.url, "client_id": "client-1"},
-                           "credentials": {"producer_token": "env:LIVELIKE_PRODUCER_TOKEN"}})
+    destination_save(
+        data={
+            "key": "livelike",
+            "name": "LiveLike",
+            "kind": "livelike",
+            "settings": {"base_url": livelike_server.url, "client_id": "client-1"},
+            "credentials": {"producer_token": "env:LIVELIKE_PRODUCER_TOKEN"},
+        }
+    )
     sync_save(data={"key": "carts-livelike", "audience": "carts", "destination": "livelike"})
     for n, customer_id in enumerate(ODD_IDS):
         identify_and_cart(ingest.source, customer_id, n)
@@ -110,8 +136,7 @@ def test_pages_that_list_people_with_odd_ids_link_to_their_timelines(ingest, vie
     Delivery.objects.update(state=Delivery.REJECTED, last_error="user_id: Unknown user.", acknowledged_at=timezone.now())
 
     links = set()
-    for url in ("/dashboard/audiences/carts/", "/dashboard/syncs/carts-livelike/",
-                "/dashboard/people/?q=shared%40example.com"):
+    for url in ("/dashboard/audiences/carts/", "/dashboard/syncs/carts-livelike/", "/dashboard/people/?q=shared%40example.com"):
         response = viewer.get(url)
         assert response.status_code == 200, url
         links |= set(re.findall(r'href="(/dashboard/people/[^"]+)"', response.content.decode()))
@@ -216,9 +241,18 @@ def crawl(client, world, *, methods=("get",)) -> list[str]:
             url = fill(template, converters, value)
             requests = [(m, url) for m in methods]
             if dashboard and not converters:  # the dashboard's query parameters take odd values too
-                requests.append(("get", url + "?" + "&".join(f"{k}={quote(value or v, safe='')}"
-                                                              for k in ("q", "kind", "week", "bucket", "id")
-                                                              for v in ("../%2F ü\x00",))))
+                requests.append(
+                    (
+                        "get",
+                        url
+                        + "?"
+                        + "&".join(
+                            f"{k}={quote(value or v, safe='')}"
+                            for k in ("q", "kind", "week", "bucket", "id")
+                            for v in ("../%2F ü\x00",)
+                        ),
+                    )
+                )
             for method, target in requests:
                 response = getattr(client, method)(target)
                 if response.status_code >= 500:
@@ -252,10 +286,13 @@ def test_no_ingest_url_answers_5xx_with_odd_ids_and_a_server_key(odd_world, clie
     for template, converters in url_templates():
         if not template.startswith(("ingest/", "track/")):
             continue
-        for value in ([""] if not converters else ODD_VALUES + odd_world.odd_ids):
+        for value in [""] if not converters else ODD_VALUES + odd_world.odd_ids:
             url = fill(template, converters, value)
-            auth = basic_auth(odd_world.source.name, odd_world.write_key) if template.startswith("track/") \
+            auth = (
+                basic_auth(odd_world.source.name, odd_world.write_key)
+                if template.startswith("track/")
                 else basic_auth(odd_world.write_key)
+            )
             for method in ("GET", "POST", "PUT", "DELETE"):
                 body = json.dumps({"userId": value or "u", "name": "x", "event": "x", "batch": [], "outcomes": []})
                 response = client.generic(method, url, body, content_type="application/json", HTTP_AUTHORIZATION=auth)

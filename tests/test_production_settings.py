@@ -45,14 +45,20 @@ def documented_production_environment() -> dict[str, str]:
 def run_with(env: dict, *args) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SECURE_", "DJANGO_", "DEBUG", "SECRET_KEY", "CSP_"))}
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**clean, "DJANGO_SETTINGS_MODULE": "config.settings", "VAR_DIR": str(ROOT / "var"), **env},
     )
 
 
 def settings_with(env: dict, *names) -> dict:
-    code = ("import json, django; django.setup(); from django.conf import settings; "
-            f"print(json.dumps({{n: getattr(settings, n) for n in {list(names)!r}}}))")
+    code = (
+        "import json, django; django.setup(); from django.conf import settings; "
+        f"print(json.dumps({{n: getattr(settings, n) for n in {list(names)!r}}}))"
+    )
     run = run_with(env, "-c", code)
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout)
@@ -68,13 +74,23 @@ def test_check_deploy_with_the_documented_production_environment_prints_no_warni
 
 def test_the_production_environment_turns_on_hsts_the_ssl_redirect_and_the_proxy_header():
     values = settings_with(
-        documented_production_environment(), "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD",
-        "SECURE_SSL_REDIRECT", "SECURE_PROXY_SSL_HEADER", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE",
+        documented_production_environment(),
+        "SECURE_HSTS_SECONDS",
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+        "SECURE_HSTS_PRELOAD",
+        "SECURE_SSL_REDIRECT",
+        "SECURE_PROXY_SSL_HEADER",
+        "SESSION_COOKIE_SECURE",
+        "CSRF_COOKIE_SECURE",
     )
     assert values == {
-        "SECURE_HSTS_SECONDS": 31536000, "SECURE_HSTS_INCLUDE_SUBDOMAINS": True, "SECURE_HSTS_PRELOAD": True,
-        "SECURE_SSL_REDIRECT": True, "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"],
-        "SESSION_COOKIE_SECURE": True, "CSRF_COOKIE_SECURE": True,
+        "SECURE_HSTS_SECONDS": 31536000,
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS": True,
+        "SECURE_HSTS_PRELOAD": True,
+        "SECURE_SSL_REDIRECT": True,
+        "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"],
+        "SESSION_COOKIE_SECURE": True,
+        "CSRF_COOKIE_SECURE": True,
     }
 
 
@@ -153,6 +169,8 @@ def test_a_server_error_still_logs_its_traceback(console):
     try:
         raise RuntimeError("boom")
     except RuntimeError:
-        record = logging.LogRecord("django.request", logging.ERROR, __file__, 1, "Internal Server Error: /x", None, sys.exc_info())
+        record = logging.LogRecord(
+            "django.request", logging.ERROR, __file__, 1, "Internal Server Error: /x", None, sys.exc_info()
+        )
     record.status_code = 500
     assert ClientErrorsOnOneLine().filter(record) and record.exc_info is not None

@@ -38,7 +38,11 @@ def run_script_in(folder: Path) -> subprocess.CompletedProcess:
     shutil.copy(ROOT / ".env.example", folder / ".env.example")
     env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DOWNSTREAM_ENCRYPTION_KEY")}
     return subprocess.run(
-        ["bash", "-c", "umask 022 && exec bash scripts/run"], cwd=folder, capture_output=True, text=True, timeout=60,
+        ["bash", "-c", "umask 022 && exec bash scripts/run"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**env, "PY": sys.executable},
     )
 
@@ -144,13 +148,19 @@ def test_a_request_with_a_write_key_leaves_no_key_in_the_access_log(transactiona
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "config.wsgi", "-b", f"127.0.0.1:{port}", "-w", "1"],
-        cwd=ROOT, env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        env=process_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         wait_for_port(port)
         auth = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
         answer = requests.post(
-            f"http://127.0.0.1:{port}/ingest/v1/track", timeout=10, headers={"Authorization": auth},
+            f"http://127.0.0.1:{port}/ingest/v1/track",
+            timeout=10,
+            headers={"Authorization": auth},
             json={"userId": "cus_1", "event": "Product Viewed", "messageId": "m-1"},
         )
         assert answer.status_code == 200, answer.text

@@ -7,85 +7,106 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Source',
+            name="Source",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.SlugField(max_length=64, unique=True)),
-                ('write_key_hash', models.CharField(editable=False, max_length=64, unique=True)),
-                ('key_hint', models.CharField(editable=False, help_text='Last characters of the key, to tell keys apart.', max_length=8)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.SlugField(max_length=64, unique=True)),
+                ("write_key_hash", models.CharField(editable=False, max_length=64, unique=True)),
+                (
+                    "key_hint",
+                    models.CharField(editable=False, help_text="Last characters of the key, to tell keys apart.", max_length=8),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Person',
+            name="Person",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('customer_id', models.CharField(max_length=150, unique=True)),
-                ('email', models.CharField(blank=True, default='', max_length=254)),
-                ('phone', models.CharField(blank=True, db_index=True, default='', max_length=64)),
-                ('cio_id', models.CharField(blank=True, db_index=True, default='', max_length=64)),
-                ('attributes', models.JSONField(blank=True, default=dict)),
-                ('is_test', models.BooleanField(default=False, help_text="Internal test account: receives 'Send test cohort' syncs.")),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("customer_id", models.CharField(max_length=150, unique=True)),
+                ("email", models.CharField(blank=True, default="", max_length=254)),
+                ("phone", models.CharField(blank=True, db_index=True, default="", max_length=64)),
+                ("cio_id", models.CharField(blank=True, db_index=True, default="", max_length=64)),
+                ("attributes", models.JSONField(blank=True, default=dict)),
+                (
+                    "is_test",
+                    models.BooleanField(default=False, help_text="Internal test account: receives 'Send test cohort' syncs."),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
             ],
             options={
-                'verbose_name_plural': 'people',
-                'indexes': [models.Index(django.db.models.functions.text.Lower('email'), name='person_email_lower')],
+                "verbose_name_plural": "people",
+                "indexes": [models.Index(django.db.models.functions.text.Lower("email"), name="person_email_lower")],
             },
         ),
         migrations.CreateModel(
-            name='Erasure',
+            name="Erasure",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('customer_id_hash', models.CharField(db_index=True, max_length=64)),
-                ('erased_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('events_deleted', models.PositiveIntegerField(default=0)),
-                ('source', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, to='audiences.source')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("customer_id_hash", models.CharField(db_index=True, max_length=64)),
+                ("erased_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("events_deleted", models.PositiveIntegerField(default=0)),
+                ("source", models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, to="audiences.source")),
             ],
         ),
         migrations.CreateModel(
-            name='EventStat',
+            name="EventStat",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=255)),
-                ('first_at', models.DateTimeField()),
-                ('last_at', models.DateTimeField()),
-                ('count', models.PositiveIntegerField()),
-                ('person', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='event_stats', to='audiences.person')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=255)),
+                ("first_at", models.DateTimeField()),
+                ("last_at", models.DateTimeField()),
+                ("count", models.PositiveIntegerField()),
+                (
+                    "person",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="event_stats", to="audiences.person"
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['name', 'last_at'], name='eventstat_name_last'), models.Index(fields=['name', 'first_at'], name='eventstat_name_first')],
-                'constraints': [models.UniqueConstraint(fields=('person', 'name'), name='eventstat_person_name_unique')],
+                "indexes": [
+                    models.Index(fields=["name", "last_at"], name="eventstat_name_last"),
+                    models.Index(fields=["name", "first_at"], name="eventstat_name_first"),
+                ],
+                "constraints": [models.UniqueConstraint(fields=("person", "name"), name="eventstat_person_name_unique")],
             },
         ),
         migrations.CreateModel(
-            name='Event',
+            name="Event",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=255)),
-                ('occurred_at', models.DateTimeField()),
-                ('received_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('properties', models.JSONField(blank=True, default=dict)),
-                ('message_id', models.CharField(max_length=255)),
-                ('person', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='audiences.person')),
-                ('source', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='events', to='audiences.source')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=255)),
+                ("occurred_at", models.DateTimeField()),
+                ("received_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("properties", models.JSONField(blank=True, default=dict)),
+                ("message_id", models.CharField(max_length=255)),
+                (
+                    "person",
+                    models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="events", to="audiences.person"),
+                ),
+                (
+                    "source",
+                    models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name="events", to="audiences.source"),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['person', 'name', 'occurred_at'], name='event_person_name_time'), models.Index(fields=['name', 'occurred_at'], name='event_name_time')],
-                'constraints': [models.UniqueConstraint(fields=('source', 'message_id'), name='event_message_id_unique')],
+                "indexes": [
+                    models.Index(fields=["person", "name", "occurred_at"], name="event_person_name_time"),
+                    models.Index(fields=["name", "occurred_at"], name="event_name_time"),
+                ],
+                "constraints": [models.UniqueConstraint(fields=("source", "message_id"), name="event_message_id_unique")],
             },
         ),
     ]

@@ -8,249 +8,489 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('audiences', '0002_cache_table'),
+        ("audiences", "0002_cache_table"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='IdentifierPolicy',
+            name="IdentifierPolicy",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key', models.SlugField(max_length=64, unique=True)),
-                ('name', models.CharField(max_length=120)),
-                ('field', models.CharField(choices=[('customer_id', 'Customer id'), ('email', 'Email (trimmed, lower-cased)'), ('phone', 'Phone (E.164)'), ('cio_id', 'Customer.io cio_id'), ('attribute', 'A named attribute')], max_length=20)),
-                ('attribute', models.CharField(blank=True, default='', help_text='When the field is an attribute.', max_length=64)),
-                ('default_region', models.CharField(default='US', help_text='Region for phone numbers written without a country code.', max_length=2)),
-                ('hash_sha256', models.BooleanField(default=False, help_text='Send the SHA-256 of the normalised value.')),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("key", models.SlugField(max_length=64, unique=True)),
+                ("name", models.CharField(max_length=120)),
+                (
+                    "field",
+                    models.CharField(
+                        choices=[
+                            ("customer_id", "Customer id"),
+                            ("email", "Email (trimmed, lower-cased)"),
+                            ("phone", "Phone (E.164)"),
+                            ("cio_id", "Customer.io cio_id"),
+                            ("attribute", "A named attribute"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "attribute",
+                    models.CharField(blank=True, default="", help_text="When the field is an attribute.", max_length=64),
+                ),
+                (
+                    "default_region",
+                    models.CharField(
+                        default="US", help_text="Region for phone numbers written without a country code.", max_length=2
+                    ),
+                ),
+                ("hash_sha256", models.BooleanField(default=False, help_text="Send the SHA-256 of the normalised value.")),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'verbose_name_plural': 'identifier policies',
-                'ordering': ['key'],
+                "verbose_name_plural": "identifier policies",
+                "ordering": ["key"],
             },
         ),
         migrations.CreateModel(
-            name='NamingConvention',
+            name="NamingConvention",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key', models.SlugField(max_length=64, unique=True)),
-                ('template', models.CharField(max_length=200)),
-                ('tokens', models.JSONField(default=dict, help_text='Per token: {"values": [...]} or {"pattern": "regex"}, optionally "description".')),
-                ('example', models.CharField(blank=True, default='', max_length=200)),
-                ('is_default', models.BooleanField(default=False)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("key", models.SlugField(max_length=64, unique=True)),
+                ("template", models.CharField(max_length=200)),
+                (
+                    "tokens",
+                    models.JSONField(
+                        default=dict, help_text='Per token: {"values": [...]} or {"pattern": "regex"}, optionally "description".'
+                    ),
+                ),
+                ("example", models.CharField(blank=True, default="", max_length=200)),
+                ("is_default", models.BooleanField(default=False)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['key'],
+                "ordering": ["key"],
             },
         ),
         migrations.CreateModel(
-            name='PendingEvaluation',
+            name="PendingEvaluation",
             fields=[
-                ('person', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='+', serialize=False, to='audiences.person')),
-                ('queued_at', models.DateTimeField()),
+                (
+                    "person",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="+",
+                        serialize=False,
+                        to="audiences.person",
+                    ),
+                ),
+                ("queued_at", models.DateTimeField()),
             ],
         ),
         migrations.CreateModel(
-            name='PriorityGroup',
+            name="PriorityGroup",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key', models.SlugField(max_length=64, unique=True)),
-                ('name', models.CharField(max_length=120)),
-                ('description', models.TextField(blank=True, default='')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("key", models.SlugField(max_length=64, unique=True)),
+                ("name", models.CharField(max_length=120)),
+                ("description", models.TextField(blank=True, default="")),
             ],
             options={
-                'ordering': ['key'],
+                "ordering": ["key"],
             },
         ),
         migrations.CreateModel(
-            name='Audience',
+            name="Audience",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key', models.SlugField(help_text='Stable identifier; never changes.', max_length=64, unique=True)),
-                ('name', models.CharField(max_length=200, unique=True)),
-                ('name_tokens', models.JSONField(blank=True, default=dict, editable=False)),
-                ('description', models.TextField(blank=True, default='')),
-                ('purpose', models.CharField(choices=[('activation', 'Activation'), ('suppression', 'Suppression')], default='activation', max_length=20)),
-                ('source_kind', models.CharField(choices=[('rules', 'Rules'), ('customerio_segment', 'Customer.io segment')], default='rules', max_length=30)),
-                ('rule', models.JSONField(blank=True, default=dict)),
-                ('source_settings', models.JSONField(blank=True, default=dict)),
-                ('priority_rank', models.PositiveIntegerField(blank=True, help_text='1 is the highest.', null=True)),
-                ('cadence', models.CharField(default='realtime', help_text='realtime, an interval such as 15m, or a cron expression.', max_length=100)),
-                ('enabled', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('current_size', models.PositiveIntegerField(default=0, editable=False)),
-                ('last_evaluated_at', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('next_evaluation_at', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('exclusions', models.ManyToManyField(blank=True, help_text='Suppression audiences whose members are taken out of this one.', related_name='excluded_from', to='audiences.audience')),
-                ('owner', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='audiences', to=settings.AUTH_USER_MODEL)),
-                ('identifier_policy', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='audiences', to='audiences.identifierpolicy')),
-                ('priority_group', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='audiences', to='audiences.prioritygroup')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("key", models.SlugField(help_text="Stable identifier; never changes.", max_length=64, unique=True)),
+                ("name", models.CharField(max_length=200, unique=True)),
+                ("name_tokens", models.JSONField(blank=True, default=dict, editable=False)),
+                ("description", models.TextField(blank=True, default="")),
+                (
+                    "purpose",
+                    models.CharField(
+                        choices=[("activation", "Activation"), ("suppression", "Suppression")],
+                        default="activation",
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "source_kind",
+                    models.CharField(
+                        choices=[("rules", "Rules"), ("customerio_segment", "Customer.io segment")],
+                        default="rules",
+                        max_length=30,
+                    ),
+                ),
+                ("rule", models.JSONField(blank=True, default=dict)),
+                ("source_settings", models.JSONField(blank=True, default=dict)),
+                ("priority_rank", models.PositiveIntegerField(blank=True, help_text="1 is the highest.", null=True)),
+                (
+                    "cadence",
+                    models.CharField(
+                        default="realtime", help_text="realtime, an interval such as 15m, or a cron expression.", max_length=100
+                    ),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("current_size", models.PositiveIntegerField(default=0, editable=False)),
+                ("last_evaluated_at", models.DateTimeField(blank=True, editable=False, null=True)),
+                ("next_evaluation_at", models.DateTimeField(blank=True, editable=False, null=True)),
+                (
+                    "exclusions",
+                    models.ManyToManyField(
+                        blank=True,
+                        help_text="Suppression audiences whose members are taken out of this one.",
+                        related_name="excluded_from",
+                        to="audiences.audience",
+                    ),
+                ),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="audiences",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "identifier_policy",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="audiences",
+                        to="audiences.identifierpolicy",
+                    ),
+                ),
+                (
+                    "priority_group",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="audiences",
+                        to="audiences.prioritygroup",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['key'],
+                "ordering": ["key"],
             },
         ),
         migrations.CreateModel(
-            name='HistoricalAudience',
+            name="HistoricalAudience",
             fields=[
-                ('id', models.BigIntegerField(auto_created=True, blank=True, db_index=True, verbose_name='ID')),
-                ('key', models.SlugField(help_text='Stable identifier; never changes.', max_length=64)),
-                ('name', models.CharField(db_index=True, max_length=200)),
-                ('name_tokens', models.JSONField(blank=True, default=dict, editable=False)),
-                ('description', models.TextField(blank=True, default='')),
-                ('purpose', models.CharField(choices=[('activation', 'Activation'), ('suppression', 'Suppression')], default='activation', max_length=20)),
-                ('source_kind', models.CharField(choices=[('rules', 'Rules'), ('customerio_segment', 'Customer.io segment')], default='rules', max_length=30)),
-                ('rule', models.JSONField(blank=True, default=dict)),
-                ('source_settings', models.JSONField(blank=True, default=dict)),
-                ('priority_rank', models.PositiveIntegerField(blank=True, help_text='1 is the highest.', null=True)),
-                ('cadence', models.CharField(default='realtime', help_text='realtime, an interval such as 15m, or a cron expression.', max_length=100)),
-                ('enabled', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ('updated_at', models.DateTimeField(blank=True, editable=False)),
-                ('history_id', models.AutoField(primary_key=True, serialize=False)),
-                ('history_date', models.DateTimeField(db_index=True)),
-                ('history_change_reason', models.CharField(max_length=100, null=True)),
-                ('history_type', models.CharField(choices=[('+', 'Created'), ('~', 'Changed'), ('-', 'Deleted')], max_length=1)),
-                ('history_user', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('owner', models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('identifier_policy', models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='audiences.identifierpolicy')),
-                ('priority_group', models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='audiences.prioritygroup')),
+                ("id", models.BigIntegerField(auto_created=True, blank=True, db_index=True, verbose_name="ID")),
+                ("key", models.SlugField(help_text="Stable identifier; never changes.", max_length=64)),
+                ("name", models.CharField(db_index=True, max_length=200)),
+                ("name_tokens", models.JSONField(blank=True, default=dict, editable=False)),
+                ("description", models.TextField(blank=True, default="")),
+                (
+                    "purpose",
+                    models.CharField(
+                        choices=[("activation", "Activation"), ("suppression", "Suppression")],
+                        default="activation",
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "source_kind",
+                    models.CharField(
+                        choices=[("rules", "Rules"), ("customerio_segment", "Customer.io segment")],
+                        default="rules",
+                        max_length=30,
+                    ),
+                ),
+                ("rule", models.JSONField(blank=True, default=dict)),
+                ("source_settings", models.JSONField(blank=True, default=dict)),
+                ("priority_rank", models.PositiveIntegerField(blank=True, help_text="1 is the highest.", null=True)),
+                (
+                    "cadence",
+                    models.CharField(
+                        default="realtime", help_text="realtime, an interval such as 15m, or a cron expression.", max_length=100
+                    ),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
+                ("updated_at", models.DateTimeField(blank=True, editable=False)),
+                ("history_id", models.AutoField(primary_key=True, serialize=False)),
+                ("history_date", models.DateTimeField(db_index=True)),
+                ("history_change_reason", models.CharField(max_length=100, null=True)),
+                ("history_type", models.CharField(choices=[("+", "Created"), ("~", "Changed"), ("-", "Deleted")], max_length=1)),
+                (
+                    "history_user",
+                    models.ForeignKey(
+                        null=True, on_delete=django.db.models.deletion.SET_NULL, related_name="+", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "identifier_policy",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to="audiences.identifierpolicy",
+                    ),
+                ),
+                (
+                    "priority_group",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to="audiences.prioritygroup",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'historical audience',
-                'verbose_name_plural': 'historical audiences',
-                'ordering': ('-history_date', '-history_id'),
-                'get_latest_by': ('history_date', 'history_id'),
+                "verbose_name": "historical audience",
+                "verbose_name_plural": "historical audiences",
+                "ordering": ("-history_date", "-history_id"),
+                "get_latest_by": ("history_date", "history_id"),
             },
             bases=(simple_history.models.HistoricalChanges, models.Model),
         ),
         migrations.CreateModel(
-            name='HistoricalAudience_exclusions',
+            name="HistoricalAudience_exclusions",
             fields=[
-                ('id', models.BigIntegerField(auto_created=True, blank=True, db_index=True, verbose_name='ID')),
-                ('m2m_history_id', models.AutoField(primary_key=True, serialize=False)),
-                ('from_audience', models.ForeignKey(blank=True, db_constraint=False, db_tablespace='', null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='audiences.audience')),
-                ('history', models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.DO_NOTHING, to='audiences.historicalaudience')),
-                ('to_audience', models.ForeignKey(blank=True, db_constraint=False, db_tablespace='', null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='audiences.audience')),
+                ("id", models.BigIntegerField(auto_created=True, blank=True, db_index=True, verbose_name="ID")),
+                ("m2m_history_id", models.AutoField(primary_key=True, serialize=False)),
+                (
+                    "from_audience",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        db_tablespace="",
+                        null=True,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to="audiences.audience",
+                    ),
+                ),
+                (
+                    "history",
+                    models.ForeignKey(
+                        db_constraint=False, on_delete=django.db.models.deletion.DO_NOTHING, to="audiences.historicalaudience"
+                    ),
+                ),
+                (
+                    "to_audience",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        db_tablespace="",
+                        null=True,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to="audiences.audience",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'HistoricalAudience_exclusions',
+                "verbose_name": "HistoricalAudience_exclusions",
             },
             bases=(simple_history.models.HistoricalChanges, models.Model),
         ),
         migrations.CreateModel(
-            name='HistoricalIdentifierPolicy',
+            name="HistoricalIdentifierPolicy",
             fields=[
-                ('id', models.BigIntegerField(auto_created=True, blank=True, db_index=True, verbose_name='ID')),
-                ('key', models.SlugField(max_length=64)),
-                ('name', models.CharField(max_length=120)),
-                ('field', models.CharField(choices=[('customer_id', 'Customer id'), ('email', 'Email (trimmed, lower-cased)'), ('phone', 'Phone (E.164)'), ('cio_id', 'Customer.io cio_id'), ('attribute', 'A named attribute')], max_length=20)),
-                ('attribute', models.CharField(blank=True, default='', help_text='When the field is an attribute.', max_length=64)),
-                ('default_region', models.CharField(default='US', help_text='Region for phone numbers written without a country code.', max_length=2)),
-                ('hash_sha256', models.BooleanField(default=False, help_text='Send the SHA-256 of the normalised value.')),
-                ('updated_at', models.DateTimeField(blank=True, editable=False)),
-                ('history_id', models.AutoField(primary_key=True, serialize=False)),
-                ('history_date', models.DateTimeField(db_index=True)),
-                ('history_change_reason', models.CharField(max_length=100, null=True)),
-                ('history_type', models.CharField(choices=[('+', 'Created'), ('~', 'Changed'), ('-', 'Deleted')], max_length=1)),
-                ('history_user', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigIntegerField(auto_created=True, blank=True, db_index=True, verbose_name="ID")),
+                ("key", models.SlugField(max_length=64)),
+                ("name", models.CharField(max_length=120)),
+                (
+                    "field",
+                    models.CharField(
+                        choices=[
+                            ("customer_id", "Customer id"),
+                            ("email", "Email (trimmed, lower-cased)"),
+                            ("phone", "Phone (E.164)"),
+                            ("cio_id", "Customer.io cio_id"),
+                            ("attribute", "A named attribute"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "attribute",
+                    models.CharField(blank=True, default="", help_text="When the field is an attribute.", max_length=64),
+                ),
+                (
+                    "default_region",
+                    models.CharField(
+                        default="US", help_text="Region for phone numbers written without a country code.", max_length=2
+                    ),
+                ),
+                ("hash_sha256", models.BooleanField(default=False, help_text="Send the SHA-256 of the normalised value.")),
+                ("updated_at", models.DateTimeField(blank=True, editable=False)),
+                ("history_id", models.AutoField(primary_key=True, serialize=False)),
+                ("history_date", models.DateTimeField(db_index=True)),
+                ("history_change_reason", models.CharField(max_length=100, null=True)),
+                ("history_type", models.CharField(choices=[("+", "Created"), ("~", "Changed"), ("-", "Deleted")], max_length=1)),
+                (
+                    "history_user",
+                    models.ForeignKey(
+                        null=True, on_delete=django.db.models.deletion.SET_NULL, related_name="+", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'historical identifier policy',
-                'verbose_name_plural': 'historical identifier policies',
-                'ordering': ('-history_date', '-history_id'),
-                'get_latest_by': ('history_date', 'history_id'),
+                "verbose_name": "historical identifier policy",
+                "verbose_name_plural": "historical identifier policies",
+                "ordering": ("-history_date", "-history_id"),
+                "get_latest_by": ("history_date", "history_id"),
             },
             bases=(simple_history.models.HistoricalChanges, models.Model),
         ),
         migrations.CreateModel(
-            name='HistoricalNamingConvention',
+            name="HistoricalNamingConvention",
             fields=[
-                ('id', models.BigIntegerField(auto_created=True, blank=True, db_index=True, verbose_name='ID')),
-                ('key', models.SlugField(max_length=64)),
-                ('template', models.CharField(max_length=200)),
-                ('tokens', models.JSONField(default=dict, help_text='Per token: {"values": [...]} or {"pattern": "regex"}, optionally "description".')),
-                ('example', models.CharField(blank=True, default='', max_length=200)),
-                ('is_default', models.BooleanField(default=False)),
-                ('updated_at', models.DateTimeField(blank=True, editable=False)),
-                ('history_id', models.AutoField(primary_key=True, serialize=False)),
-                ('history_date', models.DateTimeField(db_index=True)),
-                ('history_change_reason', models.CharField(max_length=100, null=True)),
-                ('history_type', models.CharField(choices=[('+', 'Created'), ('~', 'Changed'), ('-', 'Deleted')], max_length=1)),
-                ('history_user', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigIntegerField(auto_created=True, blank=True, db_index=True, verbose_name="ID")),
+                ("key", models.SlugField(max_length=64)),
+                ("template", models.CharField(max_length=200)),
+                (
+                    "tokens",
+                    models.JSONField(
+                        default=dict, help_text='Per token: {"values": [...]} or {"pattern": "regex"}, optionally "description".'
+                    ),
+                ),
+                ("example", models.CharField(blank=True, default="", max_length=200)),
+                ("is_default", models.BooleanField(default=False)),
+                ("updated_at", models.DateTimeField(blank=True, editable=False)),
+                ("history_id", models.AutoField(primary_key=True, serialize=False)),
+                ("history_date", models.DateTimeField(db_index=True)),
+                ("history_change_reason", models.CharField(max_length=100, null=True)),
+                ("history_type", models.CharField(choices=[("+", "Created"), ("~", "Changed"), ("-", "Deleted")], max_length=1)),
+                (
+                    "history_user",
+                    models.ForeignKey(
+                        null=True, on_delete=django.db.models.deletion.SET_NULL, related_name="+", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'historical naming convention',
-                'verbose_name_plural': 'historical naming conventions',
-                'ordering': ('-history_date', '-history_id'),
-                'get_latest_by': ('history_date', 'history_id'),
+                "verbose_name": "historical naming convention",
+                "verbose_name_plural": "historical naming conventions",
+                "ordering": ("-history_date", "-history_id"),
+                "get_latest_by": ("history_date", "history_id"),
             },
             bases=(simple_history.models.HistoricalChanges, models.Model),
         ),
         migrations.CreateModel(
-            name='HistoricalPriorityGroup',
+            name="HistoricalPriorityGroup",
             fields=[
-                ('id', models.BigIntegerField(auto_created=True, blank=True, db_index=True, verbose_name='ID')),
-                ('key', models.SlugField(max_length=64)),
-                ('name', models.CharField(max_length=120)),
-                ('description', models.TextField(blank=True, default='')),
-                ('history_id', models.AutoField(primary_key=True, serialize=False)),
-                ('history_date', models.DateTimeField(db_index=True)),
-                ('history_change_reason', models.CharField(max_length=100, null=True)),
-                ('history_type', models.CharField(choices=[('+', 'Created'), ('~', 'Changed'), ('-', 'Deleted')], max_length=1)),
-                ('history_user', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigIntegerField(auto_created=True, blank=True, db_index=True, verbose_name="ID")),
+                ("key", models.SlugField(max_length=64)),
+                ("name", models.CharField(max_length=120)),
+                ("description", models.TextField(blank=True, default="")),
+                ("history_id", models.AutoField(primary_key=True, serialize=False)),
+                ("history_date", models.DateTimeField(db_index=True)),
+                ("history_change_reason", models.CharField(max_length=100, null=True)),
+                ("history_type", models.CharField(choices=[("+", "Created"), ("~", "Changed"), ("-", "Deleted")], max_length=1)),
+                (
+                    "history_user",
+                    models.ForeignKey(
+                        null=True, on_delete=django.db.models.deletion.SET_NULL, related_name="+", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'historical priority group',
-                'verbose_name_plural': 'historical priority groups',
-                'ordering': ('-history_date', '-history_id'),
-                'get_latest_by': ('history_date', 'history_id'),
+                "verbose_name": "historical priority group",
+                "verbose_name_plural": "historical priority groups",
+                "ordering": ("-history_date", "-history_id"),
+                "get_latest_by": ("history_date", "history_id"),
             },
             bases=(simple_history.models.HistoricalChanges, models.Model),
         ),
         migrations.CreateModel(
-            name='SizeSample',
+            name="SizeSample",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('at', models.DateTimeField()),
-                ('last_at', models.DateTimeField()),
-                ('size', models.PositiveIntegerField()),
-                ('entered', models.PositiveIntegerField(default=0)),
-                ('exited', models.PositiveIntegerField(default=0)),
-                ('evaluations', models.PositiveIntegerField(default=1)),
-                ('full', models.BooleanField(default=True)),
-                ('duration_ms', models.FloatField(default=0)),
-                ('audience', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='size_samples', to='audiences.audience')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("at", models.DateTimeField()),
+                ("last_at", models.DateTimeField()),
+                ("size", models.PositiveIntegerField()),
+                ("entered", models.PositiveIntegerField(default=0)),
+                ("exited", models.PositiveIntegerField(default=0)),
+                ("evaluations", models.PositiveIntegerField(default=1)),
+                ("full", models.BooleanField(default=True)),
+                ("duration_ms", models.FloatField(default=0)),
+                (
+                    "audience",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="size_samples", to="audiences.audience"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['audience', 'at'],
+                "ordering": ["audience", "at"],
             },
         ),
         migrations.CreateModel(
-            name='Membership',
+            name="Membership",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('entered_at', models.DateTimeField()),
-                ('exited_at', models.DateTimeField(blank=True, null=True)),
-                ('audience', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='memberships', to='audiences.audience')),
-                ('person', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='memberships', to='audiences.person')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("entered_at", models.DateTimeField()),
+                ("exited_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "audience",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="memberships", to="audiences.audience"
+                    ),
+                ),
+                (
+                    "person",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="memberships", to="audiences.person"
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(condition=models.Q(('exited_at__isnull', True)), fields=['audience', 'person'], name='membership_current'), models.Index(fields=['person', 'entered_at'], name='membership_person_time'), models.Index(fields=['audience', 'entered_at'], name='membership_audience_entered'), models.Index(fields=['audience', 'exited_at'], name='membership_audience_exited')],
-                'constraints': [models.UniqueConstraint(condition=models.Q(('exited_at__isnull', True)), fields=('audience', 'person'), name='membership_one_open_per_person')],
+                "indexes": [
+                    models.Index(
+                        condition=models.Q(("exited_at__isnull", True)), fields=["audience", "person"], name="membership_current"
+                    ),
+                    models.Index(fields=["person", "entered_at"], name="membership_person_time"),
+                    models.Index(fields=["audience", "entered_at"], name="membership_audience_entered"),
+                    models.Index(fields=["audience", "exited_at"], name="membership_audience_exited"),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("exited_at__isnull", True)),
+                        fields=("audience", "person"),
+                        name="membership_one_open_per_person",
+                    )
+                ],
             },
         ),
         migrations.AddConstraint(
-            model_name='audience',
-            constraint=models.UniqueConstraint(condition=models.Q(('priority_group__isnull', False)), fields=('priority_group', 'priority_rank'), name='audience_rank_unique_in_group'),
+            model_name="audience",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("priority_group__isnull", False)),
+                fields=("priority_group", "priority_rank"),
+                name="audience_rank_unique_in_group",
+            ),
         ),
         migrations.AddIndex(
-            model_name='sizesample',
-            index=models.Index(fields=['audience', 'at'], name='sizesample_audience_at'),
+            model_name="sizesample",
+            index=models.Index(fields=["audience", "at"], name="sizesample_audience_at"),
         ),
     ]

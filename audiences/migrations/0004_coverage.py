@@ -4,20 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('audiences', '0003_audience_engine'),
+        ("audiences", "0003_audience_engine"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='audience',
-            name='coverage_checked_at',
+            model_name="audience",
+            name="coverage_checked_at",
             field=models.DateTimeField(blank=True, editable=False, null=True),
         ),
         migrations.AddField(
-            model_name='audience',
-            name='identifier_coverage',
+            model_name="audience",
+            name="identifier_coverage",
             field=models.FloatField(blank=True, editable=False, null=True),
         ),
     ]

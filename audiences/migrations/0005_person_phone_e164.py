@@ -29,16 +29,15 @@ def fill_phone_e164(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('audiences', '0004_coverage'),
+        ("audiences", "0004_coverage"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='person',
-            name='phone_e164',
-            field=models.CharField(blank=True, db_index=True, default='', editable=False, max_length=20),
+            model_name="person",
+            name="phone_e164",
+            field=models.CharField(blank=True, db_index=True, default="", editable=False, max_length=20),
         ),
         migrations.RunPython(fill_phone_e164, migrations.RunPython.noop, elidable=True),
     ]

@@ -11,13 +11,16 @@ class Migration(migrations.Migration):
     source given those scopes again (admin, or `create_source NAME --rotate --scope ...`)."""
 
     dependencies = [
-        ('audiences', '0005_person_phone_e164'),
+        ("audiences", "0005_person_phone_e164"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='source',
-            name='scopes',
-            field=models.JSONField(default=audiences.models.default_source_scopes, help_text='What the key may do: track (browser-safe), erase, outcomes (server keys).'),
+            model_name="source",
+            name="scopes",
+            field=models.JSONField(
+                default=audiences.models.default_source_scopes,
+                help_text="What the key may do: track (browser-safe), erase, outcomes (server keys).",
+            ),
         ),
     ]

@@ -4,20 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('audiences', '0006_source_scopes'),
+        ("audiences", "0006_source_scopes"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='audience',
-            name='evaluation_error',
-            field=models.TextField(blank=True, default='', editable=False),
+            model_name="audience",
+            name="evaluation_error",
+            field=models.TextField(blank=True, default="", editable=False),
         ),
         migrations.AddField(
-            model_name='audience',
-            name='evaluation_failed_at',
+            model_name="audience",
+            name="evaluation_failed_at",
             field=models.DateTimeField(blank=True, editable=False, null=True),
         ),
     ]

@@ -38,7 +38,8 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name="membership",
             index=models.Index(
-                condition=models.Q(("held_out__isnull", False)), fields=["audience", "person", "entered_at", "held_out"],
+                condition=models.Q(("held_out__isnull", False)),
+                fields=["audience", "person", "entered_at", "held_out"],
                 name="membership_holdout_entries",
             ),
         ),

@@ -31,22 +31,20 @@ class Migration(migrations.Migration):
                 (
                     "audience",
                     models.ForeignKey(
-                        db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name="+",
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
                         to="audiences.audience",
                     ),
                 ),
                 (
                     "person",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="audiences.person"
-                    ),
+                    models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="audiences.person"),
                 ),
             ],
             options={
                 "indexes": [models.Index(fields=["due_at"], name="windowexpiry_due")],
-                "constraints": [
-                    models.UniqueConstraint(fields=("audience", "person"), name="windowexpiry_audience_person")
-                ],
+                "constraints": [models.UniqueConstraint(fields=("audience", "person"), name="windowexpiry_audience_person")],
             },
         ),
     ]

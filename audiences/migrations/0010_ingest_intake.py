@@ -31,7 +31,9 @@ class Migration(migrations.Migration):
                     model_name="event",
                     name="person",
                     field=models.ForeignKey(
-                        db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name="events",
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="events",
                         to="audiences.person",
                     ),
                 ),
@@ -39,7 +41,9 @@ class Migration(migrations.Migration):
                     model_name="event",
                     name="source",
                     field=models.ForeignKey(
-                        db_index=False, on_delete=django.db.models.deletion.PROTECT, related_name="events",
+                        db_index=False,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="events",
                         to="audiences.source",
                     ),
                 ),
@@ -47,7 +51,9 @@ class Migration(migrations.Migration):
                     model_name="eventstat",
                     name="person",
                     field=models.ForeignKey(
-                        db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name="event_stats",
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="event_stats",
                         to="audiences.person",
                     ),
                 ),

@@ -46,13 +46,14 @@ def destination_form(spec: DestinationSpec, *, instance=None):
         "name": forms.CharField(max_length=120),
     }
     for setting in spec.settings:
-        common = {"label": setting.label[:1].upper() + setting.label[1:], "required": setting.required,
-                  "help_text": setting.help}
+        common = {"label": setting.label[:1].upper() + setting.label[1:], "required": setting.required, "help_text": setting.help}
         if setting.type == "choice":
             field = forms.ChoiceField(choices=[(c, c) for c in setting.choices], **common)
         elif setting.type == "mapping":
-            field = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "placeholder": "X-Team: retention"}), **{
-                **common, "help_text": f"{setting.help} One per line, as Name: value.".strip()})
+            field = forms.CharField(
+                widget=forms.Textarea(attrs={"rows": 3, "placeholder": "X-Team: retention"}),
+                **{**common, "help_text": f"{setting.help} One per line, as Name: value.".strip()},
+            )
         elif setting.type == "url":
             field = forms.CharField(widget=forms.URLInput(attrs={"placeholder": setting.default or "https://"}), **common)
         else:
@@ -68,12 +69,14 @@ def destination_form(spec: DestinationSpec, *, instance=None):
             widget = forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
         label = credential.label + (" (stored)" if have else "")
         fields[CREDENTIAL + credential.name] = forms.CharField(
-            label=label, required=credential.required and not have, widget=widget, help_text=help_text, strip=True)
+            label=label, required=credential.required and not have, widget=widget, help_text=help_text, strip=True
+        )
     for name, (label, kind, options) in NUMBERS.items():
         fields[name] = kind(label=label, required=False, **options)
     fields["batch_size"].max_value = spec.max_batch
-    fields["batch_size"].validators.append(MaxValueValidator(
-        spec.max_batch, message=f"{spec.label} takes at most {spec.max_batch} rows a request"))
+    fields["batch_size"].validators.append(
+        MaxValueValidator(spec.max_batch, message=f"{spec.label} takes at most {spec.max_batch} rows a request")
+    )
     return type(f"{spec.kind.title()}DestinationForm", (forms.Form,), fields)
 
 
@@ -134,7 +137,10 @@ def destination_data(spec: DestinationSpec, cleaned: dict, *, instance=None) -> 
 def error_field(spec: DestinationSpec, field: str, message: str) -> str | None:
     """Which form field a service message belongs to: `settings` and `credentials` messages
     start with the setting's name."""
-    names = {"settings": (SETTING, [s.name for s in spec.settings]), "credentials": (CREDENTIAL, [c.name for c in spec.credentials])}
+    names = {
+        "settings": (SETTING, [s.name for s in spec.settings]),
+        "credentials": (CREDENTIAL, [c.name for c in spec.credentials]),
+    }
     if field in names:
         prefix, known = names[field]
         head = message.split(":", 1)[0].strip()

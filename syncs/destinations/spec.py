@@ -131,13 +131,18 @@ class DestinationSpec:
         if not self.match_keys:
             return [f"match_on: {self.label} matches on the identifier policy, not on match keys"]
         known = [k.name for k in self.match_keys]
-        return [f"match_on: {name!r} is not an identifier {self.label} takes; use {', '.join(known)}"
-                for name in names if name not in known]
+        return [
+            f"match_on: {name!r} is not an identifier {self.label} takes; use {', '.join(known)}"
+            for name in names
+            if name not in known
+        ]
 
     def settings_problems(self, options: dict, *, key: str) -> list[str]:
         known = [s.name for s in self.settings]
-        problems = [f"{name}: unknown setting for {self.kind}; expected {', '.join(known) or 'none'}"
-                    for name in sorted(set(options) - set(known))]
+        problems = [
+            f"{name}: unknown setting for {self.kind}; expected {', '.join(known) or 'none'}"
+            for name in sorted(set(options) - set(known))
+        ]
         for setting in self.settings:
             if setting.required and options.get(setting.name) in (None, ""):
                 problems.append(f"{setting.name}: required for {self.kind}")
@@ -150,9 +155,7 @@ class DestinationSpec:
     def endpoint(self, options: dict) -> str:
         """Where the credentials travel: they belong to this address and no other."""
         options = options if isinstance(options, dict) else {}
-        return " ".join(
-            str(options.get(s.name) or s.default or "").strip().rstrip("/") for s in self.settings if s.endpoint
-        )
+        return " ".join(str(options.get(s.name) or s.default or "").strip().rstrip("/") for s in self.settings if s.endpoint)
 
     def endpoint_label(self) -> str:
         return " or ".join(s.label for s in self.settings if s.endpoint) or "URL"

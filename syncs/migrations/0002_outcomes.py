@@ -8,78 +8,134 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('audiences', '0004_coverage'),
-        ('syncs', '0001_sync_engine'),
+        ("audiences", "0004_coverage"),
+        ("syncs", "0001_sync_engine"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Baseline',
+            name="Baseline",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('captured_on', models.DateField(default=django.utils.timezone.localdate)),
-                ('cpa', models.DecimalField(blank=True, decimal_places=2, max_digits=10, null=True, verbose_name='CPA')),
-                ('roas', models.DecimalField(blank=True, decimal_places=2, max_digits=8, null=True, verbose_name='ROAS')),
-                ('frequency', models.DecimalField(blank=True, decimal_places=2, max_digits=8, null=True)),
-                ('conversion_rate', models.DecimalField(blank=True, decimal_places=4, help_text='0.025 for 2.5 %', max_digits=6, null=True)),
-                ('suppression_lag_s', models.FloatField(blank=True, null=True)),
-                ('notes', models.TextField(blank=True, default='')),
-                ('audience', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='baselines', to='audiences.audience')),
-                ('entered_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("captured_on", models.DateField(default=django.utils.timezone.localdate)),
+                ("cpa", models.DecimalField(blank=True, decimal_places=2, max_digits=10, null=True, verbose_name="CPA")),
+                ("roas", models.DecimalField(blank=True, decimal_places=2, max_digits=8, null=True, verbose_name="ROAS")),
+                ("frequency", models.DecimalField(blank=True, decimal_places=2, max_digits=8, null=True)),
+                (
+                    "conversion_rate",
+                    models.DecimalField(blank=True, decimal_places=4, help_text="0.025 for 2.5 %", max_digits=6, null=True),
+                ),
+                ("suppression_lag_s", models.FloatField(blank=True, null=True)),
+                ("notes", models.TextField(blank=True, default="")),
+                (
+                    "audience",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="baselines", to="audiences.audience"
+                    ),
+                ),
+                (
+                    "entered_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-captured_on'],
+                "ordering": ["-captured_on"],
             },
         ),
         migrations.CreateModel(
-            name='HistoricalBaseline',
+            name="HistoricalBaseline",
             fields=[
-                ('id', models.BigIntegerField(auto_created=True, blank=True, db_index=True, verbose_name='ID')),
-                ('captured_on', models.DateField(default=django.utils.timezone.localdate)),
-                ('cpa', models.DecimalField(blank=True, decimal_places=2, max_digits=10, null=True, verbose_name='CPA')),
-                ('roas', models.DecimalField(blank=True, decimal_places=2, max_digits=8, null=True, verbose_name='ROAS')),
-                ('frequency', models.DecimalField(blank=True, decimal_places=2, max_digits=8, null=True)),
-                ('conversion_rate', models.DecimalField(blank=True, decimal_places=4, help_text='0.025 for 2.5 %', max_digits=6, null=True)),
-                ('suppression_lag_s', models.FloatField(blank=True, null=True)),
-                ('notes', models.TextField(blank=True, default='')),
-                ('history_id', models.AutoField(primary_key=True, serialize=False)),
-                ('history_date', models.DateTimeField(db_index=True)),
-                ('history_change_reason', models.CharField(max_length=100, null=True)),
-                ('history_type', models.CharField(choices=[('+', 'Created'), ('~', 'Changed'), ('-', 'Deleted')], max_length=1)),
-                ('audience', models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='audiences.audience')),
-                ('entered_by', models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('history_user', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigIntegerField(auto_created=True, blank=True, db_index=True, verbose_name="ID")),
+                ("captured_on", models.DateField(default=django.utils.timezone.localdate)),
+                ("cpa", models.DecimalField(blank=True, decimal_places=2, max_digits=10, null=True, verbose_name="CPA")),
+                ("roas", models.DecimalField(blank=True, decimal_places=2, max_digits=8, null=True, verbose_name="ROAS")),
+                ("frequency", models.DecimalField(blank=True, decimal_places=2, max_digits=8, null=True)),
+                (
+                    "conversion_rate",
+                    models.DecimalField(blank=True, decimal_places=4, help_text="0.025 for 2.5 %", max_digits=6, null=True),
+                ),
+                ("suppression_lag_s", models.FloatField(blank=True, null=True)),
+                ("notes", models.TextField(blank=True, default="")),
+                ("history_id", models.AutoField(primary_key=True, serialize=False)),
+                ("history_date", models.DateTimeField(db_index=True)),
+                ("history_change_reason", models.CharField(max_length=100, null=True)),
+                ("history_type", models.CharField(choices=[("+", "Created"), ("~", "Changed"), ("-", "Deleted")], max_length=1)),
+                (
+                    "audience",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to="audiences.audience",
+                    ),
+                ),
+                (
+                    "entered_by",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "history_user",
+                    models.ForeignKey(
+                        null=True, on_delete=django.db.models.deletion.SET_NULL, related_name="+", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'historical baseline',
-                'verbose_name_plural': 'historical baselines',
-                'ordering': ('-history_date', '-history_id'),
-                'get_latest_by': ('history_date', 'history_id'),
+                "verbose_name": "historical baseline",
+                "verbose_name_plural": "historical baselines",
+                "ordering": ("-history_date", "-history_id"),
+                "get_latest_by": ("history_date", "history_id"),
             },
             bases=(simple_history.models.HistoricalChanges, models.Model),
         ),
         migrations.CreateModel(
-            name='Outcome',
+            name="Outcome",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('date', models.DateField()),
-                ('impressions', models.PositiveBigIntegerField(default=0)),
-                ('reach', models.PositiveBigIntegerField(blank=True, null=True)),
-                ('clicks', models.PositiveBigIntegerField(default=0)),
-                ('conversions', models.PositiveBigIntegerField(default=0)),
-                ('revenue', models.DecimalField(blank=True, decimal_places=2, max_digits=14, null=True)),
-                ('spend', models.DecimalField(decimal_places=2, default=0, max_digits=14)),
-                ('currency', models.CharField(default='USD', max_length=3)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('audience', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='outcomes', to='audiences.audience')),
-                ('source', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='outcomes', to='audiences.source')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("date", models.DateField()),
+                ("impressions", models.PositiveBigIntegerField(default=0)),
+                ("reach", models.PositiveBigIntegerField(blank=True, null=True)),
+                ("clicks", models.PositiveBigIntegerField(default=0)),
+                ("conversions", models.PositiveBigIntegerField(default=0)),
+                ("revenue", models.DecimalField(blank=True, decimal_places=2, max_digits=14, null=True)),
+                ("spend", models.DecimalField(decimal_places=2, default=0, max_digits=14)),
+                ("currency", models.CharField(default="USD", max_length=3)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "audience",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="outcomes", to="audiences.audience"
+                    ),
+                ),
+                (
+                    "source",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="outcomes", to="audiences.source"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-date'],
-                'constraints': [models.UniqueConstraint(fields=('audience', 'date', 'source'), name='outcome_one_per_day_and_source')],
+                "ordering": ["-date"],
+                "constraints": [
+                    models.UniqueConstraint(fields=("audience", "date", "source"), name="outcome_one_per_day_and_source")
+                ],
             },
         ),
     ]

@@ -4,15 +4,17 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('syncs', '0002_outcomes'),
+        ("syncs", "0002_outcomes"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='delivery',
-            name='initial',
-            field=models.BooleanField(default=False, help_text='Queued when the sync was created, for people already in the audience (not a change: no lag).'),
+            model_name="delivery",
+            name="initial",
+            field=models.BooleanField(
+                default=False,
+                help_text="Queued when the sync was created, for people already in the audience (not a change: no lag).",
+            ),
         ),
     ]

@@ -4,15 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('syncs', '0003_delivery_initial'),
+        ("syncs", "0003_delivery_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='alert',
-            name='notified_channels',
-            field=models.JSONField(blank=True, default=dict, editable=False, help_text='Channels each notification went out on, e.g. {"open": ["email"]}: a retry sends only the others.'),
+            model_name="alert",
+            name="notified_channels",
+            field=models.JSONField(
+                blank=True,
+                default=dict,
+                editable=False,
+                help_text='Channels each notification went out on, e.g. {"open": ["email"]}: a retry sends only the others.',
+            ),
         ),
     ]

@@ -5,21 +5,28 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('audiences', '0004_coverage'),
-        ('syncs', '0004_alert_notified_channels'),
+        ("audiences", "0004_coverage"),
+        ("syncs", "0004_alert_notified_channels"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='segmentmember',
-            name='audience',
-            field=models.ForeignKey(db_constraint=False, db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='audiences.audience'),
+            model_name="segmentmember",
+            name="audience",
+            field=models.ForeignKey(
+                db_constraint=False,
+                db_index=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="+",
+                to="audiences.audience",
+            ),
         ),
         migrations.AlterField(
-            model_name='segmentmember',
-            name='person',
-            field=models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='audiences.person'),
+            model_name="segmentmember",
+            name="person",
+            field=models.ForeignKey(
+                db_constraint=False, on_delete=django.db.models.deletion.CASCADE, related_name="+", to="audiences.person"
+            ),
         ),
     ]

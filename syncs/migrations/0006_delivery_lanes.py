@@ -4,40 +4,55 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('audiences', '0005_person_phone_e164'),
-        ('syncs', '0005_segment_member_without_constraints'),
+        ("audiences", "0005_person_phone_e164"),
+        ("syncs", "0005_segment_member_without_constraints"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='delivery',
-            name='may_have_arrived',
+            model_name="delivery",
+            name="may_have_arrived",
             field=models.BooleanField(db_default=False, default=False),
         ),
         migrations.AddField(
-            model_name='destination',
-            name='concurrency',
-            field=models.PositiveSmallIntegerField(default=4, help_text='Requests in flight at once (within the rate limit); one is kept for suppressions and removals.'),
+            model_name="destination",
+            name="concurrency",
+            field=models.PositiveSmallIntegerField(
+                default=4,
+                help_text="Requests in flight at once (within the rate limit); one is kept for suppressions and removals.",
+            ),
         ),
         migrations.AddField(
-            model_name='historicaldestination',
-            name='concurrency',
-            field=models.PositiveSmallIntegerField(default=4, help_text='Requests in flight at once (within the rate limit); one is kept for suppressions and removals.'),
+            model_name="historicaldestination",
+            name="concurrency",
+            field=models.PositiveSmallIntegerField(
+                default=4,
+                help_text="Requests in flight at once (within the rate limit); one is kept for suppressions and removals.",
+            ),
         ),
         migrations.AddField(
-            model_name='historicalsync',
-            name='timeout_s',
-            field=models.FloatField(blank=True, help_text="Deadline of each request; blank: 3 s for a suppression audience, else the destination's timeout.", null=True),
+            model_name="historicalsync",
+            name="timeout_s",
+            field=models.FloatField(
+                blank=True,
+                help_text="Deadline of each request; blank: 3 s for a suppression audience, else the destination's timeout.",
+                null=True,
+            ),
         ),
         migrations.AddField(
-            model_name='sync',
-            name='timeout_s',
-            field=models.FloatField(blank=True, help_text="Deadline of each request; blank: 3 s for a suppression audience, else the destination's timeout.", null=True),
+            model_name="sync",
+            name="timeout_s",
+            field=models.FloatField(
+                blank=True,
+                help_text="Deadline of each request; blank: 3 s for a suppression audience, else the destination's timeout.",
+                null=True,
+            ),
         ),
         migrations.AddIndex(
-            model_name='delivery',
-            index=models.Index(condition=models.Q(('state', 'pending')), fields=['sync', 'action', 'id'], name='delivery_pending_action'),
+            model_name="delivery",
+            index=models.Index(
+                condition=models.Q(("state", "pending")), fields=["sync", "action", "id"], name="delivery_pending_action"
+            ),
         ),
     ]

@@ -4,15 +4,26 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('syncs', '0006_delivery_lanes'),
+        ("syncs", "0006_delivery_lanes"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='alert',
-            name='kind',
-            field=models.CharField(choices=[('zero_count', 'Audience at zero'), ('sudden_drop', 'Sudden drop'), ('failing_sync', 'Failing sync'), ('lag_over_target', 'Suppression lag over target'), ('low_coverage', 'Low identifier coverage'), ('stale_sync', 'Stale sync'), ('mass_removal', 'Mass removal held'), ('failing_evaluation', 'Evaluation failing')], max_length=30),
+            model_name="alert",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("zero_count", "Audience at zero"),
+                    ("sudden_drop", "Sudden drop"),
+                    ("failing_sync", "Failing sync"),
+                    ("lag_over_target", "Suppression lag over target"),
+                    ("low_coverage", "Low identifier coverage"),
+                    ("stale_sync", "Stale sync"),
+                    ("mass_removal", "Mass removal held"),
+                    ("failing_evaluation", "Evaluation failing"),
+                ],
+                max_length=30,
+            ),
         ),
     ]

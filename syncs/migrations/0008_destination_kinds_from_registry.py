@@ -6,20 +6,19 @@ import syncs.models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('syncs', '0007_alert_failing_evaluation'),
+        ("syncs", "0007_alert_failing_evaluation"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='destination',
-            name='kind',
+            model_name="destination",
+            name="kind",
             field=models.CharField(choices=syncs.models.destination_kinds, max_length=20),
         ),
         migrations.AlterField(
-            model_name='historicaldestination',
-            name='kind',
+            model_name="historicaldestination",
+            name="kind",
             field=models.CharField(choices=syncs.models.destination_kinds, max_length=20),
         ),
     ]

@@ -4,55 +4,81 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('syncs', '0008_destination_kinds_from_registry'),
+        ("syncs", "0008_destination_kinds_from_registry"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='historicalsync',
-            name='additive_only',
-            field=models.BooleanField(default=False, help_text='Only add people downstream; never send a removal (a lookalike seed, say).'),
+            model_name="historicalsync",
+            name="additive_only",
+            field=models.BooleanField(
+                default=False, help_text="Only add people downstream; never send a removal (a lookalike seed, say)."
+            ),
         ),
         migrations.AddField(
-            model_name='historicalsync',
-            name='match_on',
-            field=models.JSONField(blank=True, default=list, help_text='For an ad platform: which of its identifiers to send (blank: every one it takes).'),
+            model_name="historicalsync",
+            name="match_on",
+            field=models.JSONField(
+                blank=True,
+                default=list,
+                help_text="For an ad platform: which of its identifiers to send (blank: every one it takes).",
+            ),
         ),
         migrations.AddField(
-            model_name='sync',
-            name='additive_only',
-            field=models.BooleanField(default=False, help_text='Only add people downstream; never send a removal (a lookalike seed, say).'),
+            model_name="sync",
+            name="additive_only",
+            field=models.BooleanField(
+                default=False, help_text="Only add people downstream; never send a removal (a lookalike seed, say)."
+            ),
         ),
         migrations.AddField(
-            model_name='sync',
-            name='downstream_match_rate',
+            model_name="sync",
+            name="downstream_match_rate",
             field=models.FloatField(blank=True, editable=False, null=True),
         ),
         migrations.AddField(
-            model_name='sync',
-            name='downstream_read_at',
+            model_name="sync",
+            name="downstream_read_at",
             field=models.DateTimeField(blank=True, editable=False, null=True),
         ),
         migrations.AddField(
-            model_name='sync',
-            name='downstream_size',
+            model_name="sync",
+            name="downstream_size",
             field=models.PositiveIntegerField(blank=True, editable=False, null=True),
         ),
         migrations.AddField(
-            model_name='sync',
-            name='match_on',
-            field=models.JSONField(blank=True, default=list, help_text='For an ad platform: which of its identifiers to send (blank: every one it takes).'),
+            model_name="sync",
+            name="match_on",
+            field=models.JSONField(
+                blank=True,
+                default=list,
+                help_text="For an ad platform: which of its identifiers to send (blank: every one it takes).",
+            ),
         ),
         migrations.AddField(
-            model_name='syncrun',
-            name='details',
+            model_name="syncrun",
+            name="details",
             field=models.JSONField(blank=True, default=dict),
         ),
         migrations.AlterField(
-            model_name='alert',
-            name='kind',
-            field=models.CharField(choices=[('zero_count', 'Audience at zero'), ('sudden_drop', 'Sudden drop'), ('failing_sync', 'Failing sync'), ('lag_over_target', 'Suppression lag over target'), ('low_coverage', 'Low identifier coverage'), ('stale_sync', 'Stale sync'), ('mass_removal', 'Mass removal held'), ('failing_evaluation', 'Evaluation failing'), ('low_match_rate', 'Low match rate downstream'), ('downstream_drift', 'Downstream count drifted'), ('under_minimum', "Removals held at the platform's minimum")], max_length=30),
+            model_name="alert",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("zero_count", "Audience at zero"),
+                    ("sudden_drop", "Sudden drop"),
+                    ("failing_sync", "Failing sync"),
+                    ("lag_over_target", "Suppression lag over target"),
+                    ("low_coverage", "Low identifier coverage"),
+                    ("stale_sync", "Stale sync"),
+                    ("mass_removal", "Mass removal held"),
+                    ("failing_evaluation", "Evaluation failing"),
+                    ("low_match_rate", "Low match rate downstream"),
+                    ("downstream_drift", "Downstream count drifted"),
+                    ("under_minimum", "Removals held at the platform's minimum"),
+                ],
+                max_length=30,
+            ),
         ),
     ]

@@ -15,8 +15,16 @@ class Migration(migrations.Migration):
                 ("started_at", models.DateTimeField()),
                 ("finished_at", models.DateTimeField(blank=True, null=True)),
                 ("event_days", models.PositiveIntegerField(help_text="Events older than this many days were due to go.")),
-                ("deleted", models.JSONField(default=dict, help_text="Rows deleted per kind: events, deliveries, batches, runs, task results.")),
-                ("complete", models.BooleanField(default=False, help_text="Everything due went; false: the time budget ran out first.")),
+                (
+                    "deleted",
+                    models.JSONField(
+                        default=dict, help_text="Rows deleted per kind: events, deliveries, batches, runs, task results."
+                    ),
+                ),
+                (
+                    "complete",
+                    models.BooleanField(default=False, help_text="Everything due went; false: the time budget ran out first."),
+                ),
             ],
             options={"ordering": ["-started_at"]},
         ),

@@ -61,7 +61,8 @@ class Reference:
     def event(self, rule, person) -> bool:
         where = rule.get("where", {})
         matching = [
-            t for name, t, props in self.events.get(person, [])
+            t
+            for name, t, props in self.events.get(person, [])
             if name == rule["event"] and all(same_json(props.get(k, MISSING), v) for k, v in where.items())
         ]
         minimum = rule.get("min_count", 1)

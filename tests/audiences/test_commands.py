@@ -44,7 +44,9 @@ def test_create_source_refuses_a_bad_name():
 def test_import_jsonl_reports_bad_lines_by_number_and_imports_the_rest(tmp_path):
     lines = [
         json.dumps({"type": "identify", "userId": "u1", "traits": {"vip_tier": "gold"}}),
-        json.dumps({"type": "track", "userId": "u1", "event": "Order Completed", "messageId": "a", "timestamp": "2026-11-01T10:00:00Z"}),
+        json.dumps(
+            {"type": "track", "userId": "u1", "event": "Order Completed", "messageId": "a", "timestamp": "2026-11-01T10:00:00Z"}
+        ),
         "{broken json",
         "",
         json.dumps({"type": "track", "event": "Order Completed", "messageId": "b"}),

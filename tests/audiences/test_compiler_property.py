@@ -77,13 +77,22 @@ event_leaf = st.builds(
 )
 attribute_leaf = st.one_of(
     st.builds(lambda k, op, v: {"attribute": k, op: v}, st.sampled_from(ATTRIBUTE_KEYS), st.sampled_from(["eq", "ne"]), SCALARS),
-    st.builds(lambda k, op, v: {"attribute": k, op: v}, st.sampled_from(ATTRIBUTE_KEYS), st.sampled_from(["gt", "gte", "lt", "lte"]), NUMBERS),
+    st.builds(
+        lambda k, op, v: {"attribute": k, op: v},
+        st.sampled_from(ATTRIBUTE_KEYS),
+        st.sampled_from(["gt", "gte", "lt", "lte"]),
+        NUMBERS,
+    ),
     st.builds(lambda k, v: {"attribute": k, "in": v}, st.sampled_from(ATTRIBUTE_KEYS), st.lists(SCALARS, min_size=1, max_size=3)),
     st.builds(lambda k, v: {"attribute": k, "exists": v}, st.sampled_from(ATTRIBUTE_KEYS), st.booleans()),
-    st.builds(lambda k, v: {"attribute": k, "contains": v}, st.sampled_from(ATTRIBUTE_KEYS), st.sampled_from(["gold", "go", "ser"])),
     st.builds(
-        lambda k, op, d: {"attribute": k, op: d}, st.sampled_from(["last_order_date", "ltv"]),
-        st.sampled_from(["older_than", "newer_than"]), st.sampled_from(["1d", "60d", "90d"]),
+        lambda k, v: {"attribute": k, "contains": v}, st.sampled_from(ATTRIBUTE_KEYS), st.sampled_from(["gold", "go", "ser"])
+    ),
+    st.builds(
+        lambda k, op, d: {"attribute": k, op: d},
+        st.sampled_from(["last_order_date", "ltv"]),
+        st.sampled_from(["older_than", "newer_than"]),
+        st.sampled_from(["1d", "60d", "90d"]),
     ),
 )
 audience_leaf = st.sampled_from([{"in_audience": "aud_a"}, {"in_audience": "aud_b"}])
@@ -124,7 +133,9 @@ def load(people):
             rows.append(Membership(audience=aud_a, person_id=pid, entered_at=NOW - timedelta(hours=1)))
         if person["was_in_b"]:
             # history only: left again, so not a current member
-            rows.append(Membership(audience=aud_b, person_id=pid, entered_at=NOW - timedelta(days=3), exited_at=NOW - timedelta(days=1)))
+            rows.append(
+                Membership(audience=aud_b, person_id=pid, entered_at=NOW - timedelta(days=3), exited_at=NOW - timedelta(days=1))
+            )
     Membership.objects.bulk_create(rows)
 
 
@@ -144,8 +155,10 @@ def reference_from_database() -> Reference:
 @given(people=people_strategy, rules=st.lists(rules_strategy, min_size=1, max_size=4))
 @example(
     people=[{"attributes": {}, "events": SAME_SECOND, "in_a": False, "was_in_b": False}],
-    rules=[{"event": "Added to Cart", "within": "2h", "not_followed_by": "Order Completed"},
-           {"event": "Added to Cart", "not_followed_by": "Order Completed"}],
+    rules=[
+        {"event": "Added to Cart", "within": "2h", "not_followed_by": "Order Completed"},
+        {"event": "Added to Cart", "not_followed_by": "Order Completed"},
+    ],
 )
 def test_compiled_sql_agrees_with_the_reference(people, rules):
     load(people)

@@ -143,7 +143,9 @@ def test_check_of_changes_and_deletions_writes_nothing(write):
     audience_item(data, "cart_0_2h")["description"] = "Changed."
     audience_item(data, "cart_0_2h")["cadence"] = "5m"
     data["audiences"] = [a for a in data["audiences"] if a["key"] != "serum_viewers_7d"]
-    data["audiences"].append({"key": "browsers_1d", "name": "onsite_browse_1d_none", "rule": {"event": "Product Viewed", "within": "1d"}})
+    data["audiences"].append(
+        {"key": "browsers_1d", "name": "onsite_browse_1d_none", "rule": {"event": "Product Viewed", "within": "1d"}}
+    )
     data["identifier_policies"] = [p for p in data["identifier_policies"] if p["key"] != "phone_e164"]
     before = snapshot()
 
@@ -387,7 +389,10 @@ def test_an_unknown_section_is_refused(write):
         ("audiences:\n  - {name: paid_cart_2h_none}\n", "audiences[0]: each entry needs a key"),
         ("audiences:\n  - {key: a, name: A, rule: {event: A}}\n  - just a text\n", "audiences[1]: each entry needs a key"),
         ("audiences:\n  - {key: 7, name: A}\n", "audiences[0]: each entry needs a key"),
-        ("audiences:\n  - {key: a, name: A, rule: {event: A}}\n  - {key: a, name: B, rule: {event: B}}\n", "audiences[a]: listed twice"),
+        (
+            "audiences:\n  - {key: a, name: A, rule: {event: A}}\n  - {key: a, name: B, rule: {event: B}}\n",
+            "audiences[a]: listed twice",
+        ),
         ("audiences: {key: a}\n", "audiences: must be a list"),
         ("- audiences\n", "the top level must be a mapping of sections such as audiences:"),
     ],

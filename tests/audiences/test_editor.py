@@ -30,12 +30,15 @@ def test_an_empty_since_box_adds_nothing_to_the_rule():
     assert rows_to_rule("all", rows) == {"event": "Added to Cart", "within": "2h"}
 
 
-@pytest.mark.parametrize("rule", [
-    # "did not add to cart with no purchase since" reads badly as a row: YAML only
-    {"not": {"event": "Added to Cart", "within": "2h", "not_followed_by": "Order Completed"}},
-    {"any": [{"all": [{"event": "A"}, {"event": "B"}]}, {"event": "C"}]},
-    {"event": "A", "where": {"category": "serum", "size": 50}},
-])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        # "did not add to cart with no purchase since" reads badly as a row: YAML only
+        {"not": {"event": "Added to Cart", "within": "2h", "not_followed_by": "Order Completed"}},
+        {"any": [{"all": [{"event": "A"}, {"event": "B"}]}, {"event": "C"}]},
+        {"event": "A", "where": {"category": "serum", "size": 50}},
+    ],
+)
 def test_rules_the_rows_cannot_show_are_left_to_yaml(rule):
     assert rule_to_rows(rule) is None
 

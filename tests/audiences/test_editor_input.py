@@ -19,10 +19,25 @@ from audiences.services import audience_save, identifier_policy_save, priority_g
 PREVIEW = "/dashboard/audiences/editor/preview"
 NEW = "/dashboard/audiences/new/"
 EDIT = "/dashboard/audiences/cart/edit/"
-INTERNALS = ("Traceback", "IntegrityError", "OperationalError", "DataError", "ProgrammingError", "sqlite", "psycopg",
-             "SELECT ", "OverflowError", "UnicodeEncodeError", "KeyError", "TypeError", "AttributeError")
+INTERNALS = (
+    "Traceback",
+    "IntegrityError",
+    "OperationalError",
+    "DataError",
+    "ProgrammingError",
+    "sqlite",
+    "psycopg",
+    "SELECT ",
+    "OverflowError",
+    "UnicodeEncodeError",
+    "KeyError",
+    "TypeError",
+    "AttributeError",
+)
 HYPOTHESIS = settings(
-    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     derandomize=True,
 )
 
@@ -33,12 +48,17 @@ def manager(db, client):
 
     source, _ = source_create(name="web")
     now = timezone.now()
-    ingest_messages(source=source, messages=[
-        Message("identify", "cus_1", "m1", now, traits={"email": "ann@example.com", "vip_tier": "gold", "ltv": 120}),
-        Message("event", "cus_1", "m2", now, name="Added to Cart", properties={"category": "serum"}),
-        Message("identify", "cus_2", "m3", now, traits={"email": "bob@example.com"}),
-    ])
-    audience_save(data={"key": "buyers", "name": "buyers", "purpose": "suppression", "rule": {"event": "Order Completed", "within": "1d"}})
+    ingest_messages(
+        source=source,
+        messages=[
+            Message("identify", "cus_1", "m1", now, traits={"email": "ann@example.com", "vip_tier": "gold", "ltv": 120}),
+            Message("event", "cus_1", "m2", now, name="Added to Cart", properties={"category": "serum"}),
+            Message("identify", "cus_2", "m3", now, traits={"email": "bob@example.com"}),
+        ],
+    )
+    audience_save(
+        data={"key": "buyers", "name": "buyers", "purpose": "suppression", "rule": {"event": "Order Completed", "within": "1d"}}
+    )
     audience_save(data={"key": "cart", "name": "cart", "rule": {"event": "Added to Cart", "within": "2h"}})
     priority_group_save(data={"key": "carts", "name": "Carts"})
     identifier_policy_save(data={"key": "email", "name": "email", "field": "email"})
@@ -82,13 +102,26 @@ def check_form_answer(response, sent="") -> None:
 # --- the known crashes ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("body", [
-    {"rows": "notalist"}, [1], {"rows": [1]}, {"source": "yaml", "yaml": 5}, "a string", 7, None,
-    {"match": ["all"], "rows": []}, {"rows": [{"type": "did", "event": 5, "within": 7}]},
-    {"rows": [{"type": ["did"]}]}, {"source": "yaml", "yaml": "event: A\n", "exclusions": "buyers"},
-    {"source": "yaml", "yaml": "event: A\n", "exclusions": [1, {"a": 2}]}, {"source": "yaml", "yaml": "event: A\n", "key": ["x"]},
-    {"source": "yaml", "yaml": "event: A\n", "identifier_policy": {"k": 1}}, {"source": "yaml", "yaml": "event: A\n", "priority_group": 5},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"rows": "notalist"},
+        [1],
+        {"rows": [1]},
+        {"source": "yaml", "yaml": 5},
+        "a string",
+        7,
+        None,
+        {"match": ["all"], "rows": []},
+        {"rows": [{"type": "did", "event": 5, "within": 7}]},
+        {"rows": [{"type": ["did"]}]},
+        {"source": "yaml", "yaml": "event: A\n", "exclusions": "buyers"},
+        {"source": "yaml", "yaml": "event: A\n", "exclusions": [1, {"a": 2}]},
+        {"source": "yaml", "yaml": "event: A\n", "key": ["x"]},
+        {"source": "yaml", "yaml": "event: A\n", "identifier_policy": {"k": 1}},
+        {"source": "yaml", "yaml": "event: A\n", "priority_group": 5},
+    ],
+)
 def test_an_odd_preview_request_is_a_400_that_says_what_was_wrong(manager, body):
     response = manager.post(PREVIEW, json.dumps(body), content_type="application/json")
     answer = check_json_answer(response)
@@ -121,8 +154,9 @@ def test_a_preview_the_database_cannot_run_says_so_plainly_and_logs_why(manager,
         if connection.vendor == "postgresql":
             cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # no deferred check may still need the table
         cursor.execute(f"DROP TABLE {connection.ops.quote_name(table)}")
-    response = manager.post(PREVIEW, json.dumps({"source": "yaml", "yaml": "event: Added to Cart\nwithin: 2h\n"}),
-                            content_type="application/json")
+    response = manager.post(
+        PREVIEW, json.dumps({"source": "yaml", "yaml": "event: Added to Cart\nwithin: 2h\n"}), content_type="application/json"
+    )
     answer = check_json_answer(response)
     assert answer["errors"] == [PREVIEW_FAILED] and "preview" not in answer
     assert table not in response.content.decode()
@@ -130,11 +164,14 @@ def test_a_preview_the_database_cannot_run_says_so_plainly_and_logs_why(manager,
     assert len(failures) == 1 and failures[0].exc_info and table in str(failures[0].exc_info[1])
 
 
-@pytest.mark.parametrize("yaml_text,message", [
-    ("attribute: ltv\ngt: .inf\n", "gt: inf is not a number that can be compared"),
-    ("attribute: ltv\ngt: 99999999999999999999999\n", "gt: 99999999999999999999999 is too large a number to compare"),
-    ('event: "A\\0"\n', "event: text holds a NUL character"),
-])
+@pytest.mark.parametrize(
+    "yaml_text,message",
+    [
+        ("attribute: ltv\ngt: .inf\n", "gt: inf is not a number that can be compared"),
+        ("attribute: ltv\ngt: 99999999999999999999999\n", "gt: 99999999999999999999999 is too large a number to compare"),
+        ('event: "A\\0"\n', "event: text holds a NUL character"),
+    ],
+)
 def test_values_no_database_can_compare_get_a_message_before_any_query(manager, yaml_text, message):
     response = manager.post(PREVIEW, json.dumps({"source": "yaml", "yaml": yaml_text}), content_type="application/json")
     answer = check_json_answer(response)
@@ -143,8 +180,9 @@ def test_values_no_database_can_compare_get_a_message_before_any_query(manager, 
 
 @pytest.mark.parametrize("state_json", ["{broken", "[1, 2]", '"text"', "5", '{"rows": "notalist"}', '{"rows": [1], "match": 5}'])
 def test_a_broken_form_state_is_a_400_with_the_form_back(manager, state_json):
-    response = manager.post(NEW, {"key": "k1", "name": "n1", "rule_yaml": "event: A\n", "state_json": state_json,
-                                  "priority_rank": "x"})
+    response = manager.post(
+        NEW, {"key": "k1", "name": "n1", "rule_yaml": "event: A\n", "state_json": state_json, "priority_rank": "x"}
+    )
     check_form_answer(response)
     assert response.status_code == 400
 
@@ -152,28 +190,41 @@ def test_a_broken_form_state_is_a_400_with_the_form_back(manager, state_json):
 def test_a_broken_state_is_refused_and_the_form_comes_back_rebuilt_from_the_yaml(manager):
     from audiences.models import Audience
 
-    response = manager.post(NEW, {"key": "k1", "name": "n1", "purpose": "activation", "cadence": "realtime",
-                                  "rule_yaml": "event: A\nwithin: 2h\n", "state_json": "{broken"})
+    response = manager.post(
+        NEW,
+        {
+            "key": "k1",
+            "name": "n1",
+            "purpose": "activation",
+            "cadence": "realtime",
+            "rule_yaml": "event: A\nwithin: 2h\n",
+            "state_json": "{broken",
+        },
+    )
     check_form_answer(response)
     assert response.status_code == 400
-    assert response.context["errors"] == {"state_json": [
-        "the editor's state (state_json) was not what the page sends; the form was rebuilt from the YAML"]}
-    assert response.context["state"]["rows"] == [{"type": "did", "event": "A", "within": "2h", "min_count": 1, "where_key": "",
-                                                  "where_value": "", "not_followed_by": ""}]
+    assert response.context["errors"] == {
+        "state_json": ["the editor's state (state_json) was not what the page sends; the form was rebuilt from the YAML"]
+    }
+    assert response.context["state"]["rows"] == [
+        {"type": "did", "event": "A", "within": "2h", "min_count": 1, "where_key": "", "where_value": "", "not_followed_by": ""}
+    ]
     assert "state_json: the editor&#x27;s state" in response.content.decode()
     assert not Audience.objects.filter(key="k1").exists()
 
 
 def test_a_form_without_javascript_sends_no_state_and_saves(manager):
-    response = manager.post(NEW, {"key": "k1", "name": "n1", "purpose": "activation", "cadence": "realtime",
-                                  "rule_yaml": "event: A\nwithin: 2h\n"})
+    response = manager.post(
+        NEW, {"key": "k1", "name": "n1", "purpose": "activation", "cadence": "realtime", "rule_yaml": "event: A\nwithin: 2h\n"}
+    )
     assert response.status_code == 302
 
 
 @pytest.mark.parametrize("rank", ["²", "١", "99999999999999999999", "-1", "1.5"])
 def test_an_odd_priority_rank_is_a_400_with_a_message(manager, rank):
-    response = manager.post(NEW, {"key": "k1", "name": "n1", "rule_yaml": "event: A\n", "priority_group": "carts",
-                                  "priority_rank": rank})
+    response = manager.post(
+        NEW, {"key": "k1", "name": "n1", "rule_yaml": "event: A\n", "priority_group": "carts", "priority_rank": rank}
+    )
     check_form_answer(response)
     assert response.status_code == 400
     assert response.context["errors"]["priority_rank"]
@@ -181,16 +232,36 @@ def test_an_odd_priority_rank_is_a_400_with_a_message(manager, rank):
 
 @pytest.mark.parametrize("field,value", [("name", "x" * 201), ("cadence", "9" * 120 + "m"), ("priority_rank", "4294967296")])
 def test_overlong_fields_are_a_400_that_names_the_field(manager, field, value):
-    form = {"key": "k1", "name": "n1", "rule_yaml": "event: A\n", "cadence": "realtime", "priority_group": "carts",
-            "priority_rank": "1", field: value}
+    form = {
+        "key": "k1",
+        "name": "n1",
+        "rule_yaml": "event: A\n",
+        "cadence": "realtime",
+        "priority_group": "carts",
+        "priority_rank": "1",
+        field: value,
+    }
     response = manager.post(NEW, form)
     check_form_answer(response)
     assert response.status_code == 400
     assert response.context["errors"].get(field), response.context["errors"]
 
 
-@pytest.mark.parametrize("field", ["name", "description", "key", "cadence", "exclusions", "identifier_policy",
-                                   "priority_group", "priority_rank", "rule_yaml", "state_json"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "name",
+        "description",
+        "key",
+        "cadence",
+        "exclusions",
+        "identifier_policy",
+        "priority_group",
+        "priority_rank",
+        "rule_yaml",
+        "state_json",
+    ],
+)
 def test_a_nul_character_in_any_field_is_a_400_that_names_the_field(manager, field):
     form = {"key": "k1", "name": "n1", "rule_yaml": "event: A\n", "cadence": "realtime"}
     form[field] = form.get(field, "x") + "\x00"
@@ -202,31 +273,96 @@ def test_a_nul_character_in_any_field_is_a_400_that_names_the_field(manager, fie
 
 # --- anything at all --------------------------------------------------------------------------
 
-TEXT = st.text(st.characters(codec="utf-8"), max_size=30) | st.text(max_size=30) | st.sampled_from(
-    ["", "all", "any", "did", "attribute", "yaml", "form", "2h", "7d", "x" * 300, "\x00", "carts", "buyers", "email",
-     "1", "0", "-1", "99999999999999999999999", "1e400", "NaN", "event: A\n", "{", "[1]"])
+TEXT = (
+    st.text(st.characters(codec="utf-8"), max_size=30)
+    | st.text(max_size=30)
+    | st.sampled_from(
+        [
+            "",
+            "all",
+            "any",
+            "did",
+            "attribute",
+            "yaml",
+            "form",
+            "2h",
+            "7d",
+            "x" * 300,
+            "\x00",
+            "carts",
+            "buyers",
+            "email",
+            "1",
+            "0",
+            "-1",
+            "99999999999999999999999",
+            "1e400",
+            "NaN",
+            "event: A\n",
+            "{",
+            "[1]",
+        ]
+    )
+)
 SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | TEXT
 JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4), max_leaves=12)
-ROW_FIELDS = ["type", "event", "within", "min_count", "where_key", "where_value", "newer", "older", "not_followed_by",
-              "attribute", "op", "value", "audience"]
+ROW_FIELDS = [
+    "type",
+    "event",
+    "within",
+    "min_count",
+    "where_key",
+    "where_value",
+    "newer",
+    "older",
+    "not_followed_by",
+    "attribute",
+    "op",
+    "value",
+    "audience",
+]
 ROW = st.dictionaries(st.sampled_from(ROW_FIELDS), JSON | TEXT, max_size=8) | JSON
-PREVIEW_BODY = st.fixed_dictionaries({}, optional={
-    "source": st.sampled_from(["yaml", "form"]) | JSON, "yaml": TEXT | JSON, "match": st.sampled_from(["all", "any"]) | JSON,
-    "rows": st.lists(ROW, max_size=4) | JSON, "exclusions": st.lists(TEXT, max_size=3) | JSON,
-    "priority_group": TEXT | JSON, "priority_rank": TEXT | JSON, "identifier_policy": TEXT | JSON, "key": TEXT | JSON,
-}) | JSON
-RULE_YAML = st.sampled_from([
-    "event: Added to Cart\nwithin: 2h\n", "attribute: vip_tier\nin: [gold]\n", "{all: [{event: A}, {in_audience: buyers}]}",
-    "attribute: ltv\ngt: .inf\n", "attribute: ltv\ngt: 99999999999999999999999\n", "event: \"\\0\"\n", "- 1\n", "a: [",
-    "not: {in_audience: cart}\n", "in_audience: k1\n",
-]) | TEXT
+PREVIEW_BODY = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "source": st.sampled_from(["yaml", "form"]) | JSON,
+            "yaml": TEXT | JSON,
+            "match": st.sampled_from(["all", "any"]) | JSON,
+            "rows": st.lists(ROW, max_size=4) | JSON,
+            "exclusions": st.lists(TEXT, max_size=3) | JSON,
+            "priority_group": TEXT | JSON,
+            "priority_rank": TEXT | JSON,
+            "identifier_policy": TEXT | JSON,
+            "key": TEXT | JSON,
+        },
+    )
+    | JSON
+)
+RULE_YAML = (
+    st.sampled_from(
+        [
+            "event: Added to Cart\nwithin: 2h\n",
+            "attribute: vip_tier\nin: [gold]\n",
+            "{all: [{event: A}, {in_audience: buyers}]}",
+            "attribute: ltv\ngt: .inf\n",
+            "attribute: ltv\ngt: 99999999999999999999999\n",
+            'event: "\\0"\n',
+            "- 1\n",
+            "a: [",
+            "not: {in_audience: cart}\n",
+            "in_audience: k1\n",
+        ]
+    )
+    | TEXT
+)
 
 
 @HYPOTHESIS
 @given(body=PREVIEW_BODY)
 @example(body={"rows": "notalist"})
 @example(body={"source": "yaml", "yaml": "attribute: ltv\ngt: 99999999999999999999999\n"})
-@example(body={"source": "yaml", "yaml": "event: \"\\0\"\n"})
+@example(body={"source": "yaml", "yaml": 'event: "\\0"\n'})
 def test_the_preview_never_fails_on_any_json(manager, body):
     check_json_answer(manager.post(PREVIEW, json.dumps(body), content_type="application/json"), body)
 
@@ -237,15 +373,24 @@ def test_the_preview_never_fails_on_any_bytes(manager, body):
     check_json_answer(manager.generic("POST", PREVIEW, body, content_type="application/json"), body.decode(errors="replace"))
 
 
-FORM = st.fixed_dictionaries({
-    "key": st.sampled_from(["k1", "cart", "buyers", ""]) | TEXT, "name": st.sampled_from(["n1", "cart", ""]) | TEXT,
-}, optional={
-    "description": TEXT, "purpose": st.sampled_from(["activation", "suppression"]) | TEXT,
-    "cadence": st.sampled_from(["realtime", "15m", "0 6 * * *"]) | TEXT, "identifier_policy": st.sampled_from(["email", ""]) | TEXT,
-    "priority_group": st.sampled_from(["carts", ""]) | TEXT, "priority_rank": st.sampled_from(["1", "2", ""]) | TEXT,
-    "rule_yaml": RULE_YAML, "state_json": st.builds(json.dumps, JSON) | TEXT, "enabled": st.sampled_from(["on", ""]) | TEXT,
-    "exclusions": st.lists(st.sampled_from(["buyers", "cart", "k1"]) | TEXT, max_size=3),
-})
+FORM = st.fixed_dictionaries(
+    {
+        "key": st.sampled_from(["k1", "cart", "buyers", ""]) | TEXT,
+        "name": st.sampled_from(["n1", "cart", ""]) | TEXT,
+    },
+    optional={
+        "description": TEXT,
+        "purpose": st.sampled_from(["activation", "suppression"]) | TEXT,
+        "cadence": st.sampled_from(["realtime", "15m", "0 6 * * *"]) | TEXT,
+        "identifier_policy": st.sampled_from(["email", ""]) | TEXT,
+        "priority_group": st.sampled_from(["carts", ""]) | TEXT,
+        "priority_rank": st.sampled_from(["1", "2", ""]) | TEXT,
+        "rule_yaml": RULE_YAML,
+        "state_json": st.builds(json.dumps, JSON) | TEXT,
+        "enabled": st.sampled_from(["on", ""]) | TEXT,
+        "exclusions": st.lists(st.sampled_from(["buyers", "cart", "k1"]) | TEXT, max_size=3),
+    },
+)
 
 
 @HYPOTHESIS

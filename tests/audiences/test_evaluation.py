@@ -44,24 +44,46 @@ def send(source, customer_id, name, at, **properties):
 
 
 def identify(source, customer_id, at=T0, **traits):
-    ingest_messages(source=source, messages=[Message("identify", customer_id, f"i-{customer_id}", at, traits=traits)], received_at=at)
+    ingest_messages(
+        source=source, messages=[Message("identify", customer_id, f"i-{customer_id}", at, traits=traits)], received_at=at
+    )
 
 
 def members(key):
-    return set(
-        Membership.objects.filter(audience__key=key, exited_at__isnull=True).values_list("person__customer_id", flat=True)
-    )
+    return set(Membership.objects.filter(audience__key=key, exited_at__isnull=True).values_list("person__customer_id", flat=True))
 
 
 def playbook():
     """The seed's case: purchasers suppressed, carts split 0–2h and 2–24h with no overlap."""
-    audience_save(data={"key": "purchasers_24h", "name": "Purchasers 24h", "purpose": "suppression",
-                        "rule": {"event": "Order Completed", "within": "24h"}})
+    audience_save(
+        data={
+            "key": "purchasers_24h",
+            "name": "Purchasers 24h",
+            "purpose": "suppression",
+            "rule": {"event": "Order Completed", "within": "24h"},
+        }
+    )
     priority_group_save(data={"key": "carts", "name": "Cart abandoners"})
-    audience_save(data={"key": "cart_0_2h", "name": "Cart 0-2h", "rule": {"event": "Added to Cart", "within": "2h"},
-                        "exclusions": ["purchasers_24h"], "priority_group": "carts", "priority_rank": 1})
-    audience_save(data={"key": "cart_2_24h", "name": "Cart 2-24h", "rule": {"event": "Added to Cart", "within": "24h"},
-                        "exclusions": ["purchasers_24h"], "priority_group": "carts", "priority_rank": 2})
+    audience_save(
+        data={
+            "key": "cart_0_2h",
+            "name": "Cart 0-2h",
+            "rule": {"event": "Added to Cart", "within": "2h"},
+            "exclusions": ["purchasers_24h"],
+            "priority_group": "carts",
+            "priority_rank": 1,
+        }
+    )
+    audience_save(
+        data={
+            "key": "cart_2_24h",
+            "name": "Cart 2-24h",
+            "rule": {"event": "Added to Cart", "within": "24h"},
+            "exclusions": ["purchasers_24h"],
+            "priority_group": "carts",
+            "priority_rank": 2,
+        }
+    )
 
 
 def test_full_evaluation_writes_entries_history_and_a_size_sample(source, announced):
@@ -125,7 +147,7 @@ def test_suppression_takes_purchasers_out_of_the_activation_audience(source):
 
 @pytest.mark.parametrize("where", [None, {"category": "serum"}])
 def test_not_followed_by_keeps_carts_with_no_purchase_since(source, where):
-    """"Added to Cart in the last 2h and not purchased since": a purchase after the cart takes a
+    """ "Added to Cart in the last 2h and not purchased since": a purchase after the cart takes a
     person out, a purchase before it does not (they came back for more), a purchase stamped the
     same second counts as since. With a `where`, the last matching cart is the one that counts."""
     rule = {"event": "Added to Cart", "within": "2h", "not_followed_by": "Order Completed", **({"where": where} if where else {})}
@@ -169,11 +191,15 @@ def test_not_followed_by_with_last_between(source):
     assert members("winback") == {"lapsed", "refunded_before"}
 
 
-@pytest.mark.parametrize("rule", [
-    {"event": "Added to Cart", "within": "2h", "not_followed_by": "Order Completed"},  # the aggregate
-    {"event": "Added to Cart", "within": "2h", "where": {"category": "serum"}, "not_followed_by": "Order Completed"},
-    {"event": "Added to Cart", "last_between": ["1m", "2h"], "not_followed_by": "Order Completed"},
-], ids=["within", "where", "last_between"])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"event": "Added to Cart", "within": "2h", "not_followed_by": "Order Completed"},  # the aggregate
+        {"event": "Added to Cart", "within": "2h", "where": {"category": "serum"}, "not_followed_by": "Order Completed"},
+        {"event": "Added to Cart", "last_between": ["1m", "2h"], "not_followed_by": "Order Completed"},
+    ],
+    ids=["within", "where", "last_between"],
+)
 def test_not_followed_by_counts_a_purchase_in_the_same_second_as_since_whatever_the_fraction(source, rule):
     """The README: the same second counts as after, erring towards suppression. A purchase at
     :08.100 and a cart at :08.700 (clocks of two systems, rounding) must not keep the person in
@@ -214,10 +240,17 @@ def test_priority_group_puts_each_person_in_the_freshest_stage_only(source):
 
 
 def test_evaluation_follows_dependencies_whatever_the_key_order(source):
-    audience_save(data={"key": "zz_buyers", "name": "Buyers", "purpose": "suppression",
-                        "rule": {"event": "Order Completed", "within": "1d"}})
-    audience_save(data={"key": "aa_carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "1d"},
-                        "exclusions": ["zz_buyers"]})
+    audience_save(
+        data={
+            "key": "zz_buyers",
+            "name": "Buyers",
+            "purpose": "suppression",
+            "rule": {"event": "Order Completed", "within": "1d"},
+        }
+    )
+    audience_save(
+        data={"key": "aa_carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "1d"}, "exclusions": ["zz_buyers"]}
+    )
     send(source, "a", "Added to Cart", T0)
     send(source, "a", "Order Completed", T0)
     assert [e.audience_key for e in evaluate_all(now=T0)] == ["zz_buyers", "aa_carts"]
@@ -257,8 +290,10 @@ def test_ingest_api_request_wakes_realtime_evaluation_after_commit(client, sourc
     source_key = source_create(name="web")[1]
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(
-            "/ingest/v1/track", {"userId": "u1", "event": "Order Completed", "messageId": "m1"},
-            content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {source_key}",
+            "/ingest/v1/track",
+            {"userId": "u1", "event": "Order Completed", "messageId": "m1"},
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {source_key}",
         )
     assert response.status_code == 200
     # test settings run the worker's task in-process (Q_CLUSTER sync); a real worker does it in ~0.1 s
@@ -307,9 +342,7 @@ def test_preview_shows_size_sample_overlap_and_coverage(source):
         identify(source, f"p{n}", email=f"P{n}@Example.com " if n % 3 else "not-an-email")
         send(source, f"p{n}", "Added to Cart", T0 - timedelta(minutes=n))
     evaluate_all(now=T0)
-    preview = audience_preview(
-        rule={"event": "Added to Cart", "within": "1d"}, identifier_policy="email", now=T0
-    )
+    preview = audience_preview(rule={"event": "Added to Cart", "within": "1d"}, identifier_policy="email", now=T0)
     assert preview.size == 30
     assert len(preview.sample) == 20
     overlap = {o.key: o.count for o in preview.overlaps}
@@ -331,10 +364,20 @@ def test_evaluate_and_members_commands(source):
     assert out.getvalue().split() == ["a"]
 
 
-@pytest.mark.parametrize("field,value", [
-    ("purpose", ["x"]), ("source_kind", {"a": 1}), ("cadence", 5), ("exclusions", [["x"]]),
-    ("priority_group", ["g"]), ("identifier_policy", 3), ("rule", "not a mapping"), ("name", 7), ("enabled", "yes"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("purpose", ["x"]),
+        ("source_kind", {"a": 1}),
+        ("cadence", 5),
+        ("exclusions", [["x"]]),
+        ("priority_group", ["g"]),
+        ("identifier_policy", 3),
+        ("rule", "not a mapping"),
+        ("name", 7),
+        ("enabled", "yes"),
+    ],
+)
 def test_wrongly_typed_audience_fields_get_a_message_not_a_crash(field, value):
     with pytest.raises(ValidationError) as refused:
         audience_save(data={"key": "x", "name": "X", "rule": {"attribute": "a", "exists": True}, field: value})

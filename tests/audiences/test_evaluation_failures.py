@@ -27,14 +27,13 @@ def source():
 
 
 def send(source, customer_id, name, at):
-    ingest_messages(source=source, messages=[Message("event", customer_id, f"{customer_id}-{name}-{at}", at, name=name)],
-                    received_at=at)
+    ingest_messages(
+        source=source, messages=[Message("event", customer_id, f"{customer_id}-{name}-{at}", at, name=name)], received_at=at
+    )
 
 
 def members(key):
-    return set(
-        Membership.objects.filter(audience__key=key, exited_at__isnull=True).values_list("person__customer_id", flat=True)
-    )
+    return set(Membership.objects.filter(audience__key=key, exited_at__isnull=True).values_list("person__customer_id", flat=True))
 
 
 def store_rule(key, rule):
@@ -43,10 +42,12 @@ def store_rule(key, rule):
 
 
 def playbook_with_two_broken_audiences():
-    audience_save(data={"key": "buyers", "name": "Buyers", "purpose": "suppression",
-                        "rule": {"event": "Order Completed", "within": "1d"}})
-    audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"},
-                        "exclusions": ["buyers"]})
+    audience_save(
+        data={"key": "buyers", "name": "Buyers", "purpose": "suppression", "rule": {"event": "Order Completed", "within": "1d"}}
+    )
+    audience_save(
+        data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}, "exclusions": ["buyers"]}
+    )
     # keys sorted before and between the good ones, so they are evaluated first
     audience_save(data={"key": "a_vip_tiers", "name": "VIP tiers", "rule": {"attribute": "vip_tier", "eq": "gold"}})
     audience_save(data={"key": "big_spenders", "name": "Big spenders", "rule": {"attribute": "lifetime_value", "gt": 1000}})
@@ -72,8 +73,9 @@ def test_a_full_pass_skips_and_marks_failing_audiences_and_evaluates_the_others(
     assert members("buyers") == {"bought"} and members("carts") == {"cart_only"}
     assert failing("a_vip_tiers") == (T0, "rule: in: has 5,000 values; a list takes at most 1,000")
     assert failing("big_spenders") == (
-        T0, "rule: gt: 100000000000000000000000000 is out of range: numbers go from -9,223,372,036,854,775,808 "
-            "to 9,223,372,036,854,775,807",
+        T0,
+        "rule: gt: 100000000000000000000000000 is out of range: numbers go from -9,223,372,036,854,775,808 "
+        "to 9,223,372,036,854,775,807",
     )
     assert failing("buyers") == (None, "")
     assert not SizeSample.objects.filter(audience__key__in=["a_vip_tiers", "big_spenders"]).exists()
@@ -93,8 +95,9 @@ def test_the_failing_mark_clears_when_the_audience_evaluates_again(source):
 def test_a_database_error_rolls_back_only_its_audience_and_the_pass_goes_on(source):
     """Entries already written for the failing audience are rolled back with it (a savepoint);
     on PostgreSQL the failed statement must not leave the transaction unusable for the others."""
-    audience_save(data={"key": "buyers", "name": "Buyers", "purpose": "suppression",
-                        "rule": {"event": "Order Completed", "within": "1d"}})
+    audience_save(
+        data={"key": "buyers", "name": "Buyers", "purpose": "suppression", "rule": {"event": "Order Completed", "within": "1d"}}
+    )
     audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
     send(source, "p", "Added to Cart", T0 - timedelta(minutes=10))
     send(source, "p", "Order Completed", T0 - timedelta(minutes=5))

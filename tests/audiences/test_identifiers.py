@@ -37,7 +37,22 @@ def test_email_is_trimmed_and_lower_cased(raw, email):
     assert normalise_email(raw) == email
 
 
-@pytest.mark.parametrize("raw", ["", "ann", "ann@", "@example.com", "ann@example", "ann@@example.com", "a b@example.com", "ann@example.", None, 5, ["ann@example.com"]])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "ann",
+        "ann@",
+        "@example.com",
+        "ann@example",
+        "ann@@example.com",
+        "a b@example.com",
+        "ann@example.",
+        None,
+        5,
+        ["ann@example.com"],
+    ],
+)
 def test_an_invalid_email_gives_none(raw):
     assert normalise_email(raw) is None
 
@@ -126,7 +141,9 @@ def test_sha256_is_of_the_normalised_value():
     assert identifier_for(policy("email", hash_sha256=True), person) == expected
     assert sha256("ann@example.com") == expected
     assert identifier_for(policy("phone", hash_sha256=True), person) == hashlib.sha256(b"+12024561111").hexdigest()
-    assert identifier_for(policy("customer_id", hash_sha256=True), Person(customer_id=" u1 ")) == hashlib.sha256(b"u1").hexdigest()
+    assert (
+        identifier_for(policy("customer_id", hash_sha256=True), Person(customer_id=" u1 ")) == hashlib.sha256(b"u1").hexdigest()
+    )
 
 
 def test_no_valid_identifier_is_never_hashed():
@@ -163,7 +180,11 @@ def test_a_policy_is_saved_with_defaults():
     saved = identifier_policy_save(data={"key": "email_sha256", "field": "email", "hash_sha256": True})
     saved.refresh_from_db()
     assert (saved.name, saved.field, saved.attribute, saved.default_region, saved.hash_sha256) == (
-        "email_sha256", "email", "", "US", True,
+        "email_sha256",
+        "email",
+        "",
+        "US",
+        True,
     )
 
 
@@ -173,18 +194,36 @@ def test_a_policy_is_saved_with_defaults():
         ({"field": "mobile"}, {"field": ["'mobile' is not an identifier: use customer_id, email, phone, cio_id, attribute"]}),
         ({}, {"field": ["'' is not an identifier: use customer_id, email, phone, cio_id, attribute"]}),
         ({"field": "attribute"}, {"attribute": ["name the attribute that holds the identifier (letters, digits, _ and -)"]}),
-        ({"field": "attribute", "attribute": "loyalty id"}, {"attribute": ["name the attribute that holds the identifier (letters, digits, _ and -)"]}),
-        ({"field": "email", "attribute": "loyalty_id"}, {"attribute": ["only an identifier of field 'attribute' names an attribute"]}),
+        (
+            {"field": "attribute", "attribute": "loyalty id"},
+            {"attribute": ["name the attribute that holds the identifier (letters, digits, _ and -)"]},
+        ),
+        (
+            {"field": "email", "attribute": "loyalty_id"},
+            {"attribute": ["only an identifier of field 'attribute' names an attribute"]},
+        ),
         ({"field": "phone", "default_region": "XX"}, {"default_region": ["'XX' is not a region code such as US, GB, DE"]}),
         ({"field": "phone", "default_region": "gb"}, {"default_region": ["'gb' is not a region code such as US, GB, DE"]}),
         ({"field": ["email"]}, {"field": ["['email'] is not an identifier: use customer_id, email, phone, cio_id, attribute"]}),
-        ({"field": "attribute", "attribute": 5}, {"attribute": ["name the attribute that holds the identifier (letters, digits, _ and -)"]}),
-        ({"field": "attribute", "attribute": "loyalty_id\n"}, {"attribute": ["name the attribute that holds the identifier (letters, digits, _ and -)"]}),
+        (
+            {"field": "attribute", "attribute": 5},
+            {"attribute": ["name the attribute that holds the identifier (letters, digits, _ and -)"]},
+        ),
+        (
+            {"field": "attribute", "attribute": "loyalty_id\n"},
+            {"attribute": ["name the attribute that holds the identifier (letters, digits, _ and -)"]},
+        ),
         ({"field": "phone", "default_region": ["GB"]}, {"default_region": ["['GB'] is not a region code such as US, GB, DE"]}),
         ({"field": "email", "hash_sha256": "yes"}, {"hash_sha256": ["must be true or false"]}),
         ({"field": "email", "salt": "x"}, {"salt": ["unknown field"]}),
-        ({"key": "email\n", "field": "email"}, {"key": ["'email\\n' is not a key: use lower-case letters, digits, - and _ (at most 64)"]}),
-        ({"key": "Email SHA", "field": "email"}, {"key": ["'Email SHA' is not a key: use lower-case letters, digits, - and _ (at most 64)"]}),
+        (
+            {"key": "email\n", "field": "email"},
+            {"key": ["'email\\n' is not a key: use lower-case letters, digits, - and _ (at most 64)"]},
+        ),
+        (
+            {"key": "Email SHA", "field": "email"},
+            {"key": ["'Email SHA' is not a key: use lower-case letters, digits, - and _ (at most 64)"]},
+        ),
     ],
 )
 def test_identifier_policy_save_refuses_bad_data(data, errors):

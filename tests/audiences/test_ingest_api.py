@@ -73,12 +73,15 @@ def test_identify_merges_traits_instead_of_replacing(ingest):
     assert (person.email, person.phone) == ("Ann@Example.com", "+1 415 555 0100")
 
 
-@pytest.mark.parametrize("phone, e164", [
-    ("+1 (415) 555-0100", "+14155550100"),
-    ("415-555-0100", "+14155550100"),  # no country code: read in PHONE_DEFAULT_REGION (US)
-    ("+44 7911 123456", "+447911123456"),
-    ("555", ""),  # not a valid number: kept as written, no E.164 form
-])
+@pytest.mark.parametrize(
+    "phone, e164",
+    [
+        ("+1 (415) 555-0100", "+14155550100"),
+        ("415-555-0100", "+14155550100"),  # no country code: read in PHONE_DEFAULT_REGION (US)
+        ("+44 7911 123456", "+447911123456"),
+        ("555", ""),  # not a valid number: kept as written, no E.164 form
+    ],
+)
 def test_identify_keeps_the_phone_as_written_and_its_e164_form(ingest, phone, e164):
     ingest.batch([{"type": "identify", "userId": "u1", "traits": {"phone": phone}}])
     person = Person.objects.get(customer_id="u1")
@@ -112,12 +115,15 @@ def test_page_and_screen_are_stored_as_events(ingest):
     assert Event.objects.filter(name="Screen Viewed", properties__name="Cart").exists()
 
 
-@pytest.mark.parametrize("path,body", [
-    ("/ingest/v1/track", {"userId": "u1", "event": "Order Completed", "messageId": "x"}),
-    ("/ingest/v1/identify", {"userId": "u1", "traits": {"vip_tier": "gold"}}),
-    ("/ingest/v1/page", {"userId": "u1", "name": "Home"}),
-    ("/ingest/v1/screen", {"userId": "u1", "name": "Home"}),
-])
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/ingest/v1/track", {"userId": "u1", "event": "Order Completed", "messageId": "x"}),
+        ("/ingest/v1/identify", {"userId": "u1", "traits": {"vip_tier": "gold"}}),
+        ("/ingest/v1/page", {"userId": "u1", "name": "Home"}),
+        ("/ingest/v1/screen", {"userId": "u1", "name": "Home"}),
+    ],
+)
 def test_single_message_endpoints(ingest, path, body):
     response = ingest.post(path, body)
     assert response.status_code == 200, response.content
@@ -142,10 +148,12 @@ def test_bearer_write_key_is_accepted(ingest):
 
 def test_timestamp_defaults_to_original_timestamp_then_to_now(ingest):
     before = timezone.now()
-    ingest.batch([
-        {"type": "track", "userId": "u1", "event": "A", "messageId": "1", "originalTimestamp": "2026-11-01T08:00:00+02:00"},
-        {"type": "track", "userId": "u1", "event": "B", "messageId": "2"},
-    ])
+    ingest.batch(
+        [
+            {"type": "track", "userId": "u1", "event": "A", "messageId": "1", "originalTimestamp": "2026-11-01T08:00:00+02:00"},
+            {"type": "track", "userId": "u1", "event": "B", "messageId": "2"},
+        ]
+    )
     assert Event.objects.get(name="A").occurred_at == datetime(2026, 11, 1, 6, tzinfo=UTC)
     assert Event.objects.get(name="B").occurred_at >= before
 
@@ -209,6 +217,7 @@ def test_track_api_needs_site_id_and_key(ingest, nothing_written):
     with nothing_written():
         assert ingest.track_api("PUT", "customers/c1", {"a": 1}, site_id="other").status_code == 401
         assert ingest.track_api("PUT", "customers/c1", {"a": 1}, key="wrong").status_code == 401
-        response = ingest.client.put("/track/api/v1/customers/c1", b"{}", content_type="application/json",
-                                     HTTP_AUTHORIZATION=f"Bearer {ingest.key}")
+        response = ingest.client.put(
+            "/track/api/v1/customers/c1", b"{}", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {ingest.key}"
+        )
         assert response.status_code == 401

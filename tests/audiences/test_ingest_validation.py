@@ -17,7 +17,8 @@ def assert_rejected(response, status, *, index=None, field=None, contains=""):
     body = response.json()
     assert body["errors"], body
     matches = [
-        e for e in body["errors"]
+        e
+        for e in body["errors"]
         if (index is None or e["index"] == index) and (field is None or e["field"] == field) and contains in e["message"]
     ]
     assert matches, f"no error with index={index} field={field} containing {contains!r} in {body['errors']}"
@@ -25,58 +26,67 @@ def assert_rejected(response, status, *, index=None, field=None, contains=""):
     return body
 
 
-@pytest.mark.parametrize("raw,contains", [
-    (b"{not json", "not valid JSON"),
-    (b"", "empty"),
-    (b"\xff\xfe{}", "not UTF-8"),
-    (b'{"batch": [NaN]}', "not valid JSON"),
-    (b'{"batch": [1e999]}', "out of range"),
-    (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
-])
+@pytest.mark.parametrize(
+    "raw,contains",
+    [
+        (b"{not json", "not valid JSON"),
+        (b"", "empty"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b'{"batch": [NaN]}', "not valid JSON"),
+        (b'{"batch": [1e999]}', "out of range"),
+        (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+    ],
+)
 def test_malformed_body_is_400(ingest, nothing_written, raw, contains):
     with nothing_written():
         response = ingest.post("/ingest/v1/batch", raw, raw=True)
     assert_rejected(response, 400, contains=contains)
 
 
-@pytest.mark.parametrize("body,field,contains", [
-    ([GOOD], "", "must be a JSON object"),
-    ({}, "batch", "is required"),
-    ({"batch": {"a": 1}}, "batch", "must be an array"),
-])
+@pytest.mark.parametrize(
+    "body,field,contains",
+    [
+        ([GOOD], "", "must be a JSON object"),
+        ({}, "batch", "is required"),
+        ({"batch": {"a": 1}}, "batch", "must be an array"),
+    ],
+)
 def test_batch_envelope_errors(ingest, nothing_written, body, field, contains):
     with nothing_written():
         response = ingest.post("/ingest/v1/batch", body)
     assert_rejected(response, 400, field=field, contains=contains)
 
 
-@pytest.mark.parametrize("message,field,contains", [
-    ("just a string", "", "must be an object"),
-    ({**GOOD, "type": "bogus"}, "type", "not supported"),
-    ({**GOOD, "type": "group"}, "type", "not supported"),
-    ({k: v for k, v in GOOD.items() if k != "type"}, "type", "is required"),
-    ({k: v for k, v in GOOD.items() if k != "userId"}, "userId", "is required"),
-    ({**GOOD, "userId": None, "anonymousId": "anon-1"}, "userId", "customer id"),
-    ({**GOOD, "userId": "   "}, "userId", "is required"),
-    ({**GOOD, "userId": True}, "userId", "not a boolean"),
-    ({**GOOD, "userId": {"id": 1}}, "userId", "not an object"),
-    ({**GOOD, "userId": "x" * 151}, "userId", "longer than 150"),
-    ({**GOOD, "userId": "a\x00b"}, "userId", "NUL"),
-    ({**GOOD, "event": ""}, "event", "is required"),
-    ({**GOOD, "event": 12}, "event", "must be a string"),
-    ({**GOOD, "event": "x" * 256}, "event", "longer than 255"),
-    ({**GOOD, "properties": [1, 2]}, "properties", "must be an object"),
-    ({**GOOD, "properties": {"note": "bad\x00byte"}}, "properties.note", "NUL"),
-    ({**GOOD, "properties": {"s": "\ud800"}}, "properties.s", "surrogate"),
-    ({**GOOD, "messageId": 5}, "messageId", "must be a string"),
-    ({**GOOD, "timestamp": "yesterday"}, "timestamp", "ISO 8601"),
-    ({**GOOD, "timestamp": 1764000000}, "timestamp", "ISO 8601"),
-    ({**GOOD, "timestamp": "2999-01-01T00:00:00Z"}, "timestamp", "in the future"),
-    ({**GOOD, "timestamp": "1900-01-01T00:00:00Z"}, "timestamp", "before 1970"),
-    ({"type": "identify", "userId": "u1", "traits": "gold"}, "traits", "must be an object"),
-    ({"type": "identify", "userId": "u1", "traits": {"email": ["a@b.c"]}}, "traits.email", "must be a string"),
-    ({"type": "page", "userId": "u1", "name": 7}, "name", "must be a string"),
-])
+@pytest.mark.parametrize(
+    "message,field,contains",
+    [
+        ("just a string", "", "must be an object"),
+        ({**GOOD, "type": "bogus"}, "type", "not supported"),
+        ({**GOOD, "type": "group"}, "type", "not supported"),
+        ({k: v for k, v in GOOD.items() if k != "type"}, "type", "is required"),
+        ({k: v for k, v in GOOD.items() if k != "userId"}, "userId", "is required"),
+        ({**GOOD, "userId": None, "anonymousId": "anon-1"}, "userId", "customer id"),
+        ({**GOOD, "userId": "   "}, "userId", "is required"),
+        ({**GOOD, "userId": True}, "userId", "not a boolean"),
+        ({**GOOD, "userId": {"id": 1}}, "userId", "not an object"),
+        ({**GOOD, "userId": "x" * 151}, "userId", "longer than 150"),
+        ({**GOOD, "userId": "a\x00b"}, "userId", "NUL"),
+        ({**GOOD, "event": ""}, "event", "is required"),
+        ({**GOOD, "event": 12}, "event", "must be a string"),
+        ({**GOOD, "event": "x" * 256}, "event", "longer than 255"),
+        ({**GOOD, "properties": [1, 2]}, "properties", "must be an object"),
+        ({**GOOD, "properties": {"note": "bad\x00byte"}}, "properties.note", "NUL"),
+        ({**GOOD, "properties": {"s": "\ud800"}}, "properties.s", "surrogate"),
+        ({**GOOD, "messageId": 5}, "messageId", "must be a string"),
+        ({**GOOD, "timestamp": "yesterday"}, "timestamp", "ISO 8601"),
+        ({**GOOD, "timestamp": 1764000000}, "timestamp", "ISO 8601"),
+        ({**GOOD, "timestamp": "2999-01-01T00:00:00Z"}, "timestamp", "in the future"),
+        ({**GOOD, "timestamp": "1900-01-01T00:00:00Z"}, "timestamp", "before 1970"),
+        ({"type": "identify", "userId": "u1", "traits": "gold"}, "traits", "must be an object"),
+        ({"type": "identify", "userId": "u1", "traits": {"email": ["a@b.c"]}}, "traits.email", "must be a string"),
+        ({"type": "page", "userId": "u1", "name": 7}, "name", "must be a string"),
+    ],
+)
 def test_bad_message_is_400_with_index_and_field(ingest, nothing_written, message, field, contains):
     with nothing_written():
         response = ingest.batch([GOOD, message])
@@ -120,10 +130,13 @@ def test_message_over_32_kb_is_413(ingest, nothing_written):
     assert_rejected(response, 413, index=1, contains="32 KB")
 
 
-@pytest.mark.parametrize("raw,contains", [
-    (b"definitely not gzip", "not valid gzip"),
-    (gzip.compress(b'{"batch": []}')[:-6], "truncated"),
-])
+@pytest.mark.parametrize(
+    "raw,contains",
+    [
+        (b"definitely not gzip", "not valid gzip"),
+        (gzip.compress(b'{"batch": []}')[:-6], "truncated"),
+    ],
+)
 def test_broken_gzip_is_400(ingest, nothing_written, raw, contains):
     with nothing_written():
         response = ingest.post("/ingest/v1/batch", raw, raw=True, headers={"Content-Encoding": "gzip"})
@@ -142,18 +155,21 @@ def test_single_endpoint_refuses_another_type(ingest, nothing_written):
     assert_rejected(response, 400, field="type", contains="must be 'identify'")
 
 
-@pytest.mark.parametrize("path,body,field,contains", [
-    ("customers/c1", [1], "", "must be a JSON object"),
-    ("customers/c1", {"email": 5}, "email", "must be a string"),
-    ("customers/c1", {"note": "a\x00"}, "note", "NUL"),
-    ("customers/c1/events", {"data": {}}, "name", "is required"),
-    ("customers/c1/events", {"name": "X", "timestamp": "2026-01-01"}, "timestamp", "unix time"),
-    ("customers/c1/events", {"name": "X", "timestamp": 4102444800}, "timestamp", "future"),
-    ("customers/c1/events", {"name": "X", "timestamp": 10**14}, "timestamp", "not a unix time"),
-    ("customers/c1/events", {"name": "X", "data": "no"}, "data", "must be an object"),
-    ("customers/c1/events", {"name": "X", "type": "purchase"}, "type", "not supported"),
-    ("customers/" + "x" * 151, {"a": 1}, "id", "longer than 150"),
-])
+@pytest.mark.parametrize(
+    "path,body,field,contains",
+    [
+        ("customers/c1", [1], "", "must be a JSON object"),
+        ("customers/c1", {"email": 5}, "email", "must be a string"),
+        ("customers/c1", {"note": "a\x00"}, "note", "NUL"),
+        ("customers/c1/events", {"data": {}}, "name", "is required"),
+        ("customers/c1/events", {"name": "X", "timestamp": "2026-01-01"}, "timestamp", "unix time"),
+        ("customers/c1/events", {"name": "X", "timestamp": 4102444800}, "timestamp", "future"),
+        ("customers/c1/events", {"name": "X", "timestamp": 10**14}, "timestamp", "not a unix time"),
+        ("customers/c1/events", {"name": "X", "data": "no"}, "data", "must be an object"),
+        ("customers/c1/events", {"name": "X", "type": "purchase"}, "type", "not supported"),
+        ("customers/" + "x" * 151, {"a": 1}, "id", "longer than 150"),
+    ],
+)
 def test_track_api_bad_input_is_400(ingest, nothing_written, path, body, field, contains):
     method = "POST" if path.endswith("/events") else "PUT"
     with nothing_written():
@@ -179,9 +195,17 @@ field_values = st.sampled_from(["identify", "track", "page", "screen", "group", 
 messages = st.fixed_dictionaries(
     {},
     optional={
-        "type": field_values, "userId": field_values, "anonymousId": field_values, "event": field_values,
-        "messageId": field_values, "timestamp": field_values, "originalTimestamp": field_values,
-        "properties": json_values, "traits": json_values, "name": field_values, "category": field_values,
+        "type": field_values,
+        "userId": field_values,
+        "anonymousId": field_values,
+        "event": field_values,
+        "messageId": field_values,
+        "timestamp": field_values,
+        "originalTimestamp": field_values,
+        "properties": json_values,
+        "traits": json_values,
+        "name": field_values,
+        "category": field_values,
         "context": json_values,
     },
 )

@@ -36,7 +36,9 @@ def identify(customer_id, message_id, **traits):
 def recount() -> dict:
     return {
         (row["person_id"], row["name"]): (row["n"], row["first"], row["last"])
-        for row in Event.objects.values("person_id", "name").annotate(n=Count("id"), first=Min("occurred_at"), last=Max("occurred_at"))
+        for row in Event.objects.values("person_id", "name").annotate(
+            n=Count("id"), first=Min("occurred_at"), last=Max("occurred_at")
+        )
     }
 
 
@@ -67,9 +69,7 @@ def wait_for(condition, timeout=15.0):
 
 def waiting_on_a_lock() -> int:
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
         return cursor.fetchone()[0]
 
 
@@ -90,8 +90,12 @@ def test_aggregates_equal_a_recount_from_the_events_after_repeats_and_out_of_ord
     web, app = source_create(name="web")[0], source_create(name="app")[0]
     for batch in range(30):
         messages = [
-            event(f"u{rng.randint(1, 12)}", rng.choice(["Added to Cart", "Order Completed"]),
-                  f"m{rng.randint(1, 400)}", T0 - timedelta(minutes=rng.randint(0, 5000)))
+            event(
+                f"u{rng.randint(1, 12)}",
+                rng.choice(["Added to Cart", "Order Completed"]),
+                f"m{rng.randint(1, 400)}",
+                T0 - timedelta(minutes=rng.randint(0, 5000)),
+            )
             for _ in range(rng.randint(1, 40))
         ]
         ingest_messages(source=rng.choice([web, app]), messages=messages, received_at=T0 + timedelta(seconds=batch))
@@ -119,8 +123,9 @@ def test_a_message_id_is_written_once_when_two_transactions_race_for_it():
     def one_request():
         with transaction.atomic():  # its own transaction, as in another process
             both_ready.wait()
-            return ingest_messages(source=source, messages=list(reversed(batch)) if threading.current_thread().name == "b" else batch,
-                                   received_at=T0)
+            return ingest_messages(
+                source=source, messages=list(reversed(batch)) if threading.current_thread().name == "b" else batch, received_at=T0
+            )
 
     results = {}
     threads = [run_in_thread(one_request, results, name) for name in ("a", "b")]
@@ -151,16 +156,31 @@ def test_requests_that_wait_for_a_commit_are_written_together_and_each_answered_
     holder = run_in_thread(hold_a_message_id, results, "holder")
     assert holds.wait(10)
     # the first request waits for the uncommitted "held": its group is under way
-    first = run_in_thread(lambda: ingest_messages(source=source, messages=[event("x", "Seen", "held"), event("x", "Seen", "a1")],
-                                                  received_at=T0), results, "first")
+    first = run_in_thread(
+        lambda: ingest_messages(source=source, messages=[event("x", "Seen", "held"), event("x", "Seen", "a1")], received_at=T0),
+        results,
+        "first",
+    )
     wait_for(lambda: waiting_on_a_lock() >= 1)
-    second = run_in_thread(lambda: ingest_messages(
-        source=source, messages=[event("y", "Added to Cart", "b1"), event("y", "Added to Cart", "b1"), identify("z", "b2", tier="gold")],
-        received_at=T0 + timedelta(seconds=1)), results, "second")
+    second = run_in_thread(
+        lambda: ingest_messages(
+            source=source,
+            messages=[event("y", "Added to Cart", "b1"), event("y", "Added to Cart", "b1"), identify("z", "b2", tier="gold")],
+            received_at=T0 + timedelta(seconds=1),
+        ),
+        results,
+        "second",
+    )
     time.sleep(0.3)
-    third = run_in_thread(lambda: ingest_messages(
-        source=source, messages=[event("y", "Added to Cart", "b1"), event("z", "Order Completed", "c1"), identify("z", "c2", tier="silver")],
-        received_at=T0 + timedelta(seconds=2)), results, "third")
+    third = run_in_thread(
+        lambda: ingest_messages(
+            source=source,
+            messages=[event("y", "Added to Cart", "b1"), event("z", "Order Completed", "c1"), identify("z", "c2", tier="silver")],
+            received_at=T0 + timedelta(seconds=2),
+        ),
+        results,
+        "third",
+    )
     time.sleep(0.3)
     release.set()
     for thread in (holder, first, second, third):
@@ -195,13 +215,14 @@ def test_a_request_that_fails_in_the_database_fails_alone_and_the_rest_of_its_gr
     results = {}
     holder = run_in_thread(hold_a_message_id, results, "holder")
     assert holds.wait(10)
-    first = run_in_thread(lambda: ingest_messages(source=source, messages=[event("x", "Seen", "held")], received_at=T0),
-                          results, "first")
+    first = run_in_thread(
+        lambda: ingest_messages(source=source, messages=[event("x", "Seen", "held")], received_at=T0), results, "first"
+    )
     wait_for(lambda: waiting_on_a_lock() >= 1)
-    good = run_in_thread(lambda: ingest_messages(source=source, messages=[event("y", "Seen", "g1")], received_at=T0),
-                         results, "good")
-    bad = run_in_thread(lambda: ingest_messages(source=gone, messages=[event("y", "Seen", "x1")], received_at=T0),
-                        results, "bad")
+    good = run_in_thread(
+        lambda: ingest_messages(source=source, messages=[event("y", "Seen", "g1")], received_at=T0), results, "good"
+    )
+    bad = run_in_thread(lambda: ingest_messages(source=gone, messages=[event("y", "Seen", "x1")], received_at=T0), results, "bad")
     time.sleep(0.5)
     release.set()
     for thread in (holder, first, good, bad):
@@ -218,8 +239,9 @@ def test_a_realtime_pass_cannot_take_a_queued_person_from_under_an_uncommitted_r
     """The person is queued already (an earlier request); a second request's events are not yet
     committed when a pass runs. The pass must leave the person queued, not evaluate them without
     those events and drop the entry."""
-    audience_save(data={"key": "buyers", "name": "Buyers", "purpose": "suppression",
-                        "rule": {"event": "Order Completed", "within": "1d"}})
+    audience_save(
+        data={"key": "buyers", "name": "Buyers", "purpose": "suppression", "rule": {"event": "Order Completed", "within": "1d"}}
+    )
     source = source_create(name="web")[0]
     queue_people([Person.objects.create(customer_id="p").pk], at=T0)  # queued, and the wake-up not yet run
     written, release = threading.Event(), threading.Event()
@@ -243,8 +265,9 @@ def test_a_realtime_pass_cannot_take_a_queued_person_from_under_an_uncommitted_r
         people_changed.connect(enqueue_pending_evaluation, dispatch_uid="downstream-realtime-evaluation")
     results["pass after commit"] = evaluate_pending(now=T0 + timedelta(minutes=1))
     assert (results["pass while uncommitted"], results["pass after commit"]) == (0, 1)
-    assert set(Membership.objects.filter(audience__key="buyers", exited_at__isnull=True)
-               .values_list("person__customer_id", flat=True)) == {"p"}
+    assert set(
+        Membership.objects.filter(audience__key="buyers", exited_at__isnull=True).values_list("person__customer_id", flat=True)
+    ) == {"p"}
 
 
 def test_wake_ups_from_a_burst_are_announced_together():

@@ -23,10 +23,13 @@ pytestmark = pytest.mark.django_db
 def shop_person(db):
     """A person with events that came from another source than the one trying to erase them."""
     shop, _ = source_create(name="shop")
-    ingest_messages(source=shop, messages=[
-        Message("identify", "cus_00042", "m0", timezone.now(), traits={"email": "ann@example.com"}),
-        *[Message("event", "cus_00042", f"m{n}", timezone.now(), name="Order Completed") for n in range(1, 14)],
-    ])
+    ingest_messages(
+        source=shop,
+        messages=[
+            Message("identify", "cus_00042", "m0", timezone.now(), traits={"email": "ann@example.com"}),
+            *[Message("event", "cus_00042", f"m{n}", timezone.now(), name="Order Completed") for n in range(1, 14)],
+        ],
+    )
     return Person.objects.get(customer_id="cus_00042")
 
 
@@ -67,8 +70,9 @@ def test_a_fresh_track_key_cannot_erase_anyone(client, shop_person):
 def test_a_fresh_track_key_cannot_post_outcomes(client, db):
     audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
     key = create_source("sectest")
-    response = client.post("/ingest/v1/outcomes", json.dumps(outcomes_body()), content_type="application/json",
-                           HTTP_AUTHORIZATION=basic_auth(key))
+    response = client.post(
+        "/ingest/v1/outcomes", json.dumps(outcomes_body()), content_type="application/json", HTTP_AUTHORIZATION=basic_auth(key)
+    )
     assert response.status_code == 403
     assert "outcomes" in response.json()["message"] and "scope" in response.json()["message"]
     assert not Outcome.objects.exists()
@@ -103,11 +107,16 @@ def test_a_key_with_outcomes_can_post_outcomes_but_not_track(client, db):
     audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
     key = create_source("ads-reporting", "--scope", "outcomes")
     assert Source.objects.get(name="ads-reporting").scopes == ["outcomes"]
-    response = client.post("/ingest/v1/outcomes", json.dumps(outcomes_body()), content_type="application/json",
-                           HTTP_AUTHORIZATION=basic_auth(key))
+    response = client.post(
+        "/ingest/v1/outcomes", json.dumps(outcomes_body()), content_type="application/json", HTTP_AUTHORIZATION=basic_auth(key)
+    )
     assert response.status_code == 200 and Outcome.objects.count() == 1
-    response = client.post("/ingest/v1/track", json.dumps({"userId": "u1", "event": "x", "messageId": "m"}),
-                           content_type="application/json", HTTP_AUTHORIZATION=basic_auth(key))
+    response = client.post(
+        "/ingest/v1/track",
+        json.dumps({"userId": "u1", "event": "x", "messageId": "m"}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=basic_auth(key),
+    )
     assert response.status_code == 403 and "track" in response.json()["message"]
     assert not Person.objects.exists()
 

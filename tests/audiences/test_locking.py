@@ -21,7 +21,9 @@ from audiences.transactions import atomic_retrying_deadlocks, is_deadlock
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 postgres_only = pytest.mark.skipif("connection.vendor != 'postgresql'", reason="row locks and deadlocks are PostgreSQL's")
-LOCK = re.compile(r'^SELECT .* FROM "audiences_audience" WHERE "audiences_audience"\."id" = (\d+) LIMIT \d+(?P<lock> FOR UPDATE)?$')
+LOCK = re.compile(
+    r'^SELECT .* FROM "audiences_audience" WHERE "audiences_audience"\."id" = (\d+) LIMIT \d+(?P<lock> FOR UPDATE)?$'
+)
 
 
 def locked_audiences(queries) -> list[int]:
@@ -36,8 +38,9 @@ def locked_audiences(queries) -> list[int]:
 
 
 def identify(source, customer_id, **traits):
-    ingest_messages(source=source, messages=[Message("identify", customer_id, f"i-{customer_id}-{traits}", T0, traits=traits)],
-                    received_at=T0)
+    ingest_messages(
+        source=source, messages=[Message("identify", customer_id, f"i-{customer_id}-{traits}", T0, traits=traits)], received_at=T0
+    )
 
 
 def vip(extra=None):
@@ -208,6 +211,7 @@ def test_erasure_during_a_realtime_pass_does_not_deadlock():
     assert errors == {}
     assert results == {"realtime": 1, "erasure": True}
     assert not Person.objects.filter(customer_id="x").exists()
-    assert set(
-        Membership.objects.filter(exited_at__isnull=True).values_list("audience__key", "person__customer_id")
-    ) == {("buyers", "y"), ("carts", "y")}
+    assert set(Membership.objects.filter(exited_at__isnull=True).values_list("audience__key", "person__customer_id")) == {
+        ("buyers", "y"),
+        ("carts", "y"),
+    }

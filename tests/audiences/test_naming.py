@@ -41,7 +41,10 @@ def refused(**data) -> dict:
 def test_a_good_name_parses_into_its_tokens(convention):
     assert template_tokens(TEMPLATE) == ["channel", "intent", "window", "exclusions"]
     assert parse_name(convention, "paid_cart_0-2h_nopurch") == {
-        "channel": "paid", "intent": "cart", "window": "0-2h", "exclusions": "nopurch",
+        "channel": "paid",
+        "intent": "cart",
+        "window": "0-2h",
+        "exclusions": "nopurch",
     }
     assert convention.parse("email_winback_any_none")["window"] == "any"
 
@@ -182,9 +185,7 @@ def test_a_changed_convention_reports_broken_names_and_leaves_those_audiences_al
     renamed_template = "{channel}_{intent}_{window}_{suppress}"
     tokens = {**{k: v for k, v in TOKENS.items() if k != "exclusions"}, "suppress": TOKENS["exclusions"]}
     tokens["channel"] = {"values": ["paid", "onsite"]}
-    convention, broken = naming_convention_save(
-        data={"template": renamed_template, "tokens": tokens}, instance=convention
-    )
+    convention, broken = naming_convention_save(data={"template": renamed_template, "tokens": tokens}, instance=convention)
 
     assert [(a.key, why) for a, why in broken] == [
         (
@@ -212,19 +213,31 @@ def test_a_refused_change_keeps_the_old_convention(convention):
 def test_only_one_convention_is_the_default(convention):
     assert convention.is_default is True  # a new convention is the default unless told otherwise
     other, _ = naming_convention_save(
-        data={"key": "teams", "template": "{team}-{topic}", "tokens": {"team": {"values": ["crm"]}, "topic": {"pattern": "[a-z]+"}}}
+        data={
+            "key": "teams",
+            "template": "{team}-{topic}",
+            "tokens": {"team": {"values": ["crm"]}, "topic": {"pattern": "[a-z]+"}},
+        }
     )
     convention.refresh_from_db()
     assert other.is_default is True and convention.is_default is False
     assert list(NamingConvention.objects.filter(is_default=True)) == [other]
     # names are now checked against the new default
-    assert audience_save(data={"key": "cart", "name": "crm-carts", "rule": CART_RULE}).name_tokens == {"team": "crm", "topic": "carts"}
+    assert audience_save(data={"key": "cart", "name": "crm-carts", "rule": CART_RULE}).name_tokens == {
+        "team": "crm",
+        "topic": "carts",
+    }
 
 
 def test_a_non_default_convention_does_not_touch_audiences(convention):
     audience_save(data={"key": "cart", "name": "paid_cart_0-2h_nopurch", "rule": CART_RULE})
     other, broken = naming_convention_save(
-        data={"key": "teams", "template": "{team}-{topic}", "tokens": {"team": {"values": ["crm"]}, "topic": {"pattern": "[a-z]+"}}, "is_default": False}
+        data={
+            "key": "teams",
+            "template": "{team}-{topic}",
+            "tokens": {"team": {"values": ["crm"]}, "topic": {"pattern": "[a-z]+"}},
+            "is_default": False,
+        }
     )
     convention.refresh_from_db()
     assert broken == [] and convention.is_default is True and other.is_default is False

@@ -14,18 +14,19 @@ pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 def current_members(key):
     close_old_connections()
-    return set(
-        Membership.objects.filter(audience__key=key, exited_at__isnull=True).values_list("person__customer_id", flat=True)
-    )
+    return set(Membership.objects.filter(audience__key=key, exited_at__isnull=True).values_list("person__customer_id", flat=True))
 
 
 def test_realtime_audience_follows_an_ingest_request_through_the_worker():
-    audience_save(data={"key": "buyers", "name": "Buyers", "purpose": "suppression",
-                        "rule": {"event": "Order Completed", "within": "1d"}})
-    audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"},
-                        "exclusions": ["buyers"]})
+    audience_save(
+        data={"key": "buyers", "name": "Buyers", "purpose": "suppression", "rule": {"event": "Order Completed", "within": "1d"}}
+    )
+    audience_save(
+        data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}, "exclusions": ["buyers"]}
+    )
     _, key = source_create(name="web")
     with running_stack() as stack:
+
         def post(body):
             return requests.post(f"{stack.web_url}/ingest/v1/batch", json={"batch": body}, auth=(key, ""), timeout=10)
 

@@ -31,10 +31,12 @@ EVENT_KEYS = "unknown key; expected event, within, last_between, min_count, wher
 
 def test_all_any_and_not_wrap_their_children():
     rule = {"all": [{"event": "A"}, {"any": [{"event": "B"}, {"not": {"in_audience": "vips"}}]}]}
-    assert parse_rule(rule) == All((
-        EventCondition(name="A"),
-        Any((EventCondition(name="B"), Not(InAudience("vips")))),
-    ))
+    assert parse_rule(rule) == All(
+        (
+            EventCondition(name="A"),
+            Any((EventCondition(name="B"), Not(InAudience("vips")))),
+        )
+    )
 
 
 def test_an_event_without_options_means_ever_and_at_least_once():
@@ -184,27 +186,50 @@ BAD_RULES = [
     ({"event": 42}, "event", "42 is not an event name"),
     ({"event": "x" * 256}, "event", f'"{"x" * 256}" is not an event name'),
     ({"event": "A", "last_between": "60d"}, "last_between", 'must be two durations, newer first, such as ["60d", "90d"]'),
-    ({"event": "A", "last_between": ["60d", "90d", "120d"]}, "last_between", 'must be two durations, newer first, such as ["60d", "90d"]'),
+    (
+        {"event": "A", "last_between": ["60d", "90d", "120d"]},
+        "last_between",
+        'must be two durations, newer first, such as ["60d", "90d"]',
+    ),
     ({"event": "A", "last_between": ["60d", "90"]}, "last_between[1]", f'"90" {NOT_A_DURATION}'),
     ({"event": "A", "last_between": ["90d", "60d"]}, "last_between", "90d must be shorter than 60d (newer age first)"),
     ({"event": "A", "last_between": ["2w", "14d"]}, "last_between", "2w must be shorter than 14d (newer age first)"),
-    ({"event": "A", "within": "7d", "last_between": ["60d", "90d"]}, "last_between", "use either within or last_between, not both"),
+    (
+        {"event": "A", "within": "7d", "last_between": ["60d", "90d"]},
+        "last_between",
+        "use either within or last_between, not both",
+    ),
     ({"event": "A", "min_count": 0}, "min_count", "0 is not a whole number of at least 1"),
     ({"event": "A", "min_count": "3"}, "min_count", '"3" is not a whole number of at least 1'),
     ({"event": "A", "min_count": True}, "min_count", "true is not a whole number of at least 1"),
     ({"event": "A", "min_count": 2.5}, "min_count", "2.5 is not a whole number of at least 1"),
     ({"event": "A", "min_count": 1_000_001}, "min_count", "1000001 is not a whole number of at least 1"),
-    ({"event": "A", "last_between": ["60d", "90d"], "min_count": 2}, "min_count", "cannot be combined with last_between; use within"),
+    (
+        {"event": "A", "last_between": ["60d", "90d"], "min_count": 2},
+        "min_count",
+        "cannot be combined with last_between; use within",
+    ),
     # not_followed_by
     ({"event": "A", "not_followed_by": ""}, "not_followed_by", '"" is not an event name'),
     ({"event": "A", "not_followed_by": ["B"]}, "not_followed_by", '["B"] is not an event name'),
     ({"event": "A", "not_followed_by": " A"}, "not_followed_by", "must name another event than 'A' (such as Order Completed)"),
-    ({"event": "A", "within": "30d", "min_count": 2, "not_followed_by": "B"}, "not_followed_by",
-     "cannot be combined with min_count: it reads the last matching event only"),
+    (
+        {"event": "A", "within": "30d", "min_count": 2, "not_followed_by": "B"},
+        "not_followed_by",
+        "cannot be combined with min_count: it reads the last matching event only",
+    ),
     # where
-    ({"event": "A", "where": ["category"]}, "where", "must be a mapping of event properties to values, such as {category: serum}"),
+    (
+        {"event": "A", "where": ["category"]},
+        "where",
+        "must be a mapping of event properties to values, such as {category: serum}",
+    ),
     ({"event": "A", "where": {}}, "where", "must be a mapping of event properties to values, such as {category: serum}"),
-    ({"event": "A", "where": {"product category": "serum"}}, "where.product category", "is not a property name (letters, digits, _ and -)"),
+    (
+        {"event": "A", "where": {"product category": "serum"}},
+        "where.product category",
+        "is not a property name (letters, digits, _ and -)",
+    ),
     ({"event": "A", "where": {"tags": ["serum"]}}, "where.tags", '["serum"] must be a single text, number or true/false value'),
     ({"event": "A", "where": {"tags": None}}, "where.tags", "null must be a single text, number or true/false value"),
     # attributes
@@ -225,7 +250,11 @@ BAD_RULES = [
     ({"attribute": "email", "contains": 5}, "contains", "must be a non-empty text"),
     # a trailing newline (a YAML block scalar) is not part of a valid value
     ({"event": "A", "within": "2h\n"}, "within", f'"2h\\n" {NOT_A_DURATION}'),
-    ({"attribute": "vip_tier\n", "exists": True}, "attribute", '"vip_tier\\n" is not an attribute name (letters, digits, _ and -)'),
+    (
+        {"attribute": "vip_tier\n", "exists": True},
+        "attribute",
+        '"vip_tier\\n" is not an attribute name (letters, digits, _ and -)',
+    ),
     ({"event": "A", "where": {"category\n": "serum"}}, "where.category\n", "is not a property name (letters, digits, _ and -)"),
     ({"in_audience": "vips\n"}, "in_audience", '"vips\\n" is not an audience key'),
     # depth and audiences
@@ -282,17 +311,37 @@ OVER_BOUNDS = [
     ({"attribute": "ltv", "in": [1, 2**64]}, "in[1]", f"18446744073709551616 is {OUT_OF_RANGE}"),
     ({"attribute": "email", "contains": "x" * 1001}, "contains", "is 1,001 characters long; a text value takes at most 1,000"),
     ({"attribute": "vip_tier", "ne": "x" * 5000}, "ne", "is 5,000 characters long; a text value takes at most 1,000"),
-    ({"attribute": "vip_tier", "in": ["gold", "y" * 1001]}, "in[1]", "is 1,001 characters long; a text value takes at most 1,000"),
+    (
+        {"attribute": "vip_tier", "in": ["gold", "y" * 1001]},
+        "in[1]",
+        "is 1,001 characters long; a text value takes at most 1,000",
+    ),
     ({"event": "A", "where": {"sku": "z" * 1001}}, "where.sku", "is 1,001 characters long; a text value takes at most 1,000"),
     ({"event": "A", "where": {"qty": 10**19}}, "where.qty", f"10000000000000000000 is {OUT_OF_RANGE}"),
     ({"event": "A", "where": {f"p{n}": n for n in range(21)}}, "where", "names 21 properties; a where takes at most 20"),
-    ({"attribute": "vip_tier", "eq": "gold\x00"}, "eq", "holds a NUL character (\\0), which PostgreSQL cannot keep in JSON; remove it"),
+    (
+        {"attribute": "vip_tier", "eq": "gold\x00"},
+        "eq",
+        "holds a NUL character (\\0), which PostgreSQL cannot keep in JSON; remove it",
+    ),
     ({"in_audience": "k" * 65}, "in_audience", f'"{"k" * 65}" is not an audience key'),
-    ({"any": [{"event": f"E{n}"} for n in range(50)]}, "",
-     "the rule has 51 conditions (counting all, any and not); at most 50 (put a part of it in an audience of its own "
-     "and use in_audience)"),
-    ({"any": [{"attribute": "a", "in": TIERS[:1000]}, {"attribute": "b", "in": TIERS[1000:2000]},
-              {"attribute": "c", "in": TIERS[2000:2001]}]}, "", "the rule lists 2,001 values in all; at most 2,000"),
+    (
+        {"any": [{"event": f"E{n}"} for n in range(50)]},
+        "",
+        "the rule has 51 conditions (counting all, any and not); at most 50 (put a part of it in an audience of its own "
+        "and use in_audience)",
+    ),
+    (
+        {
+            "any": [
+                {"attribute": "a", "in": TIERS[:1000]},
+                {"attribute": "b", "in": TIERS[1000:2000]},
+                {"attribute": "c", "in": TIERS[2000:2001]},
+            ]
+        },
+        "",
+        "the rule lists 2,001 values in all; at most 2,000",
+    ),
 ]
 
 
@@ -320,8 +369,17 @@ AT_THE_BOUNDS = [
     {"event": "A", "where": {f"p{n}": n for n in range(20)}},
     {"any": [{"attribute": "vip_tier", "in": TIERS[:1000]}, {"attribute": "vip_tier", "in": TIERS[1000:2000]}]},
     {"all": [{"event": f"E{n}", "within": "2h", "not_followed_by": "Order Completed"} for n in range(49)]},
-    {"any": [{"all": [{"not": {"event": f"E{n}", "within": "2h", "min_count": 2, "where": {"x": n}}},
-                      {"not": {"attribute": "vip_tier", "in": TIERS[n * 80:(n + 1) * 80]}}]} for n in range(9)]},
+    {
+        "any": [
+            {
+                "all": [
+                    {"not": {"event": f"E{n}", "within": "2h", "min_count": 2, "where": {"x": n}}},
+                    {"not": {"attribute": "vip_tier", "in": TIERS[n * 80 : (n + 1) * 80]}},
+                ]
+            }
+            for n in range(9)
+        ]
+    },
 ]
 
 
@@ -336,10 +394,19 @@ def test_every_rule_within_the_bounds_runs_on_the_database(rule):
     Person.objects.create(customer_id="a", attributes={"vip_tier": "tier_999", "ltv": 1.0, "lifetime_value": 2**63 - 1})
     Person.objects.create(customer_id="b", attributes={"vip_tier": "tier_1000", "ltv": "1", "lifetime_value": -(2**63)})
     Person.objects.create(customer_id="c", attributes={"ltv": True, "email": "x" * 1000})
-    members = set(Person.objects.filter(compile_rule(rule, datetime(2026, 11, 29, tzinfo=UTC)))
-                  .values_list("customer_id", flat=True))
+    members = set(
+        Person.objects.filter(compile_rule(rule, datetime(2026, 11, 29, tzinfo=UTC))).values_list("customer_id", flat=True)
+    )
     expected = {
-        0: {"a"}, 1: {"a", "b", "c"}, 2: {"a", "b"}, 3: {"a"}, 4: {"b"}, 5: {"c"}, 6: set(), 7: {"a", "b"}, 8: set(),
+        0: {"a"},
+        1: {"a", "b", "c"},
+        2: {"a", "b"},
+        3: {"a"},
+        4: {"b"},
+        5: {"c"},
+        6: set(),
+        7: {"a", "b"},
+        8: set(),
         9: {"a", "b", "c"},
     }
     assert members == expected[AT_THE_BOUNDS.index(rule)]
@@ -352,8 +419,14 @@ def test_every_rule_within_the_bounds_runs_on_the_database(rule):
     "rule, words",
     [
         ({"event": "Added to Cart", "within": "2h"}, "did Added to Cart in the last 2 hours"),
-        ({"event": "Order Completed", "within": "30d", "min_count": 3}, "did Order Completed at least 3 times in the last 30 days"),
-        ({"event": "Order Completed", "last_between": ["60d", "90d"]}, "last did Order Completed between 60 days and 90 days ago"),
+        (
+            {"event": "Order Completed", "within": "30d", "min_count": 3},
+            "did Order Completed at least 3 times in the last 30 days",
+        ),
+        (
+            {"event": "Order Completed", "last_between": ["60d", "90d"]},
+            "last did Order Completed between 60 days and 90 days ago",
+        ),
         ({"not": {"event": "Order Completed", "within": "1d"}}, "did not do Order Completed in the last 1 day"),
         (
             {"event": "Added to Cart", "within": "2h", "not_followed_by": "Order Completed"},
@@ -368,14 +441,27 @@ def test_every_rule_within_the_bounds_runs_on_the_database(rule):
             'did Product Viewed with category = "serum" in the last 7 days',
         ),
         (
-            {"all": [{"attribute": "last_order_date", "older_than": "60d"}, {"attribute": "last_order_date", "newer_than": "90d"}]},
+            {
+                "all": [
+                    {"attribute": "last_order_date", "older_than": "60d"},
+                    {"attribute": "last_order_date", "newer_than": "90d"},
+                ]
+            },
             "last_order_date is more than 60 days ago and last_order_date is within the last 90 days",
         ),
         (
-            {"all": [{"event": "Signed Up"}, {"any": [{"attribute": "vip_tier", "in": ["gold", "platinum"]}, {"attribute": "ltv", "gte": 500}]}]},
+            {
+                "all": [
+                    {"event": "Signed Up"},
+                    {"any": [{"attribute": "vip_tier", "in": ["gold", "platinum"]}, {"attribute": "ltv", "gte": 500}]},
+                ]
+            },
             'did Signed Up ever and (vip_tier is one of "gold", "platinum" or ltv is at least 500)',
         ),
-        ({"not": {"any": [{"attribute": "email", "exists": True}, {"attribute": "phone", "exists": False}]}}, "not (has email or has no phone)"),
+        (
+            {"not": {"any": [{"attribute": "email", "exists": True}, {"attribute": "phone", "exists": False}]}},
+            "not (has email or has no phone)",
+        ),
     ],
 )
 def test_describe_in_plain_words(rule, words):
@@ -384,4 +470,6 @@ def test_describe_in_plain_words(rule, words):
 
 def test_describe_uses_audience_names_when_given():
     node = parse_rule({"all": [{"in_audience": "vips"}, {"not": {"in_audience": "recent_purchasers_24h"}}]})
-    assert describe(node, {"recent_purchasers_24h": "Bought in the last day"}) == "is in vips and is not in Bought in the last day"
+    assert (
+        describe(node, {"recent_purchasers_24h": "Bought in the last day"}) == "is in vips and is not in Bought in the last day"
+    )

@@ -25,8 +25,9 @@ NOON = timezone.make_aware(datetime(2026, 6, 5, 12, 0))
 
 
 def sample(audience, seconds, size, entered=0, exited=0):
-    record_size_sample(audience, at=NOON + timedelta(seconds=seconds), size=size, entered=entered, exited=exited,
-                       full=False, duration_ms=1)
+    record_size_sample(
+        audience, at=NOON + timedelta(seconds=seconds), size=size, entered=entered, exited=exited, full=False, duration_ms=1
+    )
 
 
 @pytest.fixture
@@ -50,7 +51,8 @@ def test_samples_under_a_minute_apart_still_merge_away_from_zero(carts):
     sample(carts, 20, 0, exited=7)
     sample(carts, 30, 0)
     assert list(SizeSample.objects.filter(audience=carts).order_by("at").values_list("size", "entered", "exited")) == [
-        (7, 7, 0), (0, 0, 7),
+        (7, 7, 0),
+        (0, 0, 7),
     ]
 
 

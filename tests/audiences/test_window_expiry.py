@@ -52,8 +52,18 @@ def test_a_cart_leaves_when_its_window_ends_and_not_a_microsecond_before(source)
 
 
 def test_windows_that_open_and_dates_that_age_are_due_when_they_turn(source):
-    audience_save(data={"key": "lapsed", "name": "Lapsed", "rule": {"all": [
-        {"attribute": "last_order_date", "older_than": "60d"}, {"attribute": "last_order_date", "newer_than": "90d"}]}})
+    audience_save(
+        data={
+            "key": "lapsed",
+            "name": "Lapsed",
+            "rule": {
+                "all": [
+                    {"attribute": "last_order_date", "older_than": "60d"},
+                    {"attribute": "last_order_date", "newer_than": "90d"},
+                ]
+            },
+        }
+    )
     audience_save(data={"key": "winback", "name": "Winback", "rule": {"event": "Order Completed", "last_between": ["7d", "30d"]}})
     identify(source, "a", last_order_date=int((T0 - timedelta(days=50)).timestamp()))
     identify(source, "old", last_order_date=int((T0 - timedelta(days=100)).timestamp()))
@@ -71,8 +81,13 @@ def test_windows_that_open_and_dates_that_age_are_due_when_they_turn(source):
 
 
 def test_a_person_held_out_by_what_does_not_move_with_the_clock_gets_no_time(source):
-    audience_save(data={"key": "vip_carts", "name": "VIP carts", "rule": {"all": [
-        {"attribute": "vip", "eq": True}, {"event": "Added to Cart", "within": "2h"}]}})
+    audience_save(
+        data={
+            "key": "vip_carts",
+            "name": "VIP carts",
+            "rule": {"all": [{"attribute": "vip", "eq": True}, {"event": "Added to Cart", "within": "2h"}]},
+        }
+    )
     send(source, "a", "Added to Cart", T0 - timedelta(minutes=5))
     evaluate_all(now=T0)
     assert members("vip_carts") == set() and due("vip_carts", "a") is None
@@ -136,10 +151,12 @@ def test_a_changed_definition_is_evaluated_in_full_at_the_next_tick_and_is_no_ch
 
 
 def test_a_full_evaluation_makes_the_people_it_changed_due_for_the_realtime_audiences_reading_it(source):
-    audience_save(data={"key": "vips", "name": "VIPs", "purpose": "suppression", "cadence": "1h",
-                        "rule": {"attribute": "vip", "eq": True}})
-    audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"},
-                        "exclusions": ["vips"]})
+    audience_save(
+        data={"key": "vips", "name": "VIPs", "purpose": "suppression", "cadence": "1h", "rule": {"attribute": "vip", "eq": True}}
+    )
+    audience_save(
+        data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}, "exclusions": ["vips"]}
+    )
     send(source, "a", "Added to Cart", T0 - timedelta(minutes=5))
     evaluate_all(now=T0)
     assert members("carts") == {"a"}

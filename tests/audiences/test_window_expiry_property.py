@@ -50,19 +50,22 @@ attributes_strategy = st.tuples(
     st.dictionaries(st.sampled_from(ATTRIBUTE_KEYS), ATTRIBUTE_VALUES, max_size=2), st.one_of(st.none(), DATES)
 ).map(lambda pair: pair[0] if pair[1] is None else {**pair[0], "last_order_date": pair[1]})
 people_strategy = st.lists(
-    st.fixed_dictionaries({
-        "attributes": attributes_strategy,
-        "events": st.lists(
-            st.tuples(
-                st.sampled_from(EVENT_NAMES), RECENT,
-                st.dictionaries(st.sampled_from(["category", "qty"]), PROPERTY_VALUES, max_size=1),
+    st.fixed_dictionaries(
+        {
+            "attributes": attributes_strategy,
+            "events": st.lists(
+                st.tuples(
+                    st.sampled_from(EVENT_NAMES),
+                    RECENT,
+                    st.dictionaries(st.sampled_from(["category", "qty"]), PROPERTY_VALUES, max_size=1),
+                ),
+                min_size=1,
+                max_size=4,
             ),
-            min_size=1,
-            max_size=4,
-        ),
-        "in_a": st.booleans(),
-        "was_in_b": st.booleans(),
-    }),
+            "in_a": st.booleans(),
+            "was_in_b": st.booleans(),
+        }
+    ),
     min_size=1,
     max_size=5,
 )
@@ -71,18 +74,23 @@ people_strategy = st.lists(
 turning_leaf = st.one_of(
     event_leaf.filter(lambda leaf: "within" in leaf or "last_between" in leaf),
     st.builds(
-        lambda op, d: {"attribute": "last_order_date", op: d}, st.sampled_from(["older_than", "newer_than"]),
+        lambda op, d: {"attribute": "last_order_date", op: d},
+        st.sampled_from(["older_than", "newer_than"]),
         st.sampled_from(["1d", "60d", "90d"]),
     ),
 )
 mixed = st.tuples(st.sampled_from(["all", "any"]), st.lists(st.one_of(turning_leaf, rules_strategy), min_size=2, max_size=3))
 rule_strategy = st.one_of(
-    rules_strategy, turning_leaf, mixed.map(lambda m: {m[0]: m[1]}), mixed.map(lambda m: {"not": {m[0]: m[1]}}),
+    rules_strategy,
+    turning_leaf,
+    mixed.map(lambda m: {m[0]: m[1]}),
+    mixed.map(lambda m: {"not": {m[0]: m[1]}}),
 )
 # later arrivals: seconds after NOW, then a new event (that many seconds old) or a date attribute
 arrivals_strategy = st.lists(
     st.tuples(
-        st.integers(1, 20 * 86400), st.integers(0, 9),
+        st.integers(1, 20 * 86400),
+        st.integers(0, 9),
         st.one_of(st.tuples(st.sampled_from(EVENT_NAMES), st.integers(0, 3 * 3600)), st.tuples(st.just("date"), DATES)),
     ),
     max_size=3,
@@ -132,9 +140,12 @@ def realtime_audiences(rules) -> list[Audience]:
     made = []
     for n, rule in enumerate(rules):
         audience = Audience.objects.create(
-            key=f"x{n}", name=f"x{n}", rule={"any": [rule, {"in_audience": "x0"}]} if n == 2 else rule,
+            key=f"x{n}",
+            name=f"x{n}",
+            rule={"any": [rule, {"in_audience": "x0"}]} if n == 2 else rule,
             purpose=Audience.SUPPRESSION if n == 0 else Audience.ACTIVATION,
-            priority_group=group if n else None, priority_rank=n or None,
+            priority_group=group if n else None,
+            priority_rank=n or None,
         )
         if n == 1:
             audience.exclusions.add(made[0])
@@ -189,29 +200,54 @@ def days_ago(days: float) -> int:
 # every way an answer turns, and every way all / any / not decide when: all that holds turns with
 # its first child, any that holds with its last, a date crossing its age, a window opening
 @example(
-    people=[person([("Added to Cart", timedelta(minutes=50), {}), ("Order Completed", timedelta(days=2), {})],
-                   last_order_date=days_ago(59))],
-    rules=[{"all": [{"event": "Added to Cart", "within": "2h"}, {"event": "Order Completed", "within": "7d"}]},
-           {"all": [{"attribute": "last_order_date", "older_than": "60d"}, {"not": {"event": "Added to Cart", "within": "2h"}}]},
-           {"event": "Order Completed", "last_between": ["1d", "7d"], "not_followed_by": "Added to Cart"}],
+    people=[
+        person(
+            [("Added to Cart", timedelta(minutes=50), {}), ("Order Completed", timedelta(days=2), {})],
+            last_order_date=days_ago(59),
+        )
+    ],
+    rules=[
+        {"all": [{"event": "Added to Cart", "within": "2h"}, {"event": "Order Completed", "within": "7d"}]},
+        {"all": [{"attribute": "last_order_date", "older_than": "60d"}, {"not": {"event": "Added to Cart", "within": "2h"}}]},
+        {"event": "Order Completed", "last_between": ["1d", "7d"], "not_followed_by": "Added to Cart"},
+    ],
     arrivals=[(3 * 86400, 0, ("Added to Cart", 60))],
 )
 @example(
-    people=[person([("Added to Cart", timedelta(minutes=10), {}), ("Order Completed", timedelta(hours=5), {})],
-                   vip_tier="silver", last_order_date=days_ago(80)),
-            person([("Product Viewed", timedelta(hours=h), {"category": "serum"}) for h in (2, 5, 30)])],
-    rules=[{"any": [{"event": "Added to Cart", "within": "30m"}, {"attribute": "vip_tier", "eq": "gold"}]},
-           {"any": [{"event": "Order Completed", "within": "1d"}, {"attribute": "last_order_date", "newer_than": "90d"}]},
-           {"event": "Product Viewed", "within": "1d", "min_count": 2, "where": {"category": "serum"}}],
+    people=[
+        person(
+            [("Added to Cart", timedelta(minutes=10), {}), ("Order Completed", timedelta(hours=5), {})],
+            vip_tier="silver",
+            last_order_date=days_ago(80),
+        ),
+        person([("Product Viewed", timedelta(hours=h), {"category": "serum"}) for h in (2, 5, 30)]),
+    ],
+    rules=[
+        {"any": [{"event": "Added to Cart", "within": "30m"}, {"attribute": "vip_tier", "eq": "gold"}]},
+        {"any": [{"event": "Order Completed", "within": "1d"}, {"attribute": "last_order_date", "newer_than": "90d"}]},
+        {"event": "Product Viewed", "within": "1d", "min_count": 2, "where": {"category": "serum"}},
+    ],
     arrivals=[],
 )
 @example(
-    people=[person([("Product Viewed", timedelta(hours=20), {"category": "serum"}),
-                    ("Product Viewed", timedelta(hours=30), {"category": "toner"}),
-                    ("Order Completed", timedelta(days=3), {})])],
-    rules=[{"event": "Product Viewed", "last_between": ["1d", "7d"], "where": {"category": "serum"},
-            "not_followed_by": "Order Completed"},
-           {"not": {"event": "Product Viewed", "last_between": ["2h", "1d"], "where": {"category": "toner"}}}],
+    people=[
+        person(
+            [
+                ("Product Viewed", timedelta(hours=20), {"category": "serum"}),
+                ("Product Viewed", timedelta(hours=30), {"category": "toner"}),
+                ("Order Completed", timedelta(days=3), {}),
+            ]
+        )
+    ],
+    rules=[
+        {
+            "event": "Product Viewed",
+            "last_between": ["1d", "7d"],
+            "where": {"category": "serum"},
+            "not_followed_by": "Order Completed",
+        },
+        {"not": {"event": "Product Viewed", "last_between": ["2h", "1d"], "where": {"category": "toner"}}},
+    ],
     arrivals=[(86400, 0, ("Order Completed", 0))],
 )
 def test_evaluating_the_expired_people_keeps_the_members_of_a_full_evaluation(people, rules, arrivals):
@@ -220,8 +256,10 @@ def test_evaluating_the_expired_people_keeps_the_members_of_a_full_evaluation(pe
     load(people)
     # in_audience reads their members, fixed here: no rule of theirs to evaluate
     Audience.objects.filter(key__in=["aud_a", "aud_b"]).update(enabled=False)
-    fixed = {key: set(Membership.objects.filter(audience__key=key, exited_at__isnull=True).values_list("person_id", flat=True))
-             for key in ("aud_a", "aud_b")}
+    fixed = {
+        key: set(Membership.objects.filter(audience__key=key, exited_at__isnull=True).values_list("person_id", flat=True))
+        for key in ("aud_a", "aud_b")
+    }
     audiences = dependency_order(realtime_audiences(rules))
     durations = windows(rules)
     source = Source.objects.get(name="prop")

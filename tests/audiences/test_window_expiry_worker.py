@@ -27,8 +27,17 @@ def test_a_cart_leaves_within_seconds_of_its_window_ending():
     with running_stack() as stack:
 
         def cart(customer_id, at):
-            body = {"batch": [{"type": "track", "userId": customer_id, "event": "Added to Cart",
-                               "messageId": f"cart-{customer_id}", "timestamp": at.isoformat()}]}
+            body = {
+                "batch": [
+                    {
+                        "type": "track",
+                        "userId": customer_id,
+                        "event": "Added to Cart",
+                        "messageId": f"cart-{customer_id}",
+                        "timestamp": at.isoformat(),
+                    }
+                ]
+            }
             assert requests.post(f"{stack.web_url}/ingest/v1/batch", json=body, auth=(key, ""), timeout=10).status_code == 200
 
         cart("warm-up", timezone.now())  # once this one is in, the worker is up

@@ -16,8 +16,12 @@ from django.conf import settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 SHOTS = Path(settings.VAR_DIR) / "test-artifacts" / "screenshots"
 PASSWORD = "browser-tests-pw-1"
@@ -27,7 +31,9 @@ VIEWPORT = {"width": 1366, "height": 900}
 def pytest_collection_modifyitems(config, items):
     if CHROMIUM.exists():
         return
-    skip = pytest.mark.skip(reason=f"no chromium at {CHROMIUM}: install Debian's chromium (apt-get install chromium) to run the browser tests")
+    skip = pytest.mark.skip(
+        reason=f"no chromium at {CHROMIUM}: install Debian's chromium (apt-get install chromium) to run the browser tests"
+    )
     for item in items:
         if "browser" in item.keywords:
             item.add_marker(skip)
@@ -80,8 +86,12 @@ def page(browser, live_server):
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     # what the Content-Security-Policy blocked (an inline script, handler or style) is an error too
-    page.on("console", lambda message: errors.append(message.text)
-            if message.type == "error" and "Content Security Policy" in message.text else None)
+    page.on(
+        "console",
+        lambda message: (
+            errors.append(message.text) if message.type == "error" and "Content Security Policy" in message.text else None
+        ),
+    )
     yield page
     context.close()
     assert not errors, f"JavaScript errors on the pages: {errors}"
@@ -134,12 +144,26 @@ def world(transactional_db):
     }
     messages = []
     for customer_id, (email, events) in people.items():
-        messages.append(Message(kind="identify", customer_id=customer_id, message_id=f"{customer_id}-id",
-                                timestamp=now - timedelta(days=1), traits={"email": email, "first_name": "Test"}))
+        messages.append(
+            Message(
+                kind="identify",
+                customer_id=customer_id,
+                message_id=f"{customer_id}-id",
+                timestamp=now - timedelta(days=1),
+                traits={"email": email, "first_name": "Test"},
+            )
+        )
         for n, (name, minutes) in enumerate(events):
-            messages.append(Message(kind="event", customer_id=customer_id, message_id=f"{customer_id}-{n}",
-                                    timestamp=now - timedelta(minutes=minutes), name=name,
-                                    properties={"product_id": "SER-01", "category": "serum", "price": 38.0}))
+            messages.append(
+                Message(
+                    kind="event",
+                    customer_id=customer_id,
+                    message_id=f"{customer_id}-{n}",
+                    timestamp=now - timedelta(minutes=minutes),
+                    name=name,
+                    properties={"product_id": "SER-01", "category": "serum", "price": 38.0},
+                )
+            )
     ingest_messages(source=demo_source(), messages=messages, received_at=now)
     evaluate_all()
     yield {"people": people}

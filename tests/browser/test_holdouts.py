@@ -55,10 +55,21 @@ def test_a_holdout_set_in_the_sync_editor_and_the_lift_read_on_the_pages(page, m
     # new carts: the holdout chooses by customer id, and the person page says why one was not sent
     now = timezone.now()
     carts = [f"bt_holdout_{n:02d}" for n in range(40)]
-    ingest_messages(source=demo_source(), received_at=now, messages=[
-        Message(kind="event", customer_id=c, message_id=f"{c}-cart", timestamp=now - timedelta(minutes=5), name="Added to Cart",
-                properties={"product_id": "SER-01"}) for c in carts
-    ])
+    ingest_messages(
+        source=demo_source(),
+        received_at=now,
+        messages=[
+            Message(
+                kind="event",
+                customer_id=c,
+                message_id=f"{c}-cart",
+                timestamp=now - timedelta(minutes=5),
+                name="Added to Cart",
+                properties={"product_id": "SER-01"},
+            )
+            for c in carts
+        ],
+    )
     evaluate_all()
     held = [c for c in carts if holdouts.position("demo-2026", c) < 0.1]
     assert held, "the 10 % holdout picks some of 40 people"

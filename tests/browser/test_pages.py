@@ -114,10 +114,26 @@ def test_a_retention_manager_builds_the_two_stage_cart_audience(page, manager, s
     shot(page, "dashboard")
     group, group_name = cart_group_for_new_stages(page, shot)
     page.goto("/admin/")
-    build_stage(page, shot, key="social_cart_0_2h", wrong_name="tiktok_cart_0-2h_nopurch",
-                name="social_cart_0-2h_nopurch", within="2h", group=group, rank=1)
-    build_stage(page, shot, key="social_cart_2_24h", wrong_name="tiktok_cart_2-24h_nopurch",
-                name="social_cart_2-24h_nopurch", within="24h", group=group, rank=2)
+    build_stage(
+        page,
+        shot,
+        key="social_cart_0_2h",
+        wrong_name="tiktok_cart_0-2h_nopurch",
+        name="social_cart_0-2h_nopurch",
+        within="2h",
+        group=group,
+        rank=1,
+    )
+    build_stage(
+        page,
+        shot,
+        key="social_cart_2_24h",
+        wrong_name="tiktok_cart_2-24h_nopurch",
+        name="social_cart_2-24h_nopurch",
+        within="24h",
+        group=group,
+        rank=2,
+    )
 
     first, second = Audience.objects.get(key="social_cart_0_2h"), Audience.objects.get(key="social_cart_2_24h")
     assert first.rule == {"event": "Added to Cart", "within": "2h", "not_followed_by": "Order Completed"}
@@ -131,7 +147,9 @@ def test_a_retention_manager_builds_the_two_stage_cart_audience(page, manager, s
     evaluate_all()
 
     def members(audience):
-        return set(Membership.objects.filter(audience=audience, exited_at__isnull=True).values_list("person__customer_id", flat=True))
+        return set(
+            Membership.objects.filter(audience=audience, exited_at__isnull=True).values_list("person__customer_id", flat=True)
+        )
 
     fresh, stale = members(first), members(second)
     assert fresh and stale and not fresh & stale
@@ -193,7 +211,9 @@ def test_the_yaml_and_the_rows_follow_each_other(page, manager, shot, login, wor
     shot(page, "editor-rows-to-yaml")
 
     # a rule that nests deeper than rows: the rows step aside and say so
-    yaml_box.fill("any:\n  - all:\n      - event: Added to Cart\n      - attribute: vip_tier\n        eq: gold\n  - event: Checkout Started\n")
+    yaml_box.fill(
+        "any:\n  - all:\n      - event: Added to Cart\n      - attribute: vip_tier\n        eq: gold\n  - event: Checkout Started\n"
+    )
     expect(page.locator("#rows-too-complex")).to_contain_text("nests groups of conditions")
     expect(page.locator("#rows")).to_be_hidden()
     wait_for_preview(page)
@@ -244,7 +264,9 @@ def test_an_alert_is_acknowledged_from_the_dashboard(page, manager, shot, login,
     from syncs.models import Alert
 
     alert = alert_open(
-        key="zero_count:audience:bt", kind=Alert.ZERO_COUNT, audience=Audience.objects.get(key="cart_2_24h"),
+        key="zero_count:audience:bt",
+        kind=Alert.ZERO_COUNT,
+        audience=Audience.objects.get(key="cart_2_24h"),
         message="paid_cart_2-24h_nopurch has had 0 members for 2 hours (it usually has 9).",
     )
     login(page, "rita")
@@ -304,14 +326,19 @@ def test_the_sync_alerts_review_and_history_pages(page, manager, shot, login, wo
 
     from audiences.services import audience_save
 
-    audience_save(instance=Audience.objects.get(key="serum_viewers_7d"), actor=manager,
-                  data={"exclusions": ["recent_purchasers_24h", "vip_do_not_discount"], "cadence": "1h"})
+    audience_save(
+        instance=Audience.objects.get(key="serum_viewers_7d"),
+        actor=manager,
+        data={"exclusions": ["recent_purchasers_24h", "vip_do_not_discount"], "cadence": "1h"},
+    )
     page.get_by_role("link", name="Setting history").click()
     expect(page.locator("h1")).to_contain_text("Setting history")
     changes = page.locator("table.ds-table tbody tr").filter(has_text="serum_viewers_7d changed").filter(has_text="rita")
     expect(changes.filter(has_text="cadence: 15m → 1h")).to_have_count(1)
     # related settings by name, not by id
-    expect(changes.filter(has_text="exclusions: paid_purchased_24h_none → paid_purchased_24h_none, paid_vip_any_nodiscount")).to_have_count(1)
+    expect(
+        changes.filter(has_text="exclusions: paid_purchased_24h_none → paid_purchased_24h_none, paid_vip_any_nodiscount")
+    ).to_have_count(1)
     expect(page.locator("table.ds-table tbody")).to_contain_text("owner: — → manager")
     shot(page, "setting-history")
     page.get_by_label("Show").select_option("priority group")

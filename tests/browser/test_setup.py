@@ -63,13 +63,18 @@ def test_a_livelike_destination_and_sync_set_up_tested_previewed_and_live(page, 
 
         expect(page.locator(".messagelist")).to_contain_text("It is in dry run")
         expect(page.locator(".dry-run-panel")).to_contain_text("Dry run: nothing is sent yet")
-        members = set(Membership.objects.filter(audience__key="cart_0_2h", exited_at__isnull=True)
-                      .values_list("person__customer_id", flat=True))
+        members = set(
+            Membership.objects.filter(audience__key="cart_0_2h", exited_at__isnull=True).values_list(
+                "person__customer_id", flat=True
+            )
+        )
         assert members, "the cart audience has members to preview"
         body = json.loads(page.locator("#wire-body").inner_text())
         assert {row["user_id"] for row in body} <= members and all(row["action"] is True for row in body)
         assert all(row["audience_id"] == "cart_0_2h" and "@" in row["email"] for row in body)
-        expect(page.locator(".first-batch")).to_contain_text(f"POST {livelike.api_url}/applications/shop-app/segment-audience-sync/")
+        expect(page.locator(".first-batch")).to_contain_text(
+            f"POST {livelike.api_url}/applications/shop-app/segment-audience-sync/"
+        )
         expect(page.locator(".first-batch")).to_contain_text("•••• (stored credential)")
         shot(page, "sync-dry-run-first-batch")
 

@@ -10,7 +10,5 @@ if _days:
 
     import time_machine
 
-    _travel = time_machine.travel(
-        datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=float(_days)), tick=True
-    )
+    _travel = time_machine.travel(datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=float(_days)), tick=True)
     _travel.start()

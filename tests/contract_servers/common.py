@@ -547,18 +547,14 @@ class ContractServer:
             seconds = req.record.get("retry_after", 1)
         else:
             seconds = self.faults.retry_after_header
-        return Response.json(
-            429, self.error_body(429, "rate limit exceeded"), headers=[("Retry-After", str(seconds))]
-        )
+        return Response.json(429, self.error_body(429, "rate limit exceeded"), headers=[("Retry-After", str(seconds))])
 
     def _safe_handle(self, req: Request) -> Response:
         try:
             return self.handle(req)
         except Exception:
             with self._lock:
-                self._server_errors.append(
-                    {"method": req.method, "path": req.path, "traceback": traceback.format_exc()}
-                )
+                self._server_errors.append({"method": req.method, "path": req.path, "traceback": traceback.format_exc()})
             return Response.json(500, self.error_body(500, "contract server bug"))
 
     def _answered(self, record: dict, response: Response) -> None:
@@ -607,9 +603,7 @@ def arg_parser(description: str, *, default_rate_limit: float | None = None) -> 
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     parser.add_argument("--fault-rate", type=float, default=0.0, help="share of requests faulted, 0..1")
-    parser.add_argument(
-        "--fault-kinds", default=",".join(FAULT_KINDS), help="comma-separated subset of 429,500,timeout,reset"
-    )
+    parser.add_argument("--fault-kinds", default=",".join(FAULT_KINDS), help="comma-separated subset of 429,500,timeout,reset")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--retry-after", type=float, default=1.0, help="seconds sent in Retry-After (ceil)")
     parser.add_argument("--slow-seconds", type=float, default=3.0, help="delay of a 'timeout' fault")

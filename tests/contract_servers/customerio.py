@@ -324,9 +324,7 @@ class CustomerIoServer(ContractServer):
         }
 
     def extra_state(self, req: Request) -> dict:
-        return {
-            "segments": {str(s["id"]): {"name": s["name"], "members": s["count"]} for s in self._segments.values()}
-        }
+        return {"segments": {str(s["id"]): {"name": s["name"], "members": s["count"]} for s in self._segments.values()}}
 
 
 def _segment_arg(value: str) -> tuple[int, str, int]:

@@ -60,40 +60,77 @@ MAX_MEMBERS = 10_000
 MAX_IDENTIFIERS = 10
 MAX_DESTINATIONS = 10
 DOMAIN = "datamanager.googleapis.com"
-CODES = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404,
-         "RESOURCE_EXHAUSTED": 429, "INTERNAL": 500, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
+CODES = {
+    "INVALID_ARGUMENT": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 429,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
 ACCOUNT_TYPES = ("GOOGLE_ADS", "DISPLAY_VIDEO_PARTNER", "DISPLAY_VIDEO_ADVERTISER", "DATA_PARTNER")
 CONSENT_STATUSES = ("CONSENT_STATUS_UNSPECIFIED", "CONSENT_GRANTED", "CONSENT_DENIED")
 ENCODINGS = ("ENCODING_UNSPECIFIED", "HEX", "BASE64")
 TERMS = ("TERMS_OF_SERVICE_STATUS_UNSPECIFIED", "ACCEPTED", "REJECTED")
 USER_LIST = re.compile(r"^/v1/accountTypes/([^/]+)/accounts/([^/]+)/userLists(?:/([^/]+))?$")
 PER_MINUTE_QUOTA = "IngestionMutateRequestsPerMinutePerProject"
-MATCH_RATE_RANGES = ((20, "MATCH_RATE_RANGE_LESS_THAN_20"), (31, "MATCH_RATE_RANGE_20_TO_30"),
-                     (41, "MATCH_RATE_RANGE_31_TO_40"), (51, "MATCH_RATE_RANGE_41_TO_50"),
-                     (61, "MATCH_RATE_RANGE_51_TO_60"), (71, "MATCH_RATE_RANGE_61_TO_70"),
-                     (81, "MATCH_RATE_RANGE_71_TO_80"), (91, "MATCH_RATE_RANGE_81_TO_90"),
-                     (101, "MATCH_RATE_RANGE_91_TO_100"))
+MATCH_RATE_RANGES = (
+    (20, "MATCH_RATE_RANGE_LESS_THAN_20"),
+    (31, "MATCH_RATE_RANGE_20_TO_30"),
+    (41, "MATCH_RATE_RANGE_31_TO_40"),
+    (51, "MATCH_RATE_RANGE_41_TO_50"),
+    (61, "MATCH_RATE_RANGE_51_TO_60"),
+    (71, "MATCH_RATE_RANGE_61_TO_70"),
+    (81, "MATCH_RATE_RANGE_71_TO_80"),
+    (91, "MATCH_RATE_RANGE_81_TO_90"),
+    (101, "MATCH_RATE_RANGE_91_TO_100"),
+)
 
 # Each message: its fields in proto3 JSON (camelCase) and their kinds. A name not here is
 # "Unknown name ... Cannot find field", as Google's JSON parser answers.
 STRING, BOOL, MESSAGE, LIST = "string", "bool", "message", "list"
 SCHEMA = {
-    "ingest": {"destinations": (LIST, "Destination"), "audienceMembers": (LIST, "AudienceMember"),
-               "consent": (MESSAGE, "Consent"), "validateOnly": (BOOL, None), "encoding": (ENCODINGS, None),
-               "encryptionInfo": (MESSAGE, "EncryptionInfo"), "termsOfService": (MESSAGE, "TermsOfService")},
-    "remove": {"destinations": (LIST, "Destination"), "audienceMembers": (LIST, "AudienceMember"),
-               "validateOnly": (BOOL, None), "encoding": (ENCODINGS, None), "encryptionInfo": (MESSAGE, "EncryptionInfo")},
-    "Destination": {"reference": (STRING, None), "loginAccount": (MESSAGE, "ProductAccount"),
-                    "linkedAccount": (MESSAGE, "ProductAccount"), "operatingAccount": (MESSAGE, "ProductAccount"),
-                    "productDestinationId": (STRING, None)},
+    "ingest": {
+        "destinations": (LIST, "Destination"),
+        "audienceMembers": (LIST, "AudienceMember"),
+        "consent": (MESSAGE, "Consent"),
+        "validateOnly": (BOOL, None),
+        "encoding": (ENCODINGS, None),
+        "encryptionInfo": (MESSAGE, "EncryptionInfo"),
+        "termsOfService": (MESSAGE, "TermsOfService"),
+    },
+    "remove": {
+        "destinations": (LIST, "Destination"),
+        "audienceMembers": (LIST, "AudienceMember"),
+        "validateOnly": (BOOL, None),
+        "encoding": (ENCODINGS, None),
+        "encryptionInfo": (MESSAGE, "EncryptionInfo"),
+    },
+    "Destination": {
+        "reference": (STRING, None),
+        "loginAccount": (MESSAGE, "ProductAccount"),
+        "linkedAccount": (MESSAGE, "ProductAccount"),
+        "operatingAccount": (MESSAGE, "ProductAccount"),
+        "productDestinationId": (STRING, None),
+    },
     "ProductAccount": {"accountId": (STRING, None), "accountType": (("ACCOUNT_TYPE_UNSPECIFIED", *ACCOUNT_TYPES), None)},
-    "AudienceMember": {"userData": (MESSAGE, "UserData"), "pairData": (MESSAGE, "Ids"), "mobileData": (MESSAGE, "Ids"),
-                       "consent": (MESSAGE, "Consent")},
+    "AudienceMember": {
+        "userData": (MESSAGE, "UserData"),
+        "pairData": (MESSAGE, "Ids"),
+        "mobileData": (MESSAGE, "Ids"),
+        "consent": (MESSAGE, "Consent"),
+    },
     "Ids": {"pairIds": (LIST, STRING), "mobileIds": (LIST, STRING)},
     "UserData": {"userIdentifiers": (LIST, "UserIdentifier")},
     "UserIdentifier": {"emailAddress": (STRING, None), "phoneNumber": (STRING, None), "address": (MESSAGE, "AddressInfo")},
-    "AddressInfo": {"givenName": (STRING, None), "familyName": (STRING, None), "regionCode": (STRING, None),
-                    "postalCode": (STRING, None)},
+    "AddressInfo": {
+        "givenName": (STRING, None),
+        "familyName": (STRING, None),
+        "regionCode": (STRING, None),
+        "postalCode": (STRING, None),
+    },
     "Consent": {"adUserData": (CONSENT_STATUSES, None), "adPersonalization": (CONSENT_STATUSES, None)},
     "TermsOfService": {"customerMatchTermsOfServiceStatus": (TERMS, None)},
     "EncryptionInfo": {},
@@ -116,8 +153,11 @@ class Refusal(Exception):
         self.metadata = metadata
 
     def response(self) -> Response:
-        return Response.json(CODES[self.status], error_body(self.status, self.message, violations=self.violations,
-                                                            reason=self.reason, metadata=self.metadata), headers=self.headers)
+        return Response.json(
+            CODES[self.status],
+            error_body(self.status, self.message, violations=self.violations, reason=self.reason, metadata=self.metadata),
+            headers=self.headers,
+        )
 
 
 def error_body(status: str, message: str, *, violations=(), reason: str | None = None, metadata=None) -> dict:
@@ -145,8 +185,10 @@ def check_json(value, message: str, path: str) -> None:
     """proto3 JSON parsing: unknown names, wrong types and unknown enum values refuse the request."""
     fields = SCHEMA[message]
     if not isinstance(value, dict):
-        raise invalid([{"field": path or "body", "description": f"Invalid JSON payload received. Expected an object at '{path}'."}],
-                      "Invalid JSON payload received.")
+        raise invalid(
+            [{"field": path or "body", "description": f"Invalid JSON payload received. Expected an object at '{path}'."}],
+            "Invalid JSON payload received.",
+        )
     for name, item in value.items():
         spec = fields.get(name)
         if spec is None:
@@ -199,8 +241,10 @@ def decode_hash(value: str, encoding: str) -> str | None:
 def effective_consent(member: dict, request: dict) -> dict:
     """The member's own consent, part by part, else the request's."""
     unspecified = "CONSENT_STATUS_UNSPECIFIED"
-    return {part: next((v for v in (member.get(part), request.get(part)) if v and v != unspecified), unspecified)
-            for part in ("adUserData", "adPersonalization")}
+    return {
+        part: next((v for v in (member.get(part), request.get(part)) if v and v != unspecified), unspecified)
+        for part in ("adUserData", "adPersonalization")
+    }
 
 
 def match_share_of(hex_hash: str) -> float:
@@ -217,9 +261,20 @@ class GoogleDataManagerServer(ContractServer):
 
     name = "google"
 
-    def __init__(self, token: str = "test-access-token", *, account_id: str = "1234567890", account_type: str = "GOOGLE_ADS",
-                 user_lists=("5550001",), login_accounts=(), match_share: float = 1.0, require_consent: bool = False,
-                 processing_polls: int = 0, keep_members: bool = True, **kwargs):
+    def __init__(
+        self,
+        token: str = "test-access-token",
+        *,
+        account_id: str = "1234567890",
+        account_type: str = "GOOGLE_ADS",
+        user_lists=("5550001",),
+        login_accounts=(),
+        match_share: float = 1.0,
+        require_consent: bool = False,
+        processing_polls: int = 0,
+        keep_members: bool = True,
+        **kwargs,
+    ):
         self.token = token
         self.account = (account_type, account_id)
         self.user_lists = set(user_lists)
@@ -242,15 +297,23 @@ class GoogleDataManagerServer(ContractServer):
         with self._lock:
             self.user_lists.add(user_list_id)
 
-    def refuse_next(self, status: str, times: int = 1, *, message: str | None = None, retry_after: int | None = None,
-                    quota_limit: str | None = None) -> None:
+    def refuse_next(
+        self,
+        status: str,
+        times: int = 1,
+        *,
+        message: str | None = None,
+        retry_after: int | None = None,
+        quota_limit: str | None = None,
+    ) -> None:
         """Answer the next `times` API requests with Google's error for a canonical status
         (UNAVAILABLE, RESOURCE_EXHAUSTED, PERMISSION_DENIED, ...), whatever they carry."""
         headers = [("Retry-After", str(retry_after))] if retry_after is not None else []
         metadata = {"quota_limit": quota_limit} if quota_limit else None
         with self._refusals_lock:
-            self._refusals += [Refusal(status, message or f"scripted {status}", metadata=metadata, headers=headers,
-                                       reason=status)] * times
+            self._refusals += [
+                Refusal(status, message or f"scripted {status}", metadata=metadata, headers=headers, reason=status)
+            ] * times
 
     # -- recorded state --------------------------------------------------------------------
 
@@ -277,8 +340,11 @@ class GoogleDataManagerServer(ContractServer):
 
     def error_body(self, status: int, message: str):
         if status == 429:
-            return error_body("RESOURCE_EXHAUSTED", "Quota exceeded for quota metric 'Ingestion mutate requests' and limit "
-                              f"'{PER_MINUTE_QUOTA}'.", metadata={"quota_limit": PER_MINUTE_QUOTA})
+            return error_body(
+                "RESOURCE_EXHAUSTED",
+                f"Quota exceeded for quota metric 'Ingestion mutate requests' and limit '{PER_MINUTE_QUOTA}'.",
+                metadata={"quota_limit": PER_MINUTE_QUOTA},
+            )
         return error_body("INTERNAL", "Internal error encountered.")
 
     # -- HTTP ------------------------------------------------------------------------------
@@ -290,15 +356,22 @@ class GoogleDataManagerServer(ContractServer):
             return refusal.response()
 
     def _handle(self, req: Request) -> Response:
-        route = {("POST", "/v1/audienceMembers:ingest"): "ingest", ("POST", "/v1/audienceMembers:remove"): "remove",
-                 ("GET", "/v1/requestStatus:retrieve"): "status"}.get((req.method, req.path))
+        route = {
+            ("POST", "/v1/audienceMembers:ingest"): "ingest",
+            ("POST", "/v1/audienceMembers:remove"): "remove",
+            ("GET", "/v1/requestStatus:retrieve"): "status",
+        }.get((req.method, req.path))
         user_list = USER_LIST.match(req.path) if req.method == "GET" else None
         if route is None and user_list is None:
             raise Refusal("NOT_FOUND", f"The requested URL {req.path} was not found on this server.")
         if req.headers.get("Authorization") != f"Bearer {self.token}":
-            raise Refusal("UNAUTHENTICATED", "Request had invalid authentication credentials. Expected OAuth 2 access token, "
-                          "login cookie or other valid authentication credential.", reason="ACCESS_TOKEN_TYPE_UNSUPPORTED",
-                          headers=[("WWW-Authenticate", 'Bearer realm="https://accounts.google.com/"')])
+            raise Refusal(
+                "UNAUTHENTICATED",
+                "Request had invalid authentication credentials. Expected OAuth 2 access token, "
+                "login cookie or other valid authentication credential.",
+                reason="ACCESS_TOKEN_TYPE_UNSUPPORTED",
+                headers=[("WWW-Authenticate", 'Bearer realm="https://accounts.google.com/"')],
+            )
         with self._refusals_lock:
             scripted = self._refusals.pop(0) if self._refusals else None
         if scripted:
@@ -321,25 +394,45 @@ class GoogleDataManagerServer(ContractServer):
         if not destinations:
             raise invalid([violation("destinations", "REQUIRED_FIELD_MISSING", "Destinations are required.")])
         if len(destinations) > MAX_DESTINATIONS:
-            raise invalid([violation("destinations", "TOO_MANY_DESTINATIONS",
-                                     f"Maximum number of destinations allowed per request is {MAX_DESTINATIONS}.")])
+            raise invalid(
+                [
+                    violation(
+                        "destinations",
+                        "TOO_MANY_DESTINATIONS",
+                        f"Maximum number of destinations allowed per request is {MAX_DESTINATIONS}.",
+                    )
+                ]
+            )
         lists = []
         for index, destination in enumerate(destinations):
             operating = destination.get("operatingAccount") or {}
             if not operating.get("accountId") or operating.get("accountType") in (None, "ACCOUNT_TYPE_UNSPECIFIED"):
-                raise invalid([violation(f"destinations[{index}].operating_account", "REQUIRED_FIELD_MISSING",
-                                         "The operating account's type and id are required.")])
+                raise invalid(
+                    [
+                        violation(
+                            f"destinations[{index}].operating_account",
+                            "REQUIRED_FIELD_MISSING",
+                            "The operating account's type and id are required.",
+                        )
+                    ]
+                )
             login = destination.get("loginAccount")
             allowed = (operating.get("accountType"), operating.get("accountId")) == self.account and (
-                login is None or (login.get("accountType"), login.get("accountId")) in self.login_accounts | {self.account})
+                login is None or (login.get("accountType"), login.get("accountId")) in self.login_accounts | {self.account}
+            )
             if not allowed:
                 raise Refusal("PERMISSION_DENIED", "The caller does not have permission", reason="PERMISSION_DENIED")
             list_id = destination.get("productDestinationId")
             if not list_id:
                 raise invalid([violation(f"destinations[{index}].product_destination_id", "REQUIRED_FIELD_MISSING")])
             if list_id not in self.user_lists:
-                raise invalid([violation(f"destinations[{index}].product_destination_id", "INVALID_USER_LIST_ID",
-                                         "User list is not valid.")])
+                raise invalid(
+                    [
+                        violation(
+                            f"destinations[{index}].product_destination_id", "INVALID_USER_LIST_ID", "User list is not valid."
+                        )
+                    ]
+                )
             lists.append(list_id)
         return lists
 
@@ -347,23 +440,38 @@ class GoogleDataManagerServer(ContractServer):
         where = f"audience_members.audience_members[{index}]"
         data = [k for k in ("userData", "pairData", "mobileData") if member.get(k) is not None]
         if data != ["userData"]:
-            problems.append(violation(where, "INVALID_AUDIENCE_MEMBER",
-                                      "This server takes UserData members only." if data else "The member has no data."))
+            problems.append(
+                violation(
+                    where,
+                    "INVALID_AUDIENCE_MEMBER",
+                    "This server takes UserData members only." if data else "The member has no data.",
+                )
+            )
             return None
         identifiers = member["userData"].get("userIdentifiers") or []
         if not identifiers:
             problems.append(violation(f"{where}.user_data.user_identifiers", "REQUIRED_FIELD_MISSING"))
             return None
         if len(identifiers) > MAX_IDENTIFIERS:
-            problems.append(violation(f"{where}.user_data.user_identifiers", "TOO_MANY_USER_IDENTIFIERS",
-                                      f"Maximum number of user identifiers allowed per audience member is {MAX_IDENTIFIERS}."))
+            problems.append(
+                violation(
+                    f"{where}.user_data.user_identifiers",
+                    "TOO_MANY_USER_IDENTIFIERS",
+                    f"Maximum number of user identifiers allowed per audience member is {MAX_IDENTIFIERS}.",
+                )
+            )
             return None
         found = set()
         for identifier in identifiers:
             present = [k for k, v in identifier.items() if v is not None]
             if len(present) != 1:
-                problems.append(violation(f"{where}.user_data.user_identifiers", "INVALID_FORMAT",
-                                          "Exactly one of email_address, phone_number, address must be set."))
+                problems.append(
+                    violation(
+                        f"{where}.user_data.user_identifiers",
+                        "INVALID_FORMAT",
+                        "Exactly one of email_address, phone_number, address must be set.",
+                    )
+                )
                 return None
             kind = present[0]
             if kind == "address":
@@ -372,13 +480,18 @@ class GoogleDataManagerServer(ContractServer):
                 for name, label in (("givenName", "Given name"), ("familyName", "Family name")):
                     hashed = decode_hash(address.get(name) or "", encoding)
                     if not address.get(name):
-                        problems.append(violation(f"{where}.user_data.user_identifiers", "REQUIRED_FIELD_MISSING",
-                                                  f"{label} is required."))
+                        problems.append(
+                            violation(f"{where}.user_data.user_identifiers", "REQUIRED_FIELD_MISSING", f"{label} is required.")
+                        )
                         return None
                     if hashed is None:
-                        problems.append(violation(f"{where}.user_data.user_identifiers", "INVALID_HEX_ENCODING"
-                                                  if encoding == "HEX" else "INVALID_BASE64_ENCODING",
-                                                  f"{label} is not {encoding.lower()} encoded."))
+                        problems.append(
+                            violation(
+                                f"{where}.user_data.user_identifiers",
+                                "INVALID_HEX_ENCODING" if encoding == "HEX" else "INVALID_BASE64_ENCODING",
+                                f"{label} is not {encoding.lower()} encoded.",
+                            )
+                        )
                         return None
                     if len(hashed) != 64:
                         problems.append(violation(where, "INVALID_SHA256_FORMAT"))
@@ -386,21 +499,31 @@ class GoogleDataManagerServer(ContractServer):
                     parts.append(hashed)
                 region, postal = address.get("regionCode") or "", (address.get("postalCode") or "").strip()
                 if not re.fullmatch(r"[A-Z]{2}", region):
-                    problems.append(violation(f"{where}.user_data.user_identifiers", "INVALID_FORMAT",
-                                              "Region code must be an ISO-3166-1 alpha-2 code."))
+                    problems.append(
+                        violation(
+                            f"{where}.user_data.user_identifiers",
+                            "INVALID_FORMAT",
+                            "Region code must be an ISO-3166-1 alpha-2 code.",
+                        )
+                    )
                     return None
                 if not postal:
-                    problems.append(violation(f"{where}.user_data.user_identifiers", "INVALID_POSTAL_CODE",
-                                              "Postal code is not valid."))
+                    problems.append(
+                        violation(f"{where}.user_data.user_identifiers", "INVALID_POSTAL_CODE", "Postal code is not valid.")
+                    )
                     return None
                 found.add(("address", (*parts, region, postal)))
                 continue
             hashed = decode_hash(identifier[kind], encoding)
             label = "Email" if kind == "emailAddress" else "Phone number"
             if hashed is None:
-                problems.append(violation(f"{where}.user_data.user_identifiers",
-                                          "INVALID_HEX_ENCODING" if encoding == "HEX" else "INVALID_BASE64_ENCODING",
-                                          f"{label} is not {encoding.lower()} encoded."))
+                problems.append(
+                    violation(
+                        f"{where}.user_data.user_identifiers",
+                        "INVALID_HEX_ENCODING" if encoding == "HEX" else "INVALID_BASE64_ENCODING",
+                        f"{label} is not {encoding.lower()} encoded.",
+                    )
+                )
                 return None
             if len(hashed) != 64:
                 problems.append(violation(where, "INVALID_SHA256_FORMAT"))
@@ -417,14 +540,26 @@ class GoogleDataManagerServer(ContractServer):
         if not members:
             raise invalid([violation("audience_members", "REQUIRED_FIELD_MISSING", "Audience members are required.")])
         if len(members) > MAX_MEMBERS:
-            raise invalid([violation("audience_members", "TOO_MANY_AUDIENCE_MEMBERS",
-                                     f"Maximum number of audience members allowed per request is {MAX_MEMBERS:,}.")])
+            raise invalid(
+                [
+                    violation(
+                        "audience_members",
+                        "TOO_MANY_AUDIENCE_MEMBERS",
+                        f"Maximum number of audience members allowed per request is {MAX_MEMBERS:,}.",
+                    )
+                ]
+            )
         encoding = body.get("encoding") or "ENCODING_UNSPECIFIED"
         if encoding == "ENCODING_UNSPECIFIED":
             raise invalid([violation("encoding", "REQUIRED_FIELD_MISSING", "Encoding is required for UserData uploads.")])
         if ingest and (body.get("termsOfService") or {}).get("customerMatchTermsOfServiceStatus") != "ACCEPTED":
-            raise invalid([violation("terms_of_service", "TERMS_AND_CONDITIONS_NOT_SIGNED",
-                                     "Required terms and conditions are not accepted.")])
+            raise invalid(
+                [
+                    violation(
+                        "terms_of_service", "TERMS_AND_CONDITIONS_NOT_SIGNED", "Required terms and conditions are not accepted."
+                    )
+                ]
+            )
         problems: list[dict] = []
         keys = [self._member_identifiers(i, m, encoding, problems) for i, m in enumerate(members)]
         if problems:
@@ -451,9 +586,17 @@ class GoogleDataManagerServer(ContractServer):
             for list_id in lists:
                 for key, consent, own, failure in applied:
                     if self.keep_members:
-                        self._received.append({"request_id": request_id, "action": "ingest" if ingest else "remove",
-                                               "user_list": list_id, "identifiers": key, "consent": consent,
-                                               "member_consent": own, "failure": failure})
+                        self._received.append(
+                            {
+                                "request_id": request_id,
+                                "action": "ingest" if ingest else "remove",
+                                "user_list": list_id,
+                                "identifiers": key,
+                                "consent": consent,
+                                "member_consent": own,
+                                "failure": failure,
+                            }
+                        )
                     if failure is None:
                         (self._add if ingest else self._remove)(list_id, key)
             matched = sum(1 for key, _, _, failure in applied if failure is None and self._matches(key))
@@ -461,8 +604,13 @@ class GoogleDataManagerServer(ContractServer):
             self._members_removed += 0 if ingest else len(members)
             self._consent_failures += sum(failures.values())
             self._statuses[request_id] = {
-                "action": "ingest" if ingest else "remove", "destinations": body["destinations"], "records": len(members),
-                "identifiers": sum(len(k) for k in keys), "failures": failures, "matched": matched, "polls": 0,
+                "action": "ingest" if ingest else "remove",
+                "destinations": body["destinations"],
+                "records": len(members),
+                "identifiers": sum(len(k) for k in keys),
+                "failures": failures,
+                "matched": matched,
+                "polls": 0,
             }
         return Response.json(200, {"requestId": request_id})
 
@@ -529,11 +677,16 @@ class GoogleDataManagerServer(ContractServer):
                     data["uploadMatchRateRange"] = next(name for limit, name in MATCH_RATE_RANGES if share < limit)
                 answer["audienceMembersIngestionStatus"] = {"userDataIngestionStatus": data}
             else:
-                answer["audienceMembersRemovalStatus"] = {"userDataRemovalStatus": {
-                    "recordCount": str(status["records"]), "userIdentifierCount": str(status["identifiers"])}}
+                answer["audienceMembersRemovalStatus"] = {
+                    "userDataRemovalStatus": {
+                        "recordCount": str(status["records"]),
+                        "userIdentifierCount": str(status["identifiers"]),
+                    }
+                }
             if failed and not processing:
-                answer["errorInfo"] = {"errorCounts": [{"recordCount": str(n), "reason": reason}
-                                                       for reason, n in sorted(status["failures"].items())]}
+                answer["errorInfo"] = {
+                    "errorCounts": [{"recordCount": str(n), "reason": reason} for reason, n in sorted(status["failures"].items())]
+                }
             answers.append(answer)
         return Response.json(200, {"requestStatusPerDestination": answers})
 
@@ -552,19 +705,29 @@ class GoogleDataManagerServer(ContractServer):
             raise Refusal("PERMISSION_DENIED", "The caller does not have permission", reason="PERMISSION_DENIED")
         with self._lock:
             if list_id not in self.user_lists:
-                raise Refusal("NOT_FOUND", f"User list accountTypes/{account_type}/accounts/{account_id}/userLists/{list_id} "
-                              "was not found.")
+                raise Refusal(
+                    "NOT_FOUND", f"User list accountTypes/{account_type}/accounts/{account_id}/userLists/{list_id} was not found."
+                )
             members = self._members.get(list_id, set())
             total = len(members) if self.keep_members else self._sizes.get(list_id, 0)
             matched = sum(1 for m in members if self._matches(m)) if self.keep_members else round(total * self.match_share)
-        return Response.json(200, {
-            "name": f"accountTypes/{account_type}/accounts/{account_id}/userLists/{list_id}",
-            "id": list_id, "displayName": f"Customer list {list_id}", "membershipStatus": "OPEN",
-            "sizeInfo": {"displayNetworkMembersCount": str(matched), "searchNetworkMembersCount": str(matched)},
-            "ingestedUserListInfo": {"uploadKeyTypes": ["CONTACT_ID"], "contactIdInfo": {
-                "dataSourceType": "DATA_SOURCE_TYPE_FIRST_PARTY",
-                "matchRatePercentage": round(100 * matched / total) if total else 0}},
-        })
+        return Response.json(
+            200,
+            {
+                "name": f"accountTypes/{account_type}/accounts/{account_id}/userLists/{list_id}",
+                "id": list_id,
+                "displayName": f"Customer list {list_id}",
+                "membershipStatus": "OPEN",
+                "sizeInfo": {"displayNetworkMembersCount": str(matched), "searchNetworkMembersCount": str(matched)},
+                "ingestedUserListInfo": {
+                    "uploadKeyTypes": ["CONTACT_ID"],
+                    "contactIdInfo": {
+                        "dataSourceType": "DATA_SOURCE_TYPE_FIRST_PARTY",
+                        "matchRatePercentage": round(100 * matched / total) if total else 0,
+                    },
+                },
+            },
+        )
 
     # -- what tests look at ----------------------------------------------------------------
 
@@ -592,17 +755,24 @@ class GoogleDataManagerServer(ContractServer):
             return list(self._statuses)
 
     def counters(self) -> dict:
-        return {"members_received": self._members_received, "members_ingested": self._members_ingested,
-                "members_removed": self._members_removed, "consent_failures": self._consent_failures,
-                "requests_applied": len(self._statuses)}
+        return {
+            "members_received": self._members_received,
+            "members_ingested": self._members_ingested,
+            "members_removed": self._members_removed,
+            "consent_failures": self._consent_failures,
+            "requests_applied": len(self._statuses),
+        }
 
     def extra_state(self, req: Request) -> dict:
-        sizes = {list_id: (len(self._members.get(list_id, ())) if self.keep_members else self._sizes.get(list_id, 0))
-                 for list_id in sorted(self.user_lists)}
+        sizes = {
+            list_id: (len(self._members.get(list_id, ())) if self.keep_members else self._sizes.get(list_id, 0))
+            for list_id in sorted(self.user_lists)
+        }
         state = {"user_lists": sizes, "request_ids": list(self._statuses)[-1000:]}
         if req.param("members") in ("1", "true", "yes"):
-            state["members"] = {list_id: sorted(sorted(map(str, m)) for m in members)
-                                for list_id, members in self._members.items()}
+            state["members"] = {
+                list_id: sorted(sorted(map(str, m)) for m in members) for list_id, members in self._members.items()
+            }
         return state
 
 
@@ -619,11 +789,16 @@ def build(argv: list[str] | None = None) -> GoogleDataManagerServer:
     parser.add_argument("--no-members", action="store_true", help="keep counts only")
     args = parser.parse_args(argv)
     return GoogleDataManagerServer(
-        args.token, account_id=args.account_id, account_type=args.account_type,
+        args.token,
+        account_id=args.account_id,
+        account_type=args.account_type,
         user_lists=args.user_list or ["5550001"],
         login_accounts=[tuple(a.split(":", 1)) for a in args.login_account],
-        match_share=args.match_share, require_consent=args.require_consent, processing_polls=args.processing_polls,
-        keep_members=not args.no_members, **common_kwargs(args),
+        match_share=args.match_share,
+        require_consent=args.require_consent,
+        processing_polls=args.processing_polls,
+        keep_members=not args.no_members,
+        **common_kwargs(args),
     )
 
 

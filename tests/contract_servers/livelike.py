@@ -25,9 +25,7 @@ from .common import ContractServer, Request, Response, arg_parser, common_kwargs
 
 MAX_ITEMS = 500
 PATH = re.compile(r"^/api/v1/applications/([^/]+)/(segment-audience-sync|segment-events|validate-app)/$")
-ISO_DATETIME = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
-)
+ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)?$")
 EMAIL = re.compile(
     r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
@@ -183,9 +181,7 @@ class LiveLikeServer(ContractServer):
     def _audience_sync(self, req: Request, data) -> Response:
         if not isinstance(data, list):
             req.set_rows(0)
-            return Response.json(
-                400, {"non_field_errors": [f'Expected a list of items but got type "{_type_name(data)}".']}
-            )
+            return Response.json(400, {"non_field_errors": [f'Expected a list of items but got type "{_type_name(data)}".']})
         req.set_rows(len(data))
         with self._lock:
             self._rows_received += len(data)
@@ -261,9 +257,7 @@ class LiveLikeServer(ContractServer):
                         )
                     members.discard(user_id)
                 if keep:
-                    self._rows.append(
-                        (seq, record, audience_id, audience_name, user_id, action, timestamp, email, profile_id)
-                    )
+                    self._rows.append((seq, record, audience_id, audience_name, user_id, action, timestamp, email, profile_id))
             self._rows_applied += len(valid)
         return Response.json(200, {"received": len(valid)})
 
@@ -354,9 +348,7 @@ class LiveLikeServer(ContractServer):
     def audiences(self) -> dict[str, dict]:
         """{audience_id: {"name": latest audience_name, "members": count}}"""
         with self._lock:
-            return {
-                a: {"name": self._audience_names.get(a), "members": len(m)} for a, m in self._members.items()
-            }
+            return {a: {"name": self._audience_names.get(a), "members": len(m)} for a, m in self._members.items()}
 
     def rows(self) -> list[dict]:
         """Every applied row in arrival order, with seq, acked_at (time its 200 was sent, None
@@ -458,9 +450,7 @@ class LiveLikeServer(ContractServer):
 
     def extra_state(self, req: Request) -> dict:
         state = {
-            "audiences": {
-                a: {"name": self._audience_names.get(a), "members": len(m)} for a, m in self._members.items()
-            },
+            "audiences": {a: {"name": self._audience_names.get(a), "members": len(m)} for a, m in self._members.items()},
             "exits_before_entry": [dict(e) for e in self._exits_before_entry[:1000]],
         }
         if req.param("members") in ("1", "true", "yes"):

@@ -72,8 +72,15 @@ PLAIN_KEYS = ("EXTERN_ID", "MADID")
 KEYS = HASHED_KEYS + PLAIN_KEYS
 STRONG_KEYS = frozenset({"EMAIL", "PHONE", "EXTERN_ID", "MADID"})
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-READABLE_FIELDS = ("id", "name", "approximate_count_lower_bound", "approximate_count_upper_bound",
-                   "operation_status", "time_content_updated", "subtype")
+READABLE_FIELDS = (
+    "id",
+    "name",
+    "approximate_count_lower_bound",
+    "approximate_count_upper_bound",
+    "operation_status",
+    "time_content_updated",
+    "subtype",
+)
 THROTTLES = {
     80003: (2446079, "There have been too many calls from this ad-account. Wait a bit and try again."),
     17: (None, "User request limit reached"),
@@ -85,8 +92,9 @@ THROTTLES = {
 
 def _multipart(body: bytes, content_type: str) -> dict[str, str]:
     """The fields of a multipart/form-data body (what `curl -F` and requests' `files=` send)."""
-    boundary = next((part.split("=", 1)[1].strip('"') for part in content_type.split(";")[1:]
-                     if part.strip().startswith("boundary=")), None)
+    boundary = next(
+        (part.split("=", 1)[1].strip('"') for part in content_type.split(";")[1:] if part.strip().startswith("boundary=")), None
+    )
     if not boundary:
         raise GraphError(100, "(#100) A multipart body needs its boundary")
     fields = {}
@@ -110,11 +118,25 @@ def _cursor(position: int) -> str:
 
 
 class GraphError(Exception):
-    def __init__(self, code: int, message: str, *, subcode: int | None = None, status: int = 400,
-                 kind: str = "OAuthException", transient: bool = False):
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        *,
+        subcode: int | None = None,
+        status: int = 400,
+        kind: str = "OAuthException",
+        transient: bool = False,
+    ):
         super().__init__(message)
         self.code, self.message, self.subcode, self.status, self.kind, self.transient = (
-            code, message, subcode, status, kind, transient)
+            code,
+            message,
+            subcode,
+            status,
+            kind,
+            transient,
+        )
 
 
 class MetaServer(ContractServer):
@@ -123,10 +145,20 @@ class MetaServer(ContractServer):
 
     name = "meta"
 
-    def __init__(self, token: str = "test-meta-token", *, audiences=("1000",), ad_account_id: str = "act_1000",
-                 auto_create: bool = False, match_share: float = 1.0, rate_limit_code: int = 80003,
-                 user_id: str = "61550000000000001", user_name: str = "Downstream Sync", ad_account_name: str = "Downstream Ads",
-                 **kwargs):
+    def __init__(
+        self,
+        token: str = "test-meta-token",
+        *,
+        audiences=("1000",),
+        ad_account_id: str = "act_1000",
+        auto_create: bool = False,
+        match_share: float = 1.0,
+        rate_limit_code: int = 80003,
+        user_id: str = "61550000000000001",
+        user_name: str = "Downstream Sync",
+        ad_account_name: str = "Downstream Ads",
+        **kwargs,
+    ):
         if rate_limit_code not in THROTTLES:
             raise ValueError(f"rate_limit_code must be one of {sorted(THROTTLES)}")
         self.token = token
@@ -134,8 +166,15 @@ class MetaServer(ContractServer):
         self.ad_account_id = ad_account_id
         # whom the token belongs to, and the ad accounts it reaches (a test may change either)
         self.user = {"id": user_id, "name": user_name}
-        self.ad_accounts: list[dict] = [{"id": ad_account_id, "account_id": ad_account_id.removeprefix("act_"),
-                                         "name": ad_account_name, "account_status": 1, "currency": "USD"}]
+        self.ad_accounts: list[dict] = [
+            {
+                "id": ad_account_id,
+                "account_id": ad_account_id.removeprefix("act_"),
+                "name": ad_account_name,
+                "account_status": 1,
+                "currency": "USD",
+            }
+        ]
         self.ads_permission = True
         self.auto_create = auto_create
         self.match_share = match_share
@@ -171,8 +210,16 @@ class MetaServer(ContractServer):
             self._members.setdefault(str(audience_id), {})
             self._index.setdefault(str(audience_id), {})
 
-    def fail_next(self, times: int = 1, *, code: int = 2650, message: str = "Failed to update the custom audience",
-                  subcode: int | None = None, status: int = 400, transient: bool = False) -> None:
+    def fail_next(
+        self,
+        times: int = 1,
+        *,
+        code: int = 2650,
+        message: str = "Failed to update the custom audience",
+        subcode: int | None = None,
+        status: int = 400,
+        transient: bool = False,
+    ) -> None:
         """The next `times` adds, removes or replace batches answer this error (by default 2650,
         "Failed to update the custom audience") and apply nothing."""
         with self._lock:
@@ -196,17 +243,30 @@ class MetaServer(ContractServer):
         subcode, message = THROTTLES[self.rate_limit_code]
         error = GraphError(self.rate_limit_code, message, subcode=subcode)
         minutes = max(1, math.ceil(req.record.get("retry_after", 1) / 60))
-        usage = {self.ad_account_id.removeprefix("act_"): [
-            {"type": "custom_audience", "call_count": 100, "total_cputime": 25, "total_time": 25,
-             "estimated_time_to_regain_access": minutes}]}
+        usage = {
+            self.ad_account_id.removeprefix("act_"): [
+                {
+                    "type": "custom_audience",
+                    "call_count": 100,
+                    "total_cputime": 25,
+                    "total_time": 25,
+                    "estimated_time_to_regain_access": minutes,
+                }
+            ]
+        }
         return Response.json(400, self._error_json(error), headers=[("X-Business-Use-Case-Usage", json.dumps(usage))])
 
     def _error_json(self, error: GraphError) -> dict:
         with self._lock:
             self._trace += 1
             trace = f"A{self._trace:08d}Zmeta"
-        body = {"message": error.message, "type": error.kind, "code": error.code, "is_transient": error.transient,
-                "fbtrace_id": trace}
+        body = {
+            "message": error.message,
+            "type": error.kind,
+            "code": error.code,
+            "is_transient": error.transient,
+            "fbtrace_id": trace,
+        }
         if error.subcode is not None:
             body["error_subcode"] = error.subcode
         return {"error": body}
@@ -245,13 +305,17 @@ class MetaServer(ContractServer):
         header = req.headers.get("Authorization") or ""
         for scheme in ("Bearer ", "OAuth "):
             if header.startswith(scheme):
-                given = header[len(scheme):].strip()
+                given = header[len(scheme) :].strip()
         if not given:
             raise GraphError(104, "An access token is required to request this resource.")
         if given in self.revoked:
-            raise GraphError(190, "Error validating access token: The session has been invalidated because the user "
-                                  "changed their password or Facebook has changed the session for security reasons.",
-                             subcode=463, status=401)
+            raise GraphError(
+                190,
+                "Error validating access token: The session has been invalidated because the user "
+                "changed their password or Facebook has changed the session for security reasons.",
+                subcode=463,
+                status=401,
+            )
         if given != self.token:
             raise GraphError(190, "Invalid OAuth access token - Cannot parse access token")
 
@@ -271,10 +335,14 @@ class MetaServer(ContractServer):
             if known and audience_id not in self._members:
                 self._members[audience_id], self._index[audience_id] = {}, {}
         if not known:
-            raise GraphError(100, f"Unsupported {verb} request. Object with ID '{audience_id}' does not exist, cannot be "
-                                  "loaded due to missing permissions, or does not support this operation. Please read "
-                                  "the Graph API documentation at https://developers.facebook.com/docs/graph-api",
-                             subcode=33, kind="GraphMethodException")
+            raise GraphError(
+                100,
+                f"Unsupported {verb} request. Object with ID '{audience_id}' does not exist, cannot be "
+                "loaded due to missing permissions, or does not support this operation. Please read "
+                "the Graph API documentation at https://developers.facebook.com/docs/graph-api",
+                subcode=33,
+                kind="GraphMethodException",
+            )
         if audience_id in self.forbidden:
             raise GraphError(200, f"(#200) The current user can not update audience {audience_id}", status=403)
         if edge is None:
@@ -334,8 +402,7 @@ class MetaServer(ContractServer):
             raise GraphError(100, f"(#100) Too many users in one request: {len(data):,}; at most {MAX_ROWS:,}")
         for index, row in enumerate(data):
             if not isinstance(row, list) or len(row) != len(schema) or not all(isinstance(v, str) for v in row):
-                raise GraphError(100, f"(#100) payload[data][{index}] must be a list of {len(schema)} texts, "
-                                      "one per schema key")
+                raise GraphError(100, f"(#100) payload[data][{index}] must be a list of {len(schema)} texts, one per schema key")
         return schema, data
 
     @staticmethod
@@ -360,8 +427,13 @@ class MetaServer(ContractServer):
 
     def _answer(self, audience_id: str, received: int, invalid: int, samples: dict, *, session_id: int) -> dict:
         self._invalid += invalid
-        return {"audience_id": audience_id, "session_id": str(session_id), "num_received": received,
-                "num_invalid_entries": invalid, "invalid_entry_samples": samples}
+        return {
+            "audience_id": audience_id,
+            "session_id": str(session_id),
+            "num_received": received,
+            "num_invalid_entries": invalid,
+            "invalid_entry_samples": samples,
+        }
 
     # -- membership --------------------------------------------------------------------------
 
@@ -417,8 +489,13 @@ class MetaServer(ContractServer):
             if seq != 1:
                 raise GraphError(100, f"(#100) Replace session {session_id} is not open: its first batch_seq must be 1")
             open_session = self._sessions[audience_id] = {
-                "session_id": session_id, "batches": 0, "last_seq": 0, "named": set(), "received": 0,
-                "estimated_num_total": total, "started_at": time.time(),
+                "session_id": session_id,
+                "batches": 0,
+                "last_seq": 0,
+                "named": set(),
+                "received": 0,
+                "estimated_num_total": total,
+                "started_at": time.time(),
             }
         if seq not in (open_session["last_seq"], open_session["last_seq"] + 1):
             raise GraphError(100, f"(#100) batch_seq {seq} is out of order: the session is at {open_session['last_seq']}")
@@ -437,9 +514,16 @@ class MetaServer(ContractServer):
                 self._drop(audience_id, member)
             self._rows_removed += len(removed)
             del self._sessions[audience_id]
-            self._replaces.append({"audience_id": audience_id, "session_id": session_id, "batches": open_session["batches"],
-                                   "received": open_session["received"], "removed": len(removed),
-                                   "estimated_num_total": open_session["estimated_num_total"]})
+            self._replaces.append(
+                {
+                    "audience_id": audience_id,
+                    "session_id": session_id,
+                    "batches": open_session["batches"],
+                    "received": open_session["received"],
+                    "removed": len(removed),
+                    "estimated_num_total": open_session["estimated_num_total"],
+                }
+            )
         return self._answer(audience_id, len(rows), invalid, samples, session_id=session_id)
 
     # -- reading -----------------------------------------------------------------------------
@@ -458,8 +542,11 @@ class MetaServer(ContractServer):
         with self._lock:
             replacing = audience_id in self._sessions
         values = {
-            "id": audience_id, "name": f"Audience {audience_id}", "subtype": "CUSTOM",
-            "approximate_count_lower_bound": lower, "approximate_count_upper_bound": upper,
+            "id": audience_id,
+            "name": f"Audience {audience_id}",
+            "subtype": "CUSTOM",
+            "approximate_count_lower_bound": lower,
+            "approximate_count_upper_bound": upper,
             "operation_status": {"code": 200, "description": "Replace in progress" if replacing else "Normal"},
             "time_content_updated": int(time.time()),
         }
@@ -483,8 +570,7 @@ class MetaServer(ContractServer):
                 user = dict(self.user)
             return {"id": user["id"], **{f: user[f] for f in fields}}
         if not self.ads_permission:
-            raise GraphError(200, "(#200) Requires ads_management or ads_read permission to read the ad accounts",
-                             status=403)
+            raise GraphError(200, "(#200) Requires ads_management or ads_read permission to read the ad accounts", status=403)
         fields = self._fields(params, AD_ACCOUNT_FIELDS, "id,account_id", "AdAccount")
         try:
             limit = int(params.get("limit") or 25)
@@ -495,7 +581,7 @@ class MetaServer(ContractServer):
             raise GraphError(100, "(#100) limit must be a positive number")
         with self._lock:
             accounts = [dict(a) for a in self.ad_accounts]
-        page = accounts[start:start + limit]
+        page = accounts[start : start + limit]
         answer = {"data": [{"id": a["id"], **{f: a[f] for f in fields}} for a in page]}
         if page:
             after = _cursor(start + len(page))
@@ -522,9 +608,13 @@ class MetaServer(ContractServer):
             return {k: v for k, v in session.items() if k != "named"} if session else None
 
     def counters(self) -> dict:
-        return {"rows_added": self._rows_added, "rows_removed": self._rows_removed, "invalid_entries": self._invalid,
-                "replaces": len(self._replaces),
-                "members": {a: len(m) for a, m in self._members.items()}}
+        return {
+            "rows_added": self._rows_added,
+            "rows_removed": self._rows_removed,
+            "invalid_entries": self._invalid,
+            "replaces": len(self._replaces),
+            "members": {a: len(m) for a, m in self._members.items()},
+        }
 
     def extra_state(self, req: Request) -> dict:
         state = {"open_sessions": {a: s["session_id"] for a, s in self._sessions.items()}}
@@ -539,12 +629,23 @@ def build(argv: list[str] | None = None) -> MetaServer:
     parser.add_argument("--audience", action="append", default=[], help="a custom audience id it knows (repeat)")
     parser.add_argument("--auto-create", action="store_true", help="know every numeric audience id")
     parser.add_argument("--match-share", type=float, default=1.0, help="share of members Meta 'matched', for the counts")
-    parser.add_argument("--rate-limit-code", type=int, default=80003, choices=sorted(THROTTLES),
-                        help="the error code the token bucket answers with (default 80003)")
+    parser.add_argument(
+        "--rate-limit-code",
+        type=int,
+        default=80003,
+        choices=sorted(THROTTLES),
+        help="the error code the token bucket answers with (default 80003)",
+    )
     args = parser.parse_args(argv)
     audiences = args.audience or (() if args.auto_create else ("1000",))
-    return MetaServer(args.token, audiences=audiences, auto_create=args.auto_create,
-                      match_share=args.match_share, rate_limit_code=args.rate_limit_code, **common_kwargs(args))
+    return MetaServer(
+        args.token,
+        audiences=audiences,
+        auto_create=args.auto_create,
+        match_share=args.match_share,
+        rate_limit_code=args.rate_limit_code,
+        **common_kwargs(args),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,8 +36,9 @@ def http():
         yield session
 
 
-def upload(http, server, rows, *, schema=("EMAIL", "EXTERN_ID"), method="POST", edge="users", audience="123",
-           headers=AUTH, **extra):
+def upload(
+    http, server, rows, *, schema=("EMAIL", "EXTERN_ID"), method="POST", edge="users", audience="123", headers=AUTH, **extra
+):
     form = {"payload": json.dumps({"schema": list(schema), "data": rows}), **extra}
     return http.request(method, f"{server.url}/v21.0/{audience}/{edge}", data=form, headers=headers, timeout=10)
 
@@ -51,10 +52,16 @@ def error(response) -> tuple:
 def test_adds_and_removes_keep_people_by_their_key_tuple(meta, http):
     r = upload(http, meta, [[h("a@x.com"), "c1"], [h("b@x.com"), "c2"], ["", "c3"]])
     assert r.status_code == 200
-    assert r.json() == {"audience_id": "123", "session_id": "1", "num_received": 3, "num_invalid_entries": 0,
-                        "invalid_entry_samples": {}}
+    assert r.json() == {
+        "audience_id": "123",
+        "session_id": "1",
+        "num_received": 3,
+        "num_invalid_entries": 0,
+        "invalid_entry_samples": {},
+    }
     assert meta.members("123") == {
-        (("EMAIL", h("a@x.com")), ("EXTERN_ID", "c1")), (("EMAIL", h("b@x.com")), ("EXTERN_ID", "c2")),
+        (("EMAIL", h("a@x.com")), ("EXTERN_ID", "c1")),
+        (("EMAIL", h("b@x.com")), ("EXTERN_ID", "c2")),
         (("EXTERN_ID", "c3"),),
     }
     # the same person with a new email (same customer id) replaces its member; a remove on any strong key drops it
@@ -78,11 +85,14 @@ def test_values_that_are_not_hashes_are_counted_invalid_with_samples(meta, http)
     assert meta.members("123") == {(("EMAIL", h("b@x.com")), ("EXTERN_ID", "c2"))}
 
 
-@pytest.mark.parametrize("headers, expected", [
-    ({}, (400, 104, None)),
-    ({"Authorization": "Bearer nope"}, (400, 190, None)),
-    ({"Authorization": "OAuth meta-token"}, None),
-])
+@pytest.mark.parametrize(
+    "headers, expected",
+    [
+        ({}, (400, 104, None)),
+        ({"Authorization": "Bearer nope"}, (400, 190, None)),
+        ({"Authorization": "OAuth meta-token"}, None),
+    ],
+)
 def test_the_token_is_checked(meta, http, headers, expected):
     r = upload(http, meta, [[h("a@x.com"), "c1"]], headers=headers)
     if expected is None:
@@ -109,14 +119,20 @@ def test_unknown_audience_and_forbidden_audience(meta, http):
     assert error(upload(http, meta, [[h("a@x.com"), "c1"]])) == (403, 200, None)
 
 
-@pytest.mark.parametrize("form, message", [
-    ({}, "The parameter payload is required"),
-    ({"payload": "{not json"}, "must be a JSON object"),
-    ({"payload": json.dumps({"schema": ["EMAIL", "NICKNAME"], "data": [["a", "b"]]})}, "Invalid schema field: NICKNAME"),
-    ({"payload": json.dumps({"schema": ["EMAIL"], "data": []})}, "non-empty list"),
-    ({"payload": json.dumps({"schema": ["EMAIL", "EXTERN_ID"], "data": [["only one"]]})}, "payload[data][0] must be a list of 2"),
-    ({"payload": json.dumps({"schema": ["EMAIL"], "data": [[h(str(i))] for i in range(10_001)]})}, "at most 10,000"),
-])
+@pytest.mark.parametrize(
+    "form, message",
+    [
+        ({}, "The parameter payload is required"),
+        ({"payload": "{not json"}, "must be a JSON object"),
+        ({"payload": json.dumps({"schema": ["EMAIL", "NICKNAME"], "data": [["a", "b"]]})}, "Invalid schema field: NICKNAME"),
+        ({"payload": json.dumps({"schema": ["EMAIL"], "data": []})}, "non-empty list"),
+        (
+            {"payload": json.dumps({"schema": ["EMAIL", "EXTERN_ID"], "data": [["only one"]]})},
+            "payload[data][0] must be a list of 2",
+        ),
+        ({"payload": json.dumps({"schema": ["EMAIL"], "data": [[h(str(i))] for i in range(10_001)]})}, "at most 10,000"),
+    ],
+)
 def test_payload_shape_errors_are_code_100_and_apply_nothing(meta, http, form, message):
     r = http.post(f"{meta.url}/v21.0/123/users", data=form, headers=AUTH, timeout=20)
     assert error(r) == (400, 100, None)
@@ -142,22 +158,33 @@ def test_a_replace_session_removes_whom_it_did_not_name_when_its_last_batch_arri
     # a batch_seq that skips one is refused; the same one again is taken
     r = upload(http, meta, [[h("new@x.com"), "new"]], edge="usersreplace", session=json.dumps({**session, "batch_seq": 3}))
     assert error(r) == (400, 100, None)
-    r = upload(http, meta, [[h("new@x.com"), "new"]], edge="usersreplace",
-               session=json.dumps({**session, "batch_seq": 2, "last_batch_flag": True}))
+    r = upload(
+        http,
+        meta,
+        [[h("new@x.com"), "new"]],
+        edge="usersreplace",
+        session=json.dumps({**session, "batch_seq": 2, "last_batch_flag": True}),
+    )
     assert r.status_code == 200
-    assert meta.members("123") == {(("EMAIL", h("keep@x.com")), ("EXTERN_ID", "keep")),
-                                   (("EMAIL", h("new@x.com")), ("EXTERN_ID", "new"))}
-    assert meta.replaces() == [{"audience_id": "123", "session_id": 77, "batches": 2, "received": 2, "removed": 1,
-                                "estimated_num_total": 2}]
+    assert meta.members("123") == {
+        (("EMAIL", h("keep@x.com")), ("EXTERN_ID", "keep")),
+        (("EMAIL", h("new@x.com")), ("EXTERN_ID", "new")),
+    }
+    assert meta.replaces() == [
+        {"audience_id": "123", "session_id": 77, "batches": 2, "received": 2, "removed": 1, "estimated_num_total": 2}
+    ]
     assert meta.open_session("123") is None
 
 
-@pytest.mark.parametrize("session, message", [
-    (None, "The parameter session is required"),
-    ({"session_id": "abc", "batch_seq": 1}, "session_id"),
-    ({"session_id": 5, "batch_seq": 2}, "first batch_seq must be 1"),
-    ({"session_id": 5, "batch_seq": 1, "last_batch_flag": "yes"}, "last_batch_flag"),
-])
+@pytest.mark.parametrize(
+    "session, message",
+    [
+        (None, "The parameter session is required"),
+        ({"session_id": "abc", "batch_seq": 1}, "session_id"),
+        ({"session_id": 5, "batch_seq": 2}, "first batch_seq must be 1"),
+        ({"session_id": 5, "batch_seq": 1, "last_batch_flag": "yes"}, "last_batch_flag"),
+    ],
+)
 def test_replace_session_errors(meta, http, session, message):
     extra = {} if session is None else {"session": json.dumps(session)}
     r = upload(http, meta, [[h("a@x.com"), "a"]], edge="usersreplace", **extra)
@@ -169,14 +196,21 @@ def test_the_count_is_a_range_around_the_matched_share(meta, http):
     upload(http, meta, [[h(f"p{i}@x.com"), f"c{i}"] for i in range(200)])
     fields = "approximate_count_lower_bound,approximate_count_upper_bound,operation_status"
     r = http.get(f"{meta.url}/v21.0/123", params={"fields": fields}, headers=AUTH, timeout=5)
-    assert r.json() == {"id": "123", "approximate_count_lower_bound": 190, "approximate_count_upper_bound": 210,
-                        "operation_status": {"code": 200, "description": "Normal"}}
+    assert r.json() == {
+        "id": "123",
+        "approximate_count_lower_bound": 190,
+        "approximate_count_upper_bound": 210,
+        "operation_status": {"code": 200, "description": "Normal"},
+    }
     meta.match_share = 0.5
     r = http.get(f"{meta.url}/v21.0/123", params={"fields": fields}, headers=AUTH, timeout=5)
     assert (r.json()["approximate_count_lower_bound"], r.json()["approximate_count_upper_bound"]) == (95, 105)
     r = http.get(f"{meta.url}/v21.0/123", params={"fields": "approximate_count"}, headers=AUTH, timeout=5)
     assert error(r) == (400, 100, None)
-    assert r.json()["error"]["message"] == "(#100) Tried accessing nonexisting field (approximate_count) on node type (CustomAudience)"
+    assert (
+        r.json()["error"]["message"]
+        == "(#100) Tried accessing nonexisting field (approximate_count) on node type (CustomAudience)"
+    )
 
 
 def test_me_is_the_tokens_user_and_its_ad_accounts_come_a_page_at_a_time(meta, http):
@@ -186,15 +220,18 @@ def test_me_is_the_tokens_user_and_its_ad_accounts_come_a_page_at_a_time(meta, h
     assert error(r) == (400, 100, None)
     assert r.json()["error"]["message"] == "(#100) Tried accessing nonexisting field (email) on node type (User)"
 
-    meta.ad_accounts.append({"id": "act_2000", "account_id": "2000", "name": "Old brand", "account_status": 2,
-                             "currency": "EUR"})
+    meta.ad_accounts.append({"id": "act_2000", "account_id": "2000", "name": "Old brand", "account_status": 2, "currency": "EUR"})
     fields = {"fields": "account_id,name,account_status"}
     r = http.get(f"{meta.url}/v21.0/me/adaccounts", params={**fields, "limit": 1}, headers=AUTH, timeout=5)
     page = r.json()
     assert page["data"] == [{"id": "act_1000", "account_id": "1000", "name": "Downstream Ads", "account_status": 1}]
     assert "next" in page["paging"]
-    r = http.get(f"{meta.url}/v21.0/me/adaccounts", params={**fields, "limit": 1, "after": page["paging"]["cursors"]["after"]},
-                 headers=AUTH, timeout=5)
+    r = http.get(
+        f"{meta.url}/v21.0/me/adaccounts",
+        params={**fields, "limit": 1, "after": page["paging"]["cursors"]["after"]},
+        headers=AUTH,
+        timeout=5,
+    )
     assert [a["id"] for a in r.json()["data"]] == ["act_2000"] and "next" not in r.json()["paging"]
     r = http.get(f"{meta.url}/v21.0/me/adaccounts", headers=AUTH, timeout=5)
     assert r.json()["data"] == [{"id": "act_1000", "account_id": "1000"}, {"id": "act_2000", "account_id": "2000"}]
@@ -206,10 +243,13 @@ def test_me_is_the_tokens_user_and_its_ad_accounts_come_a_page_at_a_time(meta, h
     assert error(http.post(f"{meta.url}/v21.0/me", headers=AUTH, timeout=5)) == (400, 100, None)
 
 
-@pytest.mark.parametrize("headers, expected", [
-    ({}, (400, 104, None)),
-    ({"Authorization": "Bearer nope"}, (400, 190, None)),
-])
+@pytest.mark.parametrize(
+    "headers, expected",
+    [
+        ({}, (400, 104, None)),
+        ({"Authorization": "Bearer nope"}, (400, 190, None)),
+    ],
+)
 def test_me_checks_the_token_as_every_path_does(meta, http, headers, expected):
     for path in ("me", "me/adaccounts"):
         assert error(http.get(f"{meta.url}/v21.0/{path}", headers=headers, timeout=5)) == expected
@@ -253,15 +293,32 @@ def test_state_lists_members_and_open_sessions(meta, http):
 
 def test_runs_standalone_until_sigterm(http):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.contract_servers.meta", "--port", "0", "--token", "T", "--auto-create",
-         "--rate-limit", "50"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        [
+            sys.executable,
+            "-m",
+            "tests.contract_servers.meta",
+            "--port",
+            "0",
+            "--token",
+            "T",
+            "--auto-create",
+            "--rate-limit",
+            "50",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
         url = proc.stdout.readline().strip().removeprefix("listening on ")
         assert url.startswith("http://127.0.0.1:")
-        r = http.post(url + "/v21.0/555/users", data={"payload": json.dumps({"schema": ["EXTERN_ID"], "data": [["c1"]]})},
-                      headers={"Authorization": "Bearer T"}, timeout=5)
+        r = http.post(
+            url + "/v21.0/555/users",
+            data={"payload": json.dumps({"schema": ["EXTERN_ID"], "data": [["c1"]]})},
+            headers={"Authorization": "Bearer T"},
+            timeout=5,
+        )
         assert r.json()["num_received"] == 1
         state = http.get(url + "/__state__", timeout=5).json()
         assert state["counters"]["members"] == {"555": 1} and state["faults"]["rate_limit_per_s"] == 50
@@ -274,18 +331,22 @@ def test_runs_standalone_until_sigterm(http):
 
 
 def test_the_module_has_a_help():
-    out = subprocess.run([sys.executable, "-m", "tests.contract_servers.meta", "--help"], cwd=REPO, capture_output=True,
-                         text=True, timeout=20)
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.contract_servers.meta", "--help"], cwd=REPO, capture_output=True, text=True, timeout=20
+    )
     assert out.returncode == 0, out.stderr
     assert "--rate-limit-code" in out.stdout and "--fault-rate" in out.stdout
 
 
 def test_multipart_fields_as_curl_f_sends_them(meta, http):
     payload = json.dumps({"schema": ["EMAIL"], "data": [[h("a@x.com")]]})
-    r = http.post(f"{meta.url}/v21.0/123/users", files={"payload": (None, payload, "application/json")}, headers=AUTH,
-                  timeout=5)
+    r = http.post(f"{meta.url}/v21.0/123/users", files={"payload": (None, payload, "application/json")}, headers=AUTH, timeout=5)
     assert r.json()["num_received"] == 1
     assert meta.members("123") == {(("EMAIL", h("a@x.com")),)}
-    r = http.post(f"{meta.url}/v21.0/123/users", data=b"--x\r\n\r\nno name\r\n--x--",
-                  headers={**AUTH, "Content-Type": "multipart/form-data; boundary=x"}, timeout=5)
+    r = http.post(
+        f"{meta.url}/v21.0/123/users",
+        data=b"--x\r\n\r\nno name\r\n--x--",
+        headers={**AUTH, "Content-Type": "multipart/form-data; boundary=x"},
+        timeout=5,
+    )
     assert error(r) == (400, 100, None) and "has no name" in r.json()["error"]["message"]

@@ -207,8 +207,14 @@ def test_livelike_counts_duplicates_and_exits_before_entries(livelike, http):
 
 
 def test_livelike_events_endpoint(livelike, http):
-    event = {"type": "track", "event": "Entered audience", "userId": "u1", "timestamp": "2024-05-01T10:00:00Z",
-             "properties": {"audience": "aud-1"}, "messageId": "m-1"}
+    event = {
+        "type": "track",
+        "event": "Entered audience",
+        "userId": "u1",
+        "timestamp": "2024-05-01T10:00:00Z",
+        "properties": {"audience": "aud-1"},
+        "messageId": "m-1",
+    }
     r = http.post(events_url(livelike), json={"events": [event, dict(event, messageId="m-2")]}, headers=AUTH, timeout=5)
     assert (r.status_code, r.json()) == (200, {"received": 2})
     assert [e["event"]["messageId"] for e in livelike.events("u1")] == ["m-1", "m-2"]
@@ -417,9 +423,7 @@ def test_customerio_pages_through_a_lazy_segment(cio, http):
     assert made == []
     seen, pages, start = [], [], ""
     while True:
-        r = http.get(
-            cio.url + "/v1/segments/9/membership", params={"start": start, "limit": 30000}, headers=CIO_AUTH, timeout=10
-        )
+        r = http.get(cio.url + "/v1/segments/9/membership", params={"start": start, "limit": 30000}, headers=CIO_AUTH, timeout=10)
         assert r.status_code == 200
         page = r.json()
         assert page["ids"] == [x["id"] for x in page["identifiers"]]
@@ -553,11 +557,13 @@ def test_webhook_applies_a_batch_id_once(webhook, http):
 
 
 def test_webhook_rejections_exit_before_entry_and_bad_changes(webhook, http):
-    body = {"changes": [
-        {"action": "exit", "identifier": "u9"},
-        {"action": "enter", "identifier": "nobody"},
-        {"action": "enter", "identifier": "u1"},
-    ]}
+    body = {
+        "changes": [
+            {"action": "exit", "identifier": "u9"},
+            {"action": "enter", "identifier": "nobody"},
+            {"action": "enter", "identifier": "u1"},
+        ]
+    }
     r = deliver(http, webhook, body)
     assert r.json() == {"accepted": 2, "rejected": [{"index": 1, "reason": "unknown identifier"}]}
     assert webhook.members() == {"u1"}
@@ -573,8 +579,12 @@ def test_webhook_timeout_fault_makes_the_retry_a_duplicate(webhook, http):
     body = {"changes": [{"action": "enter", "identifier": "u1"}]}
     with pytest.raises(requests.ReadTimeout):
         raw = json.dumps(body).encode()
-        http.post(webhook.url + "/", data=raw, timeout=0.15,
-                  headers={"X-Downstream-Signature": sign(raw, SECRET), "X-Downstream-Batch-Id": "b1"})
+        http.post(
+            webhook.url + "/",
+            data=raw,
+            timeout=0.15,
+            headers={"X-Downstream-Signature": sign(raw, SECRET), "X-Downstream-Batch-Id": "b1"},
+        )
     webhook.faults.rate = 0
     assert deliver(http, webhook, body).json() == {"duplicate": True}
     assert webhook.members() == {"u1"}
@@ -585,8 +595,21 @@ def test_webhook_timeout_fault_makes_the_retry_a_duplicate(webhook, http):
 
 def test_livelike_runs_standalone_until_sigterm(http):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.contract_servers.livelike", "--port", "0", "--token", "T", "--client-id", "C",
-         "--fault-rate", "0", "--seed", "1"],
+        [
+            sys.executable,
+            "-m",
+            "tests.contract_servers.livelike",
+            "--port",
+            "0",
+            "--token",
+            "T",
+            "--client-id",
+            "C",
+            "--fault-rate",
+            "0",
+            "--seed",
+            "1",
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
@@ -596,8 +619,12 @@ def test_livelike_runs_standalone_until_sigterm(http):
         first = proc.stdout.readline().strip()
         assert first.startswith("listening on http://127.0.0.1:")
         url = first.removeprefix("listening on ")
-        r = http.post(url + "/api/v1/applications/C/segment-audience-sync/", json=[row("u1")],
-                      headers={"Authorization": "Bearer T"}, timeout=5)
+        r = http.post(
+            url + "/api/v1/applications/C/segment-audience-sync/",
+            json=[row("u1")],
+            headers={"Authorization": "Bearer T"},
+            timeout=5,
+        )
         assert r.json() == {"received": 1}
         state = http.get(url + "/__state__", timeout=5).json()
         assert state["counters"]["rows_applied"] == 1
@@ -613,7 +640,10 @@ def test_livelike_runs_standalone_until_sigterm(http):
 def test_every_server_module_has_a_help(module):
     out = subprocess.run(
         [sys.executable, "-m", f"tests.contract_servers.{module}", "--help"],
-        cwd=REPO, capture_output=True, text=True, timeout=20,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert out.returncode == 0, out.stderr
     assert "--fault-rate" in out.stdout

@@ -46,17 +46,30 @@ def http():
         yield session
 
 
-def upload(http, server, lines, *, name="f.txt", calculate_type="EMAIL_SHA256", signature=None, headers=AUTH,
-           advertiser=ADVERTISER):
+def upload(
+    http, server, lines, *, name="f.txt", calculate_type="EMAIL_SHA256", signature=None, headers=AUTH, advertiser=ADVERTISER
+):
     content = "".join(f"{line}\n" for line in lines).encode()
-    return http.post(server.url + UPLOAD, headers=headers, timeout=5, files={"file": (name, content, "text/plain")},
-                     data={"advertiser_id": advertiser, "calculate_type": calculate_type,
-                           "file_signature": signature or hashlib.md5(content).hexdigest()}).json()
+    return http.post(
+        server.url + UPLOAD,
+        headers=headers,
+        timeout=5,
+        files={"file": (name, content, "text/plain")},
+        data={
+            "advertiser_id": advertiser,
+            "calculate_type": calculate_type,
+            "file_signature": signature or hashlib.md5(content).hexdigest(),
+        },
+    ).json()
 
 
 def update(http, server, action, file_paths, *, audience=AUDIENCE, headers=AUTH):
-    return http.post(server.url + UPDATE, headers=headers, timeout=5, json={
-        "advertiser_id": ADVERTISER, "custom_audience_id": audience, "action": action, "file_paths": file_paths}).json()
+    return http.post(
+        server.url + UPDATE,
+        headers=headers,
+        timeout=5,
+        json={"advertiser_id": ADVERTISER, "custom_audience_id": audience, "action": action, "file_paths": file_paths},
+    ).json()
 
 
 def path_of(http, server, lines, **kwargs) -> str:
@@ -77,12 +90,15 @@ def test_every_answer_is_a_200_with_a_code_a_message_and_a_request_id(tiktok, ht
     assert http.get(tiktok.url + UPLOAD, headers=AUTH, timeout=5).status_code == 405
 
 
-@pytest.mark.parametrize(("change", "code"), [
-    ({"signature": "0" * 32}, 40900),
-    ({"name": "f.xlsx"}, 40908),
-    ({"calculate_type": "EMAIL_MD5"}, 40909),
-    ({"advertiser": "7999999999999999999"}, 40001),
-])
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"signature": "0" * 32}, 40900),
+        ({"name": "f.xlsx"}, 40908),
+        ({"calculate_type": "EMAIL_MD5"}, 40909),
+        ({"advertiser": "7999999999999999999"}, 40001),
+    ],
+)
 def test_an_upload_refused_is_a_code_and_keeps_no_file(tiktok, http, change, code):
     assert upload(http, tiktok, hashes(3), **change)["code"] == code
     assert tiktok.uploads() == []
@@ -106,7 +122,11 @@ def test_append_remove_and_replace_apply_the_files_to_the_audience(tiktok, http)
     assert update(http, tiktok, "REPLACE", [path_of(http, tiktok, hashes(4, "r"))])["code"] == 0
     assert tiktok.members(AUDIENCE) == set(hashes(4, "r"))
     assert [(u["action"], u["size_after"]) for u in tiktok.updates(AUDIENCE)] == [
-        ("APPEND", 5), ("APPEND", 5), ("REMOVE", 3), ("REPLACE", 4)]
+        ("APPEND", 5),
+        ("APPEND", 5),
+        ("REMOVE", 3),
+        ("REPLACE", 4),
+    ]
 
 
 def test_an_update_that_would_leave_the_audience_under_the_minimum_is_refused_whole(tiktok, http):
@@ -133,34 +153,49 @@ def test_an_update_names_a_known_audience_a_known_file_of_its_type_and_an_action
 def test_get_answers_the_matched_size(tiktok, http):
     tiktok.create_audience(AUDIENCE, name="Carts", members=hashes(5))
     tiktok.known = set(hashes(4))
-    answer = http.get(tiktok.url + GET, headers=AUTH, timeout=5,
-                      params={"advertiser_id": ADVERTISER, "custom_audience_ids": json.dumps([AUDIENCE])}).json()
+    answer = http.get(
+        tiktok.url + GET,
+        headers=AUTH,
+        timeout=5,
+        params={"advertiser_id": ADVERTISER, "custom_audience_ids": json.dumps([AUDIENCE])},
+    ).json()
     (item,) = answer["data"]["list"]
     details = item["audience_details"]
     assert (details["audience_id"], details["name"], details["cover_num"], details["is_valid"]) == (AUDIENCE, "Carts", 4, True)
-    unknown = http.get(tiktok.url + GET, headers=AUTH, timeout=5,
-                       params={"advertiser_id": ADVERTISER, "custom_audience_ids": json.dumps(["1"])}).json()
+    unknown = http.get(
+        tiktok.url + GET, headers=AUTH, timeout=5, params={"advertiser_id": ADVERTISER, "custom_audience_ids": json.dumps(["1"])}
+    ).json()
     assert unknown["code"] == 40007
-    malformed = http.get(tiktok.url + GET, headers=AUTH, timeout=5,
-                         params={"advertiser_id": ADVERTISER, "custom_audience_ids": AUDIENCE}).json()
+    malformed = http.get(
+        tiktok.url + GET, headers=AUTH, timeout=5, params={"advertiser_id": ADVERTISER, "custom_audience_ids": AUDIENCE}
+    ).json()
     assert malformed["code"] == 40002
 
 
 def test_the_audience_list_pages_through_the_advertisers_audiences(tiktok, http):
     tiktok.create_audience("1800000000000002", "PHONE_SHA256", name="Phones", members=hashes(4))
-    answer = http.get(tiktok.url + LIST, headers=AUTH, timeout=5,
-                      params={"advertiser_id": ADVERTISER, "page": 2, "page_size": 1}).json()
+    answer = http.get(
+        tiktok.url + LIST, headers=AUTH, timeout=5, params={"advertiser_id": ADVERTISER, "page": 2, "page_size": 1}
+    ).json()
     assert answer["code"] == 0
     assert answer["data"]["page_info"] == {"page": 2, "page_size": 1, "total_number": 2, "total_page": 2}
     (item,) = answer["data"]["list"]
     assert (item["audience_id"], item["name"], item["cover_num"], item["is_valid"]) == ("1800000000000002", "Phones", 4, True)
     first = http.get(tiktok.url + LIST, headers=AUTH, timeout=5, params={"advertiser_id": ADVERTISER}).json()
     assert [a["audience_id"] for a in first["data"]["list"]] == [AUDIENCE, "1800000000000002"]  # 10 a page by default
-    for params, code in [({"advertiser_id": "1"}, 40001), ({}, 40002), ({"advertiser_id": ADVERTISER, "page_size": 101}, 40002),
-                         ({"advertiser_id": ADVERTISER, "page": 0}, 40002)]:
+    for params, code in [
+        ({"advertiser_id": "1"}, 40001),
+        ({}, 40002),
+        ({"advertiser_id": ADVERTISER, "page_size": 101}, 40002),
+        ({"advertiser_id": ADVERTISER, "page": 0}, 40002),
+    ]:
         assert http.get(tiktok.url + LIST, headers=AUTH, timeout=5, params=params).json()["code"] == code
-    assert http.get(tiktok.url + LIST, headers={"Access-Token": "nope"}, timeout=5,
-                    params={"advertiser_id": ADVERTISER}).json()["code"] == 40105
+    assert (
+        http.get(tiktok.url + LIST, headers={"Access-Token": "nope"}, timeout=5, params={"advertiser_id": ADVERTISER}).json()[
+            "code"
+        ]
+        == 40105
+    )
 
 
 def test_advertiser_info_describes_the_tokens_advertiser_only(tiktok, http):
@@ -169,8 +204,10 @@ def test_advertiser_info_describes_the_tokens_advertiser_only(tiktok, http):
         return http.get(tiktok.url + INFO, headers=headers, timeout=5, params=params).json()
 
     answer = info([ADVERTISER], ["advertiser_id", "name", "status"])
-    assert (answer["code"], answer["data"]) == (0, {"list": [
-        {"advertiser_id": ADVERTISER, "name": "Downstream Test Advertiser", "status": "STATUS_ENABLE"}]})
+    assert (answer["code"], answer["data"]) == (
+        0,
+        {"list": [{"advertiser_id": ADVERTISER, "name": "Downstream Test Advertiser", "status": "STATUS_ENABLE"}]},
+    )
     assert {"currency", "timezone", "company"} <= set(info([ADVERTISER])["data"]["list"][0])  # every field by default
     tiktok.advertiser_status = "STATUS_LIMIT"
     assert info([ADVERTISER], ["status"])["data"]["list"] == [{"status": "STATUS_LIMIT"}]
@@ -215,22 +252,51 @@ def test_planned_codes_answer_in_turn_and_a_zero_lets_one_through(tiktok, http):
 
 def test_tiktok_runs_standalone_at_a_rate_limit_until_sigterm(http):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.contract_servers.tiktok", "--port", "0", "--token", "T", "--advertiser-id", "42",
-         "--audience", "1800000000000001:EMAIL_SHA256", "--minimum", "0", "--rate-limit", "5"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        [
+            sys.executable,
+            "-m",
+            "tests.contract_servers.tiktok",
+            "--port",
+            "0",
+            "--token",
+            "T",
+            "--advertiser-id",
+            "42",
+            "--audience",
+            "1800000000000001:EMAIL_SHA256",
+            "--minimum",
+            "0",
+            "--rate-limit",
+            "5",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
         first = proc.stdout.readline().strip()
         assert first.startswith("listening on http://127.0.0.1:")
         url = first.removeprefix("listening on ")
         content = f"{sha('a@example.com')}\n".encode()
-        uploaded = http.post(url + UPLOAD, headers={"Access-Token": "T"}, timeout=5,
-                             files={"file": ("f.txt", content)},
-                             data={"advertiser_id": "42", "calculate_type": "EMAIL_SHA256",
-                                   "file_signature": hashlib.md5(content).hexdigest()}).json()
-        applied = http.post(url + UPDATE, headers={"Access-Token": "T"}, timeout=5, json={
-            "advertiser_id": "42", "custom_audience_id": "1800000000000001", "action": "APPEND",
-            "file_paths": [uploaded["data"]["file_path"]]}).json()
+        uploaded = http.post(
+            url + UPLOAD,
+            headers={"Access-Token": "T"},
+            timeout=5,
+            files={"file": ("f.txt", content)},
+            data={"advertiser_id": "42", "calculate_type": "EMAIL_SHA256", "file_signature": hashlib.md5(content).hexdigest()},
+        ).json()
+        applied = http.post(
+            url + UPDATE,
+            headers={"Access-Token": "T"},
+            timeout=5,
+            json={
+                "advertiser_id": "42",
+                "custom_audience_id": "1800000000000001",
+                "action": "APPEND",
+                "file_paths": [uploaded["data"]["file_path"]],
+            },
+        ).json()
         assert applied["code"] == 0
         state = http.get(url + "/__state__?requests=0&members=1", timeout=5).json()
         assert state["faults"]["rate_limit_per_s"] == 5.0
@@ -245,8 +311,9 @@ def test_tiktok_runs_standalone_at_a_rate_limit_until_sigterm(http):
 
 
 def test_the_module_has_a_help():
-    out = subprocess.run([sys.executable, "-m", "tests.contract_servers.tiktok", "--help"], cwd=REPO,
-                         capture_output=True, text=True, timeout=20)
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.contract_servers.tiktok", "--help"], cwd=REPO, capture_output=True, text=True, timeout=20
+    )
     assert out.returncode == 0, out.stderr
     assert "--rate-limit" in out.stdout and "--audience" in out.stdout and "--minimum" in out.stdout
     assert "--forget-applied-files" in out.stdout

@@ -50,10 +50,20 @@ from .common import ContractServer, Request, Response, arg_parser, common_kwargs
 API = "/open_api/v1.3/dmp/custom_audience/"
 UPLOAD, UPDATE, GET, LIST = API + "file/upload/", API + "update/", API + "get/", API + "list/"
 ADVERTISER_INFO = "/open_api/v1.3/advertiser/info/"
-ADVERTISER_FIELDS = ("advertiser_id", "name", "status", "company", "currency", "timezone", "role", "country",
-                     "create_time")
-CALCULATE_TYPES = ("EMAIL_SHA256", "PHONE_SHA256", "IDFA_SHA256", "GAID_SHA256", "MAID_SHA256", "IDFA_MD5", "GAID_MD5",
-                   "MAID_MD5", "FIRST_SHA256", "FIRST_MD5", "MULTIPLE_TYPES")
+ADVERTISER_FIELDS = ("advertiser_id", "name", "status", "company", "currency", "timezone", "role", "country", "create_time")
+CALCULATE_TYPES = (
+    "EMAIL_SHA256",
+    "PHONE_SHA256",
+    "IDFA_SHA256",
+    "GAID_SHA256",
+    "MAID_SHA256",
+    "IDFA_MD5",
+    "GAID_MD5",
+    "MAID_MD5",
+    "FIRST_SHA256",
+    "FIRST_MD5",
+    "MULTIPLE_TYPES",
+)
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 ACTIONS = ("APPEND", "REMOVE", "REPLACE")
 MINIMUM = 1000
@@ -69,10 +79,19 @@ class TikTokServer(ContractServer):
 
     name = "tiktok"
 
-    def __init__(self, token: str = "test-access-token", advertiser_id: str = "7000000000000000001", *,
-                 audiences: dict[str, str] | None = None, minimum: int = MINIMUM, known=None, keep_files: bool = True,
-                 advertiser_name: str = "Downstream Test Advertiser", advertiser_status: str = "STATUS_ENABLE",
-                 **kwargs):
+    def __init__(
+        self,
+        token: str = "test-access-token",
+        advertiser_id: str = "7000000000000000001",
+        *,
+        audiences: dict[str, str] | None = None,
+        minimum: int = MINIMUM,
+        known=None,
+        keep_files: bool = True,
+        advertiser_name: str = "Downstream Test Advertiser",
+        advertiser_status: str = "STATUS_ENABLE",
+        **kwargs,
+    ):
         self.token = token
         self.keep_files = keep_files
         self.advertiser_id = advertiser_id
@@ -94,8 +113,12 @@ class TikTokServer(ContractServer):
     def create_audience(self, audience_id: str, calculate_type: str = "EMAIL_SHA256", *, name: str = "", members=()) -> None:
         with self._lock:
             self._created[audience_id] = (calculate_type, name or f"Audience {audience_id}", frozenset(members))
-            self._audiences[audience_id] = {"calculate_type": calculate_type, "name": name or f"Audience {audience_id}",
-                                            "members": set(members), "history": []}
+            self._audiences[audience_id] = {
+                "calculate_type": calculate_type,
+                "name": name or f"Audience {audience_id}",
+                "members": set(members),
+                "history": [],
+            }
 
     def answer_codes(self, codes) -> None:
         """The next requests (one per code) answer with these codes and apply nothing; a 0 lets
@@ -128,8 +151,9 @@ class TikTokServer(ContractServer):
             request_id = f"2025010100000{next(self._request_ids):08d}"
             if code:
                 self._refused[code] = self._refused.get(code, 0) + 1
-        return Response.json(200, {"code": code, "message": message, "request_id": request_id,
-                                   "data": data if data is not None else {}})
+        return Response.json(
+            200, {"code": code, "message": message, "request_id": request_id, "data": data if data is not None else {}}
+        )
 
     def error_body(self, status: int, message: str):
         return {"code": 40100 if status == 429 else 50000, "message": message, "request_id": "", "data": {}}
@@ -140,8 +164,13 @@ class TikTokServer(ContractServer):
         return super()._fault_response(action, req)
 
     def handle(self, req: Request) -> Response:
-        endpoints = {UPLOAD: ("POST", self._upload), UPDATE: ("POST", self._update), GET: ("GET", self._get),
-                     LIST: ("GET", self._list), ADVERTISER_INFO: ("GET", self._advertiser_info)}
+        endpoints = {
+            UPLOAD: ("POST", self._upload),
+            UPDATE: ("POST", self._update),
+            GET: ("GET", self._get),
+            LIST: ("GET", self._list),
+            ADVERTISER_INFO: ("GET", self._advertiser_info),
+        }
         if req.path not in endpoints:
             return Response(404, b"404 page not found", content_type="text/plain")
         method, handler = endpoints[req.path]
@@ -185,13 +214,22 @@ class TikTokServer(ContractServer):
         lines = [line.strip() for line in content.decode("utf-8", "replace").splitlines() if line.strip()]
         if not lines:
             return self._answer(40906, "The file is empty.")
-        if calculate_type.endswith("_SHA256") and (bad := next((n for n, line in enumerate(lines, 1) if not SHA256_HEX.match(line)), None)):
+        if calculate_type.endswith("_SHA256") and (
+            bad := next((n for n, line in enumerate(lines, 1) if not SHA256_HEX.match(line)), None)
+        ):
             return self._answer(40915, f"Line {bad} of the file is not a {calculate_type} value (64 lowercase hex digits).")
         with self._lock:
             file_path = f"dmp/{self.advertiser_id}/{hashlib.sha256(content).hexdigest()[:16]}-{len(self._files) + 1}.txt"
             self._files[file_path] = {"calculate_type": calculate_type, "lines": lines, "name": file_name}
-            self._uploads.append({"file_path": file_path, "calculate_type": calculate_type, "rows": len(lines),
-                                  "name": file_name, "request_seq": req.record["seq"]})
+            self._uploads.append(
+                {
+                    "file_path": file_path,
+                    "calculate_type": calculate_type,
+                    "rows": len(lines),
+                    "name": file_name,
+                    "request_seq": req.record["seq"],
+                }
+            )
         req.set_rows(len(lines))
         return self._answer(data={"file_path": file_path})
 
@@ -214,8 +252,9 @@ class TikTokServer(ContractServer):
             return self._answer(40002, f"action: {action!r} is not one of {', '.join(ACTIONS)}.")
         if file_paths is None and not body.get("custom_audience_name"):
             return self._answer(40002, "Either file_paths or custom_audience_name must be passed.")
-        if file_paths is not None and (not isinstance(file_paths, list) or not file_paths
-                                       or not all(isinstance(p, str) for p in file_paths)):
+        if file_paths is not None and (
+            not isinstance(file_paths, list) or not file_paths or not all(isinstance(p, str) for p in file_paths)
+        ):
             return self._answer(40002, "file_paths: a non-empty list of file paths is required.")
         with self._lock:
             audience = self._audiences.get(audience_id)
@@ -230,21 +269,31 @@ class TikTokServer(ContractServer):
                 if path not in self._files:
                     return self._answer(40905, f"The file {path} does not exist.")
                 if self._files[path]["calculate_type"] != audience["calculate_type"]:
-                    return self._answer(40002, f"The file {path} is {self._files[path]['calculate_type']}; the audience is "
-                                               f"{audience['calculate_type']}.")
+                    return self._answer(
+                        40002,
+                        f"The file {path} is {self._files[path]['calculate_type']}; the audience is "
+                        f"{audience['calculate_type']}.",
+                    )
                 files.append(self._files[path])
             lines = {line for f in files for line in f["lines"]}
             members = audience["members"]
             after = members | lines if action == "APPEND" else members - lines if action == "REMOVE" else set(lines)
             if len(after) < self.minimum:
-                return self._answer(40002, f"The audience size will be less than {self.minimum} after the operation: "
-                                           f"{action} is not allowed.")
+                return self._answer(
+                    40002, f"The audience size will be less than {self.minimum} after the operation: {action} is not allowed."
+                )
             audience["members"] = after
             if not self.keep_files:
                 for path in file_paths:
                     self._files.pop(path, None)
-            record = {"audience_id": audience_id, "action": action, "file_paths": list(file_paths), "rows": len(lines),
-                      "size_after": len(after), "request_seq": req.record["seq"]}
+            record = {
+                "audience_id": audience_id,
+                "action": action,
+                "file_paths": list(file_paths),
+                "rows": len(lines),
+                "size_after": len(after),
+                "request_seq": req.record["seq"],
+            }
             audience["history"].append(record)
             self._updates.append(record)
         req.set_rows(len(lines))
@@ -266,14 +315,23 @@ class TikTokServer(ContractServer):
                 if audience is None:
                     return self._answer(40007, f"The custom audience {audience_id} does not exist.")
                 matched = self._matched(audience)
-                found.append({
-                    "audience_details": {
-                        "audience_id": audience_id, "name": audience["name"], "calculate_type": audience["calculate_type"],
-                        "cover_num": matched, "is_valid": matched >= self.minimum, "is_creator": True, "shared": False,
-                        "type": "CUSTOMER_FILE",
-                    },
-                    "audience_history": [{"action": h["action"], "msg": f"{h['rows']} rows"} for h in audience["history"][-100:]],
-                })
+                found.append(
+                    {
+                        "audience_details": {
+                            "audience_id": audience_id,
+                            "name": audience["name"],
+                            "calculate_type": audience["calculate_type"],
+                            "cover_num": matched,
+                            "is_valid": matched >= self.minimum,
+                            "is_creator": True,
+                            "shared": False,
+                            "type": "CUSTOMER_FILE",
+                        },
+                        "audience_history": [
+                            {"action": h["action"], "msg": f"{h['rows']} rows"} for h in audience["history"][-100:]
+                        ],
+                    }
+                )
         return self._answer(data={"list": found})
 
     def _list(self, req: Request) -> Response:
@@ -288,15 +346,28 @@ class TikTokServer(ContractServer):
         found = []
         with self._lock:
             audiences = sorted(self._audiences.items())
-            for audience_id, audience in audiences[(page - 1) * page_size:page * page_size]:
+            for audience_id, audience in audiences[(page - 1) * page_size : page * page_size]:
                 matched = self._matched(audience)
-                found.append({"audience_id": audience_id, "name": audience["name"],
-                              "calculate_type": audience["calculate_type"], "cover_num": matched,
-                              "is_valid": matched >= self.minimum, "is_expired": False, "is_creator": True,
-                              "shared": False, "audience_type": "CUSTOMER_FILE"})
+                found.append(
+                    {
+                        "audience_id": audience_id,
+                        "name": audience["name"],
+                        "calculate_type": audience["calculate_type"],
+                        "cover_num": matched,
+                        "is_valid": matched >= self.minimum,
+                        "is_expired": False,
+                        "is_creator": True,
+                        "shared": False,
+                        "audience_type": "CUSTOMER_FILE",
+                    }
+                )
         total = len(audiences)
-        return self._answer(data={"list": found, "page_info": {
-            "page": page, "page_size": page_size, "total_number": total, "total_page": -(-total // page_size)}})
+        return self._answer(
+            data={
+                "list": found,
+                "page_info": {"page": page, "page_size": page_size, "total_number": total, "total_page": -(-total // page_size)},
+            }
+        )
 
     def _advertiser_info(self, req: Request) -> Response:
         try:
@@ -308,14 +379,23 @@ class TikTokServer(ContractServer):
             return self._answer(40002, "advertiser_ids: a JSON list of 1 to 100 advertiser ids is required.")
         unknown = [f for f in fields if f not in ADVERTISER_FIELDS] if isinstance(fields, list) else [fields]
         if unknown:
-            return self._answer(40002, f"fields: {unknown[0]!r} is not a field of advertiser/info; use "
-                                       f"{', '.join(ADVERTISER_FIELDS)}.")
+            return self._answer(
+                40002, f"fields: {unknown[0]!r} is not a field of advertiser/info; use {', '.join(ADVERTISER_FIELDS)}."
+            )
         for advertiser_id in ids:
             if problem := self._advertiser_problem(advertiser_id):
                 return problem
-        values = {"advertiser_id": self.advertiser_id, "name": self.advertiser_name, "status": self.advertiser_status,
-                  "company": f"{self.advertiser_name} Ltd", "currency": "USD", "timezone": "Etc/GMT", "role": "ROLE_ADVERTISER",
-                  "country": "US", "create_time": 1700000000}
+        values = {
+            "advertiser_id": self.advertiser_id,
+            "name": self.advertiser_name,
+            "status": self.advertiser_status,
+            "company": f"{self.advertiser_name} Ltd",
+            "currency": "USD",
+            "timezone": "Etc/GMT",
+            "role": "ROLE_ADVERTISER",
+            "country": "US",
+            "create_time": 1700000000,
+        }
         return self._answer(data={"list": [{f: values[f] for f in fields} for _ in ids]})
 
     def _matched(self, audience: dict) -> int:
@@ -351,8 +431,11 @@ class TikTokServer(ContractServer):
         }
 
     def extra_state(self, req: Request) -> dict:
-        state = {"audiences": {a: {"calculate_type": v["calculate_type"], "members": len(v["members"])}
-                               for a, v in self._audiences.items()}}
+        state = {
+            "audiences": {
+                a: {"calculate_type": v["calculate_type"], "members": len(v["members"])} for a, v in self._audiences.items()
+            }
+        }
         if req.param("members") in ("1", "true", "yes"):
             state["members"] = {a: sorted(v["members"]) for a, v in self._audiences.items()}
         return state
@@ -380,15 +463,27 @@ def build(argv: list[str] | None = None) -> TikTokServer:
     parser = arg_parser("TikTok Business API (DMP custom audiences) contract server (loopback).")
     parser.add_argument("--token", default="test-access-token", help="the access token (Access-Token header)")
     parser.add_argument("--advertiser-id", default="7000000000000000001")
-    parser.add_argument("--audience", action="append", default=[], metavar="ID[:TYPE]",
-                        help="a custom audience to serve, e.g. 1800000000000001:EMAIL_SHA256 (repeatable)")
-    parser.add_argument("--minimum", type=int, default=MINIMUM,
-                        help=f"the smallest audience an update may leave (TikTok: {MINIMUM}); 0 for none")
+    parser.add_argument(
+        "--audience",
+        action="append",
+        default=[],
+        metavar="ID[:TYPE]",
+        help="a custom audience to serve, e.g. 1800000000000001:EMAIL_SHA256 (repeatable)",
+    )
+    parser.add_argument(
+        "--minimum", type=int, default=MINIMUM, help=f"the smallest audience an update may leave (TikTok: {MINIMUM}); 0 for none"
+    )
     parser.add_argument("--forget-applied-files", action="store_true", help="drop a file once an update applied it")
     args = parser.parse_args(argv)
     audiences = dict((spec.split(":", 1) + ["EMAIL_SHA256"])[:2] for spec in args.audience)
-    return TikTokServer(args.token, args.advertiser_id, audiences=audiences, minimum=args.minimum,
-                        keep_files=not args.forget_applied_files, **common_kwargs(args))
+    return TikTokServer(
+        args.token,
+        args.advertiser_id,
+        audiences=audiences,
+        minimum=args.minimum,
+        keep_files=not args.forget_applied_files,
+        **common_kwargs(args),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

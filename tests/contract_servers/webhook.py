@@ -238,11 +238,7 @@ class WebhookReceiver(ContractServer):
         """Applied changes in order: seq, batch_id, audience, action, identifier, change (the
         object as sent), acked_at."""
         with self._lock:
-            return [
-                self._change_dict(c)
-                for c in self._changes
-                if identifier is None or c["change"]["identifier"] == identifier
-            ]
+            return [self._change_dict(c) for c in self._changes if identifier is None or c["change"]["identifier"] == identifier]
 
     def changes_for(self, identifier: str) -> list[dict]:
         return self.changes(identifier)

@@ -27,20 +27,29 @@ def source(db):
 @pytest.fixture
 def livelike_destination(livelike, monkeypatch):
     monkeypatch.setenv("LIVELIKE_PRODUCER_TOKEN", "producer-token")
-    return destination_save(data={
-        "key": "livelike", "name": "LiveLike", "kind": "livelike",
-        "settings": {"base_url": livelike.api_url, "client_id": "client-1"},
-        "credentials": {"producer_token": "env:LIVELIKE_PRODUCER_TOKEN"},
-        "timeout_s": 1.0, "retry_base_s": 0.05, "retry_cap_s": 0.5, "rate_limit_per_s": 200,
-    })
+    return destination_save(
+        data={
+            "key": "livelike",
+            "name": "LiveLike",
+            "kind": "livelike",
+            "settings": {"base_url": livelike.api_url, "client_id": "client-1"},
+            "credentials": {"producer_token": "env:LIVELIKE_PRODUCER_TOKEN"},
+            "timeout_s": 1.0,
+            "retry_base_s": 0.05,
+            "retry_cap_s": 0.5,
+            "rate_limit_per_s": 200,
+        }
+    )
 
 
 def buyers_and_carts():
     """The seed's two audiences: a suppression audience and a cart audience that excludes it."""
-    audience_save(data={"key": "buyers", "name": "Buyers", "purpose": "suppression",
-                        "rule": {"event": "Order Completed", "within": "1d"}})
-    audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"},
-                        "exclusions": ["buyers"]})
+    audience_save(
+        data={"key": "buyers", "name": "Buyers", "purpose": "suppression", "rule": {"event": "Order Completed", "within": "1d"}}
+    )
+    audience_save(
+        data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}, "exclusions": ["buyers"]}
+    )
 
 
 @pytest.fixture

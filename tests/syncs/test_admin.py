@@ -21,22 +21,44 @@ SECRET = "pt_live_secret_value_123"
 
 def livelike_form(server, **extra):
     """The dashboard editor's form, as a browser sends it."""
-    return {"kind": "livelike", "key": "livelike", "name": "LiveLike", "setting__base_url": server.api_url,
-            "setting__client_id": "abc", "credential__producer_token": SECRET, "batch_size": "500",
-            "rate_limit_per_s": "10", **extra}
+    return {
+        "kind": "livelike",
+        "key": "livelike",
+        "name": "LiveLike",
+        "setting__base_url": server.api_url,
+        "setting__client_id": "abc",
+        "credential__producer_token": SECRET,
+        "batch_size": "500",
+        "rate_limit_per_s": "10",
+        **extra,
+    }
 
 
 def admin_form(server, **extra):
     """What the admin's old add and change forms took: settings as JSON, the token by name."""
-    return {"key": "livelike", "name": "LiveLike", "kind": "livelike", "batch_size": "500", "rate_limit_per_s": "10",
-            "settings": f'{{"base_url": "{server.api_url}", "client_id": "abc"}}', "producer_token": SECRET, **extra}
+    return {
+        "key": "livelike",
+        "name": "LiveLike",
+        "kind": "livelike",
+        "batch_size": "500",
+        "rate_limit_per_s": "10",
+        "settings": f'{{"base_url": "{server.api_url}", "client_id": "abc"}}',
+        "producer_token": SECRET,
+        **extra,
+    }
 
 
 @pytest.fixture
 def stored(livelike):
-    destination = destination_save(data={"key": "livelike", "name": "LiveLike", "kind": "livelike",
-                                         "settings": {"base_url": livelike.api_url, "client_id": "abc"},
-                                         "credentials": {"producer_token": SECRET}})
+    destination = destination_save(
+        data={
+            "key": "livelike",
+            "name": "LiveLike",
+            "kind": "livelike",
+            "settings": {"base_url": livelike.api_url, "client_id": "abc"},
+            "credentials": {"producer_token": SECRET},
+        }
+    )
     audience_save(data={"key": "buyers", "name": "Buyers", "rule": {"attribute": "bought", "eq": True}})
     sync = sync_save(data={"key": "buyers-livelike", "audience": "buyers", "destination": "livelike"})
     return destination, sync
@@ -55,13 +77,20 @@ def test_the_admin_sends_adding_and_changing_to_the_dashboard_editors(manager_cl
     # the old forms' bodies write nothing: raw JSON settings, a new sync live at once
     before = (list(Destination.objects.values()), list(Sync.objects.values()))
     assert manager_client.post("/admin/syncs/destination/add/", admin_form(livelike, key="other")).status_code == 302
-    assert manager_client.post(f"/admin/syncs/destination/{destination.pk}/change/",
-                               admin_form(livelike, name="Renamed", producer_token="typed")).status_code == 302
-    assert manager_client.post(f"/admin/syncs/sync/{sync.pk}/change/", {"key": "buyers-livelike", "dry_run": ""}).status_code == 302
+    assert (
+        manager_client.post(
+            f"/admin/syncs/destination/{destination.pk}/change/", admin_form(livelike, name="Renamed", producer_token="typed")
+        ).status_code
+        == 302
+    )
+    assert (
+        manager_client.post(f"/admin/syncs/sync/{sync.pk}/change/", {"key": "buyers-livelike", "dry_run": ""}).status_code == 302
+    )
     # nor does reverting to a version in the history: the history is read, the editor changes
     first = destination.history.order_by("history_id").first()
-    revert = manager_client.post(f"/admin/syncs/destination/{destination.pk}/history/{first.history_id}/",
-                                 admin_form(livelike, name="Reverted"))
+    revert = manager_client.post(
+        f"/admin/syncs/destination/{destination.pk}/history/{first.history_id}/", admin_form(livelike, name="Reverted")
+    )
     assert revert.status_code == 403
     assert (list(Destination.objects.values()), list(Sync.objects.values())) == before
     page = manager_client.get(f"/admin/syncs/destination/{destination.pk}/history/{first.history_id}/").content.decode()
@@ -85,12 +114,14 @@ def test_a_credential_typed_in_the_editor_is_stored_encrypted_and_shown_nowhere(
     change = destination.history.get()
     assert (change.history_type, change.history_user.username) == ("+", "rita")
 
-    pages = {"editor": manager_client.get("/dashboard/destinations/livelike/"),
-             "admin list": manager_client.get("/admin/syncs/destination/"),
-             "admin history": manager_client.get(f"/admin/syncs/destination/{destination.pk}/history/"),
-             "admin version": manager_client.get(f"/admin/syncs/destination/{destination.pk}/history/{change.history_id}/"),
-             "setting history": manager_client.get("/dashboard/history/?kind=destination"),
-             "viewer's admin page": logged_in(Client(), VIEWER, "viewer").get(f"/admin/syncs/destination/{destination.pk}/change/")}
+    pages = {
+        "editor": manager_client.get("/dashboard/destinations/livelike/"),
+        "admin list": manager_client.get("/admin/syncs/destination/"),
+        "admin history": manager_client.get(f"/admin/syncs/destination/{destination.pk}/history/"),
+        "admin version": manager_client.get(f"/admin/syncs/destination/{destination.pk}/history/{change.history_id}/"),
+        "setting history": manager_client.get("/dashboard/history/?kind=destination"),
+        "viewer's admin page": logged_in(Client(), VIEWER, "viewer").get(f"/admin/syncs/destination/{destination.pk}/change/"),
+    }
     for name, page in pages.items():
         assert page.status_code == 200, name
         content = page.content.decode()
@@ -109,11 +140,19 @@ def test_admin_audience_form_validates_the_rule_like_config_as_code(client):
     user = User.objects.create_user("mgr", password="x-password-1", is_staff=True)
     user.groups.add(Group.objects.get(name="Retention manager"))
     client.force_login(user)
-    response = client.post("/admin/audiences/audience/add/", {
-        "key": "carts", "name": "Carts", "purpose": "activation", "source_kind": "rules",
-        "rule": '{"event": "Added to Cart", "within": "2x"}', "source_settings": "{}", "cadence": "realtime",
-        "enabled": "on",
-    })
+    response = client.post(
+        "/admin/audiences/audience/add/",
+        {
+            "key": "carts",
+            "name": "Carts",
+            "purpose": "activation",
+            "source_kind": "rules",
+            "rule": '{"event": "Added to Cart", "within": "2x"}',
+            "source_settings": "{}",
+            "cadence": "realtime",
+            "enabled": "on",
+        },
+    )
     assert response.status_code == 200
     assert "within: &quot;2x&quot; is not a duration such as 15m, 2h, 7d, 4w" in response.content.decode()
     assert not Audience.objects.exists()

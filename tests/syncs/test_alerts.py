@@ -85,9 +85,10 @@ def chat(settings):
 
 
 def identify(source, customer_ids, **traits):
-    ingest_messages(source=source, messages=[
-        Message("identify", c, f"identify-{next(MESSAGE_IDS)}", timezone.now(), traits=traits) for c in customer_ids
-    ])
+    ingest_messages(
+        source=source,
+        messages=[Message("identify", c, f"identify-{next(MESSAGE_IDS)}", timezone.now(), traits=traits) for c in customer_ids],
+    )
 
 
 def people(prefix, n):
@@ -200,10 +201,12 @@ def test_an_audience_that_never_had_members_is_not_at_zero(source, chat, mailout
 def test_a_drop_below_half_the_trailing_mean_opens_and_resolves(source, chat, mailoutbox):
     audience = flagged()
     now = timezone.now()
-    SizeSample.objects.bulk_create([
-        SizeSample(audience=audience, at=now - timedelta(days=d, hours=3), last_at=now - timedelta(days=d, hours=3), size=40)
-        for d in range(1, 8)
-    ])
+    SizeSample.objects.bulk_create(
+        [
+            SizeSample(audience=audience, at=now - timedelta(days=d, hours=3), last_at=now - timedelta(days=d, hours=3), size=40)
+            for d in range(1, 8)
+        ]
+    )
     identify(source, people("p", 40), flag=True)
     evaluate_all()
     assert check_alerts()["open"] == 0  # 40 against a mean of 40
@@ -225,9 +228,9 @@ def test_a_drop_below_half_the_trailing_mean_opens_and_resolves(source, chat, ma
 def test_a_drop_to_exactly_half_is_not_sudden(source, chat, mailoutbox):
     audience = flagged()
     now = timezone.now()
-    SizeSample.objects.bulk_create([
-        SizeSample(audience=audience, at=now - timedelta(days=d), last_at=now - timedelta(days=d), size=40) for d in range(1, 8)
-    ])
+    SizeSample.objects.bulk_create(
+        [SizeSample(audience=audience, at=now - timedelta(days=d), last_at=now - timedelta(days=d), size=40) for d in range(1, 8)]
+    )
     identify(source, people("p", 20), flag=True)
     evaluate_all()
     assert check_alerts()["open"] == 0
@@ -236,12 +239,19 @@ def test_a_drop_to_exactly_half_is_not_sudden(source, chat, mailoutbox):
 # --- failing sync ---------------------------------------------------------------------------
 
 
-def test_three_failed_runs_in_a_row_open_a_failing_sync_alert_until_a_run_succeeds(source, livelike, livelike_destination, chat, mailoutbox):
+def test_three_failed_runs_in_a_row_open_a_failing_sync_alert_until_a_run_succeeds(
+    source, livelike, livelike_destination, chat, mailoutbox
+):
     sync = flagged_sync()
     start = timezone.now() - timedelta(minutes=30)
     for minutes in (0, 1, 2):
-        SyncRun.objects.create(sync=sync, status=SyncRun.FAILED, started_at=start + timedelta(minutes=minutes),
-                               finished_at=start + timedelta(minutes=minutes), error="HTTP 500")
+        SyncRun.objects.create(
+            sync=sync,
+            status=SyncRun.FAILED,
+            started_at=start + timedelta(minutes=minutes),
+            finished_at=start + timedelta(minutes=minutes),
+            error="HTTP 500",
+        )
     assert check_alerts()["opened"] == 1
     alert = only_open_alert(Alert.FAILING_SYNC)
     assert alert.key == f"failing_sync:sync:{sync.pk}" and alert.sync == sync
@@ -277,14 +287,17 @@ def test_dead_letters_open_a_failing_sync_alert_for_a_day(source, livelike, live
     alert = only_open_alert(Alert.FAILING_SYNC)
     assert "dead letters in the last 24 hours" in alert.message
     tomorrow = timezone.now() + timedelta(hours=25)
-    lifecycle_until_resolved(mailoutbox, chat, alert, sync_link(sync.key), lambda: None,
-                             check_after=lambda: check_alerts(now=tomorrow))
+    lifecycle_until_resolved(
+        mailoutbox, chat, alert, sync_link(sync.key), lambda: None, check_after=lambda: check_alerts(now=tomorrow)
+    )
 
 
 # --- suppression lag ------------------------------------------------------------------------
 
 
-def test_suppression_lag_over_target_opens_and_resolves_when_the_hour_is_clean(source, livelike, livelike_destination, chat, mailoutbox):
+def test_suppression_lag_over_target_opens_and_resolves_when_the_hour_is_clean(
+    source, livelike, livelike_destination, chat, mailoutbox
+):
     sync = flagged_sync("buyers", purpose="suppression")
     identify(source, people("b", 5), flag=True)
     # the worker acknowledged these five minutes after the evaluation that suppressed them
@@ -299,8 +312,9 @@ def test_suppression_lag_over_target_opens_and_resolves_when_the_hour_is_clean(s
     assert alert.key == f"lag_over_target:sync:{sync.pk}" and alert.details["count"] == 5
     assert alert.details["p95"] >= 300 and "suppression lag p95" in alert.message
     later = timezone.now() + timedelta(hours=1, minutes=5)
-    lifecycle_until_resolved(mailoutbox, chat, alert, sync_link(sync.key), lambda: None,
-                             check_after=lambda: check_alerts(now=later))
+    lifecycle_until_resolved(
+        mailoutbox, chat, alert, sync_link(sync.key), lambda: None, check_after=lambda: check_alerts(now=later)
+    )
 
 
 def test_fast_suppression_opens_no_lag_alert(source, livelike, livelike_destination, chat):
@@ -314,9 +328,12 @@ def test_fast_suppression_opens_no_lag_alert(source, livelike, livelike_destinat
 # --- identifier coverage --------------------------------------------------------------------
 
 
-def test_low_identifier_coverage_of_a_synced_audience_opens_and_resolves(source, livelike, livelike_destination, chat, mailoutbox):
-    identifier_policy_save(data={"key": "profile", "name": "LiveLike profile", "field": "attribute",
-                                 "attribute": "livelike_profile_id"})
+def test_low_identifier_coverage_of_a_synced_audience_opens_and_resolves(
+    source, livelike, livelike_destination, chat, mailoutbox
+):
+    identifier_policy_save(
+        data={"key": "profile", "name": "LiveLike profile", "field": "attribute", "attribute": "livelike_profile_id"}
+    )
     sync = flagged_sync(identifier_policy="profile")
     audience = sync.audience
     identify(source, people("p", 4), flag=True)
@@ -551,11 +568,14 @@ def test_stored_over_bounds_rules_answer_their_pages_with_the_error_and_stop_not
     Audience.objects.filter(key="vip_tiers").update(rule=HUGE_LIST)
     Audience.objects.filter(key="big_spenders").update(rule=HUGE_NUMBER)
     now = timezone.now()
-    ingest_messages(source=source, messages=[
-        Message("event", "p1", "p1-cart", now - timedelta(minutes=5), name="Added to Cart"),
-        Message("event", "p1", "p1-order", now - timedelta(minutes=1), name="Order Completed"),
-        Message("event", "p2", "p2-cart", now - timedelta(minutes=5), name="Added to Cart"),
-    ])
+    ingest_messages(
+        source=source,
+        messages=[
+            Message("event", "p1", "p1-cart", now - timedelta(minutes=5), name="Added to Cart"),
+            Message("event", "p1", "p1-order", now - timedelta(minutes=1), name="Order Completed"),
+            Message("event", "p2", "p2-cart", now - timedelta(minutes=5), name="Added to Cart"),
+        ],
+    )
 
     from audiences.evaluation import evaluate_due, evaluate_pending
 
@@ -567,8 +587,10 @@ def test_stored_over_bounds_rules_answer_their_pages_with_the_error_and_stop_not
     assert sorted(a.audience.key for a in open_alerts() if a.kind == Alert.FAILING_EVALUATION) == ["big_spenders", "vip_tiers"]
 
     client.force_login(_user(VIEWER))
-    for key, error in [("vip_tiers", "rule: in: has 5,000 values; a list takes at most 1,000"),
-                       ("big_spenders", "rule: gt: 100000000000000000000000000 is out of range")]:
+    for key, error in [
+        ("vip_tiers", "rule: in: has 5,000 values; a list takes at most 1,000"),
+        ("big_spenders", "rule: gt: 100000000000000000000000000 is out of range"),
+    ]:
         response = client.get(f"/dashboard/audiences/{key}/")
         assert response.status_code == 200, key
         page = response.content.decode()

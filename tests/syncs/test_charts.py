@@ -27,10 +27,18 @@ def axis_labels(svg: str) -> list[str]:
     return re.findall(r'<text x="42" y="[\d.]+" text-anchor="end" class="axis">([^<]*)</text>', svg)
 
 
-@pytest.mark.parametrize("high, expected", [
-    (0, [0, 1]), (1, [0, 1]), (3, [0, 1, 2, 3]), (5, [0, 2, 4, 6]), (7, [0, 2, 4, 6, 8]), (38, [0, 10, 20, 30, 40]),
-    (1234, [0, 500, 1000, 1500]),
-])
+@pytest.mark.parametrize(
+    "high, expected",
+    [
+        (0, [0, 1]),
+        (1, [0, 1]),
+        (3, [0, 1, 2, 3]),
+        (5, [0, 2, 4, 6]),
+        (7, [0, 2, 4, 6, 8]),
+        (38, [0, 10, 20, 30, 40]),
+        (1234, [0, 500, 1000, 1500]),
+    ],
+)
 def test_axis_ticks_are_whole_numbers_covering_the_highest_value(high, expected):
     assert whole_ticks(high) == expected
 
@@ -45,7 +53,9 @@ def test_a_small_audience_has_no_half_members_on_its_axis():
 def test_entries_and_exits_rise_from_their_zero_line():
     svg = str(size_chart(series([5, 2, 6], entered=[5, 0, 4], exited=[0, 3, 0])))
     zero = max(float(y) for y in re.findall(r'<line x1="48" x2="1090" y1="([\d.]+)"', svg))
-    bars = re.findall(r'<rect x="[\d.]+" y="([\d.]+)" width="[\d.]+" height="([\d.]+)" fill="(#[0-9a-f]+)"><title>([^<]*)</title>', svg)
+    bars = re.findall(
+        r'<rect x="[\d.]+" y="([\d.]+)" width="[\d.]+" height="([\d.]+)" fill="(#[0-9a-f]+)"><title>([^<]*)</title>', svg
+    )
     assert len(bars) == 3
     for y, h, _, _ in bars:
         assert float(y) + float(h) == pytest.approx(zero, abs=0.11), "every bar stands on the zero line"

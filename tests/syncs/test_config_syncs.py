@@ -31,7 +31,9 @@ def refused(*args) -> str:
 
 def livelike_item(**overrides) -> dict:
     return {
-        "key": "livelike", "name": "LiveLike", "kind": "livelike",
+        "key": "livelike",
+        "name": "LiveLike",
+        "kind": "livelike",
         "settings": {"client_id": "abc123", "base_url": "https://cf-blast.livelikecdn.com/api/v1"},
         "credentials": {"producer_token": "env:LIVELIKE_PRODUCER_TOKEN"},
         **overrides,
@@ -40,22 +42,31 @@ def livelike_item(**overrides) -> dict:
 
 def hook_item(**overrides) -> dict:
     return {
-        "key": "hook", "name": "Hook", "kind": "webhook",
+        "key": "hook",
+        "name": "Hook",
+        "kind": "webhook",
         "settings": {"url": "https://hooks.example.com/downstream", "headers": {"X-Team": "growth"}},
         "credentials": {"signing_secret": "env:HOOK_SECRET"},
-        "batch_size": 100, "max_attempts": 5,
+        "batch_size": 100,
+        "max_attempts": 5,
         **overrides,
     }
 
 
 def full_config() -> dict:
     return {
-        "audiences": [{"key": "buyers", "name": "Buyers", "purpose": "suppression",
-                       "rule": {"event": "Order Completed", "within": "1d"}}],
+        "audiences": [
+            {"key": "buyers", "name": "Buyers", "purpose": "suppression", "rule": {"event": "Order Completed", "within": "1d"}}
+        ],
         "destinations": [livelike_item(), hook_item()],
         "syncs": [
-            {"key": "buyers-livelike", "audience": "buyers", "destination": "livelike", "fields": ["email"],
-             "downstream_audience_id": "ll-buyers"},
+            {
+                "key": "buyers-livelike",
+                "audience": "buyers",
+                "destination": "livelike",
+                "fields": ["email"],
+                "downstream_audience_id": "ll-buyers",
+            },
             {"key": "buyers-hook", "audience": "buyers", "destination": "hook", "dry_run": True},
         ],
     }
@@ -99,8 +110,12 @@ def snapshot():
 
 def test_apply_config_creates_destinations_and_syncs_from_env_references(write):
     out = run("apply_config", write(full_config())).splitlines()
-    assert {"create destinations.livelike", "create destinations.hook", "create syncs.buyers-livelike",
-            "create syncs.buyers-hook"} <= set(out)
+    assert {
+        "create destinations.livelike",
+        "create destinations.hook",
+        "create syncs.buyers-livelike",
+        "create syncs.buyers-hook",
+    } <= set(out)
 
     livelike = Destination.objects.get(key="livelike")
     assert livelike.kind == "livelike" and livelike.settings["client_id"] == "abc123"
@@ -112,7 +127,10 @@ def test_apply_config_creates_destinations_and_syncs_from_env_references(write):
 
     sync = Sync.objects.get(key="buyers-livelike")
     assert (sync.audience.key, sync.destination.key, sync.fields, sync.downstream_id) == (
-        "buyers", "livelike", ["email"], "ll-buyers",
+        "buyers",
+        "livelike",
+        ["email"],
+        "ll-buyers",
     )
     assert Sync.objects.get(key="buyers-hook").dry_run is True
 
@@ -187,8 +205,9 @@ def test_a_missing_environment_variable_is_an_error_naming_file_key_and_field(wr
     secrets.delenv("LIVELIKE_PRODUCER_TOKEN")
     path = write(full_config())
     message = refused("apply_config", path)
-    assert (f"{path}: destinations[livelike].credentials: producer_token: "
-            "the environment variable LIVELIKE_PRODUCER_TOKEN is not set") in message.splitlines()
+    assert (
+        f"{path}: destinations[livelike].credentials: producer_token: the environment variable LIVELIKE_PRODUCER_TOKEN is not set"
+    ) in message.splitlines()
     assert not Destination.objects.exists() and not Sync.objects.exists()  # nothing half-written
 
 
@@ -209,7 +228,9 @@ def test_keep_for_a_new_destination_asks_for_a_reference(write):
     data["destinations"][0]["credentials"] = {"producer_token": "keep"}
     path = write(data)
     message = refused("apply_config", path)
-    assert f"{path}: destinations[livelike].credentials: producer_token: 'keep' but nothing is stored yet; give env:NAME" in message
+    assert (
+        f"{path}: destinations[livelike].credentials: producer_token: 'keep' but nothing is stored yet; give env:NAME" in message
+    )
     assert not Destination.objects.filter(key="livelike").exists()
 
 
@@ -295,8 +316,10 @@ def test_secret_headers_that_are_not_a_json_object_get_a_message(write, secrets)
     data["destinations"][1]["credentials"] = {"signing_secret": "env:HOOK_SECRET", "headers": "env:HOOK_HEADERS"}
     path = write(data)
     lines = refused("apply_config", path).splitlines()
-    assert (f"{path}: destinations[hook].credentials: headers: give a JSON object of header names to texts, "
-            'such as {"Authorization": "Bearer ..."}') in lines
+    assert (
+        f"{path}: destinations[hook].credentials: headers: give a JSON object of header names to texts, "
+        'such as {"Authorization": "Bearer ..."}'
+    ) in lines
     assert not Destination.objects.filter(key="hook").exists()
 
 
@@ -305,7 +328,9 @@ def test_a_secret_written_into_the_file_itself_is_refused(write):
     data["destinations"][0]["credentials"] = {"producer_token": "plain-token-in-the-file"}
     path = write(data)
     message = refused("apply_config", path)
-    assert (f"{path}: destinations[livelike].credentials: producer_token: "
-            "a configuration file holds env:NAME or keep, never the secret itself") in message.splitlines()
+    assert (
+        f"{path}: destinations[livelike].credentials: producer_token: "
+        "a configuration file holds env:NAME or keep, never the secret itself"
+    ) in message.splitlines()
     assert not Destination.objects.filter(key="livelike").exists()
     assert "plain-token-in-the-file" not in message

@@ -14,24 +14,50 @@ MAX_QUERIES = 20
 
 def build(first: int, count: int, hours: int = 24 * 8) -> None:
     now = timezone.now()
-    audiences = Audience.objects.bulk_create([
-        Audience(key=f"aud_{n:03d}", name=f"Audience {n}", purpose="suppression" if n % 3 == 0 else "activation",
-                 rule={"event": "Added to Cart", "within": "2h"}, current_size=100 + n, last_evaluated_at=now,
-                 identifier_coverage=0.95)
-        for n in range(first, first + count)
-    ])
-    SizeSample.objects.bulk_create([
-        SizeSample(audience=a, at=now - timedelta(hours=h), last_at=now - timedelta(hours=h), size=100 + h % 7, entered=2, exited=1)
-        for a in audiences for h in range(hours)
-    ], batch_size=5000)
+    audiences = Audience.objects.bulk_create(
+        [
+            Audience(
+                key=f"aud_{n:03d}",
+                name=f"Audience {n}",
+                purpose="suppression" if n % 3 == 0 else "activation",
+                rule={"event": "Added to Cart", "within": "2h"},
+                current_size=100 + n,
+                last_evaluated_at=now,
+                identifier_coverage=0.95,
+            )
+            for n in range(first, first + count)
+        ]
+    )
+    SizeSample.objects.bulk_create(
+        [
+            SizeSample(
+                audience=a, at=now - timedelta(hours=h), last_at=now - timedelta(hours=h), size=100 + h % 7, entered=2, exited=1
+            )
+            for a in audiences
+            for h in range(hours)
+        ],
+        batch_size=5000,
+    )
     destination = Destination.objects.get_or_create(key="files", defaults={"name": "Files", "kind": "file"})[0]
     syncs = Sync.objects.bulk_create([Sync(key=f"s-{a.key}", audience=a, destination=destination) for a in audiences])
-    SyncRun.objects.bulk_create([SyncRun(sync=s, status="succeeded", started_at=now - timedelta(minutes=k)) for s in syncs for k in range(3)])
-    Delivery.objects.bulk_create([
-        Delivery(sync=s, customer_id="c", action="enter", triggered_at=now, changed_at=now, state="sent",
-                 acknowledged_at=now + timedelta(seconds=1), next_attempt_at=now)
-        for s in syncs
-    ])
+    SyncRun.objects.bulk_create(
+        [SyncRun(sync=s, status="succeeded", started_at=now - timedelta(minutes=k)) for s in syncs for k in range(3)]
+    )
+    Delivery.objects.bulk_create(
+        [
+            Delivery(
+                sync=s,
+                customer_id="c",
+                action="enter",
+                triggered_at=now,
+                changed_at=now,
+                state="sent",
+                acknowledged_at=now + timedelta(seconds=1),
+                next_attempt_at=now,
+            )
+            for s in syncs
+        ]
+    )
 
 
 def test_dashboard_queries_are_bounded_whatever_the_number_of_audiences(admin_client, django_assert_max_num_queries):

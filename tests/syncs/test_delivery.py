@@ -90,8 +90,9 @@ def states(sync, customer_id=None) -> list[tuple[str, str]]:
 
 def db_members(audience_key) -> set[str]:
     return set(
-        Membership.objects.filter(audience__key=audience_key, exited_at__isnull=True)
-        .values_list("person__customer_id", flat=True)
+        Membership.objects.filter(audience__key=audience_key, exited_at__isnull=True).values_list(
+            "person__customer_id", flat=True
+        )
     )
 
 
@@ -111,12 +112,19 @@ def people(prefix, n):
 @pytest.fixture
 def webhook_destination(webhook_receiver, monkeypatch):
     monkeypatch.setenv("HOOK_SECRET", "hook-secret")
-    return destination_save(data={
-        "key": "hook", "name": "Hook", "kind": "webhook",
-        "settings": {"url": webhook_receiver.url + "/hooks/downstream", "headers": {"X-Team": "growth"}},
-        "credentials": {"signing_secret": "env:HOOK_SECRET"},
-        "timeout_s": 1.0, "retry_base_s": 0.05, "retry_cap_s": 0.5, "rate_limit_per_s": 200,
-    })
+    return destination_save(
+        data={
+            "key": "hook",
+            "name": "Hook",
+            "kind": "webhook",
+            "settings": {"url": webhook_receiver.url + "/hooks/downstream", "headers": {"X-Team": "growth"}},
+            "credentials": {"signing_secret": "env:HOOK_SECRET"},
+            "timeout_s": 1.0,
+            "retry_base_s": 0.05,
+            "retry_cap_s": 0.5,
+            "rate_limit_per_s": 200,
+        }
+    )
 
 
 # --- what goes on the wire ------------------------------------------------------------------
@@ -145,11 +153,20 @@ def test_livelike_membership_rows_have_exactly_the_documented_shape(source, live
     delivery = Delivery.objects.get(customer_id="p0")
     out = OutRow(delivery.pk, "enter", "p0", delivery.changed_at, {"email": "p0@example.com"})
     assert set(LiveLikeTransport._membership_row(out, sync, "b")) == {
-        "audience_id", "audience_name", "action", "timestamp", "user_id", "email",
+        "audience_id",
+        "audience_name",
+        "action",
+        "timestamp",
+        "user_id",
+        "email",
     }
     out.fields = {}
     assert set(LiveLikeTransport._membership_row(out, sync, "b")) == {
-        "audience_id", "audience_name", "action", "timestamp", "user_id",
+        "audience_id",
+        "audience_name",
+        "action",
+        "timestamp",
+        "user_id",
     }
 
     flag(source, ["p0"], False)
@@ -240,8 +257,9 @@ def test_livelike_sends_the_customer_id_when_its_audience_hashes_and_email_as_it
     source, livelike, livelike_destination
 ):
     identifier_policy_save(data={"key": "email_sha256", "name": "Hashed email", "field": "email", "hash_sha256": True})
-    audience_save(data={"key": "flagged", "name": "Flagged", "rule": {"attribute": "flag", "eq": True},
-                        "identifier_policy": "email_sha256"})
+    audience_save(
+        data={"key": "flagged", "name": "Flagged", "rule": {"attribute": "flag", "eq": True}, "identifier_policy": "email_sha256"}
+    )
     sync_save(data={"key": "flagged-sync", "audience": "flagged", "destination": "livelike", "fields": ["email"]})
     identify(source, "p0", flag=True, email="  Ann.Lee@Example.COM ")
     evaluate_all()
@@ -352,9 +370,14 @@ def test_a_webhook_batch_that_timed_out_is_retried_with_the_same_batch_id(source
 
 @pytest.mark.parametrize("file_format", ["csv", "jsonl"])
 def test_file_destination_writes_the_changes_to_a_delta_file(source, tmp_path, file_format):
-    destination = destination_save(data={
-        "key": "files", "name": "Files", "kind": "file", "settings": {"directory": str(tmp_path), "format": file_format},
-    })
+    destination = destination_save(
+        data={
+            "key": "files",
+            "name": "Files",
+            "kind": "file",
+            "settings": {"directory": str(tmp_path), "format": file_format},
+        }
+    )
     sync = flagged_sync(destination="files", fields=["email", "tier"])
     identify(source, "p0", flag=True, email="P0@example.com", tier="gold")
     identify(source, "p1", flag=True)
@@ -380,9 +403,14 @@ def test_file_destination_writes_the_changes_to_a_delta_file(source, tmp_path, f
 
 
 def test_file_snapshot_holds_the_current_members(source, tmp_path):
-    destination = destination_save(data={
-        "key": "files", "name": "Files", "kind": "file", "settings": {"directory": str(tmp_path), "format": "csv"},
-    })
+    destination = destination_save(
+        data={
+            "key": "files",
+            "name": "Files",
+            "kind": "file",
+            "settings": {"directory": str(tmp_path), "format": "csv"},
+        }
+    )
     sync = flagged_sync(destination="files", fields=["email"])
     for customer_id in people("p", 3):
         identify(source, customer_id, flag=True, email=f"{customer_id}@example.com")
@@ -391,13 +419,16 @@ def test_file_snapshot_holds_the_current_members(source, tmp_path):
     evaluate_all()
 
     members = Membership.objects.filter(audience=sync.audience, exited_at__isnull=True).select_related("person")
-    rows = [OutRow(0, "enter", payload_for(sync, m.person)["identifier"], m.entered_at, payload_for(sync, m.person)["fields"])
-            for m in members]
+    rows = [
+        OutRow(0, "enter", payload_for(sync, m.person)["identifier"], m.entered_at, payload_for(sync, m.person)["fields"])
+        for m in members
+    ]
     path = transport_for(destination).write_snapshot(sync, rows)
     records = list(csv.DictReader(path.read_text().splitlines()))
     assert "snapshot" in path.name
     assert sorted((r["action"], r["identifier"], r["email"]) for r in records) == [
-        ("member", "p0", "p0@example.com"), ("member", "p2", "p2@example.com"),
+        ("member", "p0", "p0@example.com"),
+        ("member", "p2", "p2@example.com"),
     ]
 
 
@@ -474,7 +505,9 @@ def test_a_run_whose_rows_all_went_dead_at_once_is_failed(source, livelike, live
 
 def test_a_wrong_token_is_retried_then_dead_and_never_marked_sent(source, livelike, livelike_destination, monkeypatch):
     monkeypatch.setenv("WRONG_TOKEN", "not-the-producer-token")
-    destination_save(instance=livelike_destination, data={"credentials": {"producer_token": "env:WRONG_TOKEN"}, "max_attempts": 3})
+    destination_save(
+        instance=livelike_destination, data={"credentials": {"producer_token": "env:WRONG_TOKEN"}, "max_attempts": 3}
+    )
     sync = flagged_sync()
     flag(source, ["p0"], True)
     evaluate_all()
@@ -637,7 +670,8 @@ def test_a_dry_run_records_what_would_be_sent_and_sends_nothing(source, livelike
     batch = DeliveryBatch.objects.get(sync=sync)
     assert batch.error == "dry run: not sent" and batch.status is None
     assert sorted((r["delivery"], r["action"], r["identifier"]) for r in batch.rows) == [
-        (rows["p0"].pk, "enter", "p0"), (rows["p1"].pk, "enter", "p1"),
+        (rows["p0"].pk, "enter", "p0"),
+        (rows["p1"].pk, "enter", "p1"),
     ]
     run = SyncRun.objects.get(sync=sync)
     assert (run.kind, run.sent, run.planned) == (SyncRun.DRY_RUN, 0, 2)
@@ -666,7 +700,10 @@ def test_send_test_cohort_queues_an_entry_for_each_current_test_member(source, l
     evaluate_all()
     deliver(livelike_destination)
     assert sync_send_test_cohort(sync=sync) == 2
-    assert sorted(Delivery.objects.filter(sync=sync, state=Delivery.PENDING).values_list("customer_id", flat=True)) == ["t0", "t1"]
+    assert sorted(Delivery.objects.filter(sync=sync, state=Delivery.PENDING).values_list("customer_id", flat=True)) == [
+        "t0",
+        "t1",
+    ]
     deliver(livelike_destination)
     assert actions(livelike, "t0") == actions(livelike, "t1") == [True, True]
     assert actions(livelike, "p0") == [True]
@@ -732,8 +769,9 @@ def test_a_held_exit_between_two_unsent_entries_keeps_the_person_a_member(source
 
 
 def test_an_erased_person_exits_and_the_exit_reaches_livelike_with_their_identifier(ingest, livelike, livelike_destination):
-    identifier_policy_save(data={"key": "profile", "name": "LiveLike profile", "field": "attribute",
-                                 "attribute": "livelike_profile_id"})
+    identifier_policy_save(
+        data={"key": "profile", "name": "LiveLike profile", "field": "attribute", "attribute": "livelike_profile_id"}
+    )
     sync = flagged_sync(identifier_policy="profile")
     audience_save(data={"key": "also", "name": "Also", "rule": {"attribute": "flag", "eq": True}})
     flag(ingest.source, ["c1", "c2"], True)
@@ -816,8 +854,9 @@ def test_a_sender_that_lost_its_lease_while_waiting_sends_nothing_more(source, l
 
 
 def test_sync_run_counts_and_status_match_what_happened(source, livelike, livelike_destination):
-    identifier_policy_save(data={"key": "profile", "name": "LiveLike profile", "field": "attribute",
-                                 "attribute": "livelike_profile_id"})
+    identifier_policy_save(
+        data={"key": "profile", "name": "LiveLike profile", "field": "attribute", "attribute": "livelike_profile_id"}
+    )
     livelike.reject_user_ids = {"lp-p1"}
     livelike.faults = FailFirst("500")
     sync = flagged_sync(identifier_policy="profile")

@@ -61,12 +61,20 @@ class HangFor(LiveLikeServer):
 
 def livelike_at(server, monkeypatch, **fields):
     monkeypatch.setenv("LIVELIKE_PRODUCER_TOKEN", "producer-token")
-    return destination_save(data={
-        "key": "livelike", "name": "LiveLike", "kind": "livelike",
-        "settings": {"base_url": server.api_url, "client_id": "client-1"},
-        "credentials": {"producer_token": "env:LIVELIKE_PRODUCER_TOKEN"},
-        "timeout_s": 5.0, "retry_base_s": 0.05, "retry_cap_s": 0.5, "rate_limit_per_s": 200, **fields,
-    })
+    return destination_save(
+        data={
+            "key": "livelike",
+            "name": "LiveLike",
+            "kind": "livelike",
+            "settings": {"base_url": server.api_url, "client_id": "client-1"},
+            "credentials": {"producer_token": "env:LIVELIKE_PRODUCER_TOKEN"},
+            "timeout_s": 5.0,
+            "retry_base_s": 0.05,
+            "retry_cap_s": 0.5,
+            "rate_limit_per_s": 200,
+            **fields,
+        }
+    )
 
 
 def flagged(key, *, purpose="activation", attribute="flag"):
@@ -176,8 +184,7 @@ def test_a_lease_whose_process_is_a_zombie_is_taken_over_at_once(livelike_destin
         time.sleep(0.01)
     try:
         owner = f"{socket.gethostname()}:{zombie.pid}:deadbeef"
-        set_destination(livelike_destination, lease_owner=owner,
-                        lease_until=timezone.now() + timedelta(seconds=LEASE_SECONDS))
+        set_destination(livelike_destination, lease_owner=owner, lease_until=timezone.now() + timedelta(seconds=LEASE_SECONDS))
         assert acquire_lease(livelike_destination.pk, lease_token())
     finally:
         zombie.wait()
@@ -195,8 +202,9 @@ def test_a_wake_up_waits_out_a_lease_nobody_renews_and_sends(source, livelike, l
     flag(source, ["p0"], True)
     evaluate_all()
     # another machine's worker died 3.5 s into its lease: nobody renews it
-    set_destination(livelike_destination, lease_owner="elsewhere:1:dead",
-                    lease_until=timezone.now() + timedelta(seconds=LEASE_SECONDS - 3.5))
+    set_destination(
+        livelike_destination, lease_owner="elsewhere:1:dead", lease_until=timezone.now() + timedelta(seconds=LEASE_SECONDS - 3.5)
+    )
     slept = []
 
     def sleep(seconds):
@@ -241,6 +249,7 @@ def test_a_started_worker_resumes_pending_deliveries_without_waiting_for_the_sch
         started = time.monotonic()
         # no schedules at all: only the worker's own start can send these
         with running_stack(web=False, workers=1, schedules=False):
+
             def delivered():
                 close_old_connections()
                 return Delivery.objects.filter(sync=sync, state=Delivery.SENT).count() == 5
@@ -280,11 +289,13 @@ def test_a_retry_after_on_one_sync_holds_every_sync_of_the_destination(source, l
 def test_attempts_count_up_for_a_batch_whose_rows_were_partly_skipped(source, livelike, livelike_destination):
     livelike.faults = FaultPlan(rate=1.0, kinds=("500",))
     set_destination(livelike_destination, max_attempts=4, retry_base_s=0.02, retry_cap_s=0.1)
-    identifier_policy_save(data={"key": "profile", "name": "LiveLike profile", "field": "attribute",
-                                 "attribute": "livelike_profile_id"})
+    identifier_policy_save(
+        data={"key": "profile", "name": "LiveLike profile", "field": "attribute", "attribute": "livelike_profile_id"}
+    )
     flagged("flagged")
-    sync = sync_save(data={"key": "flagged-sync", "audience": "flagged", "destination": "livelike",
-                           "identifier_policy": "profile"})
+    sync = sync_save(
+        data={"key": "flagged-sync", "audience": "flagged", "destination": "livelike", "identifier_policy": "profile"}
+    )
     identify(source, "p0", flag=True, livelike_profile_id="lp-p0")
     identify(source, "p1", flag=True)  # no profile id: skipped on the first attempt, stays in the batch
     evaluate_all()

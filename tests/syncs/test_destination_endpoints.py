@@ -78,9 +78,15 @@ def test_a_file_destination_writes_under_the_export_root(export_root):
     assert path.parent == export_root / "plain" / "carts"
 
 
-@pytest.mark.parametrize("directory", [
-    str(PROJECT / "static" / "leak"), "/tmp/elsewhere", "../outside", "partner/../../outside",
-])
+@pytest.mark.parametrize(
+    "directory",
+    [
+        str(PROJECT / "static" / "leak"),
+        "/tmp/elsewhere",
+        "../outside",
+        "partner/../../outside",
+    ],
+)
 def test_a_directory_out_of_the_export_root_is_refused_when_saved(export_root, directory):
     with pytest.raises(ValidationError) as failure:
         saved(settings={"directory": directory})
@@ -100,8 +106,9 @@ def test_a_served_folder_is_refused_even_inside_the_export_root(settings):
 
 def test_a_directory_out_of_the_root_is_refused_at_write_time_too(export_root):
     # written before the check existed, or straight into the database
-    destination = Destination.objects.create(key="files", name="Files", kind="file",
-                                             settings={"directory": str(PROJECT / "static" / "leak")})
+    destination = Destination.objects.create(
+        key="files", name="Files", kind="file", settings={"directory": str(PROJECT / "static" / "leak")}
+    )
     Destination.objects.create(key="ok", name="Ok", kind="file")
     sync = file_sync("ok")
     with pytest.raises(TransportError) as failure:
@@ -143,9 +150,20 @@ def test_a_symlink_made_after_saving_is_refused_at_write_time(export_root, tmp_p
 
 def test_apply_config_refuses_a_directory_out_of_the_root(export_root, tmp_path):
     path = tmp_path / "team.yaml"
-    path.write_text(yaml.safe_dump({"destinations": [
-        {"key": "files", "name": "Files", "kind": "file", "settings": {"directory": str(PROJECT / "static" / "leak")}},
-    ]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "destinations": [
+                    {
+                        "key": "files",
+                        "name": "Files",
+                        "kind": "file",
+                        "settings": {"directory": str(PROJECT / "static" / "leak")},
+                    },
+                ]
+            }
+        )
+    )
     with pytest.raises(CommandError) as failure:
         call_command("apply_config", str(path), stdout=StringIO(), stderr=StringIO())
     assert "destinations[files].settings" in str(failure.value) and "export root" in str(failure.value)
@@ -153,10 +171,18 @@ def test_apply_config_refuses_a_directory_out_of_the_root(export_root, tmp_path)
 
 
 def test_the_dashboard_editor_refuses_a_directory_out_of_the_root_beside_the_field(export_root, manager_client):
-    response = manager_client.post("/dashboard/destinations/new/", {
-        "kind": "file", "key": "files", "name": "Files", "setting__directory": f"{PROJECT}/static/leak",
-        "setting__format": "csv", "batch_size": "500", "rate_limit_per_s": "10",
-    })
+    response = manager_client.post(
+        "/dashboard/destinations/new/",
+        {
+            "kind": "file",
+            "key": "files",
+            "name": "Files",
+            "setting__directory": f"{PROJECT}/static/leak",
+            "setting__format": "csv",
+            "batch_size": "500",
+            "rate_limit_per_s": "10",
+        },
+    )
     assert response.status_code == 400
     error = response.content.decode().split('id="id_setting__directory-error">', 1)[1].split("</p>", 1)[0]
     assert "export root" in error
@@ -175,11 +201,15 @@ def tokens(monkeypatch):
 
 
 def livelike(**settings_):
-    return destination_save(data={
-        "key": "livelike", "name": "LiveLike", "kind": "livelike",
-        "settings": {"client_id": "client-1", "base_url": "https://cf-blast.livelikecdn.com/api/v1", **settings_},
-        "credentials": {"producer_token": "env:LIVELIKE_PRODUCER_TOKEN"},
-    })
+    return destination_save(
+        data={
+            "key": "livelike",
+            "name": "LiveLike",
+            "kind": "livelike",
+            "settings": {"client_id": "client-1", "base_url": "https://cf-blast.livelikecdn.com/api/v1", **settings_},
+            "credentials": {"producer_token": "env:LIVELIKE_PRODUCER_TOKEN"},
+        }
+    )
 
 
 def test_changing_the_base_url_clears_the_token_and_asks_for_it_again(tokens):
@@ -212,23 +242,35 @@ def test_leaving_the_base_url_out_is_a_change_of_endpoint_too(tokens):
     # the default written out is the same endpoint: the token stays
     Destination.objects.all().delete()
     destination = livelike(base_url="")
-    destination_save(data={"settings": {"client_id": "client-1", "base_url": "https://cf-blast.livelikecdn.com/api/v1/"}},
-                     instance=destination)
+    destination_save(
+        data={"settings": {"client_id": "client-1", "base_url": "https://cf-blast.livelikecdn.com/api/v1/"}}, instance=destination
+    )
     assert Destination.objects.get(pk=destination.pk).credentials == {"producer_token": TOKEN}
 
 
 def test_changing_a_webhook_url_clears_the_secret_and_the_secret_headers(tokens):
-    destination = destination_save(data={
-        "key": "hook", "name": "Hook", "kind": "webhook", "settings": {"url": "https://hooks.example.com/a"},
-        "credentials": {"signing_secret": "env:HOOK_SECRET", "headers": "env:HOOK_HEADERS"},
-    })
+    destination = destination_save(
+        data={
+            "key": "hook",
+            "name": "Hook",
+            "kind": "webhook",
+            "settings": {"url": "https://hooks.example.com/a"},
+            "credentials": {"signing_secret": "env:HOOK_SECRET", "headers": "env:HOOK_HEADERS"},
+        }
+    )
     with pytest.raises(ValidationError) as failure:
-        destination_save(data={"settings": {"url": "https://attacker.example/a"},
-                               "credentials": {"signing_secret": "env:HOOK_SECRET", "headers": "keep"}},
-                         instance=destination)
+        destination_save(
+            data={
+                "settings": {"url": "https://attacker.example/a"},
+                "credentials": {"signing_secret": "env:HOOK_SECRET", "headers": "keep"},
+            },
+            instance=destination,
+        )
     assert "headers" in errors_of(failure) and "URL changed" in errors_of(failure)
-    destination_save(data={"settings": {"url": "https://attacker.example/a"},
-                           "credentials": {"signing_secret": "env:HOOK_SECRET"}}, instance=destination)
+    destination_save(
+        data={"settings": {"url": "https://attacker.example/a"}, "credentials": {"signing_secret": "env:HOOK_SECRET"}},
+        instance=destination,
+    )
     destination.refresh_from_db()
     assert destination.credentials == {"signing_secret": "hook-secret-1"}  # the headers went with the old URL
 
@@ -236,11 +278,21 @@ def test_changing_a_webhook_url_clears_the_secret_and_the_secret_headers(tokens)
 def test_apply_config_says_keep_no_longer_holds_when_the_url_changed(tokens, tmp_path):
     livelike()
     path = tmp_path / "team.yaml"
-    path.write_text(yaml.safe_dump({"destinations": [{
-        "key": "livelike", "name": "LiveLike", "kind": "livelike",
-        "settings": {"client_id": "client-1", "base_url": "https://proxy.example/api/v1"},
-        "credentials": {"producer_token": "keep"},
-    }]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "destinations": [
+                    {
+                        "key": "livelike",
+                        "name": "LiveLike",
+                        "kind": "livelike",
+                        "settings": {"client_id": "client-1", "base_url": "https://proxy.example/api/v1"},
+                        "credentials": {"producer_token": "keep"},
+                    }
+                ]
+            }
+        )
+    )
     with pytest.raises(CommandError) as failure:
         call_command("apply_config", str(path), stdout=StringIO(), stderr=StringIO())
     message = str(failure.value)
@@ -255,8 +307,15 @@ def field_error(response, field: str) -> str:
 def test_the_dashboard_editor_asks_for_the_token_again_when_the_base_url_changes(tokens, manager_client):
     destination = livelike()
     # as a browser sends it: the key is shown disabled, so it is not in the body
-    form = {"kind": "livelike", "name": "LiveLike", "setting__base_url": "https://proxy.example/api/v1",
-            "setting__client_id": "client-1", "credential__producer_token": "", "batch_size": "500", "rate_limit_per_s": "10"}
+    form = {
+        "kind": "livelike",
+        "name": "LiveLike",
+        "setting__base_url": "https://proxy.example/api/v1",
+        "setting__client_id": "client-1",
+        "credential__producer_token": "",
+        "batch_size": "500",
+        "rate_limit_per_s": "10",
+    }
     response = manager_client.post("/dashboard/destinations/livelike/", form)
     assert response.status_code == 400
     error = field_error(response, "credential__producer_token")
@@ -273,16 +332,32 @@ def test_the_dashboard_editor_asks_for_the_token_again_when_the_base_url_changes
 
 
 def test_the_dashboard_editor_drops_the_secret_headers_when_a_webhook_url_changes(tokens, manager_client):
-    destination = destination_save(data={
-        "key": "hook", "name": "Hook", "kind": "webhook", "settings": {"url": "https://hooks.example.com/a"},
-        "credentials": {"signing_secret": "env:HOOK_SECRET", "headers": "env:HOOK_HEADERS"},
-    })
-    form = {"kind": "webhook", "name": "Hook", "setting__url": "https://hooks.example.com/a", "setting__headers": "",
-            "credential__signing_secret": "", "credential__headers": "", "batch_size": "100", "rate_limit_per_s": "10"}
+    destination = destination_save(
+        data={
+            "key": "hook",
+            "name": "Hook",
+            "kind": "webhook",
+            "settings": {"url": "https://hooks.example.com/a"},
+            "credentials": {"signing_secret": "env:HOOK_SECRET", "headers": "env:HOOK_HEADERS"},
+        }
+    )
+    form = {
+        "kind": "webhook",
+        "name": "Hook",
+        "setting__url": "https://hooks.example.com/a",
+        "setting__headers": "",
+        "credential__signing_secret": "",
+        "credential__headers": "",
+        "batch_size": "100",
+        "rate_limit_per_s": "10",
+    }
     # the same URL: both stay as they are when left empty
     assert manager_client.post("/dashboard/destinations/hook/", {**form, "name": "Hook A"}).status_code == 302
     destination.refresh_from_db()
-    assert destination.credentials == {"signing_secret": "hook-secret-1", "headers": {"Authorization": "Bearer hook-header-secret"}}
+    assert destination.credentials == {
+        "signing_secret": "hook-secret-1",
+        "headers": {"Authorization": "Bearer hook-header-secret"},
+    }
 
     moved = {**form, "setting__url": "https://attacker.example/a"}
     response = manager_client.post("/dashboard/destinations/hook/", moved)
@@ -294,11 +369,21 @@ def test_the_dashboard_editor_drops_the_secret_headers_when_a_webhook_url_change
     assert destination.credentials == {"signing_secret": "typed-secret"}  # the headers went with the old URL
 
 
-@pytest.mark.parametrize("url", [
-    "https://127.0.0.1:8765/api", "http://127.0.0.1:8765", "https://localhost/api", "https://10.1.2.3/api",
-    "https://192.168.0.10/api", "https://169.254.169.254/latest", "https://[::1]/api", "https://0.0.0.0/api",
-    "https://[::ffff:127.0.0.1]/api", "https://printer.localhost/api",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1:8765/api",
+        "http://127.0.0.1:8765",
+        "https://localhost/api",
+        "https://10.1.2.3/api",
+        "https://192.168.0.10/api",
+        "https://169.254.169.254/latest",
+        "https://[::1]/api",
+        "https://0.0.0.0/api",
+        "https://[::ffff:127.0.0.1]/api",
+        "https://printer.localhost/api",
+    ],
+)
 def test_a_private_address_is_refused_without_the_setting(tokens, settings, url):
     settings.DESTINATION_PRIVATE_HOSTS = []
     with pytest.raises(ValidationError) as failure:
@@ -345,8 +430,9 @@ def test_a_hostname_that_resolves_to_loopback_is_refused_when_sending(tokens, se
 
 def test_a_webhook_is_checked_when_sending_too(settings):
     with WebhookReceiver(secret="hook-secret") as receiver:
-        destination = Destination.objects.create(key="hook", name="Hook", kind="webhook",
-                                                 settings={"url": receiver.url + "/hook"})
+        destination = Destination.objects.create(
+            key="hook", name="Hook", kind="webhook", settings={"url": receiver.url + "/hook"}
+        )
         destination.set_credentials({"signing_secret": "hook-secret"})
         destination.save()
         audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
@@ -363,8 +449,9 @@ def test_the_customer_io_workspace_follows_the_same_rules(settings, monkeypatch)
     monkeypatch.setenv("CIO_APP_KEY", "cio-app-key-1")
     settings.DESTINATION_PRIVATE_HOSTS = []
     with pytest.raises(ValidationError) as failure:
-        workspace_save(data={"key": "cio", "name": "CIO", "base_url": "http://127.0.0.1:9/",
-                             "credentials": {"app_key": "env:CIO_APP_KEY"}})
+        workspace_save(
+            data={"key": "cio", "name": "CIO", "base_url": "http://127.0.0.1:9/", "credentials": {"app_key": "env:CIO_APP_KEY"}}
+        )
     assert "DESTINATION_PRIVATE_HOSTS" in errors_of(failure)
     workspace = workspace_save(data={"key": "cio", "name": "CIO", "credentials": {"app_key": "env:CIO_APP_KEY"}})
     with pytest.raises(ValidationError) as failure:

@@ -32,10 +32,13 @@ DRAIN_DEADLINE_S = 40
 
 def set_flags(source, flags: dict[str, bool], round_no: int):
     now = timezone.now()
-    ingest_messages(source=source, messages=[
-        Message("identify", customer_id, f"round-{round_no}-{customer_id}", now, traits={"flag": value})
-        for customer_id, value in flags.items()
-    ])
+    ingest_messages(
+        source=source,
+        messages=[
+            Message("identify", customer_id, f"round-{round_no}-{customer_id}", now, traits={"flag": value})
+            for customer_id, value in flags.items()
+        ],
+    )
 
 
 def collapse_repeats(items):
@@ -47,17 +50,26 @@ def test_every_change_arrives_in_order_through_429s_500s_timeouts_and_resets(sou
     plan = FaultPlan(rate=0.3, kinds=("429", "500", "timeout", "reset"), seed=SEED, retry_after=1, slow_seconds=1.5)
     monkeypatch.setenv("LIVELIKE_PRODUCER_TOKEN", "producer-token")
     with LiveLikeServer(token="producer-token", client_id="client-1", faults=plan) as server:
-        destination = destination_save(data={
-            "key": "livelike", "name": "LiveLike", "kind": "livelike",
-            "settings": {"base_url": server.api_url, "client_id": "client-1"},
-            "credentials": {"producer_token": "env:LIVELIKE_PRODUCER_TOKEN"},
-            "timeout_s": 0.5, "retry_base_s": 0.3, "retry_cap_s": 1.0, "rate_limit_per_s": 200,
-            "batch_size": 4, "max_attempts": 50,
-        })
+        destination = destination_save(
+            data={
+                "key": "livelike",
+                "name": "LiveLike",
+                "kind": "livelike",
+                "settings": {"base_url": server.api_url, "client_id": "client-1"},
+                "credentials": {"producer_token": "env:LIVELIKE_PRODUCER_TOKEN"},
+                "timeout_s": 0.5,
+                "retry_base_s": 0.3,
+                "retry_cap_s": 1.0,
+                "rate_limit_per_s": 200,
+                "batch_size": 4,
+                "max_attempts": 50,
+            }
+        )
         audience_save(data={"key": "flagged", "name": "Flagged", "rule": {"attribute": "flag", "eq": True}})
         # half the audience leaving at once is the point here, not something to hold for a person
-        sync = sync_save(data={"key": "flagged-livelike", "audience": "flagged", "destination": "livelike",
-                               "removal_guard_share": 1.0})
+        sync = sync_save(
+            data={"key": "flagged-livelike", "audience": "flagged", "destination": "livelike", "removal_guard_share": 1.0}
+        )
 
         rng = random.Random(SEED)
         flags = {customer_id: False for customer_id in PEOPLE}
@@ -93,8 +105,11 @@ def test_every_change_arrives_in_order_through_429s_500s_timeouts_and_resets(sou
         assert sum(counters["faults"].values()) >= 10  # the faults really happened
         assert Delivery.objects.filter(attempts__gt=1).exists()
 
-        members = set(Membership.objects.filter(audience__key="flagged", exited_at__isnull=True)
-                      .values_list("person__customer_id", flat=True))
+        members = set(
+            Membership.objects.filter(audience__key="flagged", exited_at__isnull=True).values_list(
+                "person__customer_id", flat=True
+            )
+        )
         assert members == {c for c, value in flags.items() if value}
         assert server.members("flagged") == members
         assert server.exits_before_entry() == []

@@ -73,26 +73,38 @@ def test_phones_hash_to_the_values_google_publishes(typed, published):
     assert SPEC.match_key("phone").compile(Person(phone=typed)) == published
 
 
-@pytest.mark.parametrize(("typed", "normalised"), [
-    # the formatting guide's own examples
-    ("cloudy.sanfrancisco+shopping@gmail.com", "cloudysanfrancisco@gmail.com"),
-    ("user.name+NYC@Example.com", "user.name+nyc@example.com"),
-    # whitespace anywhere goes; googlemail.com is Gmail too; other domains keep dots and plus
-    ("  Dana M@Example.com\t", "danam@example.com"),
-    ("First.Last+promo@GoogleMail.com", "firstlast@googlemail.com"),
-    ("first.last+promo@gmail.co.uk", "first.last+promo@gmail.co.uk"),
-    ("not-an-email", None), ("+promo@gmail.com", None), ("a@b", None), ("", None), (42, None),
-])
+@pytest.mark.parametrize(
+    ("typed", "normalised"),
+    [
+        # the formatting guide's own examples
+        ("cloudy.sanfrancisco+shopping@gmail.com", "cloudysanfrancisco@gmail.com"),
+        ("user.name+NYC@Example.com", "user.name+nyc@example.com"),
+        # whitespace anywhere goes; googlemail.com is Gmail too; other domains keep dots and plus
+        ("  Dana M@Example.com\t", "danam@example.com"),
+        ("First.Last+promo@GoogleMail.com", "firstlast@googlemail.com"),
+        ("first.last+promo@gmail.co.uk", "first.last+promo@gmail.co.uk"),
+        ("not-an-email", None),
+        ("+promo@gmail.com", None),
+        ("a@b", None),
+        ("", None),
+        (42, None),
+    ],
+)
 def test_email_normalisation(typed, normalised):
     assert normalise_email(typed) == normalised
 
 
-@pytest.mark.parametrize(("typed", "normalised"), [
-    ("(800)555-0100", "+18005550100"),  # the guide's example, read in PHONE_DEFAULT_REGION (US)
-    ("+44 20 7946 0958", "+442079460958"),
-    ("800 555 0100 ", "+18005550100"),
-    ("12", None), ("phone", None), (True, None),
-])
+@pytest.mark.parametrize(
+    ("typed", "normalised"),
+    [
+        ("(800)555-0100", "+18005550100"),  # the guide's example, read in PHONE_DEFAULT_REGION (US)
+        ("+44 20 7946 0958", "+442079460958"),
+        ("800 555 0100 ", "+18005550100"),
+        ("12", None),
+        ("phone", None),
+        (True, None),
+    ],
+)
 def test_phone_normalisation_is_e164_with_the_plus(typed, normalised):
     assert normalise_phone_e164(typed) == normalised
 
@@ -107,8 +119,11 @@ def test_address_hashes_the_names_and_sends_region_and_postal_code_as_they_are()
 
 
 def test_a_row_carries_every_key_the_sync_maps_or_the_ones_it_names():
-    person = Person(email="Dana@Example.com", phone="+1-800-555-0100",
-                    attributes={"first_name": "Dana", "last_name": "M", "country": "US", "postal_code": "10001"})
+    person = Person(
+        email="Dana@Example.com",
+        phone="+1-800-555-0100",
+        attributes={"first_name": "Dana", "last_name": "M", "country": "US", "postal_code": "10001"},
+    )
 
     class AllKeys:
         match_on = []
@@ -125,20 +140,35 @@ def test_a_row_carries_every_key_the_sync_maps_or_the_ones_it_names():
 
 @pytest.fixture
 def google():
-    server = GoogleDataManagerServer(TOKEN, account_id="1234567890", user_lists=(LIST, "5550002"),
-                                     login_accounts={("GOOGLE_ADS", "9998887777")}, rate_limit_per_s=None)
+    server = GoogleDataManagerServer(
+        TOKEN,
+        account_id="1234567890",
+        user_lists=(LIST, "5550002"),
+        login_accounts={("GOOGLE_ADS", "9998887777")},
+        rate_limit_per_s=None,
+    )
     with server:
         yield server
 
 
 def google_data(server, **settings) -> dict:
     return {
-        "key": "google", "name": "Google Ads", "kind": "google",
-        "settings": {"base_url": server.api_url, "operating_account_id": "123-456-7890",
-                     "customer_match_terms": "ACCEPTED", "ad_user_data": "CONSENT_GRANTED",
-                     "ad_personalization": "CONSENT_GRANTED", **settings},
+        "key": "google",
+        "name": "Google Ads",
+        "kind": "google",
+        "settings": {
+            "base_url": server.api_url,
+            "operating_account_id": "123-456-7890",
+            "customer_match_terms": "ACCEPTED",
+            "ad_user_data": "CONSENT_GRANTED",
+            "ad_personalization": "CONSENT_GRANTED",
+            **settings,
+        },
         "credentials": {"access_token": "env:GOOGLE_ACCESS_TOKEN"},
-        "timeout_s": 2.0, "retry_base_s": 0.05, "retry_cap_s": 0.5, "rate_limit_per_s": 200,
+        "timeout_s": 2.0,
+        "retry_base_s": 0.05,
+        "retry_cap_s": 0.5,
+        "rate_limit_per_s": 200,
     }
 
 
@@ -151,8 +181,9 @@ def destination(google, monkeypatch):
 def flagged_sync(key="flagged-google", destination_key="google", **extra):
     if not Audience.objects.filter(key="flagged").exists():
         audience_save(data={"key": "flagged", "name": "Flagged", "rule": {"attribute": "flag", "eq": True}})
-    return sync_save(data={"key": key, "audience": "flagged", "destination": destination_key,
-                           "downstream_audience_id": LIST, **extra})
+    return sync_save(
+        data={"key": key, "audience": "flagged", "destination": destination_key, "downstream_audience_id": LIST, **extra}
+    )
 
 
 @pytest.fixture
@@ -183,7 +214,12 @@ def member_of(identifiers: dict) -> frozenset:
 
 def test_the_spec_declares_the_documented_limits():
     assert (SPEC.kind, SPEC.label, SPEC.max_batch, SPEC.default_rate_limit_per_s, SPEC.removes) == (
-        "google", "Google (Data Manager API)", 10_000, 5.0, True)
+        "google",
+        "Google (Data Manager API)",
+        10_000,
+        5.0,
+        True,
+    )
     assert SPEC.min_audience_size is None and SPEC.modes == ("membership",)
     assert SPEC.endpoint({}) == "https://datamanager.googleapis.com"
     assert [c.name for c in SPEC.credentials] == ["access_token"]
@@ -192,8 +228,16 @@ def test_the_spec_declares_the_documented_limits():
 def test_destination_save_refuses_bad_google_settings_with_clear_messages(google, monkeypatch):
     monkeypatch.setenv("GOOGLE_ACCESS_TOKEN", TOKEN)
     with pytest.raises(ValidationError) as failure:
-        destination_save(data=google_data(google, operating_account_id="12ab", login_account_type="GOOGLE_ADS",
-                                          ad_user_data="yes", customer_match_terms="maybe", consent_attribute="a b"))
+        destination_save(
+            data=google_data(
+                google,
+                operating_account_id="12ab",
+                login_account_type="GOOGLE_ADS",
+                ad_user_data="yes",
+                customer_match_terms="maybe",
+                consent_attribute="a b",
+            )
+        )
     problems = failure.value.message_dict["settings"]
     assert "ad_user_data: use CONSENT_GRANTED or CONSENT_DENIED or CONSENT_STATUS_UNSPECIFIED" in problems
     assert "customer_match_terms: use ACCEPTED or REJECTED" in problems
@@ -229,17 +273,28 @@ def test_entries_and_exits_go_to_ingest_and_remove_in_the_documented_shape(googl
     ingest = google.bodies()[0]
     assert ingest["action"] == "ingest"
     assert ingest["body"] == {
-        "destinations": [{"operatingAccount": {"accountType": "GOOGLE_ADS", "accountId": "1234567890"},
-                          "productDestinationId": LIST}],
+        "destinations": [
+            {"operatingAccount": {"accountType": "GOOGLE_ADS", "accountId": "1234567890"}, "productDestinationId": LIST}
+        ],
         "audienceMembers": [
-            {"userData": {"userIdentifiers": [{"emailAddress": sha("person1@example.com")}, {"phoneNumber": sha("+18005550100")}]}},
+            {
+                "userData": {
+                    "userIdentifiers": [{"emailAddress": sha("person1@example.com")}, {"phoneNumber": sha("+18005550100")}]
+                }
+            },
             {"userData": {"userIdentifiers": [{"emailAddress": sha("person2@example.com")}]}},
         ],
         "consent": {"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_GRANTED"},
-        "encoding": "HEX", "termsOfService": {"customerMatchTermsOfServiceStatus": "ACCEPTED"}, "validateOnly": False,
+        "encoding": "HEX",
+        "termsOfService": {"customerMatchTermsOfServiceStatus": "ACCEPTED"},
+        "validateOnly": False,
     }
-    assert result.report == {"request_ids": [google.request_ids()[0]], "rows_with_email": 2, "rows_with_phone": 1,
-                             "rows_with_address": 0}
+    assert result.report == {
+        "request_ids": [google.request_ids()[0]],
+        "rows_with_email": 2,
+        "rows_with_phone": 1,
+        "rows_with_address": 0,
+    }
 
     removed = transport.send([rows[2]], batch_id="b2", sync=sync)
     assert removed.accepted == [3]
@@ -255,7 +310,10 @@ def test_a_login_account_travels_with_the_destination(google, monkeypatch):
     destination = destination_save(data=google_data(google, login_account_type="GOOGLE_ADS", login_account_id="999-888-7777"))
     result = transport_for(destination).send([row(1)], batch_id="b", sync=flagged_sync())
     assert result.accepted == [1]
-    assert google.bodies()[0]["body"]["destinations"][0]["loginAccount"] == {"accountType": "GOOGLE_ADS", "accountId": "9998887777"}
+    assert google.bodies()[0]["body"]["destinations"][0]["loginAccount"] == {
+        "accountType": "GOOGLE_ADS",
+        "accountId": "9998887777",
+    }
 
 
 def test_a_batch_goes_as_one_request_per_action_of_at_most_10000_members(google, destination, sync):
@@ -264,7 +322,11 @@ def test_a_batch_goes_as_one_request_per_action_of_at_most_10000_members(google,
     result = transport_for(destination).send(entries + exits, batch_id="big", sync=sync, timeout=60)
     log = google.request_log()
     assert [(r["path"].rsplit(":", 1)[1], r["rows"]) for r in log] == [
-        ("remove", 10_000), ("remove", 2_000), ("ingest", 10_000), ("ingest", 3_000)]
+        ("remove", 10_000),
+        ("remove", 2_000),
+        ("ingest", 10_000),
+        ("ingest", 3_000),
+    ]
     assert result.requests == 4 and len(result.accepted) == 25_000
     assert result.report["request_ids"] == google.request_ids()
     assert google.size(LIST) == 13_000
@@ -283,8 +345,12 @@ def test_only_the_members_google_names_are_rejected_and_the_others_go_again(goog
 
 
 def test_a_request_google_cannot_parse_is_refused_whole_not_member_by_member(google, destination, sync):
-    bad = row(2, address=json.dumps({"givenName": sha("a"), "familyName": sha("b"), "regionCode": "US", "postalCode": "1",
-                                      "streetName": "x"}))
+    bad = row(
+        2,
+        address=json.dumps(
+            {"givenName": sha("a"), "familyName": sha("b"), "regionCode": "US", "postalCode": "1", "streetName": "x"}
+        ),
+    )
     with pytest.raises(TransportError) as failure:
         transport_for(destination).send([row(1), bad], batch_id="b", sync=sync)
     assert failure.value.permanent and failure.value.status == 400
@@ -292,11 +358,14 @@ def test_a_request_google_cannot_parse_is_refused_whole_not_member_by_member(goo
     assert google.members(LIST) == set()
 
 
-@pytest.mark.parametrize(("change", "status", "words"), [
-    ({"token": "expired"}, 401, "the access token was refused: Request had invalid authentication credentials"),
-    ({"account": ("GOOGLE_ADS", "5555555555")}, 403, "Google refused access to the operating account (403 PERMISSION_DENIED"),
-    ({"user_lists": set()}, 400, "destinations[0].product_destination_id INVALID_USER_LIST_ID User list is not valid."),
-])
+@pytest.mark.parametrize(
+    ("change", "status", "words"),
+    [
+        ({"token": "expired"}, 401, "the access token was refused: Request had invalid authentication credentials"),
+        ({"account": ("GOOGLE_ADS", "5555555555")}, 403, "Google refused access to the operating account (403 PERMISSION_DENIED"),
+        ({"user_lists": set()}, 400, "destinations[0].product_destination_id INVALID_USER_LIST_ID User list is not valid."),
+    ],
+)
 def test_refusals_of_the_request_as_a_whole_are_permanent_with_googles_message(google, destination, sync, change, status, words):
     for name, value in change.items():
         setattr(google, name, value)
@@ -370,10 +439,15 @@ def post(server, path, body, token=TOKEN):
 
 
 def ingest_body(members, **extra):
-    return {"destinations": [{"operatingAccount": {"accountType": "GOOGLE_ADS", "accountId": "1234567890"},
-                              "productDestinationId": LIST}],
-            "audienceMembers": members, "encoding": "HEX",
-            "termsOfService": {"customerMatchTermsOfServiceStatus": "ACCEPTED"}, **extra}
+    return {
+        "destinations": [
+            {"operatingAccount": {"accountType": "GOOGLE_ADS", "accountId": "1234567890"}, "productDestinationId": LIST}
+        ],
+        "audienceMembers": members,
+        "encoding": "HEX",
+        "termsOfService": {"customerMatchTermsOfServiceStatus": "ACCEPTED"},
+        **extra,
+    }
 
 
 def email_member(i):
@@ -396,8 +470,10 @@ def test_server_refuses_what_the_api_refuses_and_applies_nothing(google):
     plain = {"userData": {"userIdentifiers": [{"emailAddress": "dana@example.com"}]}}
     unhashed = {"userData": {"userIdentifiers": [{"emailAddress": b"dana@example.com".hex()}]}}
     response = post(google, "/v1/audienceMembers:ingest", ingest_body([email_member(0), plain, unhashed]))
-    assert violations(response) == [("audience_members.audience_members[1].user_data.user_identifiers", "INVALID_HEX_ENCODING"),
-                                    ("audience_members.audience_members[2]", "INVALID_SHA256_FORMAT")]
+    assert violations(response) == [
+        ("audience_members.audience_members[1].user_data.user_identifiers", "INVALID_HEX_ENCODING"),
+        ("audience_members.audience_members[2]", "INVALID_SHA256_FORMAT"),
+    ]
 
     response = post(google, "/v1/audienceMembers:ingest", ingest_body([{**email_member(1), "extra": 1}]))
     assert response.status_code == 400 and 'Unknown name "extra"' in response.json()["error"]["message"]
@@ -405,8 +481,9 @@ def test_server_refuses_what_the_api_refuses_and_applies_nothing(google):
     assert response.status_code == 400 and "consent.ad_user_data" in response.json()["error"]["message"]
     response = post(google, "/v1/audienceMembers:remove", ingest_body([email_member(1)]))  # remove takes no terms
     assert response.status_code == 400 and 'Unknown name "termsOfService"' in response.json()["error"]["message"]
-    response = post(google, "/v1/audienceMembers:ingest", {k: v for k, v in ingest_body([email_member(1)]).items()
-                                                            if k != "termsOfService"})
+    response = post(
+        google, "/v1/audienceMembers:ingest", {k: v for k, v in ingest_body([email_member(1)]).items() if k != "termsOfService"}
+    )
     assert violations(response) == [("terms_of_service", "TERMS_AND_CONDITIONS_NOT_SIGNED")]
     assert google.members(LIST) == set() and google.request_ids() == []
 
@@ -424,8 +501,12 @@ def test_server_auth_is_a_bearer_token_and_errors_are_googles_json(google):
     assert (error["code"], error["status"]) == (401, "UNAUTHENTICATED")
     assert error["details"][0]["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
     assert requests.get(google.url + "/v1/nothing", timeout=5).status_code == 404
-    status = requests.get(google.url + "/v1/requestStatus:retrieve", params={"requestId": "nope"},
-                          headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+    status = requests.get(
+        google.url + "/v1/requestStatus:retrieve",
+        params={"requestId": "nope"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=5,
+    )
     assert status.status_code == 400 and violations(status) == [("request_id", "INVALID_REQUEST_ID")]
 
 
@@ -447,7 +528,8 @@ def test_server_limits_requests_to_5_a_second_by_default():
 def test_server_runs_in_its_own_process_at_a_given_rate_limit():
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.contract_servers.google", "--rate-limit", "2", "--token", TOKEN, "--user-list", LIST],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         line = process.stdout.readline()
@@ -455,8 +537,12 @@ def test_server_runs_in_its_own_process_at_a_given_rate_limit():
         url = line.split()[-1]
         state = requests.get(url + "/__state__", timeout=5).json()
         assert state["server"] == "google" and state["faults"]["rate_limit_per_s"] == 2.0
-        answer = requests.post(url + "/v1/audienceMembers:ingest", json=ingest_body([email_member(1)]),
-                               headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+        answer = requests.post(
+            url + "/v1/audienceMembers:ingest",
+            json=ingest_body([email_member(1)]),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=5,
+        )
         assert answer.status_code == 200 and answer.json()["requestId"]
         assert requests.get(url + "/__state__?requests=0", timeout=5).json()["user_lists"] == {LIST: 1}
     finally:
@@ -476,8 +562,9 @@ def source(db):
 
 
 def identify_in(source, customer_id, **traits):
-    ingest_messages(source=source, messages=[
-        Message("identify", customer_id, f"identify-{next(MESSAGES)}", timezone.now(), traits=traits)])
+    ingest_messages(
+        source=source, messages=[Message("identify", customer_id, f"identify-{next(MESSAGES)}", timezone.now(), traits=traits)]
+    )
 
 
 def downstream_members(sync) -> set[frozenset]:
@@ -491,8 +578,13 @@ PEOPLE = {
     "p0": {"email": "dana@example.com"},
     "p1": {"email": " Cloudy.SanFrancisco+shopping@GMAIL.com ", "phone": "+1-800-555-0100"},
     "p2": {"phone": "(800) 555-0101"},
-    "p3": {"email": "user.name+NYC@Example.com", "first_name": "Rosario", "last_name": "Díaz-López",
-           "country": "es", "postal_code": "28001"},
+    "p3": {
+        "email": "user.name+NYC@Example.com",
+        "first_name": "Rosario",
+        "last_name": "Díaz-López",
+        "country": "es",
+        "postal_code": "28001",
+    },
     "p4": {"first_name": "Quinn", "last_name": "Lee", "country": "US", "postal_code": "94045"},
     "p5": {"email": "alexf@altostrat.com"},
 }
@@ -547,13 +639,17 @@ def test_consent_comes_from_the_persons_attribute_when_mapped_else_the_default(s
     deliver_destination(destination.pk)
 
     sent = {r["identifiers"]: r for r in google.received()}
-    denies, grants, silent = (sent[frozenset({("emailAddress", sha(f"{n}@example.com"))})] for n in ("denies", "grants", "silent"))
+    denies, grants, silent = (
+        sent[frozenset({("emailAddress", sha(f"{n}@example.com"))})] for n in ("denies", "grants", "silent")
+    )
     assert denies["member_consent"] == {"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_DENIED"}
     assert grants["member_consent"] == {"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_GRANTED"}
     assert silent["member_consent"] is None and silent["consent"]["adPersonalization"] == "CONSENT_GRANTED"  # the request's
     # Google keeps no one whose consent is denied
-    assert google.members(LIST) == {frozenset({("emailAddress", sha("grants@example.com"))}),
-                                    frozenset({("emailAddress", sha("silent@example.com"))})}
+    assert google.members(LIST) == {
+        frozenset({("emailAddress", sha("grants@example.com"))}),
+        frozenset({("emailAddress", sha("silent@example.com"))}),
+    }
 
     # what Google made of it, read later
     run = SyncRun.objects.get(sync=sync)
@@ -698,7 +794,9 @@ def test_the_connection_test_lists_the_accounts_user_lists(google, destination):
     from syncs.wire import check_connection
 
     assert check_connection(destination) == (
-        True, "Google accepted the access token for GOOGLE_ADS account 1234567890; it holds user lists.")
+        True,
+        "Google accepted the access token for GOOGLE_ADS account 1234567890; it holds user lists.",
+    )
     assert google.request_log()[-1]["query"] == "pageSize=1"
     google.token = "rotated"
     reached, said = check_connection(destination)
@@ -798,16 +896,32 @@ def test_the_readme_example_applies_and_exports_as_it_was(tmp_path, monkeypatch)
 
 def test_a_google_destination_is_set_up_from_the_dashboard_and_tested(manager_client, google):
     page = manager_client.get("/dashboard/destinations/new/?kind=google").content.decode()
-    for name in ("setting__operating_account_id", "setting__customer_match_terms", "setting__ad_user_data",
-                 "setting__consent_attribute", "credential__access_token"):
+    for name in (
+        "setting__operating_account_id",
+        "setting__customer_match_terms",
+        "setting__ad_user_data",
+        "setting__consent_attribute",
+        "credential__access_token",
+    ):
         assert f'name="{name}"' in page
-    response = manager_client.post("/dashboard/destinations/new/", {
-        "kind": "google", "name": "Google Ads", "key": "google-ads", "setting__base_url": google.api_url,
-        "setting__operating_account_type": "GOOGLE_ADS", "setting__operating_account_id": "1234567890",
-        "setting__customer_match_terms": "ACCEPTED", "setting__ad_user_data": "CONSENT_GRANTED",
-        "setting__ad_personalization": "CONSENT_GRANTED", "setting__consent_attribute": "consent",
-        "credential__access_token": TOKEN, "batch_size": 5000, "rate_limit_per_s": 5,
-    })
+    response = manager_client.post(
+        "/dashboard/destinations/new/",
+        {
+            "kind": "google",
+            "name": "Google Ads",
+            "key": "google-ads",
+            "setting__base_url": google.api_url,
+            "setting__operating_account_type": "GOOGLE_ADS",
+            "setting__operating_account_id": "1234567890",
+            "setting__customer_match_terms": "ACCEPTED",
+            "setting__ad_user_data": "CONSENT_GRANTED",
+            "setting__ad_personalization": "CONSENT_GRANTED",
+            "setting__consent_attribute": "consent",
+            "credential__access_token": TOKEN,
+            "batch_size": 5000,
+            "rate_limit_per_s": 5,
+        },
+    )
     assert response.status_code == 302, response.content.decode()[:3000]
     page = manager_client.get("/dashboard/destinations/google-ads/").content.decode()
     assert TOKEN not in page

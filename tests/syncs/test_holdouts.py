@@ -36,8 +36,9 @@ pytestmark = pytest.mark.django_db
 
 IDS = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=150)
 # what a person store holds (PostgreSQL text never holds a NUL)
-STORED_IDS = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00"), min_size=1,
-                     max_size=150)
+STORED_IDS = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00"), min_size=1, max_size=150
+)
 
 
 # --- the choice itself ----------------------------------------------------------------------
@@ -68,8 +69,9 @@ def test_another_process_makes_the_same_choice():
     )
     import json
 
-    there = subprocess.run([sys.executable, "-c", script], input=json.dumps(ids), capture_output=True, text=True,
-                           check=True).stdout
+    there = subprocess.run(
+        [sys.executable, "-c", script], input=json.dumps(ids), capture_output=True, text=True, check=True
+    ).stdout
     assert json.loads(there) == here
 
 
@@ -85,15 +87,21 @@ def test_the_held_out_share_of_100000_people_is_within_half_a_point(share, salt)
 
 
 def hook(key="hook"):
-    return destination_save(data={
-        "key": key, "name": key.title(), "kind": "webhook", "settings": {"url": "http://127.0.0.1:9/hook"},
-        "credentials": {"signing_secret": "s3cret-for-tests"},
-    })
+    return destination_save(
+        data={
+            "key": key,
+            "name": key.title(),
+            "kind": "webhook",
+            "settings": {"url": "http://127.0.0.1:9/hook"},
+            "credentials": {"signing_secret": "s3cret-for-tests"},
+        }
+    )
 
 
 def flagged_audience(key="flagged", purpose=Audience.ACTIVATION):
-    return audience_save(data={"key": key, "name": key.title(), "purpose": purpose, "cadence": "1d",
-                               "rule": {"attribute": "flag", "eq": True}})
+    return audience_save(
+        data={"key": key, "name": key.title(), "purpose": purpose, "cadence": "1d", "rule": {"attribute": "flag", "eq": True}}
+    )
 
 
 def people(ids):
@@ -121,8 +129,16 @@ def test_a_person_stays_in_or_out_across_re_entries(ids, rounds, share, salt):
     Audience.objects.all().delete()
     Destination.objects.all().delete()
     audience = flagged_audience()
-    sync = sync_save(data={"key": "flagged-hook", "audience": "flagged", "destination": hook().key,
-                           "holdout_share": share, "holdout_salt": salt, "removal_guard_share": 1.0})
+    sync = sync_save(
+        data={
+            "key": "flagged-hook",
+            "audience": "flagged",
+            "destination": hook().key,
+            "holdout_share": share,
+            "holdout_salt": salt,
+            "removal_guard_share": 1.0,
+        }
+    )
     people(ids)
     now = timezone.now()
     for n, members in enumerate(rounds):
@@ -146,8 +162,16 @@ def test_a_person_stays_in_or_out_across_re_entries(ids, rounds, share, salt):
 def livelike_sync(livelike_destination):
     flagged_audience()
     # everyone leaves at once in these tests: no mass-removal guard in the way
-    return sync_save(data={"key": "flagged-livelike", "audience": "flagged", "destination": "livelike",
-                           "holdout_share": 0.3, "holdout_salt": "demo", "removal_guard_share": 1.0})
+    return sync_save(
+        data={
+            "key": "flagged-livelike",
+            "audience": "flagged",
+            "destination": "livelike",
+            "holdout_share": 0.3,
+            "holdout_salt": "demo",
+            "removal_guard_share": 1.0,
+        }
+    )
 
 
 def test_held_out_people_are_never_sent_and_their_rows_say_why(livelike, livelike_sync):
@@ -251,8 +275,15 @@ def paid_kind(monkeypatch):
     """The toy kind stands in for an ad platform: registered, its spec saying paid media."""
     monkeypatch.setitem(registry.KINDS, "toy", replace(toy_destination.SPEC, paid_media=True))
     monkeypatch.setenv("TOY_API_KEY", "toy-key-1")
-    return destination_save(data={"key": "ads", "name": "Ads", "kind": "toy", "settings": {"board": "b-1"},
-                                  "credentials": {"toy_api_key": "env:TOY_API_KEY"}})
+    return destination_save(
+        data={
+            "key": "ads",
+            "name": "Ads",
+            "kind": "toy",
+            "settings": {"board": "b-1"},
+            "credentials": {"toy_api_key": "env:TOY_API_KEY"},
+        }
+    )
 
 
 def test_the_global_holdout_covers_paid_syncs_only(paid_kind):
@@ -302,22 +333,29 @@ def test_a_suppression_sync_refuses_a_share():
     flagged_audience(key="buyers", purpose=Audience.SUPPRESSION)
     with pytest.raises(ValidationError) as refused:
         sync_save(data={"key": "buyers-hook", "audience": "buyers", "destination": "hook", "holdout_share": 0.1})
-    assert refused.value.message_dict == {"holdout_share": [
-        "a suppression sync never holds anyone out: everyone in a suppression audience must reach the destination, "
-        "or the people it protects are not protected; set the holdout on the activation syncs"
-    ]}
-    assert sync_save(data={"key": "buyers-hook", "audience": "buyers", "destination": "hook", "holdout_share": 0}).holdout_share == 0
+    assert refused.value.message_dict == {
+        "holdout_share": [
+            "a suppression sync never holds anyone out: everyone in a suppression audience must reach the destination, "
+            "or the people it protects are not protected; set the holdout on the activation syncs"
+        ]
+    }
+    assert (
+        sync_save(data={"key": "buyers-hook", "audience": "buyers", "destination": "hook", "holdout_share": 0}).holdout_share == 0
+    )
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("holdout_share", 10, "must be a share from 0 to 0.5, such as 0.1 for 10 % (0 holds nobody out)"),
-    ("holdout_share", -0.1, "must be a share from 0 to 0.5, such as 0.1 for 10 % (0 holds nobody out)"),
-    ("holdout_share", "0.1", "must be a share from 0 to 0.5, such as 0.1 for 10 % (0 holds nobody out)"),
-    ("holdout_share", True, "must be a share from 0 to 0.5, such as 0.1 for 10 % (0 holds nobody out)"),
-    ("holdout_salt", "two words", "must be a text of at most 64 characters without spaces (blank: the default)"),
-    ("holdout_salt", "x" * 65, "must be a text of at most 64 characters without spaces (blank: the default)"),
-    ("holdout_salt", 7, "must be a text of at most 64 characters without spaces (blank: the default)"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("holdout_share", 10, "must be a share from 0 to 0.5, such as 0.1 for 10 % (0 holds nobody out)"),
+        ("holdout_share", -0.1, "must be a share from 0 to 0.5, such as 0.1 for 10 % (0 holds nobody out)"),
+        ("holdout_share", "0.1", "must be a share from 0 to 0.5, such as 0.1 for 10 % (0 holds nobody out)"),
+        ("holdout_share", True, "must be a share from 0 to 0.5, such as 0.1 for 10 % (0 holds nobody out)"),
+        ("holdout_salt", "two words", "must be a text of at most 64 characters without spaces (blank: the default)"),
+        ("holdout_salt", "x" * 65, "must be a text of at most 64 characters without spaces (blank: the default)"),
+        ("holdout_salt", 7, "must be a text of at most 64 characters without spaces (blank: the default)"),
+    ],
+)
 def test_share_and_salt_are_checked(field, value, message):
     hook()
     flagged_audience()
@@ -342,13 +380,31 @@ def test_config_as_code_carries_sync_and_global_holdouts(tmp_path, monkeypatch):
     monkeypatch.setenv("HOOK_SECRET", "s3cret-for-tests")
     flagged_audience()
     path = tmp_path / "team.yaml"
-    path.write_text(yaml.safe_dump({
-        "destinations": [{"key": "hook", "name": "Hook", "kind": "webhook", "settings": {"url": "http://127.0.0.1:9/hook"},
-                          "credentials": {"signing_secret": "env:HOOK_SECRET"}}],
-        "holdouts": [{"key": "global", "share": 0.05, "salt": "paid-2026"}],
-        "syncs": [{"key": "flagged-hook", "audience": "flagged", "destination": "hook", "holdout_share": 0.1,
-                   "holdout_salt": "q4"}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "destinations": [
+                    {
+                        "key": "hook",
+                        "name": "Hook",
+                        "kind": "webhook",
+                        "settings": {"url": "http://127.0.0.1:9/hook"},
+                        "credentials": {"signing_secret": "env:HOOK_SECRET"},
+                    }
+                ],
+                "holdouts": [{"key": "global", "share": 0.05, "salt": "paid-2026"}],
+                "syncs": [
+                    {
+                        "key": "flagged-hook",
+                        "audience": "flagged",
+                        "destination": "hook",
+                        "holdout_share": 0.1,
+                        "holdout_salt": "q4",
+                    }
+                ],
+            }
+        )
+    )
     call_command("apply_config", str(path), stdout=StringIO())
     sync = Sync.objects.get(key="flagged-hook")
     assert (sync.holdout_share, sync.holdout_salt) == (0.1, "q4")
@@ -365,8 +421,9 @@ def test_config_as_code_carries_sync_and_global_holdouts(tmp_path, monkeypatch):
     assert _plan_is_empty(path)
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"syncs": [{"key": "flagged-hook", "audience": "flagged", "destination": "hook",
-                                              "holdout_share": 5}]}))
+    bad.write_text(
+        yaml.safe_dump({"syncs": [{"key": "flagged-hook", "audience": "flagged", "destination": "hook", "holdout_share": 5}]})
+    )
     with pytest.raises(Exception) as refused:
         call_command("apply_config", str(bad), stdout=StringIO(), stderr=StringIO())
     assert "syncs[flagged-hook].holdout_share: must be a share from 0 to 0.5" in str(refused.value)
@@ -394,8 +451,13 @@ def test_the_dashboard_sync_editor_takes_the_holdout_in_percent(client):
     flagged_audience()
     sync = sync_save(data={"key": "flagged-hook", "audience": "flagged", "destination": "hook"})
     manager = logged_in(client, "Retention manager", "rita")
-    form = {"mode": "membership", "removal_guard_share": "0.3", "holdout_percent": "12.5", "holdout_salt": "q4",
-            "identifier_policy": ""}
+    form = {
+        "mode": "membership",
+        "removal_guard_share": "0.3",
+        "holdout_percent": "12.5",
+        "holdout_salt": "q4",
+        "identifier_policy": "",
+    }
     response = manager.post("/dashboard/syncs/flagged-hook/edit/", form)
     assert response.status_code == 302
     sync.refresh_from_db()
@@ -425,8 +487,10 @@ def test_the_admin_sends_a_sync_to_the_editor_which_offers_no_holdout_on_a_suppr
 
     page = manager.get("/dashboard/syncs/buyers-hook/edit/").content.decode()
     assert 'name="holdout_percent"' not in page and 'name="holdout_salt"' not in page
-    response = manager.post("/dashboard/syncs/buyers-hook/edit/", {
-        "mode": "membership", "removal_guard_share": "0.3", "identifier_policy": "", "holdout_percent": "10"})
+    response = manager.post(
+        "/dashboard/syncs/buyers-hook/edit/",
+        {"mode": "membership", "removal_guard_share": "0.3", "identifier_policy": "", "holdout_percent": "10"},
+    )
     assert response.status_code == 302
     suppression.refresh_from_db()
     assert suppression.holdout_share == 0

@@ -39,8 +39,7 @@ NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 def lift_of(sent: Arm, held: Arm):
     from syncs.lift import Lift
 
-    return Lift(audience_id=1, sync_id=None, event="Order Completed", window_days=7, since=NOW, until=NOW,
-                sent=sent, held=held)
+    return Lift(audience_id=1, sync_id=None, event="Order Completed", window_days=7, since=NOW, until=NOW, sent=sent, held=held)
 
 
 def test_the_rate_interval_and_the_members_it_needs_on_known_numbers():
@@ -70,8 +69,9 @@ def test_edge_cases_say_so_instead_of_dividing_by_zero():
     # two held-out members who did not buy: the normal interval would "exclude zero"; the verdict does not say so
     tiny = lift_of(Arm(49, 18), Arm(2, 0))
     assert tiny.interval.excludes_zero and not tiny.approximation_holds
-    assert tiny.verdict == ("Too few members to judge yet: each group needs at least 5 who converted and 5 who did not "
-                            "(held out: 0 of 2 converted)")
+    assert tiny.verdict == (
+        "Too few members to judge yet: each group needs at least 5 who converted and 5 who did not (held out: 0 of 2 converted)"
+    )
     assert more_members_needed(Arm(), Arm()) is None
 
 
@@ -79,8 +79,10 @@ def test_the_welch_interval_matches_a_direct_computation():
     rng = random.Random(5)
     sent = [rng.choice([0, 0, 0, 30.0, 45.5]) for _ in range(400)]
     held = [rng.choice([0, 0, 0, 0, 30.0]) for _ in range(60)]
-    lift = lift_of(Arm(len(sent), sum(v > 0 for v in sent), sum(sent), sum(v * v for v in sent)),
-                   Arm(len(held), sum(v > 0 for v in held), sum(held), sum(v * v for v in held)))
+    lift = lift_of(
+        Arm(len(sent), sum(v > 0 for v in sent), sum(sent), sum(v * v for v in sent)),
+        Arm(len(held), sum(v > 0 for v in held), sum(held), sum(v * v for v in held)),
+    )
     va, vb = statistics.variance(sent) / len(sent), statistics.variance(held) / len(held)
     df = (va + vb) ** 2 / (va**2 / (len(sent) - 1) + vb**2 / (len(held) - 1))
     difference = statistics.mean(sent) - statistics.mean(held)
@@ -138,13 +140,25 @@ def load(units: list[Unit], audience: Audience, source, *, seed: int) -> None:
     memberships, events = [], []
 
     def order(person, at, revenue, n):
-        events.append(Event(person=person, source=source, name="Order Completed", occurred_at=at, received_at=at,
-                            properties={"revenue": revenue}, message_id=f"{seed}-{person.customer_id}-{n}"))
+        events.append(
+            Event(
+                person=person,
+                source=source,
+                name="Order Completed",
+                occurred_at=at,
+                received_at=at,
+                properties={"revenue": revenue},
+                message_id=f"{seed}-{person.customer_id}-{n}",
+            )
+        )
 
     for person, unit in zip(people, units):
         entered = NOW - timedelta(days=rng.uniform(8, 29))  # inside the 30 days retention keeps events for
-        memberships.append(Membership(audience=audience, person=person, entered_at=entered,
-                                      exited_at=entered + timedelta(hours=2), held_out=unit.held))
+        memberships.append(
+            Membership(
+                audience=audience, person=person, entered_at=entered, exited_at=entered + timedelta(hours=2), held_out=unit.held
+            )
+        )
         if unit.converted:
             order(person, entered + timedelta(seconds=rng.uniform(1, 7 * 86400 - 1)), unit.revenue, 1)
         if rng.random() < 0.3:
@@ -152,11 +166,21 @@ def load(units: list[Unit], audience: Audience, source, *, seed: int) -> None:
             order(person, entered + timedelta(days=7, seconds=5), 50, 3)  # after the window
         if rng.random() < 0.1:  # comes back later and buys: the person counts once, from the first entry
             again = entered + timedelta(days=3)
-            memberships.append(Membership(audience=audience, person=person, entered_at=again,
-                                          exited_at=again + timedelta(hours=2), held_out=unit.held))
+            memberships.append(
+                Membership(
+                    audience=audience, person=person, entered_at=again, exited_at=again + timedelta(hours=2), held_out=unit.held
+                )
+            )
             order(person, again + timedelta(days=5), 70, 4)
-    memberships.append(Membership(audience=audience, person=tester, entered_at=NOW - timedelta(days=20),
-                                  exited_at=NOW - timedelta(days=19), held_out=True))
+    memberships.append(
+        Membership(
+            audience=audience,
+            person=tester,
+            entered_at=NOW - timedelta(days=20),
+            exited_at=NOW - timedelta(days=19),
+            held_out=True,
+        )
+    )
     order(tester, NOW - timedelta(days=19), 99, 1)
     Membership.objects.bulk_create(memberships, batch_size=2000)
     Event.objects.bulk_create(events, batch_size=2000)
@@ -185,7 +209,11 @@ def test_the_selector_counts_the_planted_units_exactly(seed):
     lift = lift_for(audience, now=NOW)
     sent, held = arms(units)
     assert (lift.sent.members, lift.sent.converted, lift.held.members, lift.held.converted) == (
-        sent.members, sent.converted, held.members, held.converted)
+        sent.members,
+        sent.converted,
+        held.members,
+        held.converted,
+    )
     assert lift.sent.revenue == pytest.approx(sent.revenue) and lift.held.revenue_sq == pytest.approx(held.revenue_sq)
 
 
@@ -208,29 +236,57 @@ def test_a_large_effect_on_a_big_audience_excludes_zero():
 def test_the_sync_lift_reads_the_sync_s_own_entries_and_spend_gives_cost_per_incremental_conversion():
     source, _ = source_create(name="shop")
     audience = audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
-    destination = destination_save(data={"key": "hook", "name": "Hook", "kind": "webhook",
-                                         "settings": {"url": "http://127.0.0.1:9/hook"},
-                                         "credentials": {"signing_secret": "s3cret-for-tests"}})
+    destination = destination_save(
+        data={
+            "key": "hook",
+            "name": "Hook",
+            "kind": "webhook",
+            "settings": {"url": "http://127.0.0.1:9/hook"},
+            "credentials": {"signing_secret": "s3cret-for-tests"},
+        }
+    )
     sync = sync_save(data={"key": "carts-hook", "audience": "carts", "destination": destination.key, "holdout_share": 0.2})
     units = plant(11, people=3000, rate=0.1, lift=0.4, share=0.2)
     load(units, audience, source, seed=11)
     first = {}
     for m in Membership.objects.filter(audience=audience).order_by("entered_at"):
         first.setdefault(m.person_id, m)
-    Delivery.objects.bulk_create([
-        Delivery(sync=sync, person_id=m.person_id, customer_id=str(m.person_id), action=Delivery.ENTER,
-                 triggered_at=m.entered_at, changed_at=m.entered_at, held_out=m.held_out,
-                 state=Delivery.SKIPPED if m.held_out else Delivery.SENT)
-        for m in first.values()
-    ] + [  # queued when the sync was created, for people already in: not a change, never counted
-        Delivery(sync=sync, person_id=m.person_id, customer_id=str(m.person_id), action=Delivery.ENTER, initial=True,
-                 triggered_at=m.entered_at, changed_at=m.entered_at - timedelta(hours=1), held_out=False)
-        for m in list(first.values())[:200]
-    ])
-    Outcome.objects.bulk_create([
-        Outcome(audience=audience, source=source, date=(NOW - timedelta(days=d)).date(), spend=Decimal("100.00"),
-                conversions=10) for d in range(8, 40)
-    ])
+    Delivery.objects.bulk_create(
+        [
+            Delivery(
+                sync=sync,
+                person_id=m.person_id,
+                customer_id=str(m.person_id),
+                action=Delivery.ENTER,
+                triggered_at=m.entered_at,
+                changed_at=m.entered_at,
+                held_out=m.held_out,
+                state=Delivery.SKIPPED if m.held_out else Delivery.SENT,
+            )
+            for m in first.values()
+        ]
+        + [  # queued when the sync was created, for people already in: not a change, never counted
+            Delivery(
+                sync=sync,
+                person_id=m.person_id,
+                customer_id=str(m.person_id),
+                action=Delivery.ENTER,
+                initial=True,
+                triggered_at=m.entered_at,
+                changed_at=m.entered_at - timedelta(hours=1),
+                held_out=False,
+            )
+            for m in list(first.values())[:200]
+        ]
+    )
+    Outcome.objects.bulk_create(
+        [
+            Outcome(
+                audience=audience, source=source, date=(NOW - timedelta(days=d)).date(), spend=Decimal("100.00"), conversions=10
+            )
+            for d in range(8, 40)
+        ]
+    )
     by_sync = lift_for(audience, sync=sync, now=NOW)
     by_audience = lift_for(audience, now=NOW)
     assert (by_sync.sent, by_sync.held) == (by_audience.sent, by_audience.held)
@@ -256,12 +312,22 @@ def test_revenue_that_is_not_a_number_counts_as_none():
     values = [38, 12.5, "40", True, None, {"amount": 3}, [1], 1e300, -20]
     people = Person.objects.bulk_create([Person(customer_id=f"r{n}") for n in range(len(values))])
     entered = NOW - timedelta(days=10)
-    Membership.objects.bulk_create([Membership(audience=audience, person=p, entered_at=entered, exited_at=entered,
-                                               held_out=False) for p in people])
-    Event.objects.bulk_create([
-        Event(person=p, source=source, name="Order Completed", occurred_at=entered + timedelta(days=1), properties={"revenue": v},
-              message_id=f"m{n}") for n, (p, v) in enumerate(zip(people, values))
-    ])
+    Membership.objects.bulk_create(
+        [Membership(audience=audience, person=p, entered_at=entered, exited_at=entered, held_out=False) for p in people]
+    )
+    Event.objects.bulk_create(
+        [
+            Event(
+                person=p,
+                source=source,
+                name="Order Completed",
+                occurred_at=entered + timedelta(days=1),
+                properties={"revenue": v},
+                message_id=f"m{n}",
+            )
+            for n, (p, v) in enumerate(zip(people, values))
+        ]
+    )
     lift = lift_for(audience, now=NOW)
     assert lift.sent.converted == len(values)
     assert lift.sent.revenue == pytest.approx(38 + 12.5 - 20)
@@ -270,8 +336,10 @@ def test_revenue_that_is_not_a_number_counts_as_none():
 @pytest.mark.django_db
 def test_one_statement_serves_every_audience_of_the_review(django_assert_max_num_queries):
     source, _ = source_create(name="shop")
-    audiences = [audience_save(data={"key": f"a{n}", "name": f"A{n}", "rule": {"event": "Added to Cart", "within": "2h"}})
-                 for n in range(4)]
+    audiences = [
+        audience_save(data={"key": f"a{n}", "name": f"A{n}", "rule": {"event": "Added to Cart", "within": "2h"}})
+        for n in range(4)
+    ]
     for n, audience in enumerate(audiences):
         load(plant(n, people=200, rate=0.2, lift=0.2, share=0.3), audience, source, seed=n)
     # the rules (how far back retention keeps events), the statement and the spend; the statement
@@ -313,9 +381,15 @@ def test_the_lift_command_prints_the_figures_and_checks_its_input(monkeypatch):
 @pytest.mark.django_db
 def test_the_period_reaches_back_only_as_far_as_retention_keeps_what_it_reads(settings):
     audience = audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
-    destination = destination_save(data={"key": "hook", "name": "Hook", "kind": "webhook",
-                                         "settings": {"url": "http://127.0.0.1:9/hook"},
-                                         "credentials": {"signing_secret": "s3cret-for-tests"}})
+    destination = destination_save(
+        data={
+            "key": "hook",
+            "name": "Hook",
+            "kind": "webhook",
+            "settings": {"url": "http://127.0.0.1:9/hook"},
+            "credentials": {"signing_secret": "s3cret-for-tests"},
+        }
+    )
     sync = sync_save(data={"key": "carts-hook", "audience": "carts", "destination": destination.key})
     assert lift_for(audience, now=NOW).since == NOW - timedelta(days=30)  # events: RETENTION_EVENT_FLOOR_DAYS
     settings.RETENTION_EVENT_FLOOR_DAYS = 200
@@ -339,8 +413,15 @@ def test_the_audience_page_the_sync_page_and_the_weekly_review_show_the_lift(cli
 
     source, _ = source_create(name="shop")
     audience = audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
-    destination_save(data={"key": "hook", "name": "Hook", "kind": "webhook", "settings": {"url": "http://127.0.0.1:9/hook"},
-                           "credentials": {"signing_secret": "s3cret-for-tests"}})
+    destination_save(
+        data={
+            "key": "hook",
+            "name": "Hook",
+            "kind": "webhook",
+            "settings": {"url": "http://127.0.0.1:9/hook"},
+            "credentials": {"signing_secret": "s3cret-for-tests"},
+        }
+    )
     sync_save(data={"key": "carts-hook", "audience": "carts", "destination": "hook", "holdout_share": 0.2})
     load(plant(5, people=3000, rate=0.1, lift=0.5, share=0.2), audience, source, seed=5)
     Outcome.objects.create(audience=audience, source=source, date=(NOW - timedelta(days=12)).date(), spend=Decimal("900.00"))

@@ -83,14 +83,22 @@ def test_each_match_key_normalises_as_meta_documents(key, raw, expected):
 
 
 def test_hashed_keys_are_the_lower_case_sha256_hex_of_the_normalised_value_and_extern_id_is_plain():
-    person = Person(customer_id="cus_1", email=" Ann@Example.com", phone_e164="+16505551212",
-                    attributes={"first_name": "ABC", "last_name": "Lee", "country": "US"})
+    person = Person(
+        customer_id="cus_1",
+        email=" Ann@Example.com",
+        phone_e164="+16505551212",
+        attributes={"first_name": "ABC", "last_name": "Lee", "country": "US"},
+    )
     sent = meta_kind.SPEC.identifiers_for(Sync(match_on=[]), person)
     # FIPS 180-2's test vector: SHA-256("abc")
     assert sent["FN"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     assert sent == {
-        "EMAIL": sha("ann@example.com"), "PHONE": sha("16505551212"), "FN": sent["FN"], "LN": sha("lee"),
-        "COUNTRY": sha("us"), "EXTERN_ID": "cus_1",
+        "EMAIL": sha("ann@example.com"),
+        "PHONE": sha("16505551212"),
+        "FN": sent["FN"],
+        "LN": sha("lee"),
+        "COUNTRY": sha("us"),
+        "EXTERN_ID": "cus_1",
     }
     assert list(sent) == ["EMAIL", "PHONE", "FN", "LN", "COUNTRY", "EXTERN_ID"]  # the kind's order
     assert meta_kind.SPEC.identifiers_for(Sync(match_on=["EMAIL"]), person) == {"EMAIL": sha("ann@example.com")}
@@ -99,7 +107,13 @@ def test_hashed_keys_are_the_lower_case_sha256_hex_of_the_normalised_value_and_e
 def test_the_spec():
     spec = meta_kind.SPEC
     assert (spec.kind, spec.label, spec.max_batch, spec.min_audience_size, spec.modes, spec.removes) == (
-        "meta", "Meta Custom Audiences", 10_000, 100, ("membership",), True)
+        "meta",
+        "Meta Custom Audiences",
+        10_000,
+        100,
+        ("membership",),
+        True,
+    )
     assert spec.setting("base_url").default == "https://graph.facebook.com" and spec.setting("base_url").endpoint
     assert [c.name for c in spec.credentials] == ["access_token"]
     assert [k.name for k in spec.match_keys] == ["EMAIL", "PHONE", "FN", "LN", "CT", "ST", "ZIP", "COUNTRY", "EXTERN_ID"]
@@ -126,33 +140,53 @@ def meta():
 @pytest.fixture
 def meta_destination(meta, monkeypatch):
     monkeypatch.setenv("META_ACCESS_TOKEN", TOKEN)
-    return destination_save(data={
-        "key": "meta", "name": "Meta", "kind": "meta",
-        "settings": {"base_url": meta.url, "api_version": "v21.0"},
-        "credentials": {"access_token": "env:META_ACCESS_TOKEN"},
-        "timeout_s": 2.0, "retry_base_s": 0.05, "retry_cap_s": 0.2, "rate_limit_per_s": 200,
-    })
+    return destination_save(
+        data={
+            "key": "meta",
+            "name": "Meta",
+            "kind": "meta",
+            "settings": {"base_url": meta.url, "api_version": "v21.0"},
+            "credentials": {"access_token": "env:META_ACCESS_TOKEN"},
+            "timeout_s": 2.0,
+            "retry_base_s": 0.05,
+            "retry_cap_s": 0.2,
+            "rate_limit_per_s": 200,
+        }
+    )
 
 
 def identify_many(source, people: dict[str, dict]):
     now = timezone.now()
-    ingest_messages(source=source, messages=[
-        Message("identify", customer_id, f"identify-{next(MESSAGE_IDS)}", now, traits=traits)
-        for customer_id, traits in people.items()
-    ])
+    ingest_messages(
+        source=source,
+        messages=[
+            Message("identify", customer_id, f"identify-{next(MESSAGE_IDS)}", now, traits=traits)
+            for customer_id, traits in people.items()
+        ],
+    )
 
 
 def person_traits(i: int, **extra) -> dict:
-    return {"flag": True, "email": f"  Person{i}@Example.com ", "phone": f"+1 650 253 {1000 + i:04d}",
-            "first_name": f"Ann{'é' if i % 2 else ''}", "last_name": "O'Neil", "city": "Menlo Park", "state": "CA",
-            "zip": "94025-1234", "country": "US", **extra}
+    return {
+        "flag": True,
+        "email": f"  Person{i}@Example.com ",
+        "phone": f"+1 650 253 {1000 + i:04d}",
+        "first_name": f"Ann{'é' if i % 2 else ''}",
+        "last_name": "O'Neil",
+        "city": "Menlo Park",
+        "state": "CA",
+        "zip": "94025-1234",
+        "country": "US",
+        **extra,
+    }
 
 
 @pytest.fixture
 def flagged(meta_destination):
     audience_save(data={"key": "flagged", "name": "Flagged", "rule": {"attribute": "flag", "eq": True}})
-    return sync_save(data={"key": "flagged-meta", "audience": "flagged", "destination": "meta",
-                           "downstream_audience_id": AUDIENCE_ID})
+    return sync_save(
+        data={"key": "flagged-meta", "audience": "flagged", "destination": "meta", "downstream_audience_id": AUDIENCE_ID}
+    )
 
 
 def key_tuples(sync, people) -> set[tuple]:
@@ -173,8 +207,9 @@ def rows_of(sync, action="enter", customer_ids=None) -> list[OutRow]:
     rows = []
     for number, person in enumerate(people):
         payload = payload_for(sync, person)
-        rows.append(OutRow(number, action, payload["identifier"], timezone.now(), payload["fields"], sync,
-                           payload["identifiers"]))
+        rows.append(
+            OutRow(number, action, payload["identifier"], timezone.now(), payload["fields"], sync, payload["identifiers"])
+        )
     return rows
 
 
@@ -207,7 +242,8 @@ def test_match_on_names_only_meta_keys(flagged):
         sync_save(data={"match_on": ["email_sha256"]}, instance=flagged)
     assert failure.value.message_dict["match_on"] == [
         "match_on: 'email_sha256' is not an identifier Meta Custom Audiences takes; use EMAIL, PHONE, FN, LN, CT, ST, ZIP, "
-        "COUNTRY, EXTERN_ID"]
+        "COUNTRY, EXTERN_ID"
+    ]
 
 
 # --- the transport against the contract server -----------------------------------------------
@@ -219,8 +255,7 @@ def test_adds_and_removes_go_to_the_users_edge_with_the_keys_present_in_schema_o
     result = transport.send(rows_of(flagged), batch_id="b1", sync=flagged)
 
     assert (result.requests, result.status, sorted(result.accepted)) == (1, 200, [0, 1])
-    assert [(r["method"], r["path"], r["rows"]) for r in meta.request_log()] == [
-        ("POST", f"/v21.0/{AUDIENCE_ID}/users", 2)]
+    assert [(r["method"], r["path"], r["rows"]) for r in meta.request_log()] == [("POST", f"/v21.0/{AUDIENCE_ID}/users", 2)]
     assert meta.members(AUDIENCE_ID) == key_tuples(flagged, Person.objects.all())
     assert (("EMAIL", sha("b@example.com")), ("EXTERN_ID", "p1")) in meta.members(AUDIENCE_ID)
     assert result.report["num_received"] == 2 and result.report["num_invalid_entries"] == 0
@@ -244,8 +279,9 @@ def test_a_batch_with_entries_and_exits_sends_removals_first_then_additions(sour
 
 def test_more_than_ten_thousand_rows_are_split_into_requests_of_at_most_ten_thousand(meta, flagged):
     now = timezone.now()
-    rows = [OutRow(i, "enter", f"c{i}", now, {}, flagged, {"EMAIL": sha(f"p{i}@x.com"), "EXTERN_ID": f"c{i}"})
-            for i in range(20_001)]
+    rows = [
+        OutRow(i, "enter", f"c{i}", now, {}, flagged, {"EMAIL": sha(f"p{i}@x.com"), "EXTERN_ID": f"c{i}"}) for i in range(20_001)
+    ]
     result = Transport(flagged.destination).send(rows, batch_id="big", sync=flagged)
     assert [r["rows"] for r in meta.request_log()] == [10_000, 10_000, 1]
     assert result.requests == 3 and len(result.accepted) == 20_001 and result.report["num_received"] == 20_001
@@ -266,44 +302,60 @@ def test_the_token_travels_in_a_header_never_in_a_url(source, meta, flagged):
 def test_the_connection_test_names_the_tokens_user_and_the_ad_accounts_it_reaches(meta, meta_destination):
     from syncs.wire import check_connection
 
-    assert check_connection(meta_destination) == (True, (
-        "Meta accepted the access token for Downstream Sync (id 61550000000000001); it reaches ad account act_1000 "
-        "(Downstream Ads, active)."))
+    assert check_connection(meta_destination) == (
+        True,
+        (
+            "Meta accepted the access token for Downstream Sync (id 61550000000000001); it reaches ad account act_1000 "
+            "(Downstream Ads, active)."
+        ),
+    )
     assert [(r["method"], r["path"]) for r in meta.request_log()] == [("GET", "/v21.0/me"), ("GET", "/v21.0/me/adaccounts")]
-    assert [r["query"] for r in meta.request_log()] == [
-        "fields=id%2Cname", "fields=account_id%2Cname%2Caccount_status&limit=25"]
+    assert [r["query"] for r in meta.request_log()] == ["fields=id%2Cname", "fields=account_id%2Cname%2Caccount_status&limit=25"]
     assert all(TOKEN not in r["path"] + r["query"] for r in meta.request_log())  # a header, never the URL
     assert meta.counters()["rows_added"] == meta.counters()["rows_removed"] == 0  # it reads, writes nothing
 
-    meta.ad_accounts.append({"id": "act_2000", "account_id": "2000", "name": "Old brand", "account_status": 101,
-                             "currency": "EUR"})
+    meta.ad_accounts.append(
+        {"id": "act_2000", "account_id": "2000", "name": "Old brand", "account_status": 101, "currency": "EUR"}
+    )
     reached, said = check_connection(meta_destination)
-    assert reached and said.endswith(
-        "it reaches 2 ad accounts: act_1000 (Downstream Ads, active), act_2000 (Old brand, closed).")
+    assert reached and said.endswith("it reaches 2 ad accounts: act_1000 (Downstream Ads, active), act_2000 (Old brand, closed).")
 
     # more than one page: the first few are named and the count says there are more
-    meta.ad_accounts = [{"id": f"act_{n}", "account_id": str(n), "name": f"Brand {n}", "account_status": 1,
-                         "currency": "USD"} for n in range(1, 31)]
+    meta.ad_accounts = [
+        {"id": f"act_{n}", "account_id": str(n), "name": f"Brand {n}", "account_status": 1, "currency": "USD"}
+        for n in range(1, 31)
+    ]
     reached, said = check_connection(meta_destination)
-    assert reached and said.endswith("it reaches 25+ ad accounts: act_1 (Brand 1, active), act_2 (Brand 2, active), "
-                                     "act_3 (Brand 3, active), act_4 (Brand 4, active), act_5 (Brand 5, active), ….")
+    assert reached and said.endswith(
+        "it reaches 25+ ad accounts: act_1 (Brand 1, active), act_2 (Brand 2, active), "
+        "act_3 (Brand 3, active), act_4 (Brand 4, active), act_5 (Brand 5, active), …."
+    )
 
 
 CONNECTION_FAILURES = [
     # (what the server does, our advice, Meta's words and code)
-    (lambda m: setattr(m, "token", "another-token"), "Meta refused the access token",
-     '"Invalid OAuth access token - Cannot parse access token" (code 190, fbtrace_id'),
+    (
+        lambda m: setattr(m, "token", "another-token"),
+        "Meta refused the access token",
+        '"Invalid OAuth access token - Cannot parse access token" (code 190, fbtrace_id',
+    ),
     (lambda m: m.revoked.add(TOKEN), "Create a new token", "The session has been invalidated"),
-    (lambda m: setattr(m, "ads_permission", False), "Meta refused permission",
-     '"(#200) Requires ads_management or ads_read permission to read the ad accounts" (code 200, fbtrace_id'),
-    (lambda m: setattr(m, "ad_accounts", []), "Meta accepted the access token for Downstream Sync (id 61550000000000001), "
-     "but it reaches no ad account: give the token's system user access to the ad account", "Assign assets"),
+    (
+        lambda m: setattr(m, "ads_permission", False),
+        "Meta refused permission",
+        '"(#200) Requires ads_management or ads_read permission to read the ad accounts" (code 200, fbtrace_id',
+    ),
+    (
+        lambda m: setattr(m, "ad_accounts", []),
+        "Meta accepted the access token for Downstream Sync (id 61550000000000001), "
+        "but it reaches no ad account: give the token's system user access to the ad account",
+        "Assign assets",
+    ),
 ]
 
 
 @pytest.mark.parametrize("arrange, ours, theirs", CONNECTION_FAILURES)
-def test_a_failed_connection_test_says_what_meta_answered_and_never_the_token(meta, meta_destination, arrange, ours,
-                                                                              theirs):
+def test_a_failed_connection_test_says_what_meta_answered_and_never_the_token(meta, meta_destination, arrange, ours, theirs):
     from syncs.wire import check_connection
 
     arrange(meta)
@@ -344,20 +396,41 @@ ERRORS = [
     (lambda m, s: setattr(m, "token", "another-token"), True, None, "Create a new token", "Invalid OAuth access token"),
     (lambda m, s: m.forbidden.add(AUDIENCE_ID), True, None, "Meta refused permission for custom audience", "can not update"),
     (lambda m, s: m.fail_next(), False, None, "could not update custom audience", "Failed to update the custom audience"),
-    (lambda m, s: m.fail_next(code=100, message="(#100) Invalid parameter"), True, None,
-     "is a customer-list custom audience", "Invalid parameter"),
-    (lambda m, s: m.fail_next(code=2, message="Service temporarily unavailable", transient=True), False, None,
-     "temporary failure", "Service temporarily unavailable"),
-    (lambda m, s: m.fail_next(code=31337, message="Something Meta never documented"), True, None,
-     "Meta refused the request", "Something Meta never documented"),
-    (lambda m, s: sync_save(data={"downstream_audience_id": "999"}, instance=s), True, None, "downstream audience id (999)",
-     "does not exist"),
+    (
+        lambda m, s: m.fail_next(code=100, message="(#100) Invalid parameter"),
+        True,
+        None,
+        "is a customer-list custom audience",
+        "Invalid parameter",
+    ),
+    (
+        lambda m, s: m.fail_next(code=2, message="Service temporarily unavailable", transient=True),
+        False,
+        None,
+        "temporary failure",
+        "Service temporarily unavailable",
+    ),
+    (
+        lambda m, s: m.fail_next(code=31337, message="Something Meta never documented"),
+        True,
+        None,
+        "Meta refused the request",
+        "Something Meta never documented",
+    ),
+    (
+        lambda m, s: sync_save(data={"downstream_audience_id": "999"}, instance=s),
+        True,
+        None,
+        "downstream audience id (999)",
+        "does not exist",
+    ),
 ]
 
 
 @pytest.mark.parametrize("arrange, permanent, retry_after, ours, theirs", ERRORS)
-def test_each_meta_error_maps_to_what_an_on_call_engineer_should_do(source, meta, flagged, arrange, permanent,
-                                                                     retry_after, ours, theirs):
+def test_each_meta_error_maps_to_what_an_on_call_engineer_should_do(
+    source, meta, flagged, arrange, permanent, retry_after, ours, theirs
+):
     identify_many(source, {"p0": person_traits(0)})
     arrange(meta, flagged)
     with pytest.raises(TransportError) as failure:
@@ -486,7 +559,13 @@ def test_usersreplace_repairs_planted_drift_in_one_session(source, meta, flagged
     assert [r["path"] for r in meta.request_log()][-3:] == [f"/v21.0/{AUDIENCE_ID}/usersreplace"] * 3
     run.refresh_from_db()
     assert (run.kind, run.status, run.planned, run.sent, run.requests, run.skipped) == (
-        SyncRun.DELIVER, SyncRun.SUCCEEDED, 5, 5, 3, 0)
+        SyncRun.DELIVER,
+        SyncRun.SUCCEEDED,
+        5,
+        5,
+        3,
+        0,
+    )
     assert run.details["operation"] == "usersreplace" and run.details["batches"] == 3
     assert run.details["num_received"] == 5 and run.details["session_id"] == str(replace["session_id"])
 
@@ -524,18 +603,27 @@ def test_the_sender_waits_while_a_replace_session_is_open(source, meta, flagged)
     deliver_destination(flagged.destination_id, max_seconds=0.3)
     entry = Delivery.objects.get(sync=flagged, customer_id="p7")
     assert entry.state == Delivery.PENDING and "a replace session is in progress" in entry.last_error
-    transport.upload("POST", AUDIENCE_ID, "usersreplace", rows_of(flagged, customer_ids=["p0", "p1"]),
-                     meta_kind.SPEC.keys_for(flagged), session={**session, "batch_seq": 2, "last_batch_flag": True})
+    transport.upload(
+        "POST",
+        AUDIENCE_ID,
+        "usersreplace",
+        rows_of(flagged, customer_ids=["p0", "p1"]),
+        meta_kind.SPEC.keys_for(flagged),
+        session={**session, "batch_seq": 2, "last_batch_flag": True},
+    )
     Delivery.objects.filter(pk=entry.pk).update(next_attempt_at=timezone.now())
     deliver_destination(flagged.destination_id)
     assert meta.members(AUDIENCE_ID) == expected_members(flagged)
 
 
-@pytest.mark.parametrize("change, reason", [
-    ({"additive_only": True}, "only adds people, and a replace removes everyone it does not name"),
-    ({"dry_run": True}, "is a dry run"),
-    ({"paused": True}, "is paused: resume it first"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"additive_only": True}, "only adds people, and a replace removes everyone it does not name"),
+        ({"dry_run": True}, "is a dry run"),
+        ({"paused": True}, "is paused: resume it first"),
+    ],
+)
 def test_a_replace_is_refused_where_it_would_do_harm(flagged, change, reason):
     sync_save(data=change, instance=flagged)
     with pytest.raises(ReconcileRefused, match=reason):
@@ -584,8 +672,9 @@ def test_meta_reconcile_command(source, meta, flagged):
     synced(source, meta, flagged, n=3)
     out = StringIO()
     call_command("meta_reconcile", "flagged-meta", stdout=out)
-    assert out.getvalue().strip() == ("flagged-meta: succeeded: 3 of 3 people in 1 batch(es), 1 request(s), "
-                                      "0 without an identifier; Meta could not read 0")
+    assert out.getvalue().strip() == (
+        "flagged-meta: succeeded: 3 of 3 people in 1 batch(es), 1 request(s), 0 without an identifier; Meta could not read 0"
+    )
     with pytest.raises(CommandError, match="there is no sync 'nope'"):
         call_command("meta_reconcile", "nope")
     sync_save(data={"additive_only": True}, instance=flagged)
@@ -628,8 +717,10 @@ def test_a_low_match_rate_opens_an_alert_and_resolves_when_meta_matches_again(me
     meta.match_share = 0.2
     read_back_syncs(now=crowd.created_at + LATER)
     alert = open_alerts(crowd)[Alert.LOW_MATCH_RATE]
-    assert alert.message.startswith("flagged-meta: Meta Custom Audiences matches only 20% of the 120 people Downstream "
-                                    "sent (Meta counts 23–25 people in custom audience 23850000000000001)")
+    assert alert.message.startswith(
+        "flagged-meta: Meta Custom Audiences matches only 20% of the 120 people Downstream "
+        "sent (Meta counts 23–25 people in custom audience 23850000000000001)"
+    )
     assert crowd.history.count() == Sync.objects.get(pk=crowd.pk).history.count()
     check_alerts()  # the minute check leaves the read-back's alerts alone
     assert Alert.LOW_MATCH_RATE in open_alerts(crowd)
@@ -679,8 +770,10 @@ def test_a_revoked_token_opens_failing_sync_in_metas_words_and_the_minute_check_
     summary = read_back_syncs(now=crowd.created_at + LATER)
     assert summary["failed"] == 1
     alert = open_alerts(crowd)[Alert.FAILING_SYNC]
-    assert alert.message.startswith("flagged-meta: Meta Custom Audiences refused to tell the audience's size: Meta refused "
-                                    "the access token: \"Error validating access token")
+    assert alert.message.startswith(
+        "flagged-meta: Meta Custom Audiences refused to tell the audience's size: Meta refused "
+        'the access token: "Error validating access token'
+    )
     assert "save it on the destination" in alert.message
     check_alerts()
     assert Alert.FAILING_SYNC in open_alerts(crowd)
@@ -691,20 +784,36 @@ def test_a_revoked_token_opens_failing_sync_in_metas_words_and_the_minute_check_
     assert alert.resolved_at is not None and "answers the read-back" in alert.details["resolution"]
 
 
-def test_one_syncs_failure_never_stops_the_others_and_kinds_without_read_back_are_skipped(source, meta, crowd,
-                                                                                        webhook_receiver, monkeypatch):
+def test_one_syncs_failure_never_stops_the_others_and_kinds_without_read_back_are_skipped(
+    source, meta, crowd, webhook_receiver, monkeypatch
+):
     monkeypatch.setenv("HOOK_SECRET", "hook-secret")
-    destination_save(data={"key": "hook", "kind": "webhook", "settings": {"url": webhook_receiver.url + "/h"},
-                           "credentials": {"signing_secret": "env:HOOK_SECRET"}})
+    destination_save(
+        data={
+            "key": "hook",
+            "kind": "webhook",
+            "settings": {"url": webhook_receiver.url + "/h"},
+            "credentials": {"signing_secret": "env:HOOK_SECRET"},
+        }
+    )
     sync_save(data={"key": "flagged-hook", "audience": "flagged", "destination": "hook"})
-    broken = sync_save(data={"key": "flagged-meta-2", "audience": "flagged", "destination": "meta",
-                             "downstream_audience_id": "777"})  # Meta does not know it
+    broken = sync_save(
+        data={"key": "flagged-meta-2", "audience": "flagged", "destination": "meta", "downstream_audience_id": "777"}
+    )  # Meta does not know it
     with MetaServer(TOKEN) as down:
         down.faults.update(rate=1.0, kinds=["500"])
-        destination_save(data={"key": "meta-down", "kind": "meta", "settings": {"base_url": down.url},
-                               "credentials": {"access_token": "env:META_ACCESS_TOKEN"}, "max_attempts": 1})
-        sync_save(data={"key": "flagged-meta-down", "audience": "flagged", "destination": "meta-down",
-                        "downstream_audience_id": "1000"})
+        destination_save(
+            data={
+                "key": "meta-down",
+                "kind": "meta",
+                "settings": {"base_url": down.url},
+                "credentials": {"access_token": "env:META_ACCESS_TOKEN"},
+                "max_attempts": 1,
+            }
+        )
+        sync_save(
+            data={"key": "flagged-meta-down", "audience": "flagged", "destination": "meta-down", "downstream_audience_id": "1000"}
+        )
         summary = read_back_syncs(now=crowd.created_at + LATER)
     assert (summary["read"], summary["failed"], summary["unavailable"]) == (1, 1, 1)
     assert Sync.objects.get(pk=crowd.pk).downstream_size == 120
@@ -793,10 +902,12 @@ syncs:
 
 def test_the_readme_config_applies_exports_and_applies_again_as_a_no_op(tmp_path, monkeypatch):
     monkeypatch.setenv("META_ACCESS_TOKEN", TOKEN)
-    audience_save(data={"key": "buyers", "name": "Buyers", "purpose": "suppression",
-                        "rule": {"event": "Order Completed", "within": "1d"}})
-    audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"},
-                        "exclusions": ["buyers"]})
+    audience_save(
+        data={"key": "buyers", "name": "Buyers", "purpose": "suppression", "rule": {"event": "Order Completed", "within": "1d"}}
+    )
+    audience_save(
+        data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}, "exclusions": ["buyers"]}
+    )
     path = tmp_path / "meta.yaml"
     path.write_text(README_CONFIG)
     call_command("apply_config", str(path), stdout=StringIO())

@@ -41,7 +41,6 @@ def user(role, name=None):
     return account
 
 
-
 # --- outcomes -------------------------------------------------------------------------------
 
 
@@ -57,8 +56,12 @@ def carts(db):
 
 
 def post_outcomes(client, key, body, *, raw=False):
-    return client.post("/ingest/v1/outcomes", body if raw else json.dumps(body), content_type="application/json",
-                       HTTP_AUTHORIZATION=basic_auth(key))
+    return client.post(
+        "/ingest/v1/outcomes",
+        body if raw else json.dumps(body),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=basic_auth(key),
+    )
 
 
 def person_url(customer_id) -> str:
@@ -72,18 +75,38 @@ def day(offset=0) -> str:
 def test_outcomes_are_stored_per_audience_per_day(client, reporter, carts):
     source, key = reporter
     audience_save(data={"key": "lapsed", "name": "Lapsed", "rule": {"attribute": "lapsed", "eq": True}})
-    response = post_outcomes(client, key, {"outcomes": [
-        {"audience": "carts", "date": day(-1), "impressions": 1000, "reach": 400, "clicks": 50, "conversions": 5,
-         "spend": "125.40", "revenue": 500, "currency": "eur"},
-        {"audience": "carts", "date": day(0), "impressions": 10, "clicks": 1, "conversions": 0, "spend": 2.5},
-        {"audience": "lapsed", "date": day(-1), "conversions": 1, "spend": 9},
-    ]})
+    response = post_outcomes(
+        client,
+        key,
+        {
+            "outcomes": [
+                {
+                    "audience": "carts",
+                    "date": day(-1),
+                    "impressions": 1000,
+                    "reach": 400,
+                    "clicks": 50,
+                    "conversions": 5,
+                    "spend": "125.40",
+                    "revenue": 500,
+                    "currency": "eur",
+                },
+                {"audience": "carts", "date": day(0), "impressions": 10, "clicks": 1, "conversions": 0, "spend": 2.5},
+                {"audience": "lapsed", "date": day(-1), "conversions": 1, "spend": 9},
+            ]
+        },
+    )
     assert response.status_code == 200 and response.json() == {"success": True, "recorded": 3}
     stored = {(o.audience.key, o.date.isoformat()): o for o in Outcome.objects.select_related("audience")}
     assert set(stored) == {("carts", day(-1)), ("carts", day(0)), ("lapsed", day(-1))}
     yesterday = stored[("carts", day(-1))]
     assert (yesterday.impressions, yesterday.reach, yesterday.clicks, yesterday.conversions) == (1000, 400, 50, 5)
-    assert (yesterday.spend, yesterday.revenue, yesterday.currency, yesterday.source) == (Decimal("125.40"), Decimal("500.00"), "EUR", source)
+    assert (yesterday.spend, yesterday.revenue, yesterday.currency, yesterday.source) == (
+        Decimal("125.40"),
+        Decimal("500.00"),
+        "EUR",
+        source,
+    )
     today = stored[("carts", day(0))]
     assert (today.reach, today.revenue, today.spend) == (None, None, Decimal("2.50"))
 
@@ -91,7 +114,9 @@ def test_outcomes_are_stored_per_audience_per_day(client, reporter, carts):
 def test_a_day_reported_again_replaces_what_that_source_said(client, reporter, carts):
     source, key = reporter
     post_outcomes(client, key, {"outcomes": [{"audience": "carts", "date": day(-1), "conversions": 5, "spend": 100}]})
-    response = post_outcomes(client, key, {"outcomes": [{"audience": "carts", "date": day(-1), "conversions": 7, "spend": 140, "clicks": 9}]})
+    response = post_outcomes(
+        client, key, {"outcomes": [{"audience": "carts", "date": day(-1), "conversions": 7, "spend": 140, "clicks": 9}]}
+    )
     assert response.status_code == 200
     outcome = Outcome.objects.get()
     assert (outcome.conversions, outcome.spend, outcome.clicks) == (7, Decimal("140.00"), 9)
@@ -116,8 +141,11 @@ BAD = [
     ("infinite revenue", [{"audience": "carts", "date": day(-1), "revenue": "Infinity"}], [(0, "revenue")]),
     ("bad currency", [{"audience": "carts", "date": day(-1), "currency": "dollars"}], [(0, "currency")]),
     ("an item not an object", [["carts", day(-1)]], [(0, "")]),
-    ("one bad among good ones", [{"audience": "carts", "date": day(-2), "conversions": 2},
-                                 {"audience": "carts", "date": day(-1), "conversions": -2}], [(1, "conversions")]),
+    (
+        "one bad among good ones",
+        [{"audience": "carts", "date": day(-2), "conversions": 2}, {"audience": "carts", "date": day(-1), "conversions": -2}],
+        [(1, "conversions")],
+    ),
 ]
 
 
@@ -132,13 +160,20 @@ def test_a_bad_outcome_gets_400_with_each_problem_and_writes_nothing(client, rep
     assert not Outcome.objects.exists()
 
 
-@pytest.mark.parametrize("body", [{"outcomes": {"audience": "carts"}}, {"outcomes": "carts"}, [], {"rows": []}, {}],
-                         ids=["an object", "a text", "a bare array", "another key", "empty"])
+@pytest.mark.parametrize(
+    "body",
+    [{"outcomes": {"audience": "carts"}}, {"outcomes": "carts"}, [], {"rows": []}, {}],
+    ids=["an object", "a text", "a bare array", "another key", "empty"],
+)
 def test_outcomes_must_be_an_array(client, reporter, carts, body):
     response = post_outcomes(client, reporter[1], body)
     assert response.status_code == 400
     assert response.json()["errors"] == [
-        {"index": None, "field": "outcomes", "message": "is required: an array of {audience, date, impressions, clicks, conversions, spend}"}
+        {
+            "index": None,
+            "field": "outcomes",
+            "message": "is required: an array of {audience, date, impressions, clicks, conversions, spend}",
+        }
     ]
     assert not Outcome.objects.exists()
 
@@ -159,15 +194,21 @@ def test_more_than_a_thousand_outcomes_are_refused_whole(client, reporter, carts
 def test_the_audience_page_shows_outcomes_with_cost_per_conversion(client, reporter, carts, viewer_client):
     _, key = reporter
     other_key = source_create(name="social-reporting", scopes=["outcomes"])[1]
-    post_outcomes(client, key, {"outcomes": [
-        {"audience": "carts", "date": day(-1), "impressions": 4000, "clicks": 120, "conversions": 4, "spend": "50.00"},
-        {"audience": "carts", "date": day(-2), "impressions": 900, "clicks": 30, "conversions": 0, "spend": "31.00"},
-    ]})
+    post_outcomes(
+        client,
+        key,
+        {
+            "outcomes": [
+                {"audience": "carts", "date": day(-1), "impressions": 4000, "clicks": 120, "conversions": 4, "spend": "50.00"},
+                {"audience": "carts", "date": day(-2), "impressions": 900, "clicks": 30, "conversions": 0, "spend": "31.00"},
+            ]
+        },
+    )
     # two sources on one day add up: 75.00 for 5 conversions
     post_outcomes(client, other_key, {"outcomes": [{"audience": "carts", "date": day(-1), "conversions": 1, "spend": "25.00"}]})
 
     html = viewer_client.get("/dashboard/audiences/carts/").content.decode()
-    section = html[html.index("Downstream outcomes beside sizes"):html.index("Sample members")]
+    section = html[html.index("Downstream outcomes beside sizes") : html.index("Sample members")]
     rows = [re.sub(r"<[^>]+>", "|", row) for row in re.findall(r"<tr>(.*?)</tr>", section)[1:]]
     cells = [[c for c in row.split("|") if c] for row in rows]
     yesterday = (timezone.localdate() - timedelta(days=1)).strftime("%a %d %b")
@@ -212,8 +253,15 @@ def reviewed_week(week, livelike_destination, reporter):
 
     def delivery(action, state, *, lag=None, at=moment):
         Delivery.objects.create(
-            sync=sync, person=person, customer_id="b1", action=action, state=state, triggered_at=at, changed_at=at,
-            created_at=at, acknowledged_at=at + timedelta(seconds=lag) if lag is not None else None,
+            sync=sync,
+            person=person,
+            customer_id="b1",
+            action=action,
+            state=state,
+            triggered_at=at,
+            changed_at=at,
+            created_at=at,
+            acknowledged_at=at + timedelta(seconds=lag) if lag is not None else None,
         )
 
     for seconds in range(1, 21):
@@ -234,15 +282,31 @@ def reviewed_week(week, livelike_destination, reporter):
     alert("long-ago", start - timedelta(days=30), start - timedelta(days=20))
 
     Baseline.objects.create(audience=buyers, captured_on=last_day - timedelta(days=60), cpa=Decimal("99.00"))
-    Baseline.objects.create(audience=buyers, captured_on=last_day - timedelta(days=30), cpa=Decimal("20.00"), roas=Decimal("3.00"),
-                            frequency=Decimal("2.00"), conversion_rate=Decimal("0.0800"))
+    Baseline.objects.create(
+        audience=buyers,
+        captured_on=last_day - timedelta(days=30),
+        cpa=Decimal("20.00"),
+        roas=Decimal("3.00"),
+        frequency=Decimal("2.00"),
+        conversion_rate=Decimal("0.0800"),
+    )
     source = reporter[0]
     for offset, spend, conversions, clicks, impressions, reach, revenue in (
-        (1, "100.00", 4, 40, 800, 300, "400.00"), (3, "25.00", 1, 10, 200, 100, "100.00"),
+        (1, "100.00", 4, 40, 800, 300, "400.00"),
+        (3, "25.00", 1, 10, 200, 100, "100.00"),
         (7, "999.00", 99, 99, 999, 99, "1.00"),  # the day after the week
     ):
-        Outcome.objects.create(audience=buyers, source=source, date=start.date() + timedelta(days=offset), spend=Decimal(spend),
-                               conversions=conversions, clicks=clicks, impressions=impressions, reach=reach, revenue=Decimal(revenue))
+        Outcome.objects.create(
+            audience=buyers,
+            source=source,
+            date=start.date() + timedelta(days=offset),
+            spend=Decimal(spend),
+            conversions=conversions,
+            clicks=clicks,
+            impressions=impressions,
+            reach=reach,
+            revenue=Decimal(revenue),
+        )
     return last_day, buyers
 
 
@@ -352,10 +416,16 @@ def test_the_timeline_has_events_entries_exits_and_what_each_destination_answere
     timeline = person_timeline(ann)
     assert [m.at for m in timeline] == sorted((m.at for m in timeline), reverse=True)
     titles = [(m.kind, m.title) for m in timeline]
-    for expected in [("event", "Added to Cart"), ("event", "Order Completed"), ("entered", "entered Carts"),
-                     ("exited", "left Carts"), ("entered", "entered Buyers"),
-                     ("delivery", "add to Carts at LiveLike"), ("delivery", "remove from Carts at LiveLike"),
-                     ("delivery", "add to Buyers at LiveLike")]:
+    for expected in [
+        ("event", "Added to Cart"),
+        ("event", "Order Completed"),
+        ("entered", "entered Carts"),
+        ("exited", "left Carts"),
+        ("entered", "entered Buyers"),
+        ("delivery", "add to Carts at LiveLike"),
+        ("delivery", "remove from Carts at LiveLike"),
+        ("delivery", "add to Buyers at LiveLike"),
+    ]:
         assert titles.count(expected) == 1, (expected, titles)
     moments = {m.title: m for m in timeline}
     assert moments["Added to Cart"].data == {"sku": "serum-30ml"}
@@ -368,7 +438,12 @@ def test_the_timeline_has_events_entries_exits_and_what_each_destination_answere
     assert buyer.data["answer"].startswith("Rejected by destination (HTTP 400)")
     # the order: cart event, entry, delivery, then the order and what followed it
     order = [t for _, t in reversed(titles)]
-    assert order.index("Added to Cart") < order.index("entered Carts") < order.index("add to Carts at LiveLike") < order.index("Order Completed")
+    assert (
+        order.index("Added to Cart")
+        < order.index("entered Carts")
+        < order.index("add to Carts at LiveLike")
+        < order.index("Order Completed")
+    )
     assert order.index("Order Completed") < order.index("left Carts")
 
 
@@ -376,10 +451,23 @@ def test_the_person_page_shows_the_timeline(ann, viewer_client):
     response = viewer_client.get(f"/dashboard/people/{ann.pk}/")
     assert response.status_code == 200
     html = response.content.decode()
-    for text in ("Ann@Example.com", "+14155550100", "cio_ann", "Added to Cart", "sku=serum-30ml", "Order Completed",
-                 "order_id=o-981", "entered Carts", "left Carts", "entered Buyers", "add to Carts at LiveLike",
-                 "Sent (HTTP 200)", "remove from Carts at LiveLike",
-                 "Rejected by destination (HTTP 400): user_id: Unknown user.", "identifier ann"):
+    for text in (
+        "Ann@Example.com",
+        "+14155550100",
+        "cio_ann",
+        "Added to Cart",
+        "sku=serum-30ml",
+        "Order Completed",
+        "order_id=o-981",
+        "entered Carts",
+        "left Carts",
+        "entered Buyers",
+        "add to Carts at LiveLike",
+        "Sent (HTTP 200)",
+        "remove from Carts at LiveLike",
+        "Rejected by destination (HTTP 400): user_id: Unknown user.",
+        "identifier ann",
+    ):
         assert text in html, text
     assert re.search(r"In audiences now</div><div class=\"value\">1<", html)
 
@@ -389,11 +477,21 @@ def test_an_unknown_or_erased_person_is_a_404(viewer_client, db):
     assert viewer_client.get("/dashboard/people/999999/").status_code == 404
 
 
-@pytest.mark.parametrize("query", [
-    "ann", "ann@example.com", "ANN@EXAMPLE.COM", " Ann@Example.com ", "+14155550100", "cio_ann",
-    # a phone as a person types it: read in the phone policies' region (US when there is none)
-    "(415) 555-0100", "415.555.0100", "+1 415 555 0100",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "ann",
+        "ann@example.com",
+        "ANN@EXAMPLE.COM",
+        " Ann@Example.com ",
+        "+14155550100",
+        "cio_ann",
+        # a phone as a person types it: read in the phone policies' region (US when there is none)
+        "(415) 555-0100",
+        "415.555.0100",
+        "+1 415 555 0100",
+    ],
+)
 def test_a_person_is_found_by_id_email_in_any_case_and_phone(source, viewer_client, query):
     send(source, "ann", "identify", traits={"email": "Ann@Example.com", "phone": "+14155550100", "cio_id": "cio_ann"})
     send(source, "bob", "identify", traits={"email": "bob@example.com", "phone": "+14155550199"})
@@ -410,11 +508,14 @@ def test_a_phone_written_locally_is_read_in_the_phone_policy_s_region(source, vi
     assert response.status_code == 302 and response["Location"] == person_url("ann")
 
 
-@pytest.mark.parametrize("stored, typed", [
-    ("+44 7911 123456", "+447911123456"),
-    ("415-555-0100", "+1 415 555 0100"),
-    ("(415) 555-0100", "415.555.0100"),
-])
+@pytest.mark.parametrize(
+    "stored, typed",
+    [
+        ("+44 7911 123456", "+447911123456"),
+        ("415-555-0100", "+1 415 555 0100"),
+        ("(415) 555-0100", "415.555.0100"),
+    ],
+)
 def test_a_phone_stored_in_one_format_is_found_in_another(source, viewer_client, stored, typed):
     send(source, "ann", "identify", traits={"phone": stored})
     response = viewer_client.get("/dashboard/people/", {"q": typed})
@@ -450,9 +551,16 @@ def test_a_lookup_matching_several_people_lists_them(source, viewer_client):
 # --- setting history ------------------------------------------------------------------------
 
 EDIT = {
-    "name": "Carts", "description": "Carts from the last two hours", "purpose": "activation", "cadence": "15m",
-    "identifier_policy": "", "priority_group": "", "priority_rank": "", "rule_yaml": "event: Added to Cart\nwithin: 2h\n",
-    "exclusions": ["buyers"], "enabled": "on",
+    "name": "Carts",
+    "description": "Carts from the last two hours",
+    "purpose": "activation",
+    "cadence": "15m",
+    "identifier_policy": "",
+    "priority_group": "",
+    "priority_rank": "",
+    "rule_yaml": "event: Added to Cart\nwithin: 2h\n",
+    "exclusions": ["buyers"],
+    "enabled": "on",
 }
 
 
@@ -481,16 +589,27 @@ def test_setting_history_shows_who_changed_which_audience_field_when(client, pla
 def test_setting_history_never_shows_a_credential(client, livelike, playbook_syncs, livelike_destination, monkeypatch):
     manager = user(RETENTION_MANAGER, "rita")
     client.force_login(manager)
-    data = {"kind": "livelike", "name": "LiveLike", "setting__base_url": livelike.api_url, "setting__client_id": "client-1",
-            "batch_size": "500", "rate_limit_per_s": "200", "timeout_s": "1", "max_attempts": "8", "concurrency": "4",
-            "credential__producer_token": "typed-token-5b2c91e7"}
+    data = {
+        "kind": "livelike",
+        "name": "LiveLike",
+        "setting__base_url": livelike.api_url,
+        "setting__client_id": "client-1",
+        "batch_size": "500",
+        "rate_limit_per_s": "200",
+        "timeout_s": "1",
+        "max_attempts": "8",
+        "concurrency": "4",
+        "credential__producer_token": "typed-token-5b2c91e7",
+    }
     response = client.post("/dashboard/destinations/livelike/", data)
     assert response.status_code == 302, response.content.decode()[:3000]
     assert Destination.objects.get(pk=livelike_destination.pk).credentials == {"producer_token": "typed-token-5b2c91e7"}
     # and again through a config file's env reference
     monkeypatch.setenv("LIVELIKE_TOKEN_V3", "env-token-77a0c3d4")
-    destination_save(data={"credentials": {"producer_token": "env:LIVELIKE_TOKEN_V3"}},
-                     instance=Destination.objects.get(pk=livelike_destination.pk))
+    destination_save(
+        data={"credentials": {"producer_token": "env:LIVELIKE_TOKEN_V3"}},
+        instance=Destination.objects.get(pk=livelike_destination.pk),
+    )
 
     changes = [c for c in setting_changes(kind="destination") if c.action == "changed"]
     assert [c.who for c in changes] == ["system / config file", "rita"]

@@ -17,7 +17,6 @@ from syncs.models import DeliveryBatch
 pytestmark = pytest.mark.django_db
 
 
-
 def pre_blocks(page: str) -> list[str]:
     return [html.unescape(block) for block in re.findall(r'<pre class="payload">(.*?)</pre>', page, re.DOTALL)]
 

@@ -35,8 +35,14 @@ def toy(monkeypatch):
 
 
 def toy_data(**extra) -> dict:
-    return {"key": "board", "name": "Board", "kind": "toy", "settings": {"board": "b-1", "colour": "blue"},
-            "credentials": {"toy_api_key": "env:TOY_API_KEY"}, **extra}
+    return {
+        "key": "board",
+        "name": "Board",
+        "kind": "toy",
+        "settings": {"board": "b-1", "colour": "blue"},
+        "credentials": {"toy_api_key": "env:TOY_API_KEY"},
+        **extra,
+    }
 
 
 def test_the_kinds_are_the_registry_and_each_folder_exports_its_spec():
@@ -60,23 +66,39 @@ def test_the_admin_lists_the_toy_kind_and_its_add_offers_it_with_its_credential(
     assert '/dashboard/destinations/new/?kind=toy"' in kinds.content.decode() and "Toy board" in kinds.content.decode()
     assert "Toy API key" in client.get("/dashboard/destinations/new/?kind=toy").content.decode()
 
-    response = client.post("/dashboard/destinations/new/", {
-        "kind": "toy", "key": "typed", "name": "Typed", "setting__board": "b-1", "setting__colour": "red",
-        "credential__toy_api_key": "typed-key", "batch_size": "50", "rate_limit_per_s": "2",
-    })
+    response = client.post(
+        "/dashboard/destinations/new/",
+        {
+            "kind": "toy",
+            "key": "typed",
+            "name": "Typed",
+            "setting__board": "b-1",
+            "setting__colour": "red",
+            "credential__toy_api_key": "typed-key",
+            "batch_size": "50",
+            "rate_limit_per_s": "2",
+        },
+    )
     assert response.status_code == 302, response.content.decode()[:2000]
     assert Destination.objects.get(key="typed").credentials == {"toy_api_key": "typed-key"}
 
 
 def test_destination_save_takes_the_toy_settings_and_refuses_a_bad_one_with_the_spec_message(toy):
     destination = destination_save(data=toy_data())
-    assert (destination.kind, destination.settings, destination.rate_limit_per_s) == ("toy", {"board": "b-1", "colour": "blue"}, 2.0)
+    assert (destination.kind, destination.settings, destination.rate_limit_per_s) == (
+        "toy",
+        {"board": "b-1", "colour": "blue"},
+        2.0,
+    )
     assert destination.get_kind_display() == "Toy board"
     with pytest.raises(ValidationError) as failure:
         destination_save(data=toy_data(key="other", settings={"colour": "green", "size": 3}, batch_size=80))
     errors = failure.value.message_dict
-    assert errors["settings"] == ["size: unknown setting for toy; expected board, colour", "board: required for toy",
-                                  "colour: use red or blue"]
+    assert errors["settings"] == [
+        "size: unknown setting for toy; expected board, colour",
+        "board: required for toy",
+        "colour: use red or blue",
+    ]
     assert errors["batch_size"] == ["Toy board takes at most 50 rows a request"]
 
 
@@ -95,10 +117,15 @@ def test_a_toy_sync_refuses_a_policy_the_toy_cannot_match(toy):
 def test_config_as_code_round_trips_a_toy_destination(toy, tmp_path):
     audience_save(data={"key": "flagged", "name": "Flagged", "rule": {"attribute": "flag", "eq": True}})
     path = tmp_path / "toy.yaml"
-    path.write_text(yaml.safe_dump({
-        "destinations": [toy_data()],  # the toy's own batch size and rate limit
-        "syncs": [{"key": "flagged-board", "audience": "flagged", "destination": "board"}],
-    }, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "destinations": [toy_data()],  # the toy's own batch size and rate limit
+                "syncs": [{"key": "flagged-board", "audience": "flagged", "destination": "board"}],
+            },
+            sort_keys=False,
+        )
+    )
     call_command("apply_config", str(path), stdout=StringIO(), stderr=StringIO())
     board = Destination.objects.get(key="board")
     assert (board.credentials, board.batch_size, board.rate_limit_per_s) == ({"toy_api_key": "toy-key-1"}, 50, 2.0)
@@ -122,16 +149,20 @@ def test_deliver_destination_sends_through_the_toy_transport(toy):
     audience_save(data={"key": "flagged", "name": "Flagged", "rule": {"attribute": "flag", "eq": True}})
     sync_save(data={"key": "flagged-board", "audience": "flagged", "destination": "board"})
     source = source_create(name="shop")[0]
-    ingest_messages(source=source, messages=[
-        Message("identify", customer_id, f"m-{customer_id}", timezone.now(), traits={"flag": True})
-        for customer_id in ("t1", "t2")
-    ])
+    ingest_messages(
+        source=source,
+        messages=[
+            Message("identify", customer_id, f"m-{customer_id}", timezone.now(), traits={"flag": True})
+            for customer_id in ("t1", "t2")
+        ],
+    )
     evaluate_all()
     summary = deliver_destination(destination.pk)
 
     assert summary.sent == 2
     assert sorted((row["board"], row["action"], row["identifier"]) for row in toy.SENT) == [
-        ("b-1", "enter", "t1"), ("b-1", "enter", "t2")
+        ("b-1", "enter", "t1"),
+        ("b-1", "enter", "t2"),
     ]
 
 
@@ -143,9 +174,12 @@ def test_the_global_paid_holdout_covers_a_toy_kind_whose_spec_says_paid_media(mo
     audience_save(data={"key": "flagged", "name": "Flagged", "rule": {"attribute": "flag", "eq": True}})
     sync_save(data={"key": "flagged-board", "audience": "flagged", "destination": "board"})
     ids = [f"t{n}" for n in range(40)]
-    ingest_messages(source=source_create(name="shop")[0], messages=[
-        Message("identify", customer_id, f"m-{customer_id}", timezone.now(), traits={"flag": True}) for customer_id in ids
-    ])
+    ingest_messages(
+        source=source_create(name="shop")[0],
+        messages=[
+            Message("identify", customer_id, f"m-{customer_id}", timezone.now(), traits={"flag": True}) for customer_id in ids
+        ],
+    )
     evaluate_all()
     deliver_destination(destination.pk)
 

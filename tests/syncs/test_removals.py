@@ -31,10 +31,13 @@ MESSAGE_IDS = itertools.count()
 
 def flag(source, customer_ids, value: bool) -> None:
     now = timezone.now()
-    ingest_messages(source=source, messages=[
-        Message("identify", customer_id, f"identify-{next(MESSAGE_IDS)}", now, traits={"flag": value})
-        for customer_id in customer_ids
-    ])
+    ingest_messages(
+        source=source,
+        messages=[
+            Message("identify", customer_id, f"identify-{next(MESSAGE_IDS)}", now, traits={"flag": value})
+            for customer_id in customer_ids
+        ],
+    )
 
 
 def people(prefix: str, n: int) -> list[str]:
@@ -45,8 +48,16 @@ def toy_with_minimum(monkeypatch, minimum: int | None):
     monkeypatch.setitem(registry.KINDS, "toy", dataclasses.replace(toy_destination.SPEC, min_audience_size=minimum))
     monkeypatch.setenv("TOY_API_KEY", "toy-key-1")
     toy_destination.SENT.clear()
-    return destination_save(data={"key": "board", "name": "Board", "kind": "toy", "settings": {"board": "b-1"},
-                                  "credentials": {"toy_api_key": "env:TOY_API_KEY"}, "rate_limit_per_s": 200})
+    return destination_save(
+        data={
+            "key": "board",
+            "name": "Board",
+            "kind": "toy",
+            "settings": {"board": "b-1"},
+            "credentials": {"toy_api_key": "env:TOY_API_KEY"},
+            "rate_limit_per_s": 200,
+        }
+    )
 
 
 @pytest.fixture
@@ -145,7 +156,11 @@ def test_removals_that_would_go_under_the_minimum_are_held_and_go_once_it_is_bac
     sync = twelve_then_five_leave(source, board)
     hold = RemovalHold.objects.get(sync=sync)
     assert hold.removals == 3 and hold.reason.startswith("under the platform's minimum: Toy board needs at least 10 people")
-    assert sorted(Delivery.objects.filter(hold=hold, state=Delivery.HELD).values_list("customer_id", flat=True)) == ["p2", "p3", "p4"]
+    assert sorted(Delivery.objects.filter(hold=hold, state=Delivery.HELD).values_list("customer_id", flat=True)) == [
+        "p2",
+        "p3",
+        "p4",
+    ]
     alert = Alert.objects.get(kind=Alert.UNDER_MINIMUM)
     assert alert.details == {"hold": hold.pk, "removals": 3, "minimum": 10, "downstream": 10}
     deliver(board)

@@ -65,17 +65,29 @@ def event(customer_id, name, at, n, **properties) -> Message:
 
 
 def test_windows_are_read_from_every_condition_of_a_stored_rule():
-    rule = {"all": [
-        {"event": "Added to Cart", "within": "2h", "not_followed_by": "Order Completed"},
-        {"any": [{"event": "Order Completed", "last_between": ["60d", "13w"]}, {"not": {"event": "Viewed", "where": {"a": 1}}}]},
-        {"event": "Signed Up"},  # ever, no property filter: the aggregates answer it
-        {"event": "Order Completed", "min_count": 3},  # a lifetime count: the aggregates too
-        {"attribute": "last_order_date", "older_than": "400d"},  # an attribute, not an event
-        {"event": "Bad", "within": "2x"},  # refused by evaluation: no window
-    ]}
-    assert sorted(event_windows(rule), key=str) == sorted([
-        ("Added to Cart", timedelta(hours=2)), ("Order Completed", timedelta(weeks=13)), ("Viewed", None),
-    ], key=str)
+    rule = {
+        "all": [
+            {"event": "Added to Cart", "within": "2h", "not_followed_by": "Order Completed"},
+            {
+                "any": [
+                    {"event": "Order Completed", "last_between": ["60d", "13w"]},
+                    {"not": {"event": "Viewed", "where": {"a": 1}}},
+                ]
+            },
+            {"event": "Signed Up"},  # ever, no property filter: the aggregates answer it
+            {"event": "Order Completed", "min_count": 3},  # a lifetime count: the aggregates too
+            {"attribute": "last_order_date", "older_than": "400d"},  # an attribute, not an event
+            {"event": "Bad", "within": "2x"},  # refused by evaluation: no window
+        ]
+    }
+    assert sorted(event_windows(rule), key=str) == sorted(
+        [
+            ("Added to Cart", timedelta(hours=2)),
+            ("Order Completed", timedelta(weeks=13)),
+            ("Viewed", None),
+        ],
+        key=str,
+    )
 
 
 def test_a_rule_stored_before_the_bounds_is_still_read_whatever_its_depth():
@@ -91,8 +103,14 @@ def test_the_horizon_is_the_longest_window_plus_the_margin_never_under_the_floor
     assert (event_horizon().days, event_horizon().longest) == (30, None)
     audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
     assert event_horizon().days == 30  # 2 hours + 7 days is under the floor
-    audience_save(data={"key": "lapsed", "name": "Lapsed", "enabled": False,
-                        "rule": {"event": "Order Completed", "last_between": ["60d", "90d"]}})
+    audience_save(
+        data={
+            "key": "lapsed",
+            "name": "Lapsed",
+            "enabled": False,
+            "rule": {"event": "Order Completed", "last_between": ["60d", "90d"]},
+        }
+    )
     horizon = event_horizon()
     assert (horizon.days, horizon.longest, horizon.longest_in) == (97, timedelta(days=90), "Lapsed")  # disabled counts
     audience_save(data={"key": "odd", "name": "Odd", "rule": {"event": "Order Completed", "within": "2161h"}})
@@ -100,7 +118,9 @@ def test_the_horizon_is_the_longest_window_plus_the_margin_never_under_the_floor
 
 
 def test_an_event_read_with_no_window_is_kept_whole():
-    audience_save(data={"key": "serum", "name": "Serum ever", "rule": {"event": "Product Viewed", "where": {"category": "serum"}}})
+    audience_save(
+        data={"key": "serum", "name": "Serum ever", "rule": {"event": "Product Viewed", "where": {"category": "serum"}}}
+    )
     assert event_horizon().kept_in_full == {"Product Viewed": ("Serum ever",)}
 
 
@@ -128,7 +148,8 @@ def a_year_of_events(source):
     ago = lambda days: T0 - timedelta(days=days)  # noqa: E731
     messages = [  # one member at least in each audience, whatever the noise below
         event("s1", "Product Viewed", ago(2), 1, category="serum"),
-        event("o1", "Order Completed", ago(5), 2), event("o1", "Order Completed", ago(10), 3),
+        event("o1", "Order Completed", ago(5), 2),
+        event("o1", "Order Completed", ago(10), 3),
         *(event("o1", "Order Completed", ago(days), days) for days in (200, 250, 300, 350)),  # loyal, mostly pruned
         event("w1", "Order Completed", ago(110), 4, coupon="WELCOME"),
         event("w2", "Order Completed", ago(130), 5, coupon="WELCOME"),  # outside both windows, inside the horizon
@@ -143,9 +164,11 @@ def a_year_of_events(source):
         for _ in range(rng.randint(5, 40)):
             n += 1
             name = rng.choice(["Product Viewed", "Order Completed", "Added to Cart", "Newsletter Opened"])
-            props = {"Product Viewed": {"category": rng.choice(["serum", "toner"])},
-                     "Order Completed": {"coupon": rng.choice(["WELCOME", ""])},
-                     "Newsletter Opened": {"campaign": rng.choice(["promo", "news"])}}.get(name, {})
+            props = {
+                "Product Viewed": {"category": rng.choice(["serum", "toner"])},
+                "Order Completed": {"coupon": rng.choice(["WELCOME", ""])},
+                "Newsletter Opened": {"campaign": rng.choice(["promo", "news"])},
+            }.get(name, {})
             at = T0 - timedelta(days=rng.uniform(0, 400))
             messages.append(event(customer_id, name, at, n, **props))
     for start in range(0, len(messages), 200):
@@ -207,15 +230,25 @@ def test_a_pass_stops_at_its_budget_and_the_next_goes_on(a_year_of_events):
 @pytest.fixture
 def two_syncs(livelike_destination):
     buyers_and_carts()
-    return (sync_save(data={"key": "buyers-ll", "audience": "buyers", "destination": "livelike"}),
-            sync_save(data={"key": "carts-ll", "audience": "carts", "destination": "livelike"}))
+    return (
+        sync_save(data={"key": "buyers-ll", "audience": "buyers", "destination": "livelike"}),
+        sync_save(data={"key": "carts-ll", "audience": "carts", "destination": "livelike"}),
+    )
 
 
 def delivery(sync, customer_id, action, state, at, *, lag=None, initial=False, **extra) -> Delivery:
     acked = at + lag if lag is not None else None
     return Delivery.objects.create(
-        sync=sync, customer_id=customer_id, action=action, state=state, triggered_at=at, changed_at=at,
-        created_at=at, acknowledged_at=acked, initial=initial, **extra
+        sync=sync,
+        customer_id=customer_id,
+        action=action,
+        state=state,
+        triggered_at=at,
+        changed_at=at,
+        created_at=at,
+        acknowledged_at=acked,
+        initial=initial,
+        **extra,
     )
 
 
@@ -247,8 +280,9 @@ def test_an_exit_long_after_the_entry_still_reaches_the_destination(source, live
     flags = iter(range(100))
 
     def flag(customer_id, value):
-        ingest_messages(source=source, messages=[Message("identify", customer_id, f"i{next(flags)}", timezone.now(),
-                                                         traits={"flag": value})])
+        ingest_messages(
+            source=source, messages=[Message("identify", customer_id, f"i{next(flags)}", timezone.now(), traits={"flag": value})]
+        )
         evaluate_all()
         deliver_destination(livelike_destination.pk)
 
@@ -276,8 +310,15 @@ def test_rollups_count_exactly_the_deliveries_pruned(two_syncs):
         at = T0 - timedelta(days=rng.uniform(20, 45))
         state = rng.choice(states)
         lag = timedelta(microseconds=rng.randint(0, 90_000_000)) if state in (Delivery.SENT, Delivery.REJECTED) else None
-        delivery(rng.choice(two_syncs), f"p{rng.randint(0, 40)}", rng.choice(["enter", "exit"]), state, at, lag=lag,
-                 initial=rng.random() < 0.1)
+        delivery(
+            rng.choice(two_syncs),
+            f"p{rng.randint(0, 40)}",
+            rng.choice(["enter", "exit"]),
+            state,
+            at,
+            lag=lag,
+            initial=rng.random() < 0.1,
+        )
     before = {d.pk: d for d in Delivery.objects.all()}
     apply_retention(now=T0)
     gone = [before[pk] for pk in before.keys() - set(Delivery.objects.values_list("pk", flat=True))]
@@ -300,11 +341,20 @@ def test_rollups_count_exactly_the_deliveries_pruned(two_syncs):
     assert rolled_lags == lags
 
 
-@pytest.mark.parametrize(("lag", "key"), [
-    (timedelta(0), 0), (timedelta(microseconds=400), 1), (timedelta(milliseconds=100), 100),
-    (timedelta(microseconds=999_001), 1000), (timedelta(seconds=1.234), 1240), (timedelta(seconds=12.345), 12400),
-    (timedelta(seconds=19), 19000), (timedelta(hours=2, microseconds=1), 7_210_000), (timedelta(seconds=-3), 0),
-])
+@pytest.mark.parametrize(
+    ("lag", "key"),
+    [
+        (timedelta(0), 0),
+        (timedelta(microseconds=400), 1),
+        (timedelta(milliseconds=100), 100),
+        (timedelta(microseconds=999_001), 1000),
+        (timedelta(seconds=1.234), 1240),
+        (timedelta(seconds=12.345), 12400),
+        (timedelta(seconds=19), 19000),
+        (timedelta(hours=2, microseconds=1), 7_210_000),
+        (timedelta(seconds=-3), 0),
+    ],
+)
 def test_a_lag_is_kept_rounded_up_to_the_millisecond_and_three_significant_digits(lag, key):
     assert lag_key(lag) == key
 
@@ -334,27 +384,46 @@ def weeks_of_running(two_syncs, settings):
         delivery(sync, f"p{n % 50}", rng.choice(["enter", "exit"]), state, at, lag=lag)
     for _ in range(300):
         started = midnight + timedelta(days=rng.randint(0, 70), seconds=rng.choice([2, 7200, 86398]))
-        SyncRun.objects.create(sync=rng.choice(two_syncs), started_at=started, finished_at=started + timedelta(seconds=3),
-                               status=rng.choice([SyncRun.SUCCEEDED] * 3 + [SyncRun.PARTIAL, SyncRun.FAILED]),
-                               planned=rng.randint(0, 500), sent=rng.randint(0, 500), rejected=rng.randint(0, 5),
-                               skipped=rng.randint(0, 5), retried=rng.randint(0, 5), requests=rng.randint(1, 3))
+        SyncRun.objects.create(
+            sync=rng.choice(two_syncs),
+            started_at=started,
+            finished_at=started + timedelta(seconds=3),
+            status=rng.choice([SyncRun.SUCCEEDED] * 3 + [SyncRun.PARTIAL, SyncRun.FAILED]),
+            planned=rng.randint(0, 500),
+            sent=rng.randint(0, 500),
+            rejected=rng.randint(0, 5),
+            skipped=rng.randint(0, 5),
+            retried=rng.randint(0, 5),
+            requests=rng.randint(1, 3),
+        )
     for n in range(200):
-        DeliveryBatch.objects.create(batch_id=f"00000000-0000-0000-0000-{n:012d}", sync=rng.choice(two_syncs),
-                                     sent_at=midnight + timedelta(days=rng.randint(0, 70)), status=rng.choice([200, 500, None]))
+        DeliveryBatch.objects.create(
+            batch_id=f"00000000-0000-0000-0000-{n:012d}",
+            sync=rng.choice(two_syncs),
+            sent_at=midnight + timedelta(days=rng.randint(0, 70)),
+            status=rng.choice([200, 500, None]),
+        )
     return midnight + timedelta(days=72), two_syncs
 
 
 def review_figures(week_ending):
-    return [(row.audience.key, row.lag.count, row.lag.p50, row.lag.p95, row.lag.max, row.rejected, row.dead)
-            for row in weekly_review(week_ending=week_ending).rows]
+    return [
+        (row.audience.key, row.lag.count, row.lag.p50, row.lag.p95, row.lag.max, row.rejected, row.dead)
+        for row in weekly_review(week_ending=week_ending).rows
+    ]
 
 
 def test_the_weekly_review_and_run_history_read_the_same_before_and_after_pruning(weeks_of_running):
     now, syncs = weeks_of_running
     weeks = [timezone.localdate(now) - timedelta(days=7 * k + 1) for k in range(11)]
     before = {week: review_figures(week) for week in weeks}
-    history = {s.pk: [(d.day, d.runs, d.succeeded, d.partial, d.failed, d.planned, d.sent, d.rejected, d.skipped,
-                       d.retried, d.requests) for d in run_days(s, now=now)] for s in syncs}
+    history = {
+        s.pk: [
+            (d.day, d.runs, d.succeeded, d.partial, d.failed, d.planned, d.sent, d.rejected, d.skipped, d.retried, d.requests)
+            for d in run_days(s, now=now)
+        ]
+        for s in syncs
+    }
     assert any(row[1] for figures in before.values() for row in figures)
 
     run = apply_retention(now=now)
@@ -363,8 +432,10 @@ def test_the_weekly_review_and_run_history_read_the_same_before_and_after_prunin
     assert {week: review_figures(week) for week in weeks} == before
     for sync in syncs:
         days = run_days(sync, now=now)
-        assert [(d.day, d.runs, d.succeeded, d.partial, d.failed, d.planned, d.sent, d.rejected, d.skipped,
-                 d.retried, d.requests) for d in days] == history[sync.pk]
+        assert [
+            (d.day, d.runs, d.succeeded, d.partial, d.failed, d.planned, d.sent, d.rejected, d.skipped, d.retried, d.requests)
+            for d in days
+        ] == history[sync.pk]
         assert any(d.pruned for d in days) and any(not d.pruned for d in days)
     batches = SyncDay.objects.values_list("batches", flat=True)
     assert sum(batches) == run.deleted["batches"]
@@ -387,8 +458,10 @@ def test_the_run_history_page_shows_the_pruned_days(weeks_of_running, viewer_cli
 def test_each_sync_keeps_its_last_runs_whatever_their_age(two_syncs):
     buyers, carts = two_syncs
     old = T0 - timedelta(days=300)
-    runs = [SyncRun.objects.create(sync=buyers, started_at=old + timedelta(minutes=n), status=SyncRun.FAILED)
-            for n in range(KEEP_LAST_RUNS + 5)]
+    runs = [
+        SyncRun.objects.create(sync=buyers, started_at=old + timedelta(minutes=n), status=SyncRun.FAILED)
+        for n in range(KEEP_LAST_RUNS + 5)
+    ]
     sent = delivery(buyers, "a", Delivery.ENTER, Delivery.SENT, old, lag=DAY, run=runs[0])
     apply_retention(now=T0)
     assert list(SyncRun.objects.order_by("started_at")) == runs[5:]
@@ -402,8 +475,14 @@ def test_two_passes_at_once_count_each_row_once(two_syncs, settings):
     settings.RETENTION_CHUNK_ROWS = 20
     buyers, carts = two_syncs
     for n in range(400):
-        delivery(buyers if n % 2 else carts, f"p{n % 7}", "enter", Delivery.SENT, T0 - timedelta(days=60, minutes=n),
-                 lag=timedelta(seconds=1))
+        delivery(
+            buyers if n % 2 else carts,
+            f"p{n % 7}",
+            "enter",
+            Delivery.SENT,
+            T0 - timedelta(days=60, minutes=n),
+            lag=timedelta(seconds=1),
+        )
     counts = []
 
     def one_pass():
@@ -431,8 +510,9 @@ def test_old_task_results_go_and_successes_are_capped_per_function(settings):
     assert (Conf.SAVE_LIMIT, Conf.SAVE_LIMIT_PER) == (settings.Q_CLUSTER["save_limit"], "func")
     for n, (age, success) in enumerate([(40, True), (40, False), (3, False), (1, True)]):
         stopped = T0 - timedelta(days=age)
-        Task.objects.create(id=f"{n:032x}", name=f"t{n}", func="syncs.tasks.deliver_due", started=stopped,
-                            stopped=stopped, success=success)
+        Task.objects.create(
+            id=f"{n:032x}", name=f"t{n}", func="syncs.tasks.deliver_due", started=stopped, stopped=stopped, success=success
+        )
     run = apply_retention(now=T0)
     assert run.deleted["task results"] == 2
     assert sorted(Task.objects.values_list("name", flat=True)) == ["t2", "t3"]
@@ -441,12 +521,15 @@ def test_old_task_results_go_and_successes_are_capped_per_function(settings):
 # --- settings, schedule, page ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "value", "message"), [
-    ("RETENTION_DELIVERY_DAYS", 3, "RETENTION_DELIVERY_DAYS=3 must be a whole number of days of at least 7"),
-    ("RETENTION_EVENT_FLOOR_DAYS", 2.5, "RETENTION_EVENT_FLOOR_DAYS=2.5 must be a whole number of days of at least 1"),
-    ("RETENTION_CHUNK_ROWS", 50_000, "RETENTION_CHUNK_ROWS=50000 is too many rows for one short transaction"),
-    ("RETENTION_PAUSE_S", -1, "RETENTION_PAUSE_S=-1 must be a number of seconds of at least 0"),
-])
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("RETENTION_DELIVERY_DAYS", 3, "RETENTION_DELIVERY_DAYS=3 must be a whole number of days of at least 7"),
+        ("RETENTION_EVENT_FLOOR_DAYS", 2.5, "RETENTION_EVENT_FLOOR_DAYS=2.5 must be a whole number of days of at least 1"),
+        ("RETENTION_CHUNK_ROWS", 50_000, "RETENTION_CHUNK_ROWS=50000 is too many rows for one short transaction"),
+        ("RETENTION_PAUSE_S", -1, "RETENTION_PAUSE_S=-1 must be a number of seconds of at least 0"),
+    ],
+)
 def test_a_retention_setting_out_of_range_is_refused_with_its_name(settings, name, value, message):
     setattr(settings, name, value)
     with pytest.raises(SystemCheckError, match=re.escape(message)):

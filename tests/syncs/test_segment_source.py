@@ -38,17 +38,28 @@ def cio():
 @pytest.fixture
 def workspace(cio, monkeypatch, db):
     monkeypatch.setenv("CIO_APP_KEY", APP_KEY)
-    return workspace_save(data={
-        "key": "main", "name": "Main workspace", "base_url": cio.url, "credentials": {"app_key": "env:CIO_APP_KEY"},
-        "timeout_s": 5,
-    })
+    return workspace_save(
+        data={
+            "key": "main",
+            "name": "Main workspace",
+            "base_url": cio.url,
+            "credentials": {"app_key": "env:CIO_APP_KEY"},
+            "timeout_s": 5,
+        }
+    )
 
 
 def segment_audience(key="vips", segment_id=SEGMENT, **extra):
-    return audience_save(data={
-        "key": key, "name": f"{key} from Customer.io", "source_kind": "customerio_segment",
-        "source_settings": {"workspace": "main", "segment_id": segment_id}, "cadence": "15m", **extra,
-    })
+    return audience_save(
+        data={
+            "key": key,
+            "name": f"{key} from Customer.io",
+            "source_kind": "customerio_segment",
+            "source_settings": {"workspace": "main", "segment_id": segment_id},
+            "cadence": "15m",
+            **extra,
+        }
+    )
 
 
 def snapshot(audience) -> set[str]:
@@ -56,9 +67,7 @@ def snapshot(audience) -> set[str]:
 
 
 def members(audience) -> set[str]:
-    return set(
-        Membership.objects.filter(audience=audience, exited_at__isnull=True).values_list("person__customer_id", flat=True)
-    )
+    return set(Membership.objects.filter(audience=audience, exited_at__isnull=True).values_list("person__customer_id", flat=True))
 
 
 def membership_queries(server) -> list[dict]:
@@ -96,15 +105,19 @@ def test_members_map_by_id_then_email_then_cio_id_and_the_rest_are_counted(cio, 
     Person.objects.create(customer_id="ann-1", email="Ann@Example.com")
     Person.objects.create(customer_id="bob-1", email="bob@example.com", cio_id="cio-bob")
     Person.objects.create(customer_id="outsider", email="outsider@example.com")
-    cio.add_segment(SEGMENT, "Mixed", [
-        {"id": "known", "email": "changed@example.com", "cio_id": "c0"},
-        {"id": "brand-new", "email": "new@example.com", "cio_id": "c1"},
-        {"email": "  ANN@example.com ", "cio_id": "no-such-cio"},  # no id: by email, normalised
-        {"email": "nobody@example.com", "cio_id": "cio-bob"},  # no id, unknown email: by cio_id
-        {"email": "ghost@example.com"},  # unmapped
-        {"cio_id": "zzz"},  # unmapped
-        {"email": None, "cio_id": None},  # unmapped
-    ])
+    cio.add_segment(
+        SEGMENT,
+        "Mixed",
+        [
+            {"id": "known", "email": "changed@example.com", "cio_id": "c0"},
+            {"id": "brand-new", "email": "new@example.com", "cio_id": "c1"},
+            {"email": "  ANN@example.com ", "cio_id": "no-such-cio"},  # no id: by email, normalised
+            {"email": "nobody@example.com", "cio_id": "cio-bob"},  # no id, unknown email: by cio_id
+            {"email": "ghost@example.com"},  # unmapped
+            {"cio_id": "zzz"},  # unmapped
+            {"email": None, "cio_id": None},  # unmapped
+        ],
+    )
     audience = segment_audience()
 
     pull = pull_segment(audience)
@@ -215,8 +228,9 @@ def test_attributes_are_fetched_for_mapped_fields_of_entering_people_only(worksp
         workspace.save()
         server.add_segment(SEGMENT, "Vips", [member(i) for i in range(250)])
         audience = segment_audience()
-        sync = sync_save(data={"key": "vips-livelike", "audience": "vips", "destination": "livelike",
-                               "fields": ["email", "plan"]})
+        sync = sync_save(
+            data={"key": "vips-livelike", "audience": "vips", "destination": "livelike", "fields": ["email", "plan"]}
+        )
 
         evaluate_all(["vips"])
         calls = attribute_requests(server)
@@ -329,23 +343,43 @@ def test_an_unknown_segment_raises_with_the_api_s_message(cio, workspace):
 )
 def test_audience_validation_of_source_settings(workspace, settings, field, message):
     with pytest.raises(ValidationError) as raised:
-        audience_save(data={"key": "vips", "name": "Vips", "source_kind": "customerio_segment",
-                            "source_settings": settings, "cadence": "15m"})
+        audience_save(
+            data={
+                "key": "vips",
+                "name": "Vips",
+                "source_kind": "customerio_segment",
+                "source_settings": settings,
+                "cadence": "15m",
+            }
+        )
     assert any(message in m for m in raised.value.message_dict[field]), raised.value.message_dict
 
 
 def test_a_segment_audience_cannot_be_realtime_nor_have_a_rule(workspace):
     with pytest.raises(ValidationError) as raised:
-        audience_save(data={"key": "vips", "name": "Vips", "source_kind": "customerio_segment",
-                            "source_settings": {"workspace": "main", "segment_id": 3}, "cadence": "realtime",
-                            "rule": {"event": "Order Completed", "within": "1d"}})
+        audience_save(
+            data={
+                "key": "vips",
+                "name": "Vips",
+                "source_kind": "customerio_segment",
+                "source_settings": {"workspace": "main", "segment_id": 3},
+                "cadence": "realtime",
+                "rule": {"event": "Order Completed", "within": "1d"},
+            }
+        )
     errors = raised.value.message_dict
     assert any("pulled on a schedule" in m for m in errors["cadence"])
     assert any("leave the rule out" in m for m in errors["rule"])
     # the default cadence is realtime, so leaving it out is refused too
     with pytest.raises(ValidationError) as raised:
-        audience_save(data={"key": "vips", "name": "Vips", "source_kind": "customerio_segment",
-                            "source_settings": {"workspace": "main", "segment_id": 3}})
+        audience_save(
+            data={
+                "key": "vips",
+                "name": "Vips",
+                "source_kind": "customerio_segment",
+                "source_settings": {"workspace": "main", "segment_id": 3},
+            }
+        )
     assert "cadence" in raised.value.message_dict
     assert segment_audience(segment_id=3).source_settings == {"workspace": "main", "segment_id": 3}
 

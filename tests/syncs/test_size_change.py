@@ -1,4 +1,4 @@
-""""vs 7 days ago" on the home page and the weekly review's change are one figure: the size at a
+""" "vs 7 days ago" on the home page and the weekly review's change are one figure: the size at a
 moment against the size seven days before it, and both pages say so. The review pages from one
 week to the next."""
 
@@ -41,7 +41,10 @@ def test_home_and_review_agree_on_the_change_at_the_end_of_a_week(carts, client)
         review = next(row for row in weekly_review(week_ending=date(2026, 6, 7)).rows if row.audience == carts)
         assert (home.size_week_ago, home.audience.current_size, home.change) == (10, 15, 0.5)
         assert (review.size_start, review.size_end, review.change) == (10, 15, 0.5)
-        assert (size_change([carts], at=at(2026, 6, 5))[carts.pk].before, size_change([carts], at=at(2026, 6, 5))[carts.pk].after) == (None, 30)
+        assert (
+            size_change([carts], at=at(2026, 6, 5))[carts.pk].before,
+            size_change([carts], at=at(2026, 6, 5))[carts.pk].after,
+        ) == (None, 30)
 
         viewer = User.objects.create_user("vera", password="pw-for-tests-1", is_staff=True)
         viewer.groups.add(Group.objects.get(name=VIEWER))

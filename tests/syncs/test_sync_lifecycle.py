@@ -19,9 +19,10 @@ pytestmark = pytest.mark.django_db
 
 def buy(source, *customer_ids):
     now = timezone.now()
-    ingest_messages(source=source, messages=[
-        Message("event", c, f"{c}-order-{now.timestamp()}", now, name="Order Completed") for c in customer_ids
-    ])
+    ingest_messages(
+        source=source,
+        messages=[Message("event", c, f"{c}-order-{now.timestamp()}", now, name="Order Completed") for c in customer_ids],
+    )
 
 
 def test_a_new_sync_starts_with_the_people_already_in_the_audience(source, livelike, livelike_destination):
@@ -53,13 +54,21 @@ def test_later_exits_follow_the_backfilled_entries(source, livelike, livelike_de
 
 def config_file(tmp_path, token_ref="env:LL_TOKEN"):
     path = tmp_path / "downstream.yaml"
-    path.write_text(json.dumps({
-        "destinations": [{
-            "key": "ll", "name": "LiveLike", "kind": "livelike",
-            "settings": {"client_id": "c1", "base_url": "https://example.invalid/api/v1"},
-            "credentials": {"producer_token": token_ref},
-        }]
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "destinations": [
+                    {
+                        "key": "ll",
+                        "name": "LiveLike",
+                        "kind": "livelike",
+                        "settings": {"client_id": "c1", "base_url": "https://example.invalid/api/v1"},
+                        "credentials": {"producer_token": token_ref},
+                    }
+                ]
+            }
+        )
+    )
     return str(path)
 
 

@@ -45,17 +45,21 @@ def sha(text: str) -> str:
 def identify_all(source, traits_by_customer: dict[str, dict]) -> None:
     """Many identifies in one request, as a batch through the ingest API would write them."""
     now = django_timezone.now()
-    ingest_messages(source=source, messages=[
-        Message("identify", customer_id, f"identify-{next(MESSAGE_IDS)}", now, traits=traits)
-        for customer_id, traits in traits_by_customer.items()
-    ])
+    ingest_messages(
+        source=source,
+        messages=[
+            Message("identify", customer_id, f"identify-{next(MESSAGE_IDS)}", now, traits=traits)
+            for customer_id, traits in traits_by_customer.items()
+        ],
+    )
 
 
 def store(prefix: str, n: int) -> None:
     """People in the audience's rule straight into the store: a thousand identifies through ingest
     take most of a test's time, and ingest is not what these tests are about."""
-    Person.objects.bulk_create([Person(customer_id=f"{prefix}{i}", email=f"{prefix}{i}@example.com", attributes={"flag": True})
-                                for i in range(n)])
+    Person.objects.bulk_create(
+        [Person(customer_id=f"{prefix}{i}", email=f"{prefix}{i}@example.com", attributes={"flag": True}) for i in range(n)]
+    )
 
 
 def people(prefix: str, n: int, *, start: int = 0) -> dict[str, dict]:
@@ -87,18 +91,33 @@ def tiktok_kind(monkeypatch):
 @pytest.fixture
 def destination(tiktok, tiktok_kind, monkeypatch):
     monkeypatch.setenv("TIKTOK_ACCESS_TOKEN", TOKEN)
-    return destination_save(data={
-        "key": "tiktok", "name": "TikTok", "kind": "tiktok",
-        "settings": {"base_url": tiktok.api_url, "advertiser_id": ADVERTISER},
-        "credentials": {"access_token": "env:TIKTOK_ACCESS_TOKEN"},
-        "batch_size": 5000, "timeout_s": 2.0, "retry_base_s": 0.05, "retry_cap_s": 0.5, "rate_limit_per_s": 200,
-    })
+    return destination_save(
+        data={
+            "key": "tiktok",
+            "name": "TikTok",
+            "kind": "tiktok",
+            "settings": {"base_url": tiktok.api_url, "advertiser_id": ADVERTISER},
+            "credentials": {"access_token": "env:TIKTOK_ACCESS_TOKEN"},
+            "batch_size": 5000,
+            "timeout_s": 2.0,
+            "retry_base_s": 0.05,
+            "retry_cap_s": 0.5,
+            "rate_limit_per_s": 200,
+        }
+    )
 
 
 def flagged_sync(**extra):
     audience_save(data={"key": "flagged", "name": "Flagged", "rule": {"attribute": "flag", "eq": True}})
-    return sync_save(data={"key": "flagged-tiktok", "audience": "flagged", "destination": "tiktok",
-                           "downstream_audience_id": AUDIENCE, **extra})
+    return sync_save(
+        data={
+            "key": "flagged-tiktok",
+            "audience": "flagged",
+            "destination": "tiktok",
+            "downstream_audience_id": AUDIENCE,
+            **extra,
+        }
+    )
 
 
 def deliver(destination):
@@ -142,7 +161,9 @@ def test_phones_are_e164_with_the_plus_then_hashed(raw, normalised, settings):
     assert tiktok_phone(raw) == normalised
     key = MATCH_KEYS[1]
     assert (key.name, key.compile(Person(customer_id="c1", phone=raw))) == (
-        "PHONE_SHA256", sha(normalised) if normalised else None)
+        "PHONE_SHA256",
+        sha(normalised) if normalised else None,
+    )
 
 
 def test_a_person_carries_only_the_identifier_type_the_sync_uploads(tiktok, destination):
@@ -163,24 +184,44 @@ def test_a_person_carries_only_the_identifier_type_the_sync_uploads(tiktok, dest
 def test_a_tiktok_destination_takes_its_settings_and_refuses_bad_ones(tiktok, destination, monkeypatch):
     assert (destination.kind, destination.get_kind_display()) == ("tiktok", "TikTok")
     assert destination.credentials == {"access_token": TOKEN}
-    fresh = destination_save(data={"key": "tiktok-2", "kind": "tiktok", "settings": {"advertiser_id": ADVERTISER},
-                                   "credentials": {"access_token": "env:TIKTOK_ACCESS_TOKEN"}})
+    fresh = destination_save(
+        data={
+            "key": "tiktok-2",
+            "kind": "tiktok",
+            "settings": {"advertiser_id": ADVERTISER},
+            "credentials": {"access_token": "env:TIKTOK_ACCESS_TOKEN"},
+        }
+    )
     assert (fresh.rate_limit_per_s, fresh.batch_size) == (2.0, 500)
     with pytest.raises(ValidationError) as failure:
-        destination_save(data={"key": "tiktok-3", "kind": "tiktok",
-                               "settings": {"advertiser_id": "acme", "calculate_type": "IDFA_SHA256"},
-                               "credentials": {}})
+        destination_save(
+            data={
+                "key": "tiktok-3",
+                "kind": "tiktok",
+                "settings": {"advertiser_id": "acme", "calculate_type": "IDFA_SHA256"},
+                "credentials": {},
+            }
+        )
     errors = failure.value.message_dict
-    assert errors["settings"] == ["calculate_type: use EMAIL_SHA256 or PHONE_SHA256",
-                                  "advertiser_id: a TikTok advertiser id is a number, as TikTok Ads Manager shows it"]
+    assert errors["settings"] == [
+        "calculate_type: use EMAIL_SHA256 or PHONE_SHA256",
+        "advertiser_id: a TikTok advertiser id is a number, as TikTok Ads Manager shows it",
+    ]
     assert errors["credentials"] == ["access_token: required for tiktok"]
 
 
 def test_a_sync_names_one_identifier_type_at_most(tiktok, destination):
     audience_save(data={"key": "flagged", "name": "Flagged", "rule": {"attribute": "flag", "eq": True}})
     with pytest.raises(ValidationError) as failure:
-        sync_save(data={"key": "s1", "audience": "flagged", "destination": "tiktok", "downstream_audience_id": AUDIENCE,
-                        "match_on": ["EMAIL_SHA256", "PHONE_SHA256"]})
+        sync_save(
+            data={
+                "key": "s1",
+                "audience": "flagged",
+                "destination": "tiktok",
+                "downstream_audience_id": AUDIENCE,
+                "match_on": ["EMAIL_SHA256", "PHONE_SHA256"],
+            }
+        )
     assert failure.value.message_dict["match_on"] == [
         "match_on: TikTok takes one identifier type per audience (the one it was created with): "
         "name one of EMAIL_SHA256, PHONE_SHA256"
@@ -220,7 +261,9 @@ def test_a_batch_uploads_a_signed_file_then_appends_it_and_the_report_keeps_the_
     assert len(result.report["request_ids"]) == 2 and all(result.report["request_ids"])
     assert result.report["rows_appended"] == 1000
     assert [r["path"] for r in tiktok.request_log()] == [
-        "/open_api/v1.3/dmp/custom_audience/file/upload/", "/open_api/v1.3/dmp/custom_audience/update/"]
+        "/open_api/v1.3/dmp/custom_audience/file/upload/",
+        "/open_api/v1.3/dmp/custom_audience/update/",
+    ]
 
 
 def test_a_mixed_batch_appends_before_it_removes(tiktok, destination):
@@ -239,17 +282,27 @@ def test_a_mixed_batch_appends_before_it_removes(tiktok, destination):
 
 def test_the_upload_is_refused_in_a_200_when_its_md5_is_not_the_file_signature(tiktok):
     content = f"{sha('a@example.com')}\n".encode()
-    answer = requests.post(tiktok.url + "/open_api/v1.3/dmp/custom_audience/file/upload/", headers={"Access-Token": TOKEN},
-                           data={"advertiser_id": ADVERTISER, "calculate_type": "EMAIL_SHA256",
-                                 "file_signature": hashlib.md5(content + b"x").hexdigest()},
-                           files={"file": ("a.txt", content, "text/plain")}, timeout=5)
+    answer = requests.post(
+        tiktok.url + "/open_api/v1.3/dmp/custom_audience/file/upload/",
+        headers={"Access-Token": TOKEN},
+        data={
+            "advertiser_id": ADVERTISER,
+            "calculate_type": "EMAIL_SHA256",
+            "file_signature": hashlib.md5(content + b"x").hexdigest(),
+        },
+        files={"file": ("a.txt", content, "text/plain")},
+        timeout=5,
+    )
     assert answer.status_code == 200
     assert answer.json()["code"] == 40900 and "signature" in answer.json()["message"]
     assert tiktok.uploads() == []
-    good = requests.post(tiktok.url + "/open_api/v1.3/dmp/custom_audience/file/upload/", headers={"Access-Token": TOKEN},
-                         data={"advertiser_id": ADVERTISER, "calculate_type": "EMAIL_SHA256",
-                               "file_signature": hashlib.md5(content).hexdigest()},
-                         files={"file": ("a.txt", content, "text/plain")}, timeout=5).json()
+    good = requests.post(
+        tiktok.url + "/open_api/v1.3/dmp/custom_audience/file/upload/",
+        headers={"Access-Token": TOKEN},
+        data={"advertiser_id": ADVERTISER, "calculate_type": "EMAIL_SHA256", "file_signature": hashlib.md5(content).hexdigest()},
+        files={"file": ("a.txt", content, "text/plain")},
+        timeout=5,
+    ).json()
     assert good["code"] == 0 and good["data"]["file_path"] == tiktok.uploads()[0]["file_path"]
 
 
@@ -264,18 +317,29 @@ def test_a_wrong_token_is_a_permanent_error_in_tiktoks_words(tiktok, destination
     destination.set_credentials({"access_token": "stale-token"})
     error = failure_of(destination, sync)
     assert error.permanent and error.retry_after is None and error.status == 200
-    assert "TikTok refused the access token or its permissions: TikTok code 40105 on the APPEND file upload: " \
-           "Access token is incorrect or has been revoked. (request_id 2025" in str(error)
+    assert (
+        "TikTok refused the access token or its permissions: TikTok code 40105 on the APPEND file upload: "
+        "Access token is incorrect or has been revoked. (request_id 2025" in str(error)
+    )
     assert "stale-token" not in str(error)
     assert tiktok.refused() == {40105: 1} and tiktok.members(AUDIENCE) == set()
 
 
-@pytest.mark.parametrize(("code", "permanent", "retry_after"), [
-    (40100, False, 1.0), (40133, False, 1.0), (40016, False, 1.0),  # rate limits: wait
-    (40001, True, None), (40102, True, None), (40104, True, None),  # the token, its permissions
-    (40002, True, None), (40006, True, None),  # the request as sent
-    (50000, False, None), (50002, False, None),  # TikTok's side: retry
-])
+@pytest.mark.parametrize(
+    ("code", "permanent", "retry_after"),
+    [
+        (40100, False, 1.0),
+        (40133, False, 1.0),
+        (40016, False, 1.0),  # rate limits: wait
+        (40001, True, None),
+        (40102, True, None),
+        (40104, True, None),  # the token, its permissions
+        (40002, True, None),
+        (40006, True, None),  # the request as sent
+        (50000, False, None),
+        (50002, False, None),  # TikTok's side: retry
+    ],
+)
 def test_each_class_of_code_inside_a_200_is_read(tiktok, destination, code, permanent, retry_after):
     sync = flagged_sync()
     tiktok.answer_codes([code])
@@ -301,14 +365,22 @@ def test_the_rate_limit_answers_as_tiktok_does_and_is_waited_out(destination, ti
 def test_the_connection_test_names_the_advertiser_and_counts_its_audiences(tiktok, destination):
     from syncs.wire import check_connection
 
-    assert check_connection(destination) == (True, (
-        f"TikTok accepted the access token for advertiser Downstream Test Advertiser ({ADVERTISER}, STATUS_ENABLE); "
-        "it holds 2 custom audiences."))
+    assert check_connection(destination) == (
+        True,
+        (
+            f"TikTok accepted the access token for advertiser Downstream Test Advertiser ({ADVERTISER}, STATUS_ENABLE); "
+            "it holds 2 custom audiences."
+        ),
+    )
     log = tiktok.request_log()
     assert [(r["method"], r["path"]) for r in log] == [
-        ("GET", "/open_api/v1.3/advertiser/info/"), ("GET", "/open_api/v1.3/dmp/custom_audience/list/")]
-    assert parse_qs(log[0]["query"]) == {"advertiser_ids": [f'["{ADVERTISER}"]'],
-                                         "fields": ['["advertiser_id", "name", "status"]']}
+        ("GET", "/open_api/v1.3/advertiser/info/"),
+        ("GET", "/open_api/v1.3/dmp/custom_audience/list/"),
+    ]
+    assert parse_qs(log[0]["query"]) == {
+        "advertiser_ids": [f'["{ADVERTISER}"]'],
+        "fields": ['["advertiser_id", "name", "status"]'],
+    }
     assert log[1]["query"] == f"advertiser_id={ADVERTISER}&page=1&page_size=1"
     assert all(TOKEN not in r["path"] + r["query"] for r in log)  # the Access-Token header, never the URL
     assert tiktok.uploads() == [] and tiktok.updates() == []  # it reads, uploads nothing
@@ -317,22 +389,31 @@ def test_the_connection_test_names_the_advertiser_and_counts_its_audiences(tikto
     reached, said = check_connection(destination)
     assert reached and said.endswith(
         f"({ADVERTISER}, STATUS_DISABLE); it holds 2 custom audiences. TikTok marks the ad account STATUS_DISABLE, "
-        "not STATUS_ENABLE: its ads may not serve.")
+        "not STATUS_ENABLE: its ads may not serve."
+    )
 
 
-@pytest.mark.parametrize(("arrange", "expected"), [
-    (lambda t, d: d.set_credentials({"access_token": "stale-token"}),
-     "TikTok refused the access token or its permissions: TikTok code 40105 on the advertiser look-up: "
-     "Access token is incorrect or has been revoked. (request_id 2025"),
-    (lambda t, d: setattr(t, "advertiser_id", "7099999999999999999"),
-     f"TikTok refused the access token or its permissions: TikTok code 40001 on the advertiser look-up: "
-     f"No permission to operate advertiser {ADVERTISER}. (request_id 2025"),
-    (lambda t, d: t.answer_codes([0, 40001]),  # the advertiser is the token's, its audiences are not
-     "TikTok refused the access token or its permissions: TikTok code 40001 on the custom audience list: "
-     "planned answer 40001 (request_id 2025"),
-])
-def test_a_failed_connection_test_says_what_tiktok_answered_and_never_the_token(tiktok, destination, arrange,
-                                                                                expected):
+@pytest.mark.parametrize(
+    ("arrange", "expected"),
+    [
+        (
+            lambda t, d: d.set_credentials({"access_token": "stale-token"}),
+            "TikTok refused the access token or its permissions: TikTok code 40105 on the advertiser look-up: "
+            "Access token is incorrect or has been revoked. (request_id 2025",
+        ),
+        (
+            lambda t, d: setattr(t, "advertiser_id", "7099999999999999999"),
+            f"TikTok refused the access token or its permissions: TikTok code 40001 on the advertiser look-up: "
+            f"No permission to operate advertiser {ADVERTISER}. (request_id 2025",
+        ),
+        (
+            lambda t, d: t.answer_codes([0, 40001]),  # the advertiser is the token's, its audiences are not
+            "TikTok refused the access token or its permissions: TikTok code 40001 on the custom audience list: "
+            "planned answer 40001 (request_id 2025",
+        ),
+    ],
+)
+def test_a_failed_connection_test_says_what_tiktok_answered_and_never_the_token(tiktok, destination, arrange, expected):
     from syncs.wire import check_connection
 
     arrange(tiktok, destination)
@@ -396,7 +477,8 @@ def test_read_back_is_tiktoks_matched_size(tiktok, destination):
     tiktok.known = {sha(e) for e in emails(10)}
     assert Transport(destination).read_back(sync).detail == (
         "TikTok audience Flagged: 10 people matched; TikTok marks it not usable yet (still matching, or under 1,000 "
-        "people matched)")
+        "people matched)"
+    )
     sync.downstream_audience_id = "1899999999999999"
     with pytest.raises(TransportError, match="TikTok code 40007 on the audience look-up"):
         Transport(destination).read_back(sync)
@@ -464,8 +546,13 @@ def test_a_person_without_the_uploaded_identifier_is_skipped_with_the_reason(sou
 def test_a_phone_sync_uploads_phone_hashes_to_a_phone_audience(source, destination, tiktok):
     tiktok.minimum = 0
     flagged_sync(downstream_audience_id=PHONES, match_on=["PHONE_SHA256"])
-    identify_all(source, {"p0": {"flag": True, "phone": "+44 20 7183 8750", "email": "p0@example.com"},
-                          "p1": {"flag": True, "phone": "(657) 777-0000"}})
+    identify_all(
+        source,
+        {
+            "p0": {"flag": True, "phone": "+44 20 7183 8750", "email": "p0@example.com"},
+            "p1": {"flag": True, "phone": "(657) 777-0000"},
+        },
+    )
     evaluate_all()
     deliver(destination)
     assert tiktok.members(PHONES) == {sha("+442071838750"), sha("+16577770000")}
@@ -480,14 +567,21 @@ def test_removals_that_would_go_under_1000_are_held_and_alerted_then_go_when_it_
     hold = RemovalHold.objects.get(sync=sync)
     assert (hold.decision, hold.removals) == (RemovalHold.PENDING, 2)
     assert hold.reason.startswith("under the platform's minimum: TikTok needs at least 1,000 people in an audience")
-    assert sorted(Delivery.objects.filter(sync=sync, state=Delivery.HELD, hold=hold).values_list("customer_id", flat=True)) == ["p3", "p4"]
+    assert sorted(Delivery.objects.filter(sync=sync, state=Delivery.HELD, hold=hold).values_list("customer_id", flat=True)) == [
+        "p3",
+        "p4",
+    ]
     alert = Alert.objects.get(kind=Alert.UNDER_MINIMUM)
-    assert alert.is_open and alert.sync == sync and alert.details == {"hold": hold.pk, "removals": 2, "minimum": 1000,
-                                                                        "downstream": 1000}
+    assert (
+        alert.is_open
+        and alert.sync == sync
+        and alert.details == {"hold": hold.pk, "removals": 2, "minimum": 1000, "downstream": 1000}
+    )
     assert alert.message == (
         "flagged-tiktok: 2 removals held, as TikTok needs at least 1,000 people in an audience and sending them would "
         "leave fewer in Flagged's (about 1,000 there by Downstream's count). They go by themselves once it is back over "
-        "1,000; discard them on the sync page to keep those people downstream.")
+        "1,000; discard them on the sync page to keep those people downstream."
+    )
     deliver(destination)
     assert len(tiktok.members(AUDIENCE)) == 1000 and tiktok.refused() == {}
     assert sha("p3@example.com") in tiktok.members(AUDIENCE)
@@ -500,7 +594,9 @@ def test_removals_that_would_go_under_1000_are_held_and_alerted_then_go_when_it_
     # once TikTok acknowledged them, the held removals went in the same run
     assert tiktok.members(AUDIENCE) == downstream_hashes("flagged") and len(tiktok.members(AUDIENCE)) == 1002
     assert [u["action"] for u in tiktok.updates(AUDIENCE)][-2:] == ["APPEND", "REMOVE"]
-    assert Delivery.objects.filter(sync=sync, customer_id__in=["p3", "p4"], action=Delivery.EXIT, state=Delivery.SENT).count() == 2
+    assert (
+        Delivery.objects.filter(sync=sync, customer_id__in=["p3", "p4"], action=Delivery.EXIT, state=Delivery.SENT).count() == 2
+    )
     alert.refresh_from_db()
     hold.refresh_from_db()
     assert alert.resolved_at is not None and hold.decision == RemovalHold.APPROVED
@@ -517,7 +613,9 @@ def test_someone_back_before_their_held_removal_went_is_neither_removed_nor_adde
     evaluate_all()
 
     assert [(d.action, d.state, d.last_error) for d in Delivery.objects.filter(sync=sync, customer_id="p4").order_by("id")] == [
-        ("enter", Delivery.SENT, ""), ("exit", Delivery.CANCELLED, CAME_BACK)]
+        ("enter", Delivery.SENT, ""),
+        ("exit", Delivery.CANCELLED, CAME_BACK),
+    ]
     alert = Alert.objects.get(kind=Alert.UNDER_MINIMUM)
     assert alert.resolved_at is not None
     assert alert.details["resolution"] == "Everyone whose removal was held came back into Flagged: nothing is left to remove."

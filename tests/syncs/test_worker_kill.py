@@ -20,15 +20,20 @@ pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 PEOPLE = 120
 
 
-
 def flagged_audience_to(livelike, monkeypatch, **destination):
     monkeypatch.setenv("LL_TOKEN", "producer-token")
     audience_save(data={"key": "flagged", "name": "Flagged", "rule": {"attribute": "flag", "eq": True}})
-    destination_save(data={
-        "key": "livelike", "name": "LiveLike", "kind": "livelike",
-        "settings": {"base_url": livelike.api_url, "client_id": "client-1"},
-        "credentials": {"producer_token": "env:LL_TOKEN"}, "max_attempts": 50, **destination,
-    })
+    destination_save(
+        data={
+            "key": "livelike",
+            "name": "LiveLike",
+            "kind": "livelike",
+            "settings": {"base_url": livelike.api_url, "client_id": "client-1"},
+            "credentials": {"producer_token": "env:LL_TOKEN"},
+            "max_attempts": 50,
+            **destination,
+        }
+    )
     sync_save(data={"key": "flagged-livelike", "audience": "flagged", "destination": "livelike"})
     return source_create(name="web")[1]
 
@@ -73,8 +78,10 @@ def test_sigkill_during_deliveries_loses_nothing(monkeypatch):
         downstream = livelike.members("flagged")
         expected = current_members()
         duplicates = len(livelike.duplicates())
-        print(f"\n{kills} SIGKILLs; {livelike.rows_received} rows received, {duplicates} rows sent twice; "
-              f"{len(expected)} members, downstream {len(downstream)}")
+        print(
+            f"\n{kills} SIGKILLs; {livelike.rows_received} rows received, {duplicates} rows sent twice; "
+            f"{len(expected)} members, downstream {len(downstream)}"
+        )
         assert kills >= 20
         assert expected == {f"p{n:03d}" for n in range(PEOPLE) if n % 3 == 0}
         assert downstream == expected
@@ -105,8 +112,9 @@ def test_two_workers_share_one_sender_per_destination_within_its_rate_limit(monk
             wait_until(settled, timeout=120, interval=0.5)
         log = [r for r in livelike.request_log() if "audience-sync" in r["path"]]
         busiest_second = livelike.max_requests_in_any_1s_window
-        print(f"\n{len(log)} requests from 2 workers, at most {busiest_second} in a second, "
-              f"at most {most_in_flight(log)} at once")
+        print(
+            f"\n{len(log)} requests from 2 workers, at most {busiest_second} in a second, at most {most_in_flight(log)} at once"
+        )
         assert len(log) >= 60
         assert busiest_second <= 21  # 20 a second, and one more where a window edge falls between two
         assert most_in_flight(log) <= 2

@@ -93,6 +93,13 @@ class Command(BaseCommand):
             key = source_rotate_key(source=Source.objects.get(name=DEMO_SOURCE))
         self.stdout.write(f"Sending live events to {url} (Ctrl-C stops).")
         try:
-            live_feed(url=url, write_key=key, seed=seed + int(datetime.now().timestamp()), people=people, rate=rate, log=self.stdout.write)
+            live_feed(
+                url=url,
+                write_key=key,
+                seed=seed + int(datetime.now().timestamp()),
+                people=people,
+                rate=rate,
+                log=self.stdout.write,
+            )
         except KeyboardInterrupt:
             self.stdout.write("Live feed stopped.")

@@ -38,9 +38,7 @@ def csv_row_to_message(row: dict) -> dict:
         elif column == "type":
             message["type"] = raw
         elif column == "timestamp":
-            message["timestamp"] = (
-                datetime.fromtimestamp(int(raw), tz=UTC).isoformat() if raw.isdigit() else raw
-            )
+            message["timestamp"] = datetime.fromtimestamp(int(raw), tz=UTC).isoformat() if raw.isdigit() else raw
         elif column.startswith("properties."):
             properties[column[len("properties.") :]] = _scalar(raw)
         elif column.startswith("traits."):

@@ -81,8 +81,12 @@ class Transport:
 
     def render(self, rows: list[OutRow], *, sync) -> dict:
         """What `send` would append to the day's file, without writing it (the editor's preview)."""
-        return {"method": "append", "url": str(self.directory / sync.audience.key / f"{sync.key}-delta-<date>.{self.format}"),
-                "headers": {}, "body": self._text(self._records(rows), list(sync.fields), header=True)}
+        return {
+            "method": "append",
+            "url": str(self.directory / sync.audience.key / f"{sync.key}-delta-<date>.{self.format}"),
+            "headers": {},
+            "body": self._text(self._records(rows), list(sync.fields), header=True),
+        }
 
     def check(self) -> str:
         """The export folder exists (or can be made) under the export root and takes a file."""

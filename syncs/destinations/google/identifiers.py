@@ -64,8 +64,11 @@ def normalise_address(parts) -> str | None:
     postal = str(postal).strip() if isinstance(postal, (str, int)) and not isinstance(postal, bool) else ""
     if not (given and family and region and REGION.match(region) and postal):
         return None
-    return json.dumps({"givenName": sha256(given), "familyName": sha256(family), "regionCode": region, "postalCode": postal},
-                      sort_keys=True, separators=(",", ":"))
+    return json.dumps(
+        {"givenName": sha256(given), "familyName": sha256(family), "regionCode": region, "postalCode": postal},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
 
 
 class AddressKey(MatchKey):
@@ -79,8 +82,13 @@ class AddressKey(MatchKey):
 
 EMAIL_KEY = MatchKey("email", "email (SHA-256)", "email", normalise_email)
 PHONE_KEY = MatchKey("phone", "phone in E.164 (SHA-256)", "phone", normalise_phone_e164)
-ADDRESS_KEY = AddressKey("address", "name and address (first_name, last_name, country, postal_code attributes)",
-                         "attributes", normalise_address, hashed=False)
+ADDRESS_KEY = AddressKey(
+    "address",
+    "name and address (first_name, last_name, country, postal_code attributes)",
+    "attributes",
+    normalise_address,
+    hashed=False,
+)
 MATCH_KEYS = (EMAIL_KEY, PHONE_KEY, ADDRESS_KEY)
 
 

@@ -33,10 +33,14 @@ UNKNOWN = "UNKNOWN_TO_GOOGLE"
 # reads a tick makes at most: the whole project has 300 reads a minute
 READS_PER_TICK = 100
 MATCH_RATE_RANGES = {
-    "MATCH_RATE_RANGE_LESS_THAN_20": (0, 20), "MATCH_RATE_RANGE_20_TO_30": (20, 30),
-    "MATCH_RATE_RANGE_31_TO_40": (31, 40), "MATCH_RATE_RANGE_41_TO_50": (41, 50),
-    "MATCH_RATE_RANGE_51_TO_60": (51, 60), "MATCH_RATE_RANGE_61_TO_70": (61, 70),
-    "MATCH_RATE_RANGE_71_TO_80": (71, 80), "MATCH_RATE_RANGE_81_TO_90": (81, 90),
+    "MATCH_RATE_RANGE_LESS_THAN_20": (0, 20),
+    "MATCH_RATE_RANGE_20_TO_30": (20, 30),
+    "MATCH_RATE_RANGE_31_TO_40": (31, 40),
+    "MATCH_RATE_RANGE_41_TO_50": (41, 50),
+    "MATCH_RATE_RANGE_51_TO_60": (51, 60),
+    "MATCH_RATE_RANGE_61_TO_70": (61, 70),
+    "MATCH_RATE_RANGE_71_TO_80": (71, 80),
+    "MATCH_RATE_RANGE_81_TO_90": (81, 90),
     "MATCH_RATE_RANGE_91_TO_100": (91, 100),
 }
 
@@ -72,7 +76,7 @@ def request_outcome(answer: dict) -> dict:
         outcome["identifiers"] += _int(data.get("userIdentifierCount"))
         if data.get("uploadMatchRateRange") in MATCH_RATE_RANGES:
             outcome["match_rate_range"] = data["uploadMatchRateRange"]
-        for count in ((status.get("errorInfo") or {}).get("errorCounts") or []):
+        for count in (status.get("errorInfo") or {}).get("errorCounts") or []:
             if isinstance(count, dict):
                 reason = str(count.get("reason") or "PROCESSING_ERROR_REASON_UNSPECIFIED")
                 outcome["errors"][reason] = outcome["errors"].get(reason, 0) + _int(count.get("recordCount"))
@@ -119,10 +123,12 @@ def check_request_statuses(*, now: datetime | None = None, reads: int = READS_PE
 
     now = now or timezone.now()
     runs = (
-        SyncRun.objects.filter(sync__destination__kind=KIND, details__has_key="request_ids",
-                               finished_at__lte=now - FIRST_CHECK_AFTER)
+        SyncRun.objects.filter(
+            sync__destination__kind=KIND, details__has_key="request_ids", finished_at__lte=now - FIRST_CHECK_AFTER
+        )
         .filter(Q(details__request_status__isnull=True) | Q(details__request_status__done=False))
-        .select_related("sync__destination").order_by("finished_at")
+        .select_related("sync__destination")
+        .order_by("finished_at")
     )
     summary = {"runs": 0, "reads": 0, "done": 0}
     transports, limiters, held = {}, {}, set()
@@ -161,14 +167,16 @@ def check_request_statuses(*, now: datetime | None = None, reads: int = READS_PE
                     held.add(destination.pk)  # the quota is spent: the other runs wait for the next tick
                 break
         checks = state.get("checks", 0) + 1
-        finished = all((outcomes.get(r) or {}).get("status") in (*FINAL, UNKNOWN)
-                       for r in details.get("request_ids") or [])
+        finished = all((outcomes.get(r) or {}).get("status") in (*FINAL, UNKNOWN) for r in details.get("request_ids") or [])
         gave_up = not finished and now - run.finished_at >= GIVE_UP_AFTER
-        state.update(run_outcome(outcomes), requests=outcomes, checks=checks, checked_at=now.isoformat(),
-                     done=finished or gave_up)
+        state.update(
+            run_outcome(outcomes), requests=outcomes, checks=checks, checked_at=now.isoformat(), done=finished or gave_up
+        )
         if gave_up:
             state["gave_up"] = True
-        state["next_check_at"] = None if state["done"] else (now + min(FIRST_CHECK_AFTER * 2 ** (checks - 1), BACKOFF_CAP)).isoformat()
+        state["next_check_at"] = (
+            None if state["done"] else (now + min(FIRST_CHECK_AFTER * 2 ** (checks - 1), BACKOFF_CAP)).isoformat()
+        )
         details["request_status"] = state
         SyncRun.objects.filter(pk=run.pk).update(details=details)
         summary["runs"] += 1

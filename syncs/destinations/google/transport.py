@@ -56,8 +56,10 @@ def consent_value(value) -> str | None:
 def person_consent(value) -> dict:
     """{"ad_user_data": ..., "ad_personalization": ...} or one value for both → the parts said."""
     if isinstance(value, dict):
-        parts = {"adUserData": consent_value(value.get("ad_user_data")),
-                 "adPersonalization": consent_value(value.get("ad_personalization"))}
+        parts = {
+            "adUserData": consent_value(value.get("ad_user_data")),
+            "adPersonalization": consent_value(value.get("ad_personalization")),
+        }
     else:
         one = consent_value(value)
         parts = {"adUserData": one, "adPersonalization": one}
@@ -79,10 +81,18 @@ class GoogleError:
         self.message = str(error.get("message") or response.text[:300])
         details = error.get("details") if isinstance(error.get("details"), list) else []
         self.reasons = [d.get("reason") for d in details if isinstance(d, dict) and "ErrorInfo" in str(d.get("@type"))]
-        self.quota_limits = [str((d.get("metadata") or {}).get("quota_limit") or "") for d in details
-                             if isinstance(d, dict) and isinstance(d.get("metadata"), dict)]
-        self.violations = [v for d in details if isinstance(d, dict) and isinstance(d.get("fieldViolations"), list)
-                           for v in d["fieldViolations"] if isinstance(v, dict)]
+        self.quota_limits = [
+            str((d.get("metadata") or {}).get("quota_limit") or "")
+            for d in details
+            if isinstance(d, dict) and isinstance(d.get("metadata"), dict)
+        ]
+        self.violations = [
+            v
+            for d in details
+            if isinstance(d, dict) and isinstance(d.get("fieldViolations"), list)
+            for v in d["fieldViolations"]
+            if isinstance(v, dict)
+        ]
 
     def describe(self) -> str:
         parts = [f"{self.http_status} {self.status}: {self.message}".strip()]
@@ -114,12 +124,20 @@ class GoogleError:
         if status == 401:
             return TransportError(f"the access token was refused: {self.message}", permanent=True, status=401)
         if status == 403:
-            return TransportError(f"Google refused access to the operating account ({self.describe()}): check the account "
-                                  "ids and that the token's Google account can reach them", permanent=True, status=403)
+            return TransportError(
+                f"Google refused access to the operating account ({self.describe()}): check the account "
+                "ids and that the token's Google account can reach them",
+                permanent=True,
+                status=403,
+            )
         if "TERMS_AND_CONDITIONS_NOT_SIGNED" in self.reasons + [v.get("reason") for v in self.violations]:
-            return TransportError(f"Google refused the upload: the Customer Match terms of service are not accepted "
-                                  f"({self.describe()}); accept them for the operating account and set "
-                                  "customer_match_terms to ACCEPTED", permanent=True, status=status)
+            return TransportError(
+                f"Google refused the upload: the Customer Match terms of service are not accepted "
+                f"({self.describe()}); accept them for the operating account and set "
+                "customer_match_terms to ACCEPTED",
+                permanent=True,
+                status=status,
+            )
         return refused(response, f"Google refused the request ({self.describe()})")
 
 
@@ -132,22 +150,32 @@ class Transport:
     def __init__(self, destination):
         settings = destination.settings or {}
         self.base_url = (settings.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
-        self.operating_account = {"accountType": settings.get("operating_account_type") or "GOOGLE_ADS",
-                                  "accountId": account_id(settings.get("operating_account_id"))}
+        self.operating_account = {
+            "accountType": settings.get("operating_account_type") or "GOOGLE_ADS",
+            "accountId": account_id(settings.get("operating_account_id")),
+        }
         self.login_account = None
         if settings.get("login_account_id"):
-            self.login_account = {"accountType": settings.get("login_account_type") or "GOOGLE_ADS",
-                                  "accountId": account_id(settings.get("login_account_id"))}
-        self.consent = {part: value for part, value in (
-            ("adUserData", settings.get("ad_user_data")), ("adPersonalization", settings.get("ad_personalization")),
-        ) if value in (GRANTED, DENIED)}
+            self.login_account = {
+                "accountType": settings.get("login_account_type") or "GOOGLE_ADS",
+                "accountId": account_id(settings.get("login_account_id")),
+            }
+        self.consent = {
+            part: value
+            for part, value in (
+                ("adUserData", settings.get("ad_user_data")),
+                ("adPersonalization", settings.get("ad_personalization")),
+            )
+            if value in (GRANTED, DENIED)
+        }
         self.consent_attribute = settings.get("consent_attribute", DEFAULT_CONSENT_ATTRIBUTE)
         self.terms = settings.get("customer_match_terms") or ""
         self.token = destination.credentials.get("access_token", "")
         self.timeout = destination.timeout_s
         if not self.operating_account["accountId"] or not self.token:
-            raise TransportError("Google needs an operating account id (settings) and an OAuth access token (credentials)",
-                                 permanent=True)
+            raise TransportError(
+                "Google needs an operating account id (settings) and an OAuth access token (credentials)", permanent=True
+            )
 
     @property
     def headers(self) -> dict:
@@ -167,8 +195,12 @@ class Transport:
         return member
 
     def body(self, members: list[dict], user_list_id: str, *, ingest: bool) -> dict:
-        body = {"destinations": [self.destination(user_list_id)], "audienceMembers": members, "encoding": "HEX",
-                "validateOnly": False}
+        body = {
+            "destinations": [self.destination(user_list_id)],
+            "audienceMembers": members,
+            "encoding": "HEX",
+            "validateOnly": False,
+        }
         if ingest:
             if self.consent:
                 body["consent"] = self.consent
@@ -183,13 +215,20 @@ class Transport:
         for ingest in (False, True):
             group = [row for row in rows if row.is_enter == ingest]
             for start in range(0, len(group), MAX_BATCH):
-                self._send_members(group[start:start + MAX_BATCH], sync.downstream_id, ingest=ingest,
-                                   timeout=timeout or self.timeout, result=result, request_ids=request_ids)
+                self._send_members(
+                    group[start : start + MAX_BATCH],
+                    sync.downstream_id,
+                    ingest=ingest,
+                    timeout=timeout or self.timeout,
+                    result=result,
+                    request_ids=request_ids,
+                )
         accepted = set(result.accepted)
         sent = [row for row in rows if row.delivery_id in accepted]
         # which identifiers went out, for a low match rate's first question
-        result.report = {f"rows_with_{key}": sum(1 for row in sent if row.identifiers.get(key))
-                         for key in ("email", "phone", "address")}
+        result.report = {
+            f"rows_with_{key}": sum(1 for row in sent if row.identifiers.get(key)) for key in ("email", "phone", "address")
+        }
         if request_ids:
             result.report["request_ids"] = request_ids
         return result
@@ -206,8 +245,15 @@ class Transport:
         for _ in range(2):
             if not pending:
                 return
-            response = request("POST", url, json=self.body([m for _, m in pending], user_list_id, ingest=ingest),
-                               timeout=timeout, passthrough=ANSWERS_READ, who="Google", headers=self.headers)
+            response = request(
+                "POST",
+                url,
+                json=self.body([m for _, m in pending], user_list_id, ingest=ingest),
+                timeout=timeout,
+                passthrough=ANSWERS_READ,
+                who="Google",
+                headers=self.headers,
+            )
             result.requests += 1
             result.status = response.status_code
             if response.status_code < 300:
@@ -226,8 +272,15 @@ class Transport:
             raise TransportError("Google refused members it had not objected to a moment before", status=result.status)
 
     def _get(self, path: str, *, params=None, headers=None, timeout=None) -> dict:
-        response = request("GET", f"{self.base_url}{path}", params=params, timeout=timeout or self.timeout,
-                           passthrough=ANSWERS_READ, who="Google", headers={**self.headers, **(headers or {})})
+        response = request(
+            "GET",
+            f"{self.base_url}{path}",
+            params=params,
+            timeout=timeout or self.timeout,
+            passthrough=ANSWERS_READ,
+            who="Google",
+            headers={**self.headers, **(headers or {})},
+        )
         if response.status_code >= 300:
             raise GoogleError(response).transport_error(response)
         return _json(response)
@@ -246,8 +299,10 @@ class Transport:
         """The token reaches the operating account: userLists.list, one list at most."""
         answer = self._get(f"{self._account_path()}/userLists", params={"pageSize": 1}, headers=self._login_header())
         seen = "it holds user lists" if answer.get("userLists") else "it holds no user list yet"
-        return f"Google accepted the access token for {self.operating_account['accountType']} account " \
-               f"{self.operating_account['accountId']}; {seen}."
+        return (
+            f"Google accepted the access token for {self.operating_account['accountType']} account "
+            f"{self.operating_account['accountId']}; {seen}."
+        )
 
     def request_status(self, request_id: str, *, timeout: float | None = None) -> dict:
         """What Google made of one request: GET {base}/v1/requestStatus:retrieve?requestId=..."""
@@ -263,12 +318,14 @@ class Transport:
         contact = info.get("contactIdInfo") if isinstance(info.get("contactIdInfo"), dict) else {}
         percentage = _count(contact.get("matchRatePercentage"))
         sizes = [n for n in (display, search) if n is not None]
-        detail = ", ".join(f"{label} {n:,}" for label, n in (("Display network", display), ("Search network", search))
-                           if n is not None)
+        detail = ", ".join(
+            f"{label} {n:,}" for label, n in (("Display network", display), ("Search network", search)) if n is not None
+        )
         if percentage is not None:
             detail += f"{'; ' if detail else ''}match rate {percentage} %"
-        return ReadBack(size=max(sizes) if sizes else None,
-                        match_rate=percentage / 100 if percentage is not None else None, detail=detail)
+        return ReadBack(
+            size=max(sizes) if sizes else None, match_rate=percentage / 100 if percentage is not None else None, detail=detail
+        )
 
 
 def _json(response) -> dict:

@@ -8,8 +8,14 @@ SPEC = DestinationSpec(
     label="LiveLike",
     transport=Transport,
     settings=(
-        Setting("base_url", "base URL", type="url", default=DEFAULT_BASE_URL, endpoint=True,
-                help="The Producer API's address; the credentials belong to it."),
+        Setting(
+            "base_url",
+            "base URL",
+            type="url",
+            default=DEFAULT_BASE_URL,
+            endpoint=True,
+            help="The Producer API's address; the credentials belong to it.",
+        ),
         Setting("client_id", "client id", required=True, help="The LiveLike application's client id."),
     ),
     credentials=(Credential("producer_token", "LiveLike producer token", required=True),),

@@ -41,8 +41,13 @@ class Transport:
 
     def check(self) -> str:
         """The producer token opens this application: `GET /applications/<client_id>/validate-app/`."""
-        request("GET", self.url("validate-app"), timeout=self.timeout, who="LiveLike",
-                headers={"Authorization": f"Bearer {self.token}"})
+        request(
+            "GET",
+            self.url("validate-app"),
+            timeout=self.timeout,
+            who="LiveLike",
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
         return f"LiveLike accepted the producer token for application {self.client_id}."
 
     def url(self, endpoint: str) -> str:
@@ -59,8 +64,16 @@ class Transport:
         for _ in range(2):
             body = json.dumps(wrap([make(row, row.sync or sync, batch_id) for row in pending])).encode()
             response = request(
-                "POST", self.url(endpoint), data=body, timeout=timeout or self.timeout, who="LiveLike",
-                headers={"Authorization": f"Bearer {self.token}", "Idempotency-Key": batch_id, "Content-Type": "application/json"},
+                "POST",
+                self.url(endpoint),
+                data=body,
+                timeout=timeout or self.timeout,
+                who="LiveLike",
+                headers={
+                    "Authorization": f"Bearer {self.token}",
+                    "Idempotency-Key": batch_id,
+                    "Content-Type": "application/json",
+                },
             )
             result.requests += 1
             result.status = response.status_code
@@ -123,4 +136,7 @@ def _row_errors(response, count: int, *, events: bool):
 
 
 def _reason(errors: dict) -> str:
-    return "; ".join(f"{field}: {' '.join(map(str, messages)) if isinstance(messages, list) else messages}" for field, messages in errors.items())
+    return "; ".join(
+        f"{field}: {' '.join(map(str, messages)) if isinstance(messages, list) else messages}"
+        for field, messages in errors.items()
+    )

@@ -55,8 +55,10 @@ def reconcile_problem(sync: Sync) -> str | None:
     if sync.audience.is_failing:
         return f"{sync.audience.name} is failing to evaluate, so its members are not to be trusted: fix its rule first"
     if hold := RemovalHold.objects.filter(sync=sync, decision=RemovalHold.PENDING).first():
-        return (f"{sync.key} has {hold.removals:,} removals held ({hold.reason}), which a replace would apply at once: "
-                "approve or discard them on the sync page first")
+        return (
+            f"{sync.key} has {hold.removals:,} removals held ({hold.reason}), which a replace would apply at once: "
+            "approve or discard them on the sync page first"
+        )
     return None
 
 
@@ -105,8 +107,9 @@ def reconcile(sync: Sync, *, batch_size: int = MAX_BATCH, sleep=time.sleep) -> S
         raise ReconcileRefused(f"{sync.audience.name} has nobody Downstream sent: a replace would empty the Meta audience")
     destination = sync.destination
     session_id = random.getrandbits(62) + 1
-    run = SyncRun.objects.create(sync=sync, kind=SyncRun.DELIVER, planned=total,
-                                 details={"operation": OPERATION, "session_id": str(session_id)})
+    run = SyncRun.objects.create(
+        sync=sync, kind=SyncRun.DELIVER, planned=total, details={"operation": OPERATION, "session_id": str(session_id)}
+    )
     limiter = RateLimiter(destination.rate_limit_per_s, sleep=sleep)
     try:
         transport = transport_for(destination)
@@ -116,8 +119,7 @@ def reconcile(sync: Sync, *, batch_size: int = MAX_BATCH, sleep=time.sleep) -> S
         for rows, skipped, last in _lookahead(_rows(sync, spec, batch_size)):
             batches += 1
             run.skipped += skipped
-            session = {"session_id": session_id, "batch_seq": batches, "last_batch_flag": last,
-                       "estimated_num_total": total}
+            session = {"session_id": session_id, "batch_seq": batches, "last_batch_flag": last, "estimated_num_total": total}
             report = _send(transport, destination, audience_id, rows, keys, session, run, limiter, sleep)
             run.details = merge_report(run.details, report)
             run.sent += len(rows)
@@ -127,8 +129,10 @@ def reconcile(sync: Sync, *, batch_size: int = MAX_BATCH, sleep=time.sleep) -> S
             run.status = SyncRun.SUCCEEDED
         else:
             run.status = SyncRun.FAILED
-            run.error = (f"none of the {total:,} people has an identifier the sync sends to Meta "
-                         f"({', '.join(k.label for k in keys)}): nothing was replaced")
+            run.error = (
+                f"none of the {total:,} people has an identifier the sync sends to Meta "
+                f"({', '.join(k.label for k in keys)}): nothing was replaced"
+            )
     except TransportError as exc:
         run.status = SyncRun.FAILED
         run.error = f"the replace stopped unfinished, so Meta removed nobody: {exc}"[:2000]
@@ -157,7 +161,8 @@ def _send(transport, destination: Destination, audience_id: str, rows, keys, ses
             if exc.retry_after is not None:
                 wait = max(wait, exc.retry_after)
                 Destination.objects.filter(pk=destination.pk).update(
-                    not_before=timezone.now() + timedelta(seconds=exc.retry_after))
+                    not_before=timezone.now() + timedelta(seconds=exc.retry_after)
+                )
             run.retried += len(rows)
             log.info("reconcile batch %s of %s: %s; again in %.1f s", session["batch_seq"], run.sync.key, exc, wait)
             sleep(wait)
@@ -173,11 +178,17 @@ def reconcile_due(now: datetime | None = None) -> list[int]:
         return []
     now = now or timezone.now()
     due = []
-    for sync in Sync.objects.filter(destination__kind="meta", enabled=True, paused=False).select_related("audience", "destination"):
+    for sync in Sync.objects.filter(destination__kind="meta", enabled=True, paused=False).select_related(
+        "audience", "destination"
+    ):
         if reconcile_problem(sync):
             continue
-        last = (SyncRun.objects.filter(sync=sync, details__operation=OPERATION).order_by("-started_at")
-                .values_list("started_at", flat=True).first())
+        last = (
+            SyncRun.objects.filter(sync=sync, details__operation=OPERATION)
+            .order_by("-started_at")
+            .values_list("started_at", flat=True)
+            .first()
+        )
         if (last or sync.created_at) <= now - timedelta(days=every):
             async_task("syncs.destinations.meta.reconcile.reconcile_sync", sync.pk, task_name=f"reconcile sync {sync.pk}")
             due.append(sync.pk)

@@ -46,13 +46,21 @@ CHECK_ACCOUNTS, SHOWN_ACCOUNTS = 25, 5
 # the connection test blanks the token out of what it says; a shorter one would blank words
 MASKED_TOKEN_MIN = 8
 # AdAccount.account_status, as the Marketing API reference numbers them
-ACCOUNT_STATUS = {1: "active", 2: "disabled", 3: "unsettled", 7: "pending risk review", 8: "pending settlement",
-                  9: "in grace period", 100: "pending closure", 101: "closed"}
+ACCOUNT_STATUS = {
+    1: "active",
+    2: "disabled",
+    3: "unsettled",
+    7: "pending risk review",
+    8: "pending settlement",
+    9: "in grace period",
+    100: "pending closure",
+    101: "closed",
+}
 
 
 def chunks(rows: list, size: int = MAX_BATCH):
     for start in range(0, len(rows), size):
-        yield rows[start:start + size]
+        yield rows[start : start + size]
 
 
 def payload(rows, keys) -> dict:
@@ -76,8 +84,11 @@ def answer_report(answer: dict) -> dict:
         samples = [f"{value}: {reason}" for value, reason in samples.items()]
     elif not isinstance(samples, list):
         samples = [str(samples)]
-    report = {name: answer[name] for name in ("num_received", "num_invalid_entries")
-              if isinstance(answer.get(name), int) and not isinstance(answer.get(name), bool)}
+    report = {
+        name: answer[name]
+        for name in ("num_received", "num_invalid_entries")
+        if isinstance(answer.get(name), int) and not isinstance(answer.get(name), bool)
+    }
     if samples:
         report["invalid_entry_samples"] = [str(s)[:200] for s in samples]
     return report
@@ -139,37 +150,55 @@ def meta_error(response, *, audience_id: str | None) -> TransportError:
         return refused(response)
     code, subcode = error.get("code"), error.get("error_subcode")
     said = str(error.get("message") or "no message").strip().rstrip(".")
-    ids = f"code {code}" + (f", subcode {subcode}" if subcode else "") + (
-        f", fbtrace_id {error['fbtrace_id']}" if error.get("fbtrace_id") else "")
+    ids = (
+        f"code {code}"
+        + (f", subcode {subcode}" if subcode else "")
+        + (f", fbtrace_id {error['fbtrace_id']}" if error.get("fbtrace_id") else "")
+    )
     said = f'"{said}" ({ids})'
     if code in THROTTLE_CODES or subcode in THROTTLE_SUBCODES:
         wait = throttle_wait(response)
-        return TransportError(f"Meta is throttling calls for this ad account: {said}; the next call waits {wait:g} s",
-                              retry_after=wait, status=status)
+        return TransportError(
+            f"Meta is throttling calls for this ad account: {said}; the next call waits {wait:g} s",
+            retry_after=wait,
+            status=status,
+        )
     if code == 190:
         return TransportError(
             f"Meta refused the access token: {said}. Create a new token (a system user's, with ads_management on the "
-            "ad account) and save it on the destination.", permanent=True, status=status)
+            "ad account) and save it on the destination.",
+            permanent=True,
+            status=status,
+        )
     if code == 10 or (isinstance(code, int) and 200 <= code <= 299):
         if audience_id is None:
             return TransportError(
                 f"Meta refused permission: {said}. Give the token's system user the ads_management permission and "
-                "access to the ad account that owns the custom audiences.", permanent=True, status=status)
+                "access to the ad account that owns the custom audiences.",
+                permanent=True,
+                status=status,
+            )
         return TransportError(
             f"Meta refused permission for custom audience {audience_id}: {said}. Give the token's system user access "
             "to the ad account that owns the audience (ads_management) and accept the Custom Audience terms.",
-            permanent=True, status=status)
+            permanent=True,
+            status=status,
+        )
     if code == 2650 and audience_id is not None:
-        return TransportError(f"Meta could not update custom audience {audience_id} just now: {said}; retrying",
-                              status=status)
+        return TransportError(f"Meta could not update custom audience {audience_id} just now: {said}; retrying", status=status)
     if code == 100:
         if audience_id is None:
             return TransportError(
                 f"Meta refused the request as invalid: {said}. Check the destination's base URL and Graph API version.",
-                permanent=True, status=status)
+                permanent=True,
+                status=status,
+            )
         return TransportError(
             f"Meta refused the request as invalid: {said}. Check that the sync's downstream audience id ({audience_id}) "
-            "is a customer-list custom audience of the token's ad account.", permanent=True, status=status)
+            "is a customer-list custom audience of the token's ad account.",
+            permanent=True,
+            status=status,
+        )
     if error.get("is_transient") is True or code in (1, 2):
         return TransportError(f"Meta had a temporary failure: {said}; retrying", status=status)
     return TransportError(f"Meta refused the request: {said}", permanent=True, status=status)
@@ -198,19 +227,27 @@ class Transport:
         if not (audience_id.isascii() and audience_id.isdigit()):
             raise TransportError(
                 f"{audience_id!r} is not a Meta custom audience id: set the sync's downstream audience id to the "
-                "audience's number (Ads Manager → Audiences)", permanent=True)
+                "audience's number (Ads Manager → Audiences)",
+                permanent=True,
+            )
         return audience_id
 
     def url(self, audience_id: str, edge: str = "") -> str:
         return f"{self.base_url}/{self.version}/{quote(audience_id, safe='')}" + (f"/{edge}" if edge else "")
 
-    def call(self, method: str, audience_id: str, edge: str = "", *, timeout: float | None = None, audience: bool = True,
-             **kwargs) -> dict:
+    def call(
+        self, method: str, audience_id: str, edge: str = "", *, timeout: float | None = None, audience: bool = True, **kwargs
+    ) -> dict:
         """One request on a node (a custom audience, or `me` with `audience=False`); Meta's
         answer as a dict, or the TransportError its error means."""
         response = request(
-            method, self.url(audience_id, edge), timeout=timeout or self.timeout, passthrough=PASSTHROUGH, who="Meta",
-            headers={"Authorization": f"Bearer {self.token}"}, **kwargs,
+            method,
+            self.url(audience_id, edge),
+            timeout=timeout or self.timeout,
+            passthrough=PASSTHROUGH,
+            who="Meta",
+            headers={"Authorization": f"Bearer {self.token}"},
+            **kwargs,
         )
         if response.status_code >= 300:
             raise meta_error(response, audience_id=audience_id if audience else None)
@@ -227,18 +264,28 @@ class Transport:
         try:
             me = self.call("GET", "me", params={"fields": "id,name"}, audience=False)
             who = f"{me.get('name') or 'an unnamed user'} (id {me.get('id') or '?'})"
-            answer = self.call("GET", "me", "adaccounts", audience=False, params={
-                "fields": "account_id,name,account_status", "limit": CHECK_ACCOUNTS})
+            answer = self.call(
+                "GET",
+                "me",
+                "adaccounts",
+                audience=False,
+                params={"fields": "account_id,name,account_status", "limit": CHECK_ACCOUNTS},
+            )
         except TransportError as exc:
             exc.args = (self._masked(str(exc)),)
             raise
         data = answer.get("data") if isinstance(answer.get("data"), list) else []
         accounts = [account for account in data if isinstance(account, dict)]
         if not accounts:
-            raise TransportError(self._masked(
-                f"Meta accepted the access token for {who}, but it reaches no ad account: give the token's system user "
-                "access to the ad account that owns the custom audiences (Business Settings → System users → Assign "
-                "assets), then test again."), permanent=True, status=200)
+            raise TransportError(
+                self._masked(
+                    f"Meta accepted the access token for {who}, but it reaches no ad account: give the token's system user "
+                    "access to the ad account that owns the custom audiences (Business Settings → System users → Assign "
+                    "assets), then test again."
+                ),
+                permanent=True,
+                status=200,
+            )
         more = isinstance(answer.get("paging"), dict) and bool(answer["paging"].get("next"))
         count = f"{len(accounts)}{'+' if more else ''}"
         named = ", ".join(_account_words(account) for account in accounts[:SHOWN_ACCOUNTS])
@@ -252,8 +299,9 @@ class Transport:
         too short to be a real one is left: blanking it would blank ordinary words)."""
         return text.replace(self.token, "••••") if len(self.token) >= MASKED_TOKEN_MIN else text
 
-    def upload(self, method: str, audience_id: str, edge: str, rows: list[OutRow], keys, *, timeout=None,
-               session: dict | None = None) -> dict:
+    def upload(
+        self, method: str, audience_id: str, edge: str, rows: list[OutRow], keys, *, timeout=None, session: dict | None = None
+    ) -> dict:
         """One request of at most MAX_BATCH rows; the report of what Meta said and what went."""
         # multipart fields, as Meta's own examples send them (`curl -F payload=...`): a 10,000-row
         # payload is ~6 MB of JSON, which URL-encoding would take seconds to escape

@@ -20,8 +20,10 @@ class TikTokSpec(DestinationSpec):
     def match_on_problems(self, names) -> list[str]:
         problems = super().match_on_problems(names)
         if not problems and len(names) > 1:
-            problems.append(f"match_on: TikTok takes one identifier type per audience (the one it was created with): "
-                            f"name one of {', '.join(names)}")
+            problems.append(
+                f"match_on: TikTok takes one identifier type per audience (the one it was created with): "
+                f"name one of {', '.join(names)}"
+            )
         return problems
 
 
@@ -37,12 +39,24 @@ SPEC = TikTokSpec(
     label="TikTok",
     transport=Transport,
     settings=(
-        Setting("base_url", "base URL", type="url", default=DEFAULT_BASE_URL, endpoint=True,
-                help="The Business API's address; the access token belongs to it."),
+        Setting(
+            "base_url",
+            "base URL",
+            type="url",
+            default=DEFAULT_BASE_URL,
+            endpoint=True,
+            help="The Business API's address; the access token belongs to it.",
+        ),
         Setting("advertiser_id", "advertiser id", required=True, help="The TikTok ad account the audiences belong to."),
-        Setting("calculate_type", "identifier type", type="choice", choices=CALCULATE_TYPES, default=EMAIL_SHA256,
-                help="What each uploaded line is: the SHA-256 of the email or of the phone in E.164. It must be the type "
-                     "the TikTok audience was created with; a sync's match_on may name the other."),
+        Setting(
+            "calculate_type",
+            "identifier type",
+            type="choice",
+            choices=CALCULATE_TYPES,
+            default=EMAIL_SHA256,
+            help="What each uploaded line is: the SHA-256 of the email or of the phone in E.164. It must be the type "
+            "the TikTok audience was created with; a sync's match_on may name the other.",
+        ),
     ),
     credentials=(Credential("access_token", "TikTok access token", required=True),),
     modes=(MEMBERSHIP,),

@@ -69,8 +69,9 @@ def read_answer(response, *, what: str, may_have_arrived: bool = False) -> dict:
     except ValueError:
         body = None
     if not isinstance(body, dict) or isinstance(body.get("code"), bool) or not isinstance(body.get("code"), int):
-        raise TransportError(f"TikTok answered {what} without a return code: {response.text[:200]}", status=200,
-                             may_have_arrived=may_have_arrived)
+        raise TransportError(
+            f"TikTok answered {what} without a return code: {response.text[:200]}", status=200, may_have_arrived=may_have_arrived
+        )
     if body["code"] != 0:
         raise tiktok_error(body, what=what, may_have_arrived=may_have_arrived)
     return body
@@ -96,13 +97,20 @@ class Transport:
         return f"{self.base_url}{API}{endpoint}"
 
     def _post(self, endpoint: str, *, what: str, timeout: float, may_have_arrived: bool = False, **kwargs) -> dict:
-        response = request("POST", self.url(endpoint), timeout=timeout, who="TikTok",
-                           headers={"Access-Token": self.token}, **kwargs)
+        response = request(
+            "POST", self.url(endpoint), timeout=timeout, who="TikTok", headers={"Access-Token": self.token}, **kwargs
+        )
         return read_answer(response, what=what, may_have_arrived=may_have_arrived)
 
     def _get(self, path: str, *, what: str, params: dict) -> dict:
-        response = request("GET", f"{self.base_url}{path}", timeout=self.timeout, who="TikTok",
-                           headers={"Access-Token": self.token}, params=params)
+        response = request(
+            "GET",
+            f"{self.base_url}{path}",
+            timeout=self.timeout,
+            who="TikTok",
+            headers={"Access-Token": self.token},
+            params=params,
+        )
         return read_answer(response, what=what)
 
     def check(self) -> str:
@@ -110,28 +118,47 @@ class Transport:
         its custom audiences (the DMP list, one a page): what a sync's upload and update need.
         Both read; nothing is uploaded."""
         try:
-            info = self._get(ADVERTISER_INFO, what="the advertiser look-up", params={
-                "advertiser_ids": json.dumps([self.advertiser_id]), "fields": json.dumps(list(INFO_FIELDS))})
+            info = self._get(
+                ADVERTISER_INFO,
+                what="the advertiser look-up",
+                params={"advertiser_ids": json.dumps([self.advertiser_id]), "fields": json.dumps(list(INFO_FIELDS))},
+            )
             data = info.get("data") if isinstance(info.get("data"), dict) else {}
-            advertiser = next((item for item in data.get("list") or [] if isinstance(item, dict)
-                               and str(item.get("advertiser_id")) == self.advertiser_id), None)
+            advertiser = next(
+                (
+                    item
+                    for item in data.get("list") or []
+                    if isinstance(item, dict) and str(item.get("advertiser_id")) == self.advertiser_id
+                ),
+                None,
+            )
             if advertiser is None:
                 raise TransportError(
                     f"TikTok's look-up of advertiser {self.advertiser_id} did not return it (request_id "
-                    f"{info.get('request_id')}): check the advertiser id in the destination's settings", permanent=True,
-                    status=200)
-            listing = self._get(API + "list/", what="the custom audience list", params={
-                "advertiser_id": self.advertiser_id, "page": 1, "page_size": 1})
+                    f"{info.get('request_id')}): check the advertiser id in the destination's settings",
+                    permanent=True,
+                    status=200,
+                )
+            listing = self._get(
+                API + "list/",
+                what="the custom audience list",
+                params={"advertiser_id": self.advertiser_id, "page": 1, "page_size": 1},
+            )
         except TransportError as exc:
             exc.args = (self._masked(str(exc)),)
             raise
         page_info = (listing.get("data") or {}).get("page_info") if isinstance(listing.get("data"), dict) else None
         total = page_info.get("total_number") if isinstance(page_info, dict) else None
-        held = (f"it holds {total:,} custom audience{'' if total == 1 else 's'}"
-                if isinstance(total, int) and not isinstance(total, bool) else "it may read its custom audiences")
+        held = (
+            f"it holds {total:,} custom audience{'' if total == 1 else 's'}"
+            if isinstance(total, int) and not isinstance(total, bool)
+            else "it may read its custom audiences"
+        )
         status = advertiser.get("status")
-        said = (f"TikTok accepted the access token for advertiser {advertiser.get('name') or self.advertiser_id} "
-                f"({self.advertiser_id}{f', {status}' if status else ''}); {held}.")
+        said = (
+            f"TikTok accepted the access token for advertiser {advertiser.get('name') or self.advertiser_id} "
+            f"({self.advertiser_id}{f', {status}' if status else ''}); {held}."
+        )
         if status and status != "STATUS_ENABLE":
             said += f" TikTok marks the ad account {status}, not STATUS_ENABLE: its ads may not serve."
         return self._masked(said)
@@ -158,8 +185,9 @@ class Transport:
             if not group:
                 continue
             try:
-                self._apply(action, group, calculate_type, audience_id, batch_id=batch_id,
-                            timeout=timeout or self.timeout, result=result)
+                self._apply(
+                    action, group, calculate_type, audience_id, batch_id=batch_id, timeout=timeout or self.timeout, result=result
+                )
             except TransportError as exc:
                 if result.accepted:  # the additions went: the batch goes again whole (APPEND adds nobody twice)
                     exc.may_have_arrived = True
@@ -167,27 +195,49 @@ class Transport:
             result.accepted += [row.delivery_id for row in group]
         return result
 
-    def _apply(self, action: str, rows: list[OutRow], calculate_type: str, audience_id: str, *, batch_id: str,
-               timeout: float, result: SendResult) -> None:
+    def _apply(
+        self,
+        action: str,
+        rows: list[OutRow],
+        calculate_type: str,
+        audience_id: str,
+        *,
+        batch_id: str,
+        timeout: float,
+        result: SendResult,
+    ) -> None:
         """Upload the rows' identifiers as one file, then APPEND or REMOVE it."""
         content = "".join(f"{line}\n" for line in dict.fromkeys(row.identifiers[calculate_type] for row in rows)).encode()
         upload = self._post(
-            "file/upload/", what=f"the {action} file upload", timeout=timeout,
-            data={"advertiser_id": self.advertiser_id, "calculate_type": calculate_type,
-                  "file_signature": hashlib.md5(content, usedforsecurity=False).hexdigest()},
+            "file/upload/",
+            what=f"the {action} file upload",
+            timeout=timeout,
+            data={
+                "advertiser_id": self.advertiser_id,
+                "calculate_type": calculate_type,
+                "file_signature": hashlib.md5(content, usedforsecurity=False).hexdigest(),
+            },
             files={"file": (f"downstream-{batch_id}-{action.lower()}.txt", content, "text/plain")},
         )
         result.requests += 1
         result.report["request_ids"].append(upload.get("request_id"))
         file_path = (upload.get("data") or {}).get("file_path") if isinstance(upload.get("data"), dict) else None
         if not isinstance(file_path, str) or not file_path:
-            raise TransportError(f"TikTok's answer to the file upload carries no file_path (request_id {upload.get('request_id')})",
-                                 status=200)
+            raise TransportError(
+                f"TikTok's answer to the file upload carries no file_path (request_id {upload.get('request_id')})", status=200
+            )
         result.report["file_paths"].append(file_path)
         update = self._post(
-            "update/", what=f"the {action} update", timeout=timeout, may_have_arrived=True,
-            json={"advertiser_id": self.advertiser_id, "custom_audience_id": audience_id, "action": action,
-                  "file_paths": [file_path]},
+            "update/",
+            what=f"the {action} update",
+            timeout=timeout,
+            may_have_arrived=True,
+            json={
+                "advertiser_id": self.advertiser_id,
+                "custom_audience_id": audience_id,
+                "action": action,
+                "file_paths": [file_path],
+            },
         )
         result.requests += 1
         result.report["request_ids"].append(update.get("request_id"))
@@ -199,7 +249,11 @@ class Transport:
         rate, and its size counts the people it matched, a day or two after a file is applied."""
         audience_id = audience_id_of(sync)
         response = request(
-            "GET", self.url("get/"), timeout=self.timeout, who="TikTok", headers={"Access-Token": self.token},
+            "GET",
+            self.url("get/"),
+            timeout=self.timeout,
+            who="TikTok",
+            headers={"Access-Token": self.token},
             params={"advertiser_id": self.advertiser_id, "custom_audience_ids": json.dumps([audience_id])},
         )
         body = read_answer(response, what="the audience look-up")
@@ -209,13 +263,19 @@ class Transport:
             if isinstance(details, dict) and str(details.get("audience_id")) == audience_id:
                 size = details.get("cover_num")
                 size = size if isinstance(size, int) and not isinstance(size, bool) else None
-                detail = f"TikTok audience {details.get('name') or audience_id}: {size:,} people matched" if size is not None else (
-                    f"TikTok audience {details.get('name') or audience_id}: no matched size yet")
+                detail = (
+                    f"TikTok audience {details.get('name') or audience_id}: {size:,} people matched"
+                    if size is not None
+                    else (f"TikTok audience {details.get('name') or audience_id}: no matched size yet")
+                )
                 if details.get("is_valid") is False:
                     detail += "; TikTok marks it not usable yet (still matching, or under 1,000 people matched)"
                 return ReadBack(size=size, match_rate=None, detail=detail)
-        raise TransportError(f"TikTok's look-up of custom audience {audience_id} did not return it (request_id "
-                             f"{body.get('request_id')})", permanent=True, status=200)
+        raise TransportError(
+            f"TikTok's look-up of custom audience {audience_id} did not return it (request_id {body.get('request_id')})",
+            permanent=True,
+            status=200,
+        )
 
 
 def audience_id_of(sync) -> str:
@@ -224,6 +284,7 @@ def audience_id_of(sync) -> str:
     if not (audience_id.isascii() and audience_id.isdigit()):
         raise TransportError(
             f"{audience_id!r} is not a TikTok custom_audience_id: set the sync's downstream audience id to the "
-            "audience's id in TikTok Ads Manager (a number)", permanent=True,
+            "audience's id in TikTok Ads Manager (a number)",
+            permanent=True,
         )
     return audience_id

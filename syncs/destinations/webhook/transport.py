@@ -41,9 +41,17 @@ class Transport:
         """A signed ping (`{"type": "ping"}`, no changes): the receiver answers it like a batch."""
         body = json.dumps({"type": "ping", "batch_id": None, "changes": []}).encode()
         response = request(
-            "POST", self.url, data=body, timeout=self.timeout, who="the webhook",
-            headers={**self.headers, "Content-Type": "application/json", "X-Downstream-Signature": sign(body, self.secret),
-                     "X-Downstream-Sent-At": iso(timezone.now())},
+            "POST",
+            self.url,
+            data=body,
+            timeout=self.timeout,
+            who="the webhook",
+            headers={
+                **self.headers,
+                "Content-Type": "application/json",
+                "X-Downstream-Signature": sign(body, self.secret),
+                "X-Downstream-Sent-At": iso(timezone.now()),
+            },
         )
         if response.status_code >= 300:
             raise refused(response)
@@ -51,21 +59,32 @@ class Transport:
 
     def send(self, rows: list[OutRow], *, batch_id: str, sync, timeout: float | None = None) -> SendResult:
         policy = sync.policy()
-        body = json.dumps({
-            "batch_id": batch_id,
-            "sync": sync.key,
-            "audience": {"key": sync.audience.key, "name": sync.audience.name, "downstream_id": sync.downstream_id},
-            "identifier_type": policy.key,
-            "changes": [
-                {"action": row.action, "identifier": row.identifier, "changed_at": iso(row.changed_at), "fields": row.fields}
-                for row in rows
-            ],
-        }).encode()
+        body = json.dumps(
+            {
+                "batch_id": batch_id,
+                "sync": sync.key,
+                "audience": {"key": sync.audience.key, "name": sync.audience.name, "downstream_id": sync.downstream_id},
+                "identifier_type": policy.key,
+                "changes": [
+                    {"action": row.action, "identifier": row.identifier, "changed_at": iso(row.changed_at), "fields": row.fields}
+                    for row in rows
+                ],
+            }
+        ).encode()
         response = request(
-            "POST", self.url, data=body, timeout=timeout or self.timeout, who="the webhook",
+            "POST",
+            self.url,
+            data=body,
+            timeout=timeout or self.timeout,
+            who="the webhook",
             # the attempt's time travels in a header, so that a retried batch is the same body
-            headers={**self.headers, "Content-Type": "application/json", "X-Downstream-Signature": sign(body, self.secret), "X-Downstream-Batch-Id": batch_id,
-                     "X-Downstream-Sent-At": iso(timezone.now())},
+            headers={
+                **self.headers,
+                "Content-Type": "application/json",
+                "X-Downstream-Signature": sign(body, self.secret),
+                "X-Downstream-Batch-Id": batch_id,
+                "X-Downstream-Sent-At": iso(timezone.now()),
+            },
         )
         if response.status_code >= 300:
             raise refused(response)
@@ -79,6 +98,7 @@ class Transport:
             if isinstance(index, int) and 0 <= index < len(rows):
                 rejected[rows[index].delivery_id] = str(item.get("reason") or "rejected by the receiver")
         return SendResult(
-            accepted=[r.delivery_id for r in rows if r.delivery_id not in rejected], rejected=rejected,
+            accepted=[r.delivery_id for r in rows if r.delivery_id not in rejected],
+            rejected=rejected,
             status=response.status_code,
         )

@@ -16,10 +16,15 @@ class Command(BaseCommand):
         parser.add_argument("audience", help="The audience's key.")
         parser.add_argument("--sync", help="One sync of the audience: its own holdout (default: the audience, all its syncs).")
         parser.add_argument("--event", default=DEFAULT_EVENT, help=f"The conversion event (default: {DEFAULT_EVENT}).")
-        parser.add_argument("--window-days", type=int, default=DEFAULT_WINDOW_DAYS,
-                            help=f"Days after entry a conversion counts in (default: {DEFAULT_WINDOW_DAYS}).")
-        parser.add_argument("--days", type=int, default=PERIOD_DAYS,
-                            help=f"Entries of this many days are counted (default: {PERIOD_DAYS}).")
+        parser.add_argument(
+            "--window-days",
+            type=int,
+            default=DEFAULT_WINDOW_DAYS,
+            help=f"Days after entry a conversion counts in (default: {DEFAULT_WINDOW_DAYS}).",
+        )
+        parser.add_argument(
+            "--days", type=int, default=PERIOD_DAYS, help=f"Entries of this many days are counted (default: {PERIOD_DAYS})."
+        )
         parser.add_argument("--now", help="ISO date-time to measure at (default: now).")
 
     def handle(self, *args, audience, sync, event, window_days, days, now, **options):

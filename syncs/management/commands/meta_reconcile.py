@@ -6,8 +6,10 @@ from syncs.models import Sync
 
 
 class Command(BaseCommand):
-    help = ("Upload every person Downstream has in a Meta sync's audience again (usersreplace), so that Meta drops "
-            "everyone else: the weekly repair of drift, now.")
+    help = (
+        "Upload every person Downstream has in a Meta sync's audience again (usersreplace), so that Meta drops "
+        "everyone else: the weekly repair of drift, now."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("sync", help="The sync's key.")
@@ -22,8 +24,10 @@ class Command(BaseCommand):
         except ReconcileRefused as exc:
             raise CommandError(str(exc)) from None
         details = run.details or {}
-        line = (f"{found.key}: {run.get_status_display().lower()}: {run.sent:,} of {run.planned:,} people in "
-                f"{details.get('batches', 0)} batch(es), {run.requests} request(s), {run.skipped:,} without an identifier")
+        line = (
+            f"{found.key}: {run.get_status_display().lower()}: {run.sent:,} of {run.planned:,} people in "
+            f"{details.get('batches', 0)} batch(es), {run.requests} request(s), {run.skipped:,} without an identifier"
+        )
         if "num_invalid_entries" in details:
             line += f"; Meta could not read {details['num_invalid_entries']:,}"
         self.stdout.write(line)

@@ -26,7 +26,9 @@ class Command(BaseCommand):
             if not settings.ALERT_EMAILS:
                 raise CommandError("--email: ALERT_EMAILS is empty; set it in the environment")
             send_mail(
-                subject=f"Downstream weekly review, week ending {report.last_day:%d %b %Y}", message=f"{text}\nPrintable page: {link}\n",
-                from_email=settings.DEFAULT_FROM_EMAIL, recipient_list=settings.ALERT_EMAILS,
+                subject=f"Downstream weekly review, week ending {report.last_day:%d %b %Y}",
+                message=f"{text}\nPrintable page: {link}\n",
+                from_email=settings.DEFAULT_FROM_EMAIL,
+                recipient_list=settings.ALERT_EMAILS,
             )
             self.stdout.write(f"Sent to {', '.join(settings.ALERT_EMAILS)}.")
