@@ -147,10 +147,7 @@ def _delete_audience(instance, actor):
 def _delete_unused(instance, actor):
     """Policies and groups: refuse while audiences use them, as the file would then not match
     the database (a group's audiences silently lost it; a policy's deletion was a ProtectedError)."""
-    users = sorted(instance.audiences.values_list("key", flat=True))
-    if users:
-        raise ValidationError(f"{instance.key!r} is used by {', '.join(users)}; change those first")
-    instance.delete()
+    services.setting_delete(instance=instance, actor=actor, used_by=instance.audiences.all())
 
 
 register_section(
@@ -159,7 +156,7 @@ register_section(
         NamingConvention,
         convention_dict,
         lambda data, instance, actor: services.naming_convention_save(data=data, instance=instance, actor=actor)[0],
-        lambda instance, actor: instance.delete(),
+        lambda instance, actor: services.setting_delete(instance=instance, actor=actor),
         CONVENTION_DEFAULTS,
     )
 )

@@ -280,6 +280,17 @@ def audience_delete(*, audience: Audience, actor=None) -> None:
     audience.delete()
 
 
+@transaction.atomic
+def setting_delete(*, instance, actor=None, used_by=None, what: str = "") -> None:
+    """Delete a setting object (a naming convention, policy, group, workspace, destination or
+    sync), its history recording who did; refused while `used_by` (a queryset of objects with a
+    key) still holds any."""
+    if used_by is not None and (keys := sorted(used_by.values_list("key", flat=True))):
+        raise ValidationError(f"{what} {instance.key!r} is used by {', '.join(keys)}; change those first".strip())
+    set_actor(instance, actor)
+    instance.delete()
+
+
 # --- naming conventions, identifier policies, priority groups -------------------------------
 
 

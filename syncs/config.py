@@ -4,6 +4,7 @@ exported as their `env:NAME` references (or `keep` when typed into a form), neve
 import os
 
 from audiences.config import Section, plain_differences, register_section, without_defaults
+from audiences.services import setting_delete
 
 from . import services
 from .destinations.registry import KINDS, spec_for
@@ -191,15 +192,6 @@ def _as_stored(obj, name: str, value: str):
     return value if stored is None else stored
 
 
-def _refuse_if_used(instance, used_by, what):
-    from django.core.exceptions import ValidationError
-
-    keys = sorted(used_by.values_list("key", flat=True))
-    if keys:
-        raise ValidationError(f"{what} {instance.key!r} is used by {', '.join(keys)}; change those first")
-    instance.delete()
-
-
 def register():
     register_section(
         Section(
@@ -207,7 +199,7 @@ def register():
             CustomerIoWorkspace,
             workspace_dict,
             lambda data, instance, actor: services.workspace_save(data=_references_only(data), instance=instance, actor=actor),
-            lambda instance, actor: instance.delete(),
+            lambda instance, actor: setting_delete(instance=instance, actor=actor),
             WORKSPACE_DEFAULTS,
             differences=credential_differences(CustomerIoWorkspace),
         ),
@@ -219,7 +211,9 @@ def register():
             Destination,
             destination_dict,
             lambda data, instance, actor: services.destination_save(data=_references_only(data), instance=instance, actor=actor),
-            lambda instance, actor: _refuse_if_used(instance, instance.syncs.all(), "destination"),
+            lambda instance, actor: setting_delete(
+                instance=instance, actor=actor, used_by=instance.syncs.all(), what="destination"
+            ),
             DESTINATION_DEFAULTS,
             differences=credential_differences(Destination),
         )
@@ -241,7 +235,7 @@ def register():
             Sync,
             sync_dict,
             lambda data, instance, actor: services.sync_save(data=data, instance=instance, actor=actor),
-            lambda instance, actor: instance.delete(),
+            lambda instance, actor: setting_delete(instance=instance, actor=actor),
             SYNC_DEFAULTS,
         )
     )

@@ -471,6 +471,18 @@ def test_actor_is_recorded_in_the_history(write, django_user_model):
     assert latest.description == "Changed without an actor." and latest.history_user is None
 
 
+def test_a_setting_deleted_by_a_file_is_recorded_with_its_actor(write, django_user_model):
+    ann = django_user_model.objects.create(username="ann")
+    data = demo()
+    data["identifier_policies"].append({"key": "spare", "name": "Spare", "field": "customer_id"})
+    run("apply_config", write(data), "--actor", "ann")
+    data["identifier_policies"].pop()
+    run("apply_config", write(data), "--actor", "ann")
+    assert not IdentifierPolicy.objects.filter(key="spare").exists()
+    deleted = IdentifierPolicy.history.get(key="spare", history_type="-")
+    assert deleted.history_user == ann
+
+
 def test_an_unknown_actor_is_refused_before_anything_is_written():
     assert refused("apply_config", str(DEMO), "--actor", "nobody") == "--actor: there is no user 'nobody'"
     assert counts() == [0, 0, 0, 0]
