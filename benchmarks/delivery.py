@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import django_env, load_line, machine_line, reset_database  # noqa: E402
+from benchmarks.common import AutovacuumStandIn, django_env, load_line, machine_line, reset_database  # noqa: E402
 
 TOKEN, CLIENT_ID, APP_KEY = "bench-producer-token", "bench-client", "bench-app-key"
 SEGMENT_ID = 7
@@ -256,6 +256,7 @@ def run_delivery(platform: Platform, args) -> None:
         print(f"{tag} {Delivery.objects.filter(state=Delivery.PENDING).count():,} pending rows inserted in {took:.1f} s")
 
         sent = calls = 0
+        vacuum = AutovacuumStandIn(args.pg_url).__enter__()
         started, started_at = time.perf_counter(), time.time()
         while Delivery.objects.filter(sync=sync, state=Delivery.PENDING).exists():
             call_started = time.perf_counter()
@@ -270,6 +271,7 @@ def run_delivery(platform: Platform, args) -> None:
             if not summary.leased or (summary.sent == 0 and summary.retried == 0):
                 break
         took = time.perf_counter() - started
+        vacuum.__exit__(None, None, None)
         # up to the last acknowledgement: a sender with nothing left stays a few seconds for new
         # rows (DELIVERY_IDLE_S) before its call returns, which is not sending time
         last_ack = Delivery.objects.filter(sync=sync).aggregate(at=Max("acknowledged_at"))["at"]
@@ -277,7 +279,7 @@ def run_delivery(platform: Platform, args) -> None:
         counters = server.state()["counters"]
         rate = sent / elapsed
         states = dict(Delivery.objects.filter(sync=sync).values_list("state").annotate(n=Count("pk")))
-        print(f"{tag} {load_line()}")
+        print(f"{tag} {load_line()}; {vacuum.line()}")
         print(
             f"{tag} {sent:,} rows sent in {elapsed:.1f} s (from the first call to the last acknowledgement; the calls took "
             f"{took:.1f} s with the idle sender's wait for new rows) = {rate:,.0f} rows/s = {rate / platform.ceiling:.1%} of the "

@@ -35,7 +35,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import django_env, load_line, machine_line, reset_database  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    autovacuum_is_off,
+    django_env,
+    load_line,
+    machine_line,
+    reset_database,
+    vacuum_as_autovacuum_would,
+)
 
 URLS = {
     "postgres": "postgres://postgres@127.0.0.1:5432/downstream_bench_retention",
@@ -198,7 +205,7 @@ def child(backend: str, scale: int, days: int, steps_per_day: int, seed: int, de
         if stand_in_for_autovacuum:
             print(
                 f"  [{backend}] this server runs with autovacuum off: once a simulated day the benchmark vacuums each "
-                "table autovacuum would (its defaults: more than 50 + 20 % of its rows dead)",
+                "table autovacuum would (more dead rows than its threshold: by default 50 + 20 % of its rows)",
                 flush=True,
             )
         recorded_weeks, recorded_days, sizes, vacuumed = {}, {}, [], 0
@@ -363,20 +370,15 @@ def _autovacuum_off() -> bool:
     if connection.vendor != "postgresql":
         return False
     with connection.cursor() as cursor:
-        cursor.execute("SHOW autovacuum")
-        return cursor.fetchone()[0] == "off"
+        return autovacuum_is_off(cursor)
 
 
 def autovacuum_as_by_default() -> int:
-    """VACUUM the tables autovacuum's default thresholds pick; returns how many."""
+    """VACUUM the tables autovacuum's thresholds pick; returns how many."""
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("SELECT relname FROM pg_stat_user_tables WHERE n_dead_tup > 50 + 0.2 * n_live_tup")
-        tables = [name for (name,) in cursor.fetchall()]
-        for name in tables:
-            cursor.execute(f"VACUUM {connection.ops.quote_name(name)}")
-    return len(tables)
+        return len(vacuum_as_autovacuum_would(cursor))
 
 
 def deletion_rate(backend, count, source, now, policy):

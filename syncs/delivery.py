@@ -245,8 +245,14 @@ def claim_batch(syncs: list[Sync], limit: int, *, lane: str, retries: bool = Tru
     for sync in syncs:
         if claimed >= limit:
             break
+        # from the sync's first pending row on (its partial index's first entry): for ORDER BY id
+        # LIMIT the row estimates suggest walking the primary key from the start, which went
+        # through every row already sent, and a million of them made each claim a second
+        first = Delivery.objects.pending().filter(sync=sync).order_by("id").values_list("id", flat=True).first()
+        if first is None:
+            continue
         candidates = (
-            due.filter(sync=sync, batch_id__isnull=True)
+            due.filter(sync=sync, batch_id__isnull=True, id__gte=first)
             .filter(~first_open_before())
             .order_by("id")
             .values_list("id", flat=True)[: limit - claimed]
@@ -519,10 +525,23 @@ def merge_report(details: dict | None, report: dict) -> dict:
     return merged
 
 
+# What building a batch's rows reads (a payload, the person's identifiers and fields): loading
+# the other columns, timestamps mostly, was a third of the dispatcher's time per row.
+PREPARED_COLUMNS = (
+    "id", "sync_id", "customer_id", "action", "changed_at", "run_id", "payload", "person__id", "person__customer_id",
+    "person__email", "person__phone", "person__phone_e164", "person__cio_id", "person__attributes", "person__is_test",
+)  # fmt: skip
+
+
 def prepare_batch(batch_id: uuid.UUID, attempt: int, lane: str, *, syncs: dict, run_for, summary: Summary) -> Job | None:
     """Load a claimed batch, skip what must not go, record a dry run. Returns the job to send,
     or None when nothing is left to send."""
-    deliveries = list(Delivery.objects.filter(batch_id=batch_id, state=Delivery.SENDING).select_related("person").order_by("id"))
+    deliveries = list(
+        Delivery.objects.filter(batch_id=batch_id, state=Delivery.SENDING)
+        .select_related("person")
+        .only(*PREPARED_COLUMNS)
+        .order_by("id")
+    )
     by_sync = collections.defaultdict(list)
     for delivery in deliveries:
         by_sync[delivery.sync_id].append(delivery)

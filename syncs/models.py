@@ -202,6 +202,18 @@ class Sync(models.Model):
             return min(SUPPRESSION_TIMEOUT_S, self.destination.timeout_s)
         return self.destination.timeout_s
 
+    def identifier_summary(self) -> str:
+        """Whom the destination is told about, in words: the platform's match keys where its
+        kind matches on its own keys (the identifier policy plays no part there), else the policy."""
+        from .destinations.registry import spec_for
+
+        spec = spec_for(self.destination.kind)
+        if spec.match_keys:
+            keys = spec.keys_for(self)
+            every = " (every key it takes)" if len(keys) == len(spec.match_keys) else ""
+            return f"matches on {', '.join(k.label for k in keys)}{every}"
+        return f"identifier: {self.policy().name}"
+
     def policy(self):
         """The sync's own identifier policy, else its audience's where the destination kind can
         match on it (LiveLike takes no hashes), else the customer id."""

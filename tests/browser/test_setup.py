@@ -95,3 +95,61 @@ def test_a_livelike_destination_and_sync_set_up_tested_previewed_and_live(page, 
         page.get_by_role("link", name="Setting history").click()
         expect(page.locator("body")).to_contain_text("cart-livelike-shop")
         shot(page, "history-went-live")
+
+
+def test_a_meta_destination_and_a_suppression_sync_set_up_tested_previewed_and_live(page, manager, shot, login, world):
+    """The ad platforms are offered beside LiveLike, each with its own form: Meta's asks for a
+    Graph API version and an access token, its sync for the custom audience's id and the keys it
+    matches on, and its first batch is Meta's schema of hashed identifiers."""
+    from audiences.models import Membership
+    from syncs.delivery import deliver_destination
+    from syncs.models import Sync
+    from tests.contract_servers.meta import MetaServer
+
+    audience_id = "23850000000000001"
+    with MetaServer("typed-meta-token", audiences=(audience_id,)) as meta:
+        login(page, "rita")
+        page.goto("/dashboard/destinations/new/")
+        for label in ("Meta Custom Audiences", "Google (Data Manager API)", "TikTok"):
+            expect(page.locator(".card", has_text=label).first).to_be_visible()
+        page.locator(".card", has_text="Meta Custom Audiences").first.click()
+        page.get_by_label("Name").fill("Meta (shop)")
+        page.get_by_label("Key").fill("meta-shop")
+        page.get_by_label("Base URL").fill(meta.url)
+        expect(page.get_by_label("Graph API version")).not_to_have_value("")
+        page.get_by_label("Meta access token").fill("typed-meta-token")
+        shot(page, "meta-destination-form-filled")
+        page.get_by_role("button", name="Save").click()
+        expect(page.locator(".messagelist")).to_contain_text("Saved Meta (shop)")
+        expect(page.locator("body")).not_to_contain_text("typed-meta-token")
+        page.get_by_role("button", name="Test connection").click()
+        expect(page.locator(".messagelist")).to_contain_text("Meta accepted the access token")
+        shot(page, "meta-destination-connection-tested")
+
+        page.get_by_role("link", name="+ New sync to Meta (shop)").click()
+        page.get_by_label("Audience").select_option("recent_purchasers_24h")
+        page.get_by_role("button", name="Next: what to send").click()
+        page.get_by_label("Key").fill("buyers-meta-shop")
+        page.get_by_label("Audience id downstream").fill(audience_id)
+        expect(page.get_by_text("Match on")).to_be_visible()
+        shot(page, "meta-sync-form-filled")
+        page.get_by_role("button", name="Create in dry run").click()
+        expect(page.locator(".messagelist")).to_contain_text("It is in dry run")
+        # Meta matches on its own keys: the sync says so, not the audience's identifier policy
+        expect(page.locator("h1 + .muted")).to_contain_text("matches on email, phone")
+        expect(page.locator("h1 + .muted")).not_to_contain_text("identifier:")
+        expect(page.locator(".first-batch")).to_contain_text(f"/{audience_id}/users")
+        expect(page.locator("#wire-body")).to_contain_text("EMAIL")
+        expect(page.locator("body")).not_to_contain_text("typed-meta-token")
+        shot(page, "meta-sync-dry-run-first-batch")
+
+        sync = Sync.objects.get(key="buyers-meta-shop")
+        members = Membership.objects.filter(audience__key="recent_purchasers_24h", exited_at__isnull=True)
+        assert members.exists(), "the demo has recent purchasers to send"
+        page.get_by_role("button", name="Go live").click()
+        expect(page.locator(".messagelist")).to_contain_text("is live")
+        deliver_destination(sync.destination_id)
+        page.reload()
+        expect(page.locator("section:has(h2:text('Run history')) tbody tr").first).to_be_visible()
+        shot(page, "meta-sync-live-first-run")
+        assert len(meta.members(audience_id)) == members.exclude(person__email="").count()
