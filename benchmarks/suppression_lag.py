@@ -122,7 +122,7 @@ def livelike_acks(url: str) -> dict[str, float]:
 
 
 def send_events(port: int, key: str, users: list[str], per_second: float, prefix: str):
-    """One Order Completed per request, at a steady pace; ({user: wall time the 200 came back},
+    """One Order Completed (with the buyer's identify) per request, at a steady pace; ({user: wall time the 200 came back},
     {user: wall time the request was sent})."""
     auth = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
     returned: dict[str, float] = {}
@@ -135,7 +135,15 @@ def send_events(port: int, key: str, users: list[str], per_second: float, prefix
             time.sleep(delay)
         body = json.dumps(
             {
+                # the checkout identifies the buyer with an email (the ad platforms match on its
+                # hash; without it Google and TikTok have nothing to match and the row is skipped)
                 "batch": [
+                    {
+                        "type": "identify",
+                        "userId": user,
+                        "messageId": f"{prefix}-{n}-identify",
+                        "traits": {"email": f"{user}@example.com"},
+                    },
                     {
                         "type": "track",
                         "userId": user,
@@ -143,7 +151,7 @@ def send_events(port: int, key: str, users: list[str], per_second: float, prefix
                         "messageId": f"{prefix}-{n}",
                         "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
                         "properties": {"order_id": f"{prefix}-{n}", "revenue": 38.0},
-                    }
+                    },
                 ]
             }
         )
