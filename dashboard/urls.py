@@ -1,12 +1,15 @@
 """The dashboard's pages, under /dashboard/."""
 
 from django.urls import path
+from django.views.generic import RedirectView
 
 from . import editor_views, retention_views, setup_views, views
 
 app_name = "dashboard"
 
 urlpatterns = [
+    # the home page is the admin's index (config/urls.py); /dashboard/ typed by hand goes there
+    path("", RedirectView.as_view(pattern_name="admin:index", permanent=False), name="home"),
     path("audiences/new/", editor_views.audience_new, name="audience-new"),
     path("audiences/editor/preview", editor_views.editor_preview, name="editor-preview"),
     path("audiences/editor/check-name", editor_views.editor_check_name, name="editor-check-name"),

@@ -13,6 +13,13 @@ def test_anonymous_requests_go_to_the_login_page(client, path):
     assert response["Location"].startswith("/admin/login/")
 
 
+def test_the_dashboards_own_root_leads_to_the_home_page(client):
+    """/dashboard/ typed by hand answered a bare 404; the home page is the admin's index."""
+    client.force_login(make_user("Viewer"))
+    response = client.get("/dashboard/")
+    assert (response.status_code, response["Location"]) == (302, "/admin/")
+
+
 def test_login_page_is_open(client):
     response = client.get("/admin/login/")
     assert response.status_code == 200

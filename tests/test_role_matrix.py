@@ -294,6 +294,7 @@ DASHBOARD_PAGES = {
     "history": (lambda w: {}, "", 200, 200),
     "review": (lambda w: {}, "", 200, 200),
     "storage": (lambda w: {}, "", 200, 200),
+    "home": (lambda w: {}, "", 302, 302),
 }
 
 
