@@ -73,6 +73,9 @@ URGENT_RETRY_BASE_S = 0.2
 # An urgent membership request not answered after max(HEDGE_AFTER_S, 4 × the usual answer
 # time) is sent again on another connection.
 HEDGE_AFTER_S = 0.25
+# A lane claims another batch while those of its batches waiting at the gate take less than
+# this to be let through (enough for the next one to be prepared in time).
+CLAIM_AHEAD_S = 0.5
 URGENT, ADDS = "urgent", "adds"
 
 
@@ -479,6 +482,7 @@ class Job:
     calls: list[Future] = field(default_factory=list)
     started: float = 0.0  # monotonic, when the first call was submitted
     settled: threading.Event = field(default_factory=threading.Event)  # answered, or its sender gone
+    admitted: bool = False  # its first call got through the gate (set on the pool thread)
     sent_at: object = None
 
     @property
@@ -771,6 +775,7 @@ class Sender:
             log.warning("destination %s: %s", destination.key, exc)
         in_flight = getattr(self.transport, "max_in_flight", None) or destination.concurrency or 1
         self.slots = max(1, in_flight)
+        self.requests_per_batch = getattr(self.transport, "requests_per_batch", 1)
         # one slot stays free for urgent batches whenever there is more than one
         self.add_slots = max(1, self.slots - 1)
         self.pool = ThreadPoolExecutor(max_workers=2 * self.slots + 1, thread_name_prefix=f"deliver-{destination.pk}")
@@ -927,6 +932,13 @@ class Sender:
     def _free(self, name: str) -> bool:
         if len(self.jobs) >= self.slots:
             return False
+        # no new claim while this lane's batches already waiting at the gate fill the time
+        # ahead: rows that come meanwhile go out in the next batch, together, rather than one
+        # batch each queueing behind the rate limit (2 requests/s and 4 purchases/s made a
+        # backlog of one-row batches that grew by the second)
+        waiting = sum(1 for j in self.jobs if j.lane == name and not j.admitted)
+        if waiting and waiting * self.gate.interval * self.requests_per_batch >= CLAIM_AHEAD_S:
+            return False
         return name == URGENT or sum(1 for j in self.jobs if j.lane == ADDS) < self.add_slots
 
     # sending
@@ -949,6 +961,7 @@ class Sender:
         ticket = self.gate.enter(urgent=job.lane == URGENT, abandoned=job.settled.is_set)
         if ticket is None:
             raise TransportError("not sent: the batch was answered on another connection")
+        job.admitted = True
         try:
             with paced(self.gate.pace):  # each request of the call counts against the rate limit
                 result = self.transport.send(job.rows, batch_id=str(job.batch_id), sync=job.sync, timeout=job.timeout)

@@ -83,6 +83,8 @@ class Transport:
     # would bring nothing forward, and two updates of one audience at once risk the second being
     # refused while the first is processed
     hedge = False
+    # a file upload, then the update that applies it (each counts against the rate limit)
+    requests_per_batch = 2
 
     def __init__(self, destination):
         settings = destination.settings or {}
