@@ -259,22 +259,7 @@ class AudienceAdmin(ServiceAdmin):
     list_display = ("key", "name", "purpose", "cadence", "current_size", "last_evaluated_at", "enabled")
     list_filter = ("purpose", "enabled", "source_kind")
     search_fields = ("key", "name")
-    fields = (
-        "key",
-        "name",
-        "description",
-        "purpose",
-        "source_kind",
-        "rule",
-        "source_settings",
-        "exclusions",
-        "priority_group",
-        "priority_rank",
-        "cadence",
-        "identifier_policy",
-        "enabled",
-        "owner",
-    )
+    fields = services.AUDIENCE_FIELDS  # what audience_save takes, in its order
     filter_horizontal = ("exclusions",)
     save_service = services.audience_save
 
