@@ -328,26 +328,37 @@ class DestinationGate:
         batch of additions that is still being processed."""
         return min(1.0, max(0.05, 2 * min(self.answers))) if self.answers else 0.05
 
+    def _turn(self, *, held_back=None, abandoned=None) -> float | None:
+        """Under the lock: wait until the rate limit, any hold and `held_back(now)` (seconds
+        more, for the caller's own reasons) let a request go, and take its place in the rate;
+        the time it may go, or None once `abandoned()` turned true."""
+        while True:
+            if abandoned is not None and abandoned():
+                return None
+            now = time.monotonic()
+            wait = max(self.next_at, self.hold_until) - now
+            if held_back is not None:
+                wait = max(wait, held_back(now))
+            if wait <= 0:
+                self.next_at = max(now, self.next_at) + self.interval
+                return now
+            self.cond.wait(min(wait, POLL_S))
+
     def enter(self, *, urgent: bool, abandoned=lambda: False) -> int | None:
         """A ticket once the request may go; None if `abandoned()` turned true meanwhile (its
         batch was answered on another connection, or its sender stopped): it must not go."""
+
+        def held_back(now):
+            wait = self.quiet_s() - (now - max(self.out.values())) if self.out else 0.0
+            return max(wait, POLL_S) if not urgent and self.urgent_waiting else wait
+
         with self.cond:
             if urgent:
                 self.urgent_waiting += 1
             try:
-                while True:
-                    if abandoned():
-                        return None
-                    now = time.monotonic()
-                    wait = max(self.next_at, self.hold_until) - now
-                    if self.out:
-                        wait = max(wait, self.quiet_s() - (now - max(self.out.values())))
-                    if not urgent and self.urgent_waiting:
-                        wait = max(wait, POLL_S)
-                    if wait <= 0:
-                        break
-                    self.cond.wait(min(wait, POLL_S))
-                self.next_at = max(now, self.next_at) + self.interval
+                now = self._turn(held_back=held_back, abandoned=abandoned)
+                if now is None:
+                    return None
                 self.tickets += 1
                 self.out[self.tickets] = now
                 return self.tickets
@@ -360,13 +371,7 @@ class DestinationGate:
         """A further request of a call already admitted (`syncs.http.paced`): the rate limit
         and any hold apply to it; it queues behind nobody's answer."""
         with self.cond:
-            while True:
-                now = time.monotonic()
-                wait = max(self.next_at, self.hold_until) - now
-                if wait <= 0:
-                    break
-                self.cond.wait(min(wait, POLL_S))
-            self.next_at = max(now, self.next_at) + self.interval
+            self._turn()
             self.cond.notify_all()
 
     def leave(self, ticket: int, *, answered: bool, retry_after: float | None = None) -> None:
@@ -529,23 +534,10 @@ def merge_report(details: dict | None, report: dict) -> dict:
     return merged
 
 
-# What building a batch's rows reads (a payload, the person's identifiers and fields): loading
-# the other columns, timestamps mostly, was a third of the dispatcher's time per row.
-PREPARED_COLUMNS = (
-    "id", "sync_id", "customer_id", "action", "changed_at", "run_id", "payload", "person__id", "person__customer_id",
-    "person__email", "person__phone", "person__phone_e164", "person__cio_id", "person__attributes", "person__is_test",
-)  # fmt: skip
-
-
 def prepare_batch(batch_id: uuid.UUID, attempt: int, lane: str, *, syncs: dict, run_for, summary: Summary) -> Job | None:
     """Load a claimed batch, skip what must not go, record a dry run. Returns the job to send,
     or None when nothing is left to send."""
-    deliveries = list(
-        Delivery.objects.filter(batch_id=batch_id, state=Delivery.SENDING)
-        .select_related("person")
-        .only(*PREPARED_COLUMNS)
-        .order_by("id")
-    )
+    deliveries = list(Delivery.objects.filter(batch_id=batch_id, state=Delivery.SENDING).select_related("person").order_by("id"))
     by_sync = collections.defaultdict(list)
     for delivery in deliveries:
         by_sync[delivery.sync_id].append(delivery)
