@@ -256,22 +256,21 @@ def run_delivery(platform: Platform, args) -> None:
         print(f"{tag} {Delivery.objects.filter(state=Delivery.PENDING).count():,} pending rows inserted in {took:.1f} s")
 
         sent = calls = 0
-        vacuum = AutovacuumStandIn(args.pg_url).__enter__()
-        started, started_at = time.perf_counter(), time.time()
-        while Delivery.objects.filter(sync=sync, state=Delivery.PENDING).exists():
-            call_started = time.perf_counter()
-            summary = deliver_destination(destination.pk, max_seconds=args.max_seconds)
-            calls += 1
-            sent += summary.sent
-            print(
-                f"{tag}   call {calls}: sent {summary.sent:,} in {summary.batches:,} batches, retried {summary.retried}, "
-                f"{time.perf_counter() - call_started:.1f} s",
-                flush=True,
-            )
-            if not summary.leased or (summary.sent == 0 and summary.retried == 0):
-                break
-        took = time.perf_counter() - started
-        vacuum.__exit__(None, None, None)
+        with AutovacuumStandIn(args.pg_url) as vacuum:
+            started, started_at = time.perf_counter(), time.time()
+            while Delivery.objects.filter(sync=sync, state=Delivery.PENDING).exists():
+                call_started = time.perf_counter()
+                summary = deliver_destination(destination.pk, max_seconds=args.max_seconds)
+                calls += 1
+                sent += summary.sent
+                print(
+                    f"{tag}   call {calls}: sent {summary.sent:,} in {summary.batches:,} batches, retried {summary.retried}, "
+                    f"{time.perf_counter() - call_started:.1f} s",
+                    flush=True,
+                )
+                if not summary.leased or (summary.sent == 0 and summary.retried == 0):
+                    break
+            took = time.perf_counter() - started
         # up to the last acknowledgement: a sender with nothing left stays a few seconds for new
         # rows (DELIVERY_IDLE_S) before its call returns, which is not sending time
         last_ack = Delivery.objects.filter(sync=sync).aggregate(at=Max("acknowledged_at"))["at"]
