@@ -359,8 +359,10 @@ class MembershipQuerySet(models.QuerySet):
 class Membership(models.Model):
     """A person in an audience from `entered_at` until `exited_at`; re-entry is a new row."""
 
-    audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="memberships")
-    person = models.ForeignKey(Person, on_delete=models.CASCADE, related_name="memberships")
+    # No index of their own: the indexes below lead with them. Every exit writes a new entry in
+    # each index (`exited_at` is in the open-membership one), so each index is paid per change.
+    audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="memberships", db_index=False)
+    person = models.ForeignKey(Person, on_delete=models.CASCADE, related_name="memberships", db_index=False)
     entered_at = models.DateTimeField()
     exited_at = models.DateTimeField(null=True, blank=True)
     # Set by the sync side when the entry is written, for the lift: None when no sync of the
@@ -372,6 +374,7 @@ class Membership(models.Model):
 
     class Meta:
         constraints = [
+            # also the index of the current members (an audience's, a person's in one audience)
             models.UniqueConstraint(
                 fields=["audience", "person"],
                 condition=models.Q(exited_at__isnull=True),
@@ -379,7 +382,6 @@ class Membership(models.Model):
             )
         ]
         indexes = [
-            models.Index(fields=["audience", "person"], condition=models.Q(exited_at__isnull=True), name="membership_current"),
             models.Index(fields=["person", "entered_at"], name="membership_person_time"),
             models.Index(fields=["audience", "entered_at"], name="membership_audience_entered"),
             models.Index(fields=["audience", "exited_at"], name="membership_audience_exited"),
@@ -432,13 +434,18 @@ class PendingEvaluation(models.Model):
 
 
 class WindowExpiry(models.Model):
-    """When a realtime audience's answer for a person can next change with no new event: a
-    window ends or opens, a date attribute crosses its age (audiences/expiry.py). The realtime
-    tick re-evaluates the people whose time has come, found by `due_at`, instead of everyone."""
+    """When a realtime audience's answer for a person next changes with no new event (a window
+    ends or opens, a date attribute crosses its age) and what it becomes (audiences/expiry.py).
+    The realtime tick applies the changes whose time has come, found by `due_at`, instead of
+    evaluating everyone; a row without `becomes` asks it to evaluate the person."""
 
     audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="+", db_index=False)
     person = models.ForeignKey(Person, on_delete=models.CASCADE, related_name="+")
     due_at = models.DateTimeField()
+    # whether the person is in the audience from `due_at` on; None: evaluate them then
+    becomes = models.BooleanField(null=True, blank=True)
+    # the changes after that one, [[ISO instant, in or not], ...], None when there are none
+    later = models.JSONField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["audience", "person"], name="windowexpiry_audience_person")]
