@@ -8,8 +8,8 @@ Entries, exits, the size sample and (through `membership_changed`) the sync side
 are written in one transaction.
 
 Realtime audiences follow their windows by expiry (audiences/expiry.py): every evaluation of one
-writes when its people can next change answer, and the realtime tick (`evaluate_expired`)
-evaluates the people whose time has come. Their full evaluation, hourly, is a consistency check:
+writes when its people's answer next changes with no new event and what it becomes, and the
+realtime tick (`evaluate_expired`) applies the changes whose time has come. Their full evaluation, hourly, is a consistency check:
 whom it has to correct is a bug, counted on the audience and logged.
 """
 
@@ -21,6 +21,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 from croniter import croniter
 from django.conf import settings
@@ -126,12 +127,11 @@ def _diff_in_one_statement(audience: Audience, people, now: datetime) -> tuple[a
     return entries, exits
 
 
-def _diff_for_people(audience: Audience, people, current, now: datetime) -> tuple[array, array]:
-    """A pass over a batch of people: whom the rule takes and who is in, read by two plain
-    look-ups and compared here, then written by key. One statement that anti-joins the two lets
-    the planner loop over one for each row of the other, and the stale estimates after a batch
-    that moved thousands of memberships make that seconds."""
-    wanted = set(people.values_list("pk", flat=True))
+def _diff_for_people(audience: Audience, wanted: set[int], current, now: datetime) -> tuple[array, array]:
+    """A pass over a batch of people: whom the rule takes (`wanted`) and who is in, read by two
+    plain look-ups and compared here, then written by key. One statement that anti-joins the two
+    lets the planner loop over one for each row of the other, and the stale estimates after a
+    batch that moved thousands of memberships make that seconds."""
     members = dict(current.values_list("person_id", "pk"))
     entries = array("q", sorted(wanted - members.keys()))
     exits = array("q", sorted(members.keys() - wanted))
@@ -202,6 +202,7 @@ def evaluate_audience(audience: Audience, *, now: datetime | None = None, person
         now = now or timezone.now()
         full = person_ids is None
         ids = None if full else list(person_ids)
+        courses = None  # read with the members when a batch's are
         # read once, for the condition, the definition digest and the expiry times
         exclusion_ids, higher_ids = list(audience.exclusions.values_list("pk", flat=True)), higher_ranked_ids(audience)
         people = Person.objects.filter(source_condition(audience, now, exclusion_ids=exclusion_ids, higher_ids=higher_ids))
@@ -209,7 +210,14 @@ def evaluate_audience(audience: Audience, *, now: datetime | None = None, person
         if full and connection.vendor == "postgresql":
             entries, exits = _diff_in_one_statement(audience, people, now)
         elif not full:
-            entries, exits = _diff_for_people(audience, people.filter(pk__in=ids), current.filter(person_id__in=ids), now)
+            # a realtime audience's rule that moves with the clock: who is in now and when that
+            # changes come from one read of the plan's columns (the rule is not read twice)
+            plan = expiry.Plan(audience, now, exclusion_ids + higher_ids) if follows_windows(audience) else None
+            if plan is not None and plan.tree is not None:
+                wanted, courses = expiry.answers(plan, ids)
+            else:
+                wanted = set(people.filter(pk__in=ids).values_list("pk", flat=True))
+            entries, exits = _diff_for_people(audience, wanted, current.filter(person_id__in=ids), now)
         else:
             entries = _insert_entries(audience, people.filter(~Exists(current.filter(person_id=OuterRef("pk")))), now)
             exits = _close_exits(
@@ -236,36 +244,109 @@ def evaluate_audience(audience: Audience, *, now: datetime | None = None, person
         if full:
             _refresh_statistics_after_bulk_change(len(entries) + len(exits), size)
         if follows_windows(audience):
-            expiry.refresh(audience, now, ids, others=exclusion_ids + higher_ids)
+            expiry.refresh(audience, now, ids, others=exclusion_ids + higher_ids, courses=courses)
         elif full:
             WindowExpiry.objects.filter(audience=audience).delete()  # it was realtime until now
         if full and (entries or exits):
             _mark_readers_due(audience, set(entries) | set(exits), now)
-        evaluation = Evaluation(
-            audience_id=audience.pk,
-            audience_key=audience.key,
-            at=now,
+        return _announce(
+            audience,
+            now=now,
             full=full,
             entries=entries,
             exits=exits,
             size=size,
-            triggered_at=dict(triggered_at or {}),
+            triggered_at=triggered_at,
             differences=differences,
+            started=started,
         )
-        evaluation.duration_ms = (time.perf_counter() - started) * 1000
-        if full or entries or exits:
-            record_size_sample(
-                audience,
-                at=now,
-                size=size,
-                entered=len(entries),
-                exited=len(exits),
-                full=full,
-                duration_ms=evaluation.duration_ms,
-            )
-        if entries or exits:
-            membership_changed.send(sender=Audience, evaluation=evaluation)
+
+
+def _announce(audience: Audience, *, now, full, entries, exits, size, triggered_at, started, differences=None) -> Evaluation:
+    """The end of an evaluation's transaction: its size sample and, when members changed, the
+    signal the sync side writes its outbox rows from."""
+    evaluation = Evaluation(
+        audience_id=audience.pk,
+        audience_key=audience.key,
+        at=now,
+        full=full,
+        entries=entries,
+        exits=exits,
+        size=size,
+        triggered_at=dict(triggered_at or {}),
+        differences=differences,
+    )
+    evaluation.duration_ms = (time.perf_counter() - started) * 1000
+    if full or entries or exits:
+        record_size_sample(
+            audience,
+            at=now,
+            size=size,
+            entered=len(entries),
+            exited=len(exits),
+            full=full,
+            duration_ms=evaluation.duration_ms,
+        )
+    if entries or exits:
+        membership_changed.send(sender=Audience, evaluation=evaluation)
     return evaluation
+
+
+def _ids_in(column: str, ids) -> tuple[str, list]:
+    """`column` among `ids`: one array parameter on PostgreSQL (a list of thousands of
+    parameters costs more to plan than to run), a list elsewhere."""
+    if connection.vendor == "postgresql":
+        return f"{column} = ANY(%s)", [list(ids)]
+    return f"{column} IN ({', '.join(['%s'] * len(ids))})", list(ids)
+
+
+def _enter(audience: Audience, person_ids, now: datetime) -> array:
+    """These people enter, but for any who are in already (or gone); returns who entered."""
+    if not person_ids:
+        return array("q")
+    table = connection.ops.quote_name(Membership._meta.db_table)
+    people = connection.ops.quote_name(Person._meta.db_table)
+    among, params = _ids_in("p.id", person_ids)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (audience_id, person_id, entered_at) SELECT %s, p.id, %s FROM {people} p "
+            f"WHERE {among} AND NOT EXISTS (SELECT 1 FROM {table} m "
+            "WHERE m.audience_id = %s AND m.person_id = p.id AND m.exited_at IS NULL) RETURNING person_id",
+            [audience.pk, connection.ops.adapt_datetimefield_value(now), *params, audience.pk],
+        )
+        return _fetch_ids(cursor)
+
+
+def _leave(audience: Audience, person_ids, now: datetime) -> array:
+    """These people leave, but for any who are out already; returns who left."""
+    if not person_ids:
+        return array("q")
+    table = connection.ops.quote_name(Membership._meta.db_table)
+    among, params = _ids_in("person_id", person_ids)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET exited_at = %s WHERE audience_id = %s AND exited_at IS NULL AND {among} RETURNING person_id",
+            [connection.ops.adapt_datetimefield_value(now), audience.pk, *params],
+        )
+        return _fetch_ids(cursor)
+
+
+def apply_courses(audience: Audience, due: dict, *, now: datetime, triggered_at=None) -> Evaluation:
+    """The realtime tick for people whose answer in this realtime audience changes now with no
+    new event (`due`: person → (in or not from now on, the changes after that), as window expiry
+    wrote them): they enter or leave as written, with no rule to evaluate, and the rest of each
+    course is written back."""
+    started = time.perf_counter()
+    with transaction.atomic():
+        audience = Audience.objects.select_for_update().get(pk=audience.pk)
+        entries = _enter(audience, sorted(p for p, (becomes, _) in due.items() if becomes), now)
+        exits = _leave(audience, sorted(p for p, (becomes, _) in due.items() if not becomes), now)
+        expiry.write_courses(audience.pk, {p: expiry.course_of(later) for p, (_, later) in due.items() if later})
+        size = audience.current_size + len(entries) - len(exits)
+        Audience.objects.filter(pk=audience.pk).update(current_size=size)
+        return _announce(
+            audience, now=now, full=False, entries=entries, exits=exits, size=size, triggered_at=triggered_at, started=started
+        )
 
 
 def follows_windows(audience: Audience) -> bool:
@@ -403,10 +484,20 @@ def evaluate_or_mark_failing(
     inside the realtime pass's, is rolled back, the audience is marked failing and skipped
     (None), and the pass goes on. Audiences that read it through in_audience or exclusions go on
     with its last good membership."""
-    try:
+
+    def work():
         if refresh:
             refresh_source(audience)
         return evaluate_audience(audience, now=now, person_ids=person_ids, triggered_at=triggered_at)
+
+    return _isolated(audience, work, now=now)
+
+
+def _isolated(audience: Audience, work, *, now: datetime | None) -> Evaluation | None:
+    """`work()` (an evaluation of `audience` in a transaction of its own), or None when it raised
+    and the audience was marked failing."""
+    try:
+        return work()
     except Exception as exc:  # one audience must not stop the others; the error is kept and alerted
         log.exception("audience %s: evaluation failed; skipped, the other audiences go on", audience.key)
         audience_mark_failing(audience, error=evaluation_error_text(exc), now=now or timezone.now())
@@ -464,47 +555,67 @@ def evaluate_pending(*, limit: int = PENDING_BATCH, now: datetime | None = None)
         done += len(claimed)
 
 
-def _claim_expired(now: datetime, limit: int) -> list[tuple[int, int, datetime]]:
-    """(person, audience, due time) of up to `limit` times that have come, taken off the table."""
+def _claim_expired(now: datetime, limit: int) -> list[tuple[int, int, datetime, bool | None, list | None]]:
+    """(person, audience, due time, becomes, later) of up to `limit` rows whose time has come,
+    taken off the table."""
     table = connection.ops.quote_name(WindowExpiry._meta.db_table)
     lock = "FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
     with connection.cursor() as cursor:
         cursor.execute(
             f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE due_at <= %s ORDER BY due_at LIMIT %s {lock}) "
-            "RETURNING person_id, audience_id, due_at",
+            "RETURNING person_id, audience_id, due_at, becomes, later",
             [connection.ops.adapt_datetimefield_value(now), limit],
         )
         rows = cursor.fetchall()
-    if connection.vendor != "sqlite":
-        return rows
-    field = WindowExpiry._meta.get_field("due_at")
-    return [(pid, aid, connection.ops.convert_datetimefield_value(at, field, connection)) for pid, aid, at in rows]
+    due_at, later = WindowExpiry._meta.get_field("due_at"), WindowExpiry._meta.get_field("later")
+    sqlite = connection.vendor == "sqlite"
+    return [
+        (
+            pid,
+            aid,
+            connection.ops.convert_datetimefield_value(at, due_at, connection) if sqlite else at,
+            None if becomes is None else bool(becomes),
+            later.from_db_value(course, None, connection),
+        )
+        for pid, aid, at, becomes, course in rows
+    ]
 
 
 def _evaluate_claimed(realtime: list[Audience], claimed, now: datetime) -> None:
-    """Each realtime audience, for the people whose time came in it or in an audience it reads
-    (whose membership of that one may change now); no other audience's answer can."""
-    due_in: dict[int, set[int]] = {}
+    """Each realtime audience: the changes whose time came in it are applied as written, but for
+    people to be evaluated (a row that asks for it, or their membership changed just now in an
+    audience this one reads, so the course written for them may be wrong), who are evaluated; no
+    other audience's answer can change."""
+    evaluate_in: dict[int, set[int]] = {}
+    courses_in: dict[int, dict[int, tuple]] = {}
     first: dict[int, datetime] = {}
-    for person_id, audience_id, at in claimed:
-        due_in.setdefault(audience_id, set()).add(person_id)
+    for person_id, audience_id, at, becomes, later in claimed:
+        if becomes is None:
+            evaluate_in.setdefault(audience_id, set()).add(person_id)
+        else:
+            courses_in.setdefault(audience_id, {})[person_id] = (becomes, later)
         first[person_id] = min(at, first.get(person_id, at))
-    people_for: dict[str, set[int]] = {}
+    changed_in: dict[str, set[int]] = {}
     for audience in realtime:
-        people = set(due_in.get(audience.pk, ()))
+        evaluate = set(evaluate_in.get(audience.pk, ()))
         for key in dependencies(audience):
-            people |= people_for.get(key, set())
-        people_for[audience.key] = people
-        if people:
-            evaluate_or_mark_failing(audience, now=now, person_ids=sorted(people), triggered_at=first)
+            evaluate |= changed_in.get(key, set())
+        due = {p: course for p, course in courses_in.get(audience.pk, {}).items() if p not in evaluate}
+        done = []
+        if due:
+            done.append(_isolated(audience, partial(apply_courses, audience, due, now=now, triggered_at=first), now=now))
+        if evaluate:
+            done.append(evaluate_or_mark_failing(audience, now=now, person_ids=sorted(evaluate), triggered_at=first))
+        changed_in[audience.key] = {p for e in done if e is not None for p in (*e.entries, *e.exits)}
 
 
 def evaluate_expired(*, limit: int = EXPIRY_BATCH, now: datetime | None = None) -> int:
-    """The realtime tick: claim the times that have come (a window of a realtime audience ends
-    or opens for a person, an audience they read changed in full) and evaluate those people in
-    the realtime audiences concerned, which writes their next times; claim and changes in one
-    transaction, as in `evaluate_pending`. Lag is measured from the time that came. `now` is the
-    moment the rules are read at (the clock when not given). Returns the people evaluated."""
+    """The realtime tick: claim the rows whose time has come (a window of a realtime audience ends
+    or opens for a person, an audience they read changed in full), apply the changes they hold
+    and evaluate the people they ask for, and the people whose membership of an audience changed
+    in the realtime audiences that read it; claim and changes in one transaction, as in
+    `evaluate_pending`. Lag is measured from the time that came. `now` is the
+    moment the rules are read at (the clock when not given). Returns the people whose rows it took."""
     done = 0
     while True:
         moment = now or timezone.now()
@@ -522,7 +633,7 @@ def evaluate_expired(*, limit: int = EXPIRY_BATCH, now: datetime | None = None) 
             if not claimed:
                 return done
             _evaluate_claimed(realtime, claimed, moment)
-        done += len({person_id for person_id, _, _ in claimed})
+        done += len({row[0] for row in claimed})
 
 
 def queue_people(person_ids, *, at: datetime) -> None:

@@ -9,9 +9,11 @@ import pytest
 import time_machine
 from django.core.cache import cache
 from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from audiences.evaluation import evaluate_all, evaluate_due, evaluate_expired, evaluate_pending
-from audiences.expiry import TICK
+from audiences.expiry import TICK, course_of
 from audiences.ingest import source_create
 from audiences.models import Audience, Person, WindowExpiry
 from audiences.services import audience_save
@@ -49,6 +51,52 @@ def test_a_cart_leaves_when_its_window_ends_and_not_a_microsecond_before(source)
     assert (members("cart_0_2h"), members("cart_2_24h")) == (set(), {"a"})
     assert due("cart_2_24h", "a") == T0 - timedelta(minutes=30) + timedelta(hours=24) + TICK
     assert due("cart_0_2h", "a") is None  # it cannot come back without a new cart
+
+
+def course(key, customer_id):
+    row = WindowExpiry.objects.get(audience__key=key, person__customer_id=customer_id)
+    return row.due_at, row.becomes, course_of(row.later)
+
+
+def test_the_tick_applies_the_change_written_without_reading_a_rule(source):
+    """An evaluation writes the whole course of the answer with no new event; the tick applies
+    it from the row alone (no event, aggregate or person read for a rule), then writes what is
+    left of it."""
+    audience_save(data={"key": "winback", "name": "Winback", "rule": {"event": "Order Completed", "last_between": ["7d", "30d"]}})
+    send(source, "b", "Order Completed", T0 - timedelta(days=2))
+    evaluate_all(now=T0)
+    opens, closes = T0 + timedelta(days=5), T0 + timedelta(days=28) + TICK
+    assert course("winback", "b") == (opens, True, [(closes, False)])
+    with CaptureQueriesContext(connection) as queries:
+        assert evaluate_expired(now=opens) == 1
+    read = " ".join(q["sql"] for q in queries.captured_queries)
+    assert "audiences_eventstat" not in read and '"audiences_event"' not in read and "audiences_event " not in read
+    assert members("winback") == {"b"}
+    assert course("winback", "b") == (closes, False, [])
+    evaluate_expired(now=closes)
+    assert members("winback") == set() and not WindowExpiry.objects.exists()
+
+
+def test_a_time_at_which_the_answer_stays_is_no_row(source):
+    """all of two windows that hold: the first to end ends it; the second's end changes
+    nothing then, and is written nowhere."""
+    rule = {"all": [{"event": "Added to Cart", "within": "2h"}, {"event": "Product Viewed", "within": "1d"}]}
+    audience_save(data={"key": "both", "name": "Both", "rule": rule})
+    send(source, "a", "Added to Cart", T0 - timedelta(minutes=30))
+    send(source, "a", "Product Viewed", T0 - timedelta(hours=1))
+    evaluate_all(now=T0)
+    assert course("both", "a") == (T0 + timedelta(minutes=90) + TICK, False, [])
+
+
+def test_a_change_in_an_audience_read_evaluates_the_reader_instead_of_applying_its_course(source):
+    """cart_2_24h ranks below cart_0_2h: when a leaves cart_0_2h by its course, cart_2_24h
+    evaluates a (its own course for a was written while cart_0_2h held them)."""
+    playbook()
+    send(source, "a", "Added to Cart", T0 - timedelta(minutes=30))
+    evaluate_all(now=T0)
+    WindowExpiry.objects.filter(audience__key="cart_2_24h").delete()
+    evaluate_expired(now=T0 + timedelta(minutes=90) + TICK)
+    assert (members("cart_0_2h"), members("cart_2_24h")) == (set(), {"a"})
 
 
 def test_windows_that_open_and_dates_that_age_are_due_when_they_turn(source):
