@@ -6,7 +6,8 @@ in full at the data's `now` (its realtime audiences' times written):
   evaluations now spend writing the expiry times, which is shown apart;
 * the realtime tick: the instant by which `share` of the people have had their time come (the
   earliest due times, as the data has them), and the database time of the one tick that
-  evaluates them at that instant;
+  applies their changes at that instant; beside it, what today's full pass costs at that same
+  instant, when it has the same entries and exits to write;
 * the minute after it, ticked every second as the worker does: the people and database time;
 * the hourly consistency check then: whom it corrects (target 0);
 * exit latency with the worker running: `planted` new people, each with an Added to Cart whose
@@ -69,10 +70,10 @@ def check(at):
 
 def tick_figures(backend: str, now, people: int, share: float = 0.01) -> None:
     from django.db import connection
-    from django.db.models import Min
+    from django.db.models import Min, Q
 
     from audiences.evaluation import evaluate_audience, evaluate_expired
-    from audiences.models import WindowExpiry
+    from audiences.models import Audience, Membership, WindowExpiry
 
     if connection.vendor == "postgresql":
         # set-up, not timed: this server runs with autovacuum off, so the rows earlier runs
@@ -99,15 +100,34 @@ def tick_figures(backend: str, now, people: int, share: float = 0.01) -> None:
     wanted = max(1, round(people * share))
     firsts = WindowExpiry.objects.values("person").annotate(first=Min("due_at")).order_by("first").values_list("first", flat=True)
     at = firsts[min(wanted, firsts.count()) - 1]
+    # what the full pass costs at that instant, when it has the same changes to write; then back
+    # to the state at `now` (set-up, not timed: a first evaluation, not a check) for the tick
+    with database_time() as spent:
+        changed = sum(len(e.entries) + len(e.exits) for e in (evaluate_audience(a, now=at) for a in realtime))
+    full_then = spent["expiry"] + spent["other"]
+    Audience.objects.filter(pk__in=[a.pk for a in realtime]).update(evaluated_definition="")
+    for audience in realtime:
+        evaluate_audience(audience, now=now)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE audiences_membership")
+            cursor.execute("VACUUM ANALYZE audiences_windowexpiry")
+    written_at_then = Membership.objects.filter(Q(entered_at=at) | Q(exited_at=at))
+    before = written_at_then.count()
     with database_time() as spent:
         started = time.perf_counter()
         evaluated = evaluate_expired(now=at)
         wall = time.perf_counter() - started
     db = spent["expiry"] + spent["other"]
+    moved = written_at_then.count() - before
     print(
         f"[{backend}] realtime tick at now + {(at - now).total_seconds() / 60:,.1f} min, when {evaluated:,} people "
-        f"({evaluated / people:.2%}) have had their time come: {db * 1000:,.0f} ms database time "
-        f"({db / today:.1%} of today's full pass; target <= 5%), {wall * 1000:,.0f} ms wall"
+        f"({evaluated / people:.2%}) have had their time come ({moved:,} entries and exits written): "
+        f"{db * 1000:,.0f} ms database time ({db / today:.1%} of today's full pass; target <= 5%), {wall * 1000:,.0f} ms wall"
+    )
+    print(
+        f"[{backend}] today's full pass at that instant, writing the same {changed:,} entries and exits: "
+        f"{full_then * 1000:,.0f} ms database time; the tick is {db / full_then:.1%} of it"
     )
     with database_time() as spent:
         evaluated = sum(evaluate_expired(now=at + timedelta(seconds=s)) for s in range(1, 61))
