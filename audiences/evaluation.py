@@ -32,7 +32,7 @@ from django.utils import timezone
 from . import expiry
 from . import rules as r
 from .compiler import audience_condition, higher_ranked_ids
-from .dependencies import dependencies, dependency_order
+from .dependencies import dependencies, dependency_graph, dependency_order
 from .models import Audience, Membership, PendingEvaluation, Person, SizeSample, WindowExpiry
 from .signals import membership_changed
 from .sources import source_for
@@ -596,9 +596,11 @@ def _evaluate_claimed(realtime: list[Audience], claimed, now: datetime) -> None:
             courses_in.setdefault(audience_id, {})[person_id] = (becomes, later)
         first[person_id] = min(at, first.get(person_id, at))
     changed_in: dict[str, set[int]] = {}
+    # among the realtime audiences: no other audience's members change in a tick
+    reads = dependency_graph(realtime)
     for audience in realtime:
         evaluate = set(evaluate_in.get(audience.pk, ()))
-        for key in dependencies(audience):
+        for key in reads[audience.key]:
             evaluate |= changed_in.get(key, set())
         due = {p: course for p, course in courses_in.get(audience.pk, {}).items() if p not in evaluate}
         done = []
