@@ -2,6 +2,7 @@
 hourly consistency check that counts (and alerts) whom expiry missed, and the waiter task."""
 
 import logging
+import re
 from datetime import timedelta
 from io import StringIO
 
@@ -261,3 +262,36 @@ def test_the_consistency_check_command_prints_what_each_check_corrected(source):
         call_command("consistency_check", "hourly")
     with pytest.raises(CommandError, match="no audience with key nope"):
         call_command("consistency_check", "nope")
+
+
+def test_a_tick_locks_only_the_audiences_with_rows_due_and_their_readers(source):
+    """Three realtime audiences; carts read buyers (an exclusion), views reads neither: a buyer's
+    window ending takes buyers and carts, never views; the row of an audience no longer realtime
+    is taken away."""
+    rule = {"event": "Order Completed", "within": "1d"}
+    buyers = audience_save(data={"key": "buyers", "name": "Buyers", "purpose": "suppression", "rule": rule})
+    carts = audience_save(
+        data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2d"}, "exclusions": ["buyers"]}
+    )
+    views = audience_save(data={"key": "views", "name": "Views", "rule": {"event": "Product Viewed", "within": "7d"}})
+    send(source, "a", "Added to Cart", T0 - timedelta(hours=3))
+    send(source, "a", "Order Completed", T0 - timedelta(hours=2))
+    send(source, "v", "Product Viewed", T0 - timedelta(hours=1))
+    evaluate_all(now=T0)
+    assert (members("buyers"), members("carts"), members("views")) == ({"a"}, set(), {"v"})
+    weekly = audience_save(data={"key": "weekly", "name": "Weekly", "cadence": "1d", "rule": {"attribute": "vip", "eq": True}})
+    WindowExpiry.objects.create(audience=weekly, person=Person.objects.get(customer_id="v"), due_at=T0)
+    ends = T0 + timedelta(hours=22) + TICK
+    with CaptureQueriesContext(connection) as queries:
+        assert evaluate_expired(now=ends) == 2
+    # the look-ups by id (on SQLite select_for_update writes no FOR UPDATE): the row locks, the
+    # evaluations; none of views
+    read = " ".join(q["sql"] for q in queries.captured_queries)
+
+    def touched(audience) -> bool:
+        return re.search(rf'"audiences_audience"\."id" = {audience.pk}\b', read) is not None
+
+    assert (touched(buyers), touched(carts), touched(views)) == (True, True, False)
+    # a left buyers at the end of its day and is in carts again, its cart not two days old
+    assert (members("buyers"), members("carts"), members("views")) == (set(), {"a"}, {"v"})
+    assert not WindowExpiry.objects.filter(audience=weekly).exists()
