@@ -20,7 +20,7 @@ import time
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from croniter import croniter
@@ -32,7 +32,7 @@ from django.utils import timezone
 from . import expiry
 from . import rules as r
 from .compiler import audience_condition, higher_ranked_ids
-from .dependencies import dependencies, dependency_graph, dependency_order
+from .dependencies import dependencies, dependency_graph, dependency_order, rule_dependencies
 from .models import Audience, Membership, PendingEvaluation, Person, SizeSample, WindowExpiry
 from .signals import membership_changed
 from .sources import source_for
@@ -49,6 +49,7 @@ EXPIRY_BATCH = 5000
 # read has those evaluated in full at the next tick rather than person by person.
 MARK_LIMIT = 10_000
 MAX_ERROR_TEXT = 2000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -243,12 +244,17 @@ def evaluate_audience(audience: Audience, *, now: datetime | None = None, person
         Audience.objects.filter(pk=audience.pk).update(current_size=size, last_evaluated_at=audience.last_evaluated_at, **figures)
         if full:
             _refresh_statistics_after_bulk_change(len(entries) + len(exits), size)
+        # the people whose course here changed: realtime audiences that leave this one's members
+        # out follow it (a per-person pass evaluates them next, a full one marks them)
+        recoursed = set()
         if follows_windows(audience):
-            expiry.refresh(audience, now, ids, others=exclusion_ids + higher_ids, courses=courses)
-        elif full:
-            WindowExpiry.objects.filter(audience=audience).delete()  # it was realtime until now
-        if full and (entries or exits):
-            _mark_readers_due(audience, set(entries) | set(exits), now)
+            recoursed = expiry.refresh(audience, now, ids, others=exclusion_ids + higher_ids, courses=courses)
+        elif full:  # it was realtime until now
+            rows = WindowExpiry.objects.filter(audience=audience)
+            recoursed = set(rows.values_list("person_id", flat=True))
+            rows.delete()
+        if full and (entries or exits or recoursed):
+            _mark_readers_due(audience, set(entries) | set(exits) | recoursed, now)
         return _announce(
             audience,
             now=now,
@@ -335,13 +341,23 @@ def apply_courses(audience: Audience, due: dict, *, now: datetime, triggered_at=
     """The realtime tick for people whose answer in this realtime audience changes now with no
     new event (`due`: person → (in or not from now on, the changes after that), as window expiry
     wrote them): they enter or leave as written, with no rule to evaluate, and the rest of each
-    course is written back."""
+    course is written back. Changes of a course whose time has come as well (a tick that comes
+    late: the worker was down) are applied with it, in one: a person who would have entered and
+    left meanwhile is not announced entering and leaving at once."""
     started = time.perf_counter()
+    becoming, rest = {}, {}
+    for person_id, (becomes, later) in due.items():
+        course = expiry.course_of(later)
+        while course and course[0][0] <= now:
+            becomes = course.pop(0)[1]
+        becoming[person_id] = becomes
+        if course:
+            rest[person_id] = course
     with transaction.atomic():
         audience = Audience.objects.select_for_update().get(pk=audience.pk)
-        entries = _enter(audience, sorted(p for p, (becomes, _) in due.items() if becomes), now)
-        exits = _leave(audience, sorted(p for p, (becomes, _) in due.items() if not becomes), now)
-        expiry.write_courses(audience.pk, {p: expiry.course_of(later) for p, (_, later) in due.items() if later})
+        entries = _enter(audience, sorted(p for p, becomes in becoming.items() if becomes), now)
+        exits = _leave(audience, sorted(p for p, becomes in becoming.items() if not becomes), now)
+        expiry.write_courses(audience.pk, rest)
         size = audience.current_size + len(entries) - len(exits)
         Audience.objects.filter(pk=audience.pk).update(current_size=size)
         return _announce(
@@ -372,14 +388,16 @@ def current_definition(audience: Audience, everyone) -> str:
 
 def _missed_by_expiry(audience: Audience, entries, exits, now: datetime) -> int:
     """A consistency check's corrections that window expiry and the realtime pass should have
-    made: the people it changed, but for those whom ingest has queued or whose time has come and
-    who wait for the tick. Logged as the bug they are; the sync side alerts on the count."""
+    made: the people it changed, but for those whom ingest has queued or whose time has come in
+    this audience and who wait for the tick (a person whose time came in an audience this one
+    follows has a row here at that time too). Logged as the bug they are; the sync side alerts on the count."""
     changed = sorted(set(entries) | set(exits))
     waiting = set()
     for start in range(0, len(changed), PENDING_BATCH):
         part = changed[start : start + PENDING_BATCH]
         waiting.update(PendingEvaluation.objects.filter(person_id__in=part).values_list("person_id", flat=True))
-        waiting.update(WindowExpiry.objects.filter(person_id__in=part, due_at__lte=now).values_list("person_id", flat=True))
+        due = WindowExpiry.objects.filter(audience=audience, person_id__in=part, due_at__lte=now)
+        waiting.update(due.values_list("person_id", flat=True))
     missed = [pid for pid in changed if pid not in waiting]
     if missed:
         entered = set(entries)
@@ -557,24 +575,28 @@ def evaluate_pending(*, limit: int = PENDING_BATCH, now: datetime | None = None)
 
 def _claim_expired(now: datetime, limit: int, audience_ids) -> list[tuple[int, int, datetime, bool | None, list | None]]:
     """(person, audience, due time, becomes, later) of up to `limit` rows of these audiences whose
-    time has come, taken off the table."""
+    time has come, taken off the table. PostgreSQL gives the due times in microseconds since the
+    epoch: thousands of them, and a timestamp with its time zone costs several times more to load."""
     table = connection.ops.quote_name(WindowExpiry._meta.db_table)
-    lock = "FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+    postgres = connection.vendor == "postgresql"
+    lock = "FOR UPDATE SKIP LOCKED" if postgres else ""
+    due = "(extract(epoch FROM due_at) * 1000000)::bigint" if postgres else "due_at"
     among, params = _ids_in("audience_id", sorted(audience_ids))
     with connection.cursor() as cursor:
         cursor.execute(
             f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE due_at <= %s AND {among} "
-            f"ORDER BY due_at LIMIT %s {lock}) RETURNING person_id, audience_id, due_at, becomes, later",
+            f"ORDER BY due_at LIMIT %s {lock}) RETURNING person_id, audience_id, {due}, becomes, later",
             [connection.ops.adapt_datetimefield_value(now), *params, limit],
         )
         rows = cursor.fetchall()
     due_at, later = WindowExpiry._meta.get_field("due_at"), WindowExpiry._meta.get_field("later")
-    sqlite = connection.vendor == "sqlite"
     return [
         (
             pid,
             aid,
-            connection.ops.convert_datetimefield_value(at, due_at, connection) if sqlite else at,
+            EPOCH + timedelta(microseconds=at)
+            if postgres
+            else connection.ops.convert_datetimefield_value(at, due_at, connection),
             None if becomes is None else bool(becomes),
             later.from_db_value(course, None, connection),
         )
@@ -582,27 +604,34 @@ def _claim_expired(now: datetime, limit: int, audience_ids) -> list[tuple[int, i
     ]
 
 
-def _evaluate_claimed(realtime: list[Audience], claimed, now: datetime) -> None:
+def _evaluate_claimed(realtime: list[Audience], claimed, now: datetime, gone: dict[int, str], reads) -> None:
     """Each realtime audience: the changes whose time came in it are applied as written, but for
-    people to be evaluated (a row that asks for it, or their membership changed just now in an
-    audience this one reads, so the course written for them may be wrong), who are evaluated; no
-    other audience's answer can change."""
+    people to be evaluated, who are evaluated: a row asks for it, or the course written for them
+    may be wrong. It is wrong for a person evaluated just now in an audience this one leaves out
+    (their course there may have changed, and this one follows it), whose rows were taken away in
+    one that does not follow its windows any more (`gone`: id → key), or whose membership
+    changed just now in an audience this one's rule names (a rule reads members as they are).
+    No other audience's answer can change."""
     evaluate_in: dict[int, set[int]] = {}
     courses_in: dict[int, dict[int, tuple]] = {}
     first: dict[int, datetime] = {}
+    evaluated_in: dict[str, set[int]] = {}
     for person_id, audience_id, at, becomes, later in claimed:
-        if becomes is None:
+        if audience_id in gone:
+            evaluated_in.setdefault(gone[audience_id], set()).add(person_id)
+        elif becomes is None:
             evaluate_in.setdefault(audience_id, set()).add(person_id)
         else:
             courses_in.setdefault(audience_id, {})[person_id] = (becomes, later)
         first[person_id] = min(at, first.get(person_id, at))
     changed_in: dict[str, set[int]] = {}
-    # among the realtime audiences: no other audience's members change in a tick
-    reads = dependency_graph(realtime)
     for audience in realtime:
         evaluate = set(evaluate_in.get(audience.pk, ()))
+        named = rule_dependencies(audience.rule)
         for key in reads[audience.key]:
-            evaluate |= changed_in.get(key, set())
+            evaluate |= evaluated_in.get(key, set())
+            if key in named:
+                evaluate |= changed_in.get(key, set())
         due = {p: course for p, course in courses_in.get(audience.pk, {}).items() if p not in evaluate}
         done = []
         if due:
@@ -610,14 +639,15 @@ def _evaluate_claimed(realtime: list[Audience], claimed, now: datetime) -> None:
         if evaluate:
             done.append(evaluate_or_mark_failing(audience, now=now, person_ids=sorted(evaluate), triggered_at=first))
         changed_in[audience.key] = {p for e in done if e is not None for p in (*e.entries, *e.exits)}
+        evaluated_in[audience.key] = evaluate
 
 
-def _concerned(realtime: list[Audience], due_in: set[int]) -> list[Audience]:
-    """The realtime audiences a tick takes: those with rows due and those that read them,
-    however indirectly, in dependency order. Only their rows are locked: a store with thirty
-    realtime audiences does not lock thirty rows a second for one cart's window."""
-    reads = dependency_graph(realtime)
-    keys = {a.key for a in realtime if a.pk in due_in}
+def _concerned(realtime: list[Audience], due_in: set[int], gone: dict[int, str], reads) -> list[Audience]:
+    """The realtime audiences a tick takes: those with rows due and those that read them or an
+    audience whose rows are only taken away (`gone`), however indirectly, in dependency order.
+    Only their rows are locked: a store with thirty realtime audiences does not lock thirty rows
+    a second for one cart's window. `reads`: which audience reads which."""
+    keys = {a.key for a in realtime if a.pk in due_in} | set(gone.values())
     while more := {key for key, read in reads.items() if read & keys} - keys:
         keys |= more
     return [a for a in realtime if a.key in keys]
@@ -639,18 +669,21 @@ def evaluate_expired(*, limit: int = EXPIRY_BATCH, now: datetime | None = None) 
         with transaction.atomic():
             realtime = realtime_in_order()
             due_in = set(WindowExpiry.objects.filter(due_at__lte=moment).values_list("audience_id", flat=True).distinct())
-            concerned = _concerned(realtime, due_in)
+            # the rows of audiences that do not follow their windows any more are only taken away
+            gone = list(Audience.objects.filter(pk__in=due_in - {a.pk for a in realtime}).prefetch_related("exclusions"))
+            # among these audiences: no other audience's members change in a tick
+            reads = dependency_graph(realtime + gone)
+            gone = {a.pk: a.key for a in gone}
+            concerned = _concerned(realtime, due_in, gone, reads)
             # the audience rows first, in the order every evaluation takes them, the claim after:
             # a realtime pass that holds one may be about to rewrite a claimed person's times, and
             # would wait for this claim while this tick waited for its audience (a deadlock)
             for audience in concerned:
                 list(Audience.objects.select_for_update().filter(pk=audience.pk).values_list("pk"))
-            # and the rows of audiences no longer realtime, which are only taken away
-            gone = due_in - {a.pk for a in realtime}
-            claimed = _claim_expired(moment, limit, {a.pk for a in concerned} | gone)
+            claimed = _claim_expired(moment, limit, {a.pk for a in concerned} | gone.keys())
             if not claimed:
                 return done
-            _evaluate_claimed(concerned, claimed, moment)
+            _evaluate_claimed(concerned, claimed, moment, gone, reads)
         done += len({row[0] for row in claimed})
 
 

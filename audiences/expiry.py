@@ -8,10 +8,14 @@ reads one time per person that the engine keeps already (`compiler.event_anchor`
 `compiler.attribute_anchor`) and turns at that time plus its duration. A compound turns no
 sooner than this: `all` that holds when its first child turns; `all` that fails when the last
 of its failing children turns (one that never turns keeps it failing for good); `any` the other
-way round; `not` with its child. Nothing else moves with the clock (attributes, counts, other
-audiences' members, exclusions, priority): when one of them changes, the person is evaluated
-again anyway (ingest queues them; a full evaluation that changes an audience marks the people
-it changed due for the realtime audiences that read it, `mark_due`).
+way round; `not` with its child. The audiences an audience leaves out (its exclusions, the
+higher ranks of its priority group) move with their own courses, which it follows: a cart that
+ends moves its person from 0–2 h down to 2–24 h from the two rows, with no rule read. Nothing else
+moves with the clock (attributes, counts, the members an `in_audience` rule reads): when one of
+them changes, the person is evaluated again anyway (ingest queues them; a full evaluation that
+changes an audience's members or courses marks those people due for the realtime audiences that
+read it, `mark_due`; the tick evaluates a person in an audience's readers when it evaluated them
+there).
 
 Each leaf's answer at any later instant follows from the one time it reads (`_turning`), so an
 evaluation writes not only when the answer can change but the answer's whole course with no new
@@ -29,23 +33,30 @@ import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 
-from django.db.models import BooleanField, Case, Min, Q, Value, When
+from django.db import connection
+from django.db.models import BooleanField, Case, Exists, Min, OuterRef, Q, Subquery, Value, When
 
 from . import rules as r
-from .compiler import attribute_anchor, compile_node, event_anchor, not_member_of
-from .models import Audience, Person, WindowExpiry
+from .compiler import attribute_anchor, compile_node, event_anchor
+from .models import Audience, Membership, Person, WindowExpiry
 
 # Times are kept to the microsecond: a window that holds up to and including an instant has
 # turned one microsecond later.
 TICK = timedelta(microseconds=1)
 WITHIN, BETWEEN, DATE = "within", "between", "date"
+MEMBERS = "members"
+# the rows' courses follow the windows and the courses of the audiences left out
+COURSES = "windows, audiences left out"
 BATCH = 1000
+WRITE_BATCH = 10_000
 
 
 def definition_digest(audience: Audience, *, exclusion_ids, higher_ids) -> str:
     """What an audience's members follow from besides the person store. A full evaluation of a
-    realtime audience under the digest of its last one is a consistency check."""
-    definition = [audience.source_kind, audience.is_realtime, audience.rule, sorted(exclusion_ids), sorted(higher_ids)]
+    realtime audience under the digest of its last one is a consistency check. `COURSES` names
+    what the rows it wrote follow: rows written by a version that followed less are rewritten
+    by a first evaluation, not trusted."""
+    definition = [COURSES, audience.source_kind, audience.is_realtime, audience.rule, sorted(exclusion_ids), sorted(higher_ids)]
     return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
 
 
@@ -72,10 +83,12 @@ class Plan:
         self.now = now
         self.columns: dict[str, object] = {}
         self.people = []  # querysets of person ids
+        self.followed = []  # the courses of `others` it follows, one part each
         node = r.parse_rule(audience.rule)
-        self.tree = self.node(node) if turns(node) else None
-        if self.tree and others:
-            self.tree = ("all", (self.tree, self.fixed(not_member_of(others))))
+        tree = self.node(node) if turns(node) else None
+        if others:
+            tree = "all", (tree or self.fixed(compile_node(node, now)), self.left_out(others))
+        self.tree = tree
 
     def column(self, expression) -> str:
         name = f"expiry_{len(self.columns)}"
@@ -84,6 +97,26 @@ class Plan:
 
     def fixed(self, q: Q):
         return "fixed", self.column(Case(When(q, then=Value(True)), default=Value(False), output_field=BooleanField()))
+
+    def left_out(self, others):
+        """Not a member of any of `others`, now and as their courses go: each one's membership
+        now and the row window expiry keeps for it (none for an audience that does not follow
+        its windows, whose members stay as they are until it is evaluated again)."""
+        for other in sorted(set(others)):
+            row = WindowExpiry.objects.filter(audience_id=other, person_id=OuterRef("pk"))
+            member = Membership.objects.filter(audience_id=other, person_id=OuterRef("pk"), exited_at__isnull=True)
+            part = tuple(
+                self.column(expression)
+                for expression in (
+                    Exists(member),
+                    Subquery(row.values("due_at")[:1]),
+                    Subquery(row.values("becomes")[:1]),
+                    Subquery(row.values("later")[:1]),
+                )
+            )
+            self.followed.append(part)
+        self.people.append(WindowExpiry.objects.filter(audience_id__in=list(others)).values("person_id"))
+        return MEMBERS, tuple(self.followed)
 
     def node(self, node):
         if not turns(node):
@@ -107,7 +140,21 @@ class Plan:
     def course(self, row: dict) -> tuple[bool, list[tuple[datetime, bool]]]:
         """This person's answer at `now`, and the instants after it at which it changes with no
         new event and what it becomes at each: the candidates `settle` gives, one after the
-        other, kept where the answer differs from the one before."""
+        other, kept where the answer differs from the one before.
+
+        A course of an audience it leaves out whose time has come already (the tick has yet to
+        apply it) or that asks for an evaluation makes this one a row that asks for one too, at
+        once: the tick evaluates the person here after it has changed them there."""
+        waiting = False
+        for part in self.followed:
+            member, due, becomes, later = part
+            at = row[due]
+            waiting = waiting or (at is not None and (row[becomes] is None or at <= self.now))
+            row[part] = () if at is None else ((at, row[becomes]), *course_of(row[later]))
+        if waiting:
+            for part in self.followed:
+                row[part] = ()
+            return settle(self.tree, row, self.now)[0], [(self.now, None)]
         holds, at = settle(self.tree, row, self.now)
         answer, found = holds, []
         while at is not None:  # every candidate is later than the one before; each leaf has two at most
@@ -127,6 +174,8 @@ def settle(node, row: dict, at: datetime) -> tuple[bool, datetime | None]:
         return row[part], None
     if kind == "turning":
         return _turning(part, row, at)
+    if kind == MEMBERS:
+        return _left_out(part, row, at)
     if kind == "not":
         holds, turn = settle(part, row, at)
         return not holds, turn
@@ -168,6 +217,21 @@ def _turning(leaf, row: dict, at: datetime) -> tuple[bool, datetime | None]:
     return _date_holds(anchor, duration, older, at), turn if at < turn else None
 
 
+def _left_out(parts, row: dict, at: datetime) -> tuple[bool, datetime | None]:
+    """In none of the audiences these parts read at `at` (each one's membership now, changed by
+    each step of its course up to `at`), and the next step of any after it."""
+    inside, turn = False, None
+    for part in parts:
+        member = row[part[0]]
+        for then, becomes in row[part]:
+            if then > at:
+                turn = then if turn is None else min(turn, then)
+                break
+            member = becomes
+        inside = inside or member
+    return not inside, turn
+
+
 def _date_holds(seconds: float, duration: timedelta, older: bool, at: datetime) -> bool:
     """older_than ⇔ the date is before `at` − duration; newer_than ⇔ it is not."""
     cutoff = (at - duration).timestamp()
@@ -193,10 +257,11 @@ def _date_turn(seconds: float, duration: timedelta, older: bool) -> datetime | N
     return turn
 
 
-def refresh(audience: Audience, now: datetime, person_ids=None, *, others, courses=None) -> int:
+def refresh(audience: Audience, now: datetime, person_ids=None, *, others, courses=None) -> set[int]:
     """Write the course of each of these people's answer (everyone when None) in this realtime
     audience, which leaves out the members of `others`, in the evaluation's transaction, after
-    its changes (`courses` when `answers` read them already); returns the rows written. A row
+    its changes (`courses` when `answers` read them already); returns the people whose course
+    changed (audiences that leave this one's members out follow it). A row
     that stays (the anchors did not move) is left as it is: rewriting every row at every
     evaluation would leave a dead row behind each, which the due-time index then wades through
     until the table is vacuumed."""
@@ -206,16 +271,17 @@ def refresh(audience: Audience, now: datetime, person_ids=None, *, others, cours
     kept = WindowExpiry.objects.filter(audience=audience)
     if person_ids is not None:
         kept = kept.filter(person_id__in=person_ids)
-    stale = []
+    stale, changed = [], set()
     for row_id, person_id, *row in kept.values_list("pk", "person_id", "due_at", "becomes", "later").iterator(chunk_size=5000):
         if person_id in courses and row_of(courses[person_id]) == tuple(row):
             del courses[person_id]
         else:
             stale.append(row_id)
+            changed.add(person_id)
     for start in range(0, len(stale), BATCH):
         WindowExpiry.objects.filter(pk__in=stale[start : start + BATCH]).delete()
     write_courses(audience.pk, courses)
-    return len(courses)
+    return changed | courses.keys()
 
 
 def row_of(course: list[tuple[datetime, bool]]) -> tuple[datetime, bool, list | None]:
@@ -230,11 +296,31 @@ def course_of(later) -> list[tuple[datetime, bool]]:
 
 
 def write_courses(audience_id: int, courses: dict[int, list[tuple[datetime, bool]]]) -> None:
+    """One row per person: on PostgreSQL one statement of five arrays for up to `WRITE_BATCH`
+    rows (a tick writes back thousands, and a model instance and five parameters for each cost
+    more in Python, and in planning, than the insert itself); SQLite takes them row by row in
+    one executemany."""
+    if not courses:
+        return
+    table = connection.ops.quote_name(WindowExpiry._meta.db_table)
+    adapt = connection.ops.adapt_datetimefield_value
     rows = []
     for person_id, course in courses.items():
         at, becomes, later = row_of(course)
-        rows.append(WindowExpiry(audience_id=audience_id, person_id=person_id, due_at=at, becomes=becomes, later=later))
-    WindowExpiry.objects.bulk_create(rows, batch_size=BATCH)
+        rows.append((audience_id, person_id, adapt(at), becomes, None if later is None else json.dumps(later)))
+    with connection.cursor() as cursor:
+        if connection.vendor != "postgresql":
+            cursor.executemany(
+                f"INSERT INTO {table} (audience_id, person_id, due_at, becomes, later) VALUES (%s, %s, %s, %s, %s)", rows
+            )
+            return
+        for start in range(0, len(rows), WRITE_BATCH):
+            part = rows[start : start + WRITE_BATCH]
+            cursor.execute(
+                f"INSERT INTO {table} (audience_id, person_id, due_at, becomes, later) SELECT %s, * FROM "
+                "unnest(%s::bigint[], %s::timestamptz[], %s::boolean[], %s::text[]::jsonb[])",
+                [audience_id, *([row[n] for row in part] for n in range(1, 5))],
+            )
 
 
 def answers(plan: Plan, person_ids) -> tuple[set[int], dict[int, list[tuple[datetime, bool]]]]:

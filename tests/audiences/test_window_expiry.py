@@ -14,9 +14,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from audiences.evaluation import evaluate_all, evaluate_due, evaluate_expired, evaluate_pending
-from audiences.expiry import TICK, course_of
+from audiences.expiry import TICK, course_of, mark_due
 from audiences.ingest import source_create
-from audiences.models import Audience, Person, WindowExpiry
+from audiences.models import Audience, Membership, Person, WindowExpiry
 from audiences.services import audience_save
 from audiences.tasks import EXPIRY_LEASE, EXPIRY_POLL_S, evaluate_expiring_people
 from syncs.models import Alert
@@ -43,9 +43,10 @@ def test_a_cart_leaves_when_its_window_ends_and_not_a_microsecond_before(source)
     evaluate_all(now=T0)
     assert members("cart_0_2h") == {"a"}
     ends = T0 + timedelta(minutes=90)
-    # out of cart_0_2h when the cart is more than 2 h old; cart_2_24h, which ranks below, has no time
-    # of its own while cart_0_2h holds a: the tick evaluates a in every realtime audience
-    assert due("cart_0_2h", "a") == ends + TICK and due("cart_2_24h", "a") is None
+    # out of cart_0_2h when the cart is more than 2 h old; cart_2_24h, which ranks below, follows
+    # cart_0_2h's course: a enters it at that same instant (and leaves when the 24 h end)
+    assert course("cart_0_2h", "a") == (ends + TICK, False, [])
+    assert course("cart_2_24h", "a") == (ends + TICK, True, [(T0 - timedelta(minutes=30) + timedelta(hours=24) + TICK, False)])
     assert not WindowExpiry.objects.filter(person__customer_id="b").exists()
     assert evaluate_expired(now=ends) == 0 and members("cart_0_2h") == {"a"}
     assert evaluate_expired(now=ends + TICK) == 1
@@ -78,6 +79,16 @@ def test_the_tick_applies_the_change_written_without_reading_a_rule(source):
     assert members("winback") == set() and not WindowExpiry.objects.exists()
 
 
+def test_a_late_tick_applies_every_change_whose_time_has_come_in_one(source):
+    """The worker was down while b's window opened and closed: the tick that comes after both
+    does not let b enter and leave at once (two announcements for nothing)."""
+    audience_save(data={"key": "winback", "name": "Winback", "rule": {"event": "Order Completed", "last_between": ["7d", "30d"]}})
+    send(source, "b", "Order Completed", T0 - timedelta(days=2))
+    evaluate_all(now=T0)
+    assert evaluate_expired(now=T0 + timedelta(days=29)) == 1
+    assert not Membership.objects.filter(audience__key="winback").exists() and not WindowExpiry.objects.exists()
+
+
 def test_a_time_at_which_the_answer_stays_is_no_row(source):
     """all of two windows that hold: the first to end ends it; the second's end changes
     nothing then, and is written nowhere."""
@@ -89,15 +100,63 @@ def test_a_time_at_which_the_answer_stays_is_no_row(source):
     assert course("both", "a") == (T0 + timedelta(minutes=90) + TICK, False, [])
 
 
-def test_a_change_in_an_audience_read_evaluates_the_reader_instead_of_applying_its_course(source):
-    """cart_2_24h ranks below cart_0_2h: when a leaves cart_0_2h by its course, cart_2_24h
-    evaluates a (its own course for a was written while cart_0_2h held them)."""
+def read_tables(queries) -> str:
+    return " ".join(q["sql"] for q in queries.captured_queries)
+
+
+def test_an_audience_that_ranks_below_follows_the_course_of_the_one_above(source):
+    """cart_2_24h ranks below cart_0_2h: its course for a follows cart_0_2h's, so when a's cart
+    is 2 h old the tick moves a down from both rows, with no rule read."""
+    playbook()
+    send(source, "a", "Added to Cart", T0 - timedelta(minutes=30))
+    evaluate_all(now=T0)
+    with CaptureQueriesContext(connection) as queries:
+        assert evaluate_expired(now=T0 + timedelta(minutes=90) + TICK) == 1
+    assert "audiences_eventstat" not in read_tables(queries) and '"audiences_event"' not in read_tables(queries)
+    assert (members("cart_0_2h"), members("cart_2_24h")) == (set(), {"a"})
+
+
+def test_a_person_evaluated_in_an_audience_left_out_is_evaluated_in_the_ones_that_follow_it(source):
+    """When the tick evaluates a in cart_0_2h (a row asks for it), the course written there may
+    have changed, so cart_2_24h evaluates a too: here its lost row comes back."""
     playbook()
     send(source, "a", "Added to Cart", T0 - timedelta(minutes=30))
     evaluate_all(now=T0)
     WindowExpiry.objects.filter(audience__key="cart_2_24h").delete()
+    mark_due([Audience.objects.get(key="cart_0_2h").pk], [Person.objects.get(customer_id="a").pk], T0 + timedelta(minutes=1))
+    evaluate_expired(now=T0 + timedelta(minutes=1))
+    assert due("cart_2_24h", "a") == T0 + timedelta(minutes=90) + TICK
     evaluate_expired(now=T0 + timedelta(minutes=90) + TICK)
     assert (members("cart_0_2h"), members("cart_2_24h")) == (set(), {"a"})
+
+
+def test_a_full_evaluation_that_changes_a_course_makes_the_followers_evaluate(source):
+    """cart_0_2h keeps a for 3 h now instead of 2: a stays a member, but cart_2_24h's course,
+    which followed the old one, is wrong; it is evaluated again and follows the new one."""
+    playbook()
+    send(source, "a", "Added to Cart", T0 - timedelta(minutes=30))
+    evaluate_due(now=T0)
+    audience_save(instance=Audience.objects.get(key="cart_0_2h"), data={"rule": {"event": "Added to Cart", "within": "3h"}})
+    evaluate_due(now=T0 + timedelta(minutes=2))
+    assert members("cart_0_2h") == {"a"} and due("cart_2_24h", "a") == T0 + timedelta(minutes=2)
+    evaluate_expired(now=T0 + timedelta(minutes=2))
+    assert due("cart_2_24h", "a") == T0 + timedelta(minutes=150) + TICK
+    evaluate_expired(now=T0 + timedelta(minutes=90) + TICK)
+    assert (members("cart_0_2h"), members("cart_2_24h")) == ({"a"}, set())
+    evaluate_expired(now=T0 + timedelta(minutes=150) + TICK)
+    assert (members("cart_0_2h"), members("cart_2_24h")) == (set(), {"a"})
+
+
+def test_the_followers_of_an_audience_no_longer_realtime_evaluate_the_people_whose_rows_are_taken_away(source):
+    """cart_0_2h stops following its windows (its rows are only taken away, a stays in it until
+    its next evaluation): cart_2_24h must not apply the course it followed, in which a came down."""
+    playbook()
+    send(source, "a", "Added to Cart", T0 - timedelta(minutes=30))
+    evaluate_all(now=T0)
+    Audience.objects.filter(key="cart_0_2h").update(cadence="daily")
+    evaluate_expired(now=T0 + timedelta(minutes=90) + TICK)
+    assert not WindowExpiry.objects.filter(audience__key="cart_0_2h").exists()
+    assert (members("cart_0_2h"), members("cart_2_24h")) == ({"a"}, set())
 
 
 def test_windows_that_open_and_dates_that_age_are_due_when_they_turn(source):
