@@ -34,7 +34,8 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from django.db import connection
-from django.db.models import BooleanField, Case, Exists, Min, OuterRef, Q, Subquery, Value, When
+from django.db.models import BooleanField, Case, Exists, JSONField, Min, OuterRef, Q, Subquery, Value, When
+from django.db.models.functions import JSONObject
 
 from . import rules as r
 from .compiler import attribute_anchor, compile_node, event_anchor
@@ -85,9 +86,15 @@ class Plan:
         self.people = []  # querysets of person ids
         self.followed = []  # the courses of `others` it follows, one part each
         node = r.parse_rule(audience.rule)
-        tree = self.node(node) if turns(node) else None
+        rule = self.node(node) if turns(node) else None
+        tree = rule
         if others:
-            tree = "all", (tree or self.fixed(compile_node(node, now)), self.left_out(others))
+            tree = "all", (rule or self.fixed(compile_node(node, now)), self.left_out(others))
+            if rule is None or _may_hold(rule):
+                # besides the windows' people, those whose course the others' can move: with a
+                # row there, and the rule holding (outside the windows' people it stays as it is)
+                rows = WindowExpiry.objects.filter(audience_id__in=list(others)).values("person_id")
+                self.people.append(Person.objects.filter(compile_node(node, now), pk__in=rows).values("pk"))
         self.tree = tree
 
     def column(self, expression) -> str:
@@ -103,19 +110,12 @@ class Plan:
         now and the row window expiry keeps for it (none for an audience that does not follow
         its windows, whose members stay as they are until it is evaluated again)."""
         for other in sorted(set(others)):
-            row = WindowExpiry.objects.filter(audience_id=other, person_id=OuterRef("pk"))
             member = Membership.objects.filter(audience_id=other, person_id=OuterRef("pk"), exited_at__isnull=True)
-            part = tuple(
-                self.column(expression)
-                for expression in (
-                    Exists(member),
-                    Subquery(row.values("due_at")[:1]),
-                    Subquery(row.values("becomes")[:1]),
-                    Subquery(row.values("later")[:1]),
-                )
+            # the row in one look-up, not one for each of its columns
+            row = WindowExpiry.objects.filter(audience_id=other, person_id=OuterRef("pk")).values(
+                course=JSONObject(due="due_at", becomes="becomes", later="later")
             )
-            self.followed.append(part)
-        self.people.append(WindowExpiry.objects.filter(audience_id__in=list(others)).values("person_id"))
+            self.followed.append((self.column(Exists(member)), self.column(Subquery(row[:1], output_field=JSONField()))))
         return MEMBERS, tuple(self.followed)
 
     def node(self, node):
@@ -147,10 +147,14 @@ class Plan:
         once: the tick evaluates the person here after it has changed them there."""
         waiting = False
         for part in self.followed:
-            member, due, becomes, later = part
-            at = row[due]
-            waiting = waiting or (at is not None and (row[becomes] is None or at <= self.now))
-            row[part] = () if at is None else ((at, row[becomes]), *course_of(row[later]))
+            found = row[part[1]]
+            if found is None:
+                row[part] = ()
+                continue
+            at, becomes, later = _instant(found["due"]), found["becomes"], found["later"]
+            becomes = None if becomes is None else bool(becomes)
+            waiting = waiting or becomes is None or at <= self.now
+            row[part] = ((at, becomes), *course_of(json.loads(later) if isinstance(later, str) else later))
         if waiting:
             for part in self.followed:
                 row[part] = ()
@@ -164,6 +168,20 @@ class Plan:
                 holds = then
             at = following
         return answer, found
+
+
+def _may_hold(node, holds: bool = True) -> bool:
+    """Whether this part of a plan can hold (`holds`; else fail) for a person outside the
+    windows' people, for whom each event window stays shut: what else it reads may be anything."""
+    kind, part = node
+    if kind == "turning":
+        return not holds if part[0] in (WITHIN, BETWEEN) else True
+    if kind == "not":
+        return _may_hold(part, not holds)
+    if kind in ("all", "any"):
+        every = (kind == "all") == holds  # all must hold / any must fail: every child has to
+        return (all if every else any)(_may_hold(child, holds) for child in part)
+    return True
 
 
 def settle(node, row: dict, at: datetime) -> tuple[bool, datetime | None]:
@@ -282,6 +300,13 @@ def refresh(audience: Audience, now: datetime, person_ids=None, *, others, cours
         WindowExpiry.objects.filter(pk__in=stale[start : start + BATCH]).delete()
     write_courses(audience.pk, courses)
     return changed | courses.keys()
+
+
+def _instant(text: str) -> datetime:
+    """A due time as a JSON object gives it: ISO with its offset (PostgreSQL), or in UTC
+    without one (SQLite)."""
+    at = datetime.fromisoformat(text)
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def row_of(course: list[tuple[datetime, bool]]) -> tuple[datetime, bool, list | None]:

@@ -116,6 +116,32 @@ def test_an_audience_that_ranks_below_follows_the_course_of_the_one_above(source
     assert (members("cart_0_2h"), members("cart_2_24h")) == (set(), {"a"})
 
 
+def test_an_audience_whose_rule_holds_outside_its_windows_follows_the_ones_it_leaves_out(source):
+    """'Not carted in 2 h', purchasers left out: b, who bought and never carted, is held out by the
+    purchase alone, and comes in when the 24 h of it end; c, who carted, when the 2 h end."""
+    audience_save(
+        data={"key": "buyers", "name": "Buyers", "purpose": "suppression", "rule": {"event": "Order Completed", "within": "24h"}}
+    )
+    audience_save(
+        data={
+            "key": "not_carting",
+            "name": "Not carting",
+            "rule": {"not": {"event": "Added to Cart", "within": "2h"}},
+            "exclusions": ["buyers"],
+        }
+    )
+    send(source, "b", "Order Completed", T0 - timedelta(hours=1))
+    send(source, "c", "Added to Cart", T0 - timedelta(hours=1))
+    evaluate_all(now=T0)
+    assert members("not_carting") == set()
+    assert course("not_carting", "b") == (T0 + timedelta(hours=23) + TICK, True, [])
+    assert course("not_carting", "c") == (T0 + timedelta(hours=1) + TICK, True, [])
+    evaluate_expired(now=T0 + timedelta(hours=1) + TICK)
+    assert members("not_carting") == {"c"}
+    evaluate_expired(now=T0 + timedelta(hours=23) + TICK)
+    assert (members("buyers"), members("not_carting")) == (set(), {"b", "c"})
+
+
 def test_a_person_evaluated_in_an_audience_left_out_is_evaluated_in_the_ones_that_follow_it(source):
     """When the tick evaluates a in cart_0_2h (a row asks for it), the course written there may
     have changed, so cart_2_24h evaluates a too: here its lost row comes back."""
