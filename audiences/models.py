@@ -437,10 +437,15 @@ class WindowExpiry(models.Model):
     """When a realtime audience's answer for a person next changes with no new event (a window
     ends or opens, a date attribute crosses its age) and what it becomes (audiences/expiry.py).
     The realtime tick applies the changes whose time has come, found by `due_at`, instead of
-    evaluating everyone; a row without `becomes` asks it to evaluate the person."""
+    evaluating everyone; a row without `becomes` asks it to evaluate the person.
 
-    audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="+", db_index=False)
-    person = models.ForeignKey(Person, on_delete=models.CASCADE, related_name="+")
+    Its keys have no constraint in the database (Django still deletes a person's or an
+    audience's rows with them): the rows are written by the thousand in every tick, and checking
+    each one's keys at commit took 120 of the 214 ms a tick for 10,000 people spent committing;
+    a row left by a person erased meanwhile enters nobody when its time comes, and goes."""
+
+    audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False)
+    person = models.ForeignKey(Person, on_delete=models.CASCADE, related_name="+", db_constraint=False)
     due_at = models.DateTimeField()
     # whether the person is in the audience from `due_at` on; None: evaluate them then
     becomes = models.BooleanField(null=True, blank=True)

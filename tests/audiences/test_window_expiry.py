@@ -15,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 
 from audiences.evaluation import evaluate_all, evaluate_due, evaluate_expired, evaluate_pending
 from audiences.expiry import TICK, course_of, mark_due
-from audiences.ingest import source_create
+from audiences.ingest import person_erase, source_create
 from audiences.models import Audience, Membership, Person, WindowExpiry
 from audiences.services import audience_save
 from audiences.tasks import EXPIRY_LEASE, EXPIRY_POLL_S, evaluate_expiring_people
@@ -380,3 +380,23 @@ def test_a_tick_locks_only_the_audiences_with_rows_due_and_their_readers(source)
     # a left buyers at the end of its day and is in carts again, its cart not two days old
     assert (members("buyers"), members("carts"), members("views")) == (set(), {"a"}, {"v"})
     assert not WindowExpiry.objects.filter(audience=weekly).exists()
+
+
+def test_an_erased_person_s_rows_go_with_them_and_a_row_left_behind_enters_nobody(source):
+    """The rows' keys have no constraint in the database: Django deletes them with the person,
+    and a row written for a person erased meanwhile is taken away by the tick, entering nobody."""
+    playbook()
+    send(source, "a", "Added to Cart", T0 - timedelta(minutes=30))
+    send(source, "b", "Added to Cart", T0 - timedelta(minutes=30))
+    evaluate_all(now=T0)
+    assert WindowExpiry.objects.filter(person__customer_id="a").count() == 2
+    person_erase(customer_id="a")
+    gone = Person.objects.get(customer_id="b")
+    rows = list(WindowExpiry.objects.filter(person=gone))
+    Person.objects.filter(pk=gone.pk).delete()  # Django takes its rows too: put them back, as a racing tick might
+    assert not WindowExpiry.objects.exists()
+    WindowExpiry.objects.bulk_create(rows)
+    assert evaluate_expired(now=T0 + timedelta(minutes=90) + TICK) == 1
+    assert not Membership.objects.exists()
+    evaluate_expired(now=T0 + timedelta(days=1))  # the end of the course it had
+    assert not WindowExpiry.objects.exists() and not Membership.objects.exists()
