@@ -360,7 +360,9 @@ class Membership(models.Model):
     """A person in an audience from `entered_at` until `exited_at`; re-entry is a new row."""
 
     # No index of their own: the indexes below lead with them. Every exit writes a new entry in
-    # each index (`exited_at` is in the open-membership one), so each index is paid per change.
+    # each index (`exited_at` is in the open-membership one), so each index is paid per change:
+    # none on exit times, which no query looks up (the current members are the open-membership
+    # index's; dropping it took a 10,000-person tick's writes from 438 to 397 ms).
     audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="memberships", db_index=False)
     person = models.ForeignKey(Person, on_delete=models.CASCADE, related_name="memberships", db_index=False)
     entered_at = models.DateTimeField()
@@ -384,7 +386,6 @@ class Membership(models.Model):
         indexes = [
             models.Index(fields=["person", "entered_at"], name="membership_person_time"),
             models.Index(fields=["audience", "entered_at"], name="membership_audience_entered"),
-            models.Index(fields=["audience", "exited_at"], name="membership_audience_exited"),
             # the lift: an audience's entries of a period that were part of a holdout, and each
             # person's first one among them
             models.Index(
