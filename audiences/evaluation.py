@@ -670,10 +670,10 @@ def evaluate_expired(*, limit: int = EXPIRY_BATCH, now: datetime | None = None) 
             realtime = realtime_in_order()
             due_in = set(WindowExpiry.objects.filter(due_at__lte=moment).values_list("audience_id", flat=True).distinct())
             # the rows of audiences that do not follow their windows any more are only taken away
-            gone = list(Audience.objects.filter(pk__in=due_in - {a.pk for a in realtime}).prefetch_related("exclusions"))
+            no_longer = list(Audience.objects.filter(pk__in=due_in - {a.pk for a in realtime}).prefetch_related("exclusions"))
             # among these audiences: no other audience's members change in a tick
-            reads = dependency_graph(realtime + gone)
-            gone = {a.pk: a.key for a in gone}
+            reads = dependency_graph(realtime + no_longer)
+            gone = {a.pk: a.key for a in no_longer}
             concerned = _concerned(realtime, due_in, gone, reads)
             # the audience rows first, in the order every evaluation takes them, the claim after:
             # a realtime pass that holds one may be about to rewrite a claimed person's times, and

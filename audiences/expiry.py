@@ -89,12 +89,14 @@ class Plan:
         rule = self.node(node) if turns(node) else None
         tree = rule
         if others:
-            tree = "all", (rule or self.fixed(compile_node(node, now)), self.left_out(others))
-            if rule is None or _may_hold(rule):
+            # the rule as it stands now, where it is read: no window of its, or one may hold outside them
+            holds = compile_node(node, now) if rule is None or _may_hold(rule) else None
+            tree = "all", (rule or self.fixed(holds), self.left_out(others))
+            if holds is not None:
                 # besides the windows' people, those whose course the others' can move: with a
                 # row there, and the rule holding (outside the windows' people it stays as it is)
                 rows = WindowExpiry.objects.filter(audience_id__in=list(others)).values("person_id")
-                self.people.append(Person.objects.filter(compile_node(node, now), pk__in=rows).values("pk"))
+                self.people.append(Person.objects.filter(holds, pk__in=rows).values("pk"))
         self.tree = tree
 
     def column(self, expression) -> str:
