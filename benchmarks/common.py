@@ -96,7 +96,8 @@ class Processes:
             raise RuntimeError(f"the {kind} contract server said {line!r}")
         return line.removeprefix("listening on ")
 
-    def start_web(self, env, port: int, workers: int, *, threads: int = 1) -> None:
+    def start_web(self, env, port: int, workers: int, *, threads: int = 1, flags: tuple[str, ...] = ()) -> None:
+        """gunicorn as deployed (its config file), no access log; `flags` go on its command line."""
         worker_class = ["--worker-class", "gthread", "--threads", str(threads)] if threads > 1 else ["--worker-class", "sync"]
         self.web = subprocess.Popen(
             [
@@ -111,6 +112,7 @@ class Processes:
                 "-w",
                 str(workers),
                 *worker_class,
+                *flags,
                 "--log-level",
                 "warning",
             ],

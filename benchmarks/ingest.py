@@ -25,7 +25,6 @@ import multiprocessing
 import os
 import random
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -35,13 +34,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import (  # noqa: E402
+    Processes,
     django_env,
     free_port,
     load_line,
     machine_line,
     manage,
     reset_database,
-    wait_for_port,
 )
 
 EVENTS = ("Product Viewed", "Added to Cart", "Checkout Started", "Order Completed")
@@ -360,32 +359,10 @@ def run_http(name: str, url: str, env: dict, key: str, args) -> dict:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f"TRUNCATE {STORE_TABLES} CASCADE")
     port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "config/gunicorn.conf.py",
-            "config.wsgi",
-            "-b",
-            f"127.0.0.1:{port}",
-            "-w",
-            str(args.workers),
-            "--worker-class",
-            "gthread",
-            "--threads",
-            str(args.threads),
-            "--keep-alive",
-            "30",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env={**env, "LOG_LEVEL": "ERROR", "GUNICORN_ACCESS_LOG": ""},
-    )
+    processes = Processes()
+    processes.start_web({**env, "LOG_LEVEL": "ERROR"}, port, args.workers, threads=args.threads, flags=("--keep-alive", "30"))
+    server = processes.web
     try:
-        wait_for_port(port)
         batches_needed = int(args.seconds * 400) + 100
         bodies = make_bodies(batches_needed, args.batch_size, args.people, seed=1)
         warm, _, _ = load(port, key, bodies[:40], args.concurrency, 10)  # warm up connections and caches
