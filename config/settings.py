@@ -112,8 +112,16 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- cache and worker -----------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
+# Installations (or test runs) that share one Redis database keep their keys apart by a prefix.
+CACHE_KEY_PREFIX = env.str("CACHE_KEY_PREFIX", default="")
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": CACHE_KEY_PREFIX,
+        }
+    }
 else:
     # A database cache so that the worker's cluster stats (written by the qcluster process)
     # are visible to the web process on the embedded default.

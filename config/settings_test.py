@@ -9,10 +9,12 @@ import tempfile
 
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
 os.environ.setdefault("DOWNSTREAM_ENCRYPTION_KEY", "GUTmjgfsx7nEwG3Rg2c5D6yyYeRc7Z2ZyAOgL8cP_7s=")
-# Runs side by side (a developer's and CI's) get their own test database and broker queue;
+# Runs side by side (a developer's and CI's) get their own test database and broker queue,
 # worker processes started by tests inherit these through the environment.
 RUN_ID = os.environ.setdefault("DOWNSTREAM_TEST_RUN", str(os.getpid()))
 os.environ.setdefault("Q_NAME", f"downstream-test-{RUN_ID}")
+# and their own keys in a shared Redis (an expiry waiter's lease, for one)
+os.environ.setdefault("CACHE_KEY_PREFIX", f"downstream-test-{RUN_ID}")
 # The contract servers tests send to listen on 127.0.0.1 (over http): let destinations reach them.
 os.environ.setdefault("DESTINATION_PRIVATE_HOSTS", "127.0.0.1,localhost")
 # Tests give file destinations folders under pytest's tmp_path: the temporary folder is their root.

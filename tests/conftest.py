@@ -4,7 +4,6 @@ import json
 
 import pytest
 from django.conf import settings
-from django.core.cache import cache
 
 from audiences.ingest import source_create
 from audiences.models import SCOPES, Event, EventStat, Person
@@ -13,12 +12,17 @@ from audiences.roles import RETENTION_MANAGER, VIEWER
 
 @pytest.fixture(autouse=True)
 def fresh_cache():
-    """Each test starts with an empty cache. Against Redis (`make test-postgres`) the cache is
-    shared by every test of the run and the workers they start: an expiry waiter's lease set by
-    one test kept the next test's worker from starting one (its exit came 25 s late). The
-    embedded default's cache is a table of the test database, emptied with it."""
+    """Each test starts with an empty cache. Against Redis (`make test-postgres`) the cache
+    outlives the test and is read by the workers tests start: an expiry waiter's lease set by
+    one test kept the next test's worker from starting one (its exit came 25 s late). Only this
+    run's keys go (its prefix): another run may share the Redis database. The embedded
+    default's cache is a table of the test database, emptied with it."""
     if settings.REDIS_URL:
-        cache.clear()
+        import redis
+
+        client = redis.from_url(settings.REDIS_URL)
+        for key in client.scan_iter(f"{settings.CACHE_KEY_PREFIX}:*"):
+            client.delete(key)
 
 
 def logged_in(client, role: str, username: str):
