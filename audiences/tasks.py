@@ -14,10 +14,14 @@ from .expiry import next_due_at
 
 # The expiry waiter: one task at a time (a lease in the cache, renewed as it goes) holds a
 # worker while a realtime window is about to end, and looks at the next due time at least every
-# EXPIRY_POLL_S, so that exits land within seconds of the window's end.
+# EXPIRY_POLL_S, so that exits land within seconds of the window's end. The lease's value is the
+# waiter's token and the time it was last renewed.
 EXPIRY_LEASE = "audiences:expiry-waiter"
 EXPIRY_LEASE_S = 10
 EXPIRY_POLL_S = 1.0
+# A waiter renews its lease after every look (at least every EXPIRY_POLL_S, plus what it
+# evaluated): a lease left as it is this long belongs to a waiter that died with its worker.
+EXPIRY_STALE_S = 2.5
 # A time further off than this: the waiter lets its worker go, and a tick starts one in time
 # (the once-a-minute ticks come up to ~90 s apart).
 EXPIRY_HORIZON = timedelta(minutes=2)
@@ -50,17 +54,21 @@ def wake_expiry_waiter() -> bool:
     return True
 
 
-def evaluate_expiring_people(token: str = "", *, sleep=time.sleep) -> int:
+def evaluate_expiring_people(token: str = "", *, takeover: bool = False, sleep=time.sleep) -> int:
     """The expiry waiter: evaluate the people whose time has come as it comes (and those ingest
     queued meanwhile, should the other workers be busy), sleeping until the next due time;
-    stop when none is within the horizon. `token` is the lease handed over by the last turn."""
+    stop when none is within the horizon. `token` is the lease handed over by the last turn;
+    `takeover`: started by a worker that has just started, which takes the lease over if it
+    is not renewed (the waiter died with the worker or the cluster it ran in)."""
     token = token or secrets.token_hex(8)
-    if cache.get(EXPIRY_LEASE) != token and not cache.add(EXPIRY_LEASE, token, EXPIRY_LEASE_S):
+    if not _take_lease(token, takeover, sleep):
         return 0  # another waiter runs
     done, turn_ends = 0, time.monotonic() + EXPIRY_TURN_S
     while True:
         done += evaluate_pending() + evaluate_expired()
-        cache.set(EXPIRY_LEASE, token, EXPIRY_LEASE_S)
+        if _holder(cache.get(EXPIRY_LEASE)) not in (token, None):
+            return done  # taken over while this one was slow to renew it: the other goes on
+        cache.set(EXPIRY_LEASE, _lease(token), EXPIRY_LEASE_S)
         due, now = next_due_at(), timezone.now()
         if due is None or due > now + EXPIRY_HORIZON:
             cache.delete(EXPIRY_LEASE)
@@ -69,6 +77,36 @@ def evaluate_expiring_people(token: str = "", *, sleep=time.sleep) -> int:
             async_task("audiences.tasks.evaluate_expiring_people", token, task_name="evaluate expiring people")
             return done
         sleep(min(max((due - now).total_seconds(), 0.0), EXPIRY_POLL_S))
+
+
+def _lease(token: str) -> str:
+    return f"{token}:{time.time():.6f}"
+
+
+def _holder(lease: str | None) -> str | None:
+    return lease.split(":", 1)[0] if lease else None
+
+
+def _take_lease(token: str, takeover: bool, sleep) -> bool:
+    """Whether this task holds the waiter's lease: it was handed over, or there was none. With
+    `takeover`, a lease held by another is watched until it is renewed (its waiter lives: False)
+    or for EXPIRY_STALE_S without (its waiter died: taken over)."""
+    held = cache.get(EXPIRY_LEASE)
+    if _holder(held) == token or cache.add(EXPIRY_LEASE, _lease(token), EXPIRY_LEASE_S):
+        return True
+    if not takeover:
+        return False
+    watched = 0.0
+    while watched < EXPIRY_STALE_S:
+        sleep(EXPIRY_POLL_S / 4)
+        watched += EXPIRY_POLL_S / 4
+        now = cache.get(EXPIRY_LEASE)
+        if now is None:  # let go (or lapsed) meanwhile
+            return cache.add(EXPIRY_LEASE, _lease(token), EXPIRY_LEASE_S)
+        if now != held:
+            return False
+    cache.set(EXPIRY_LEASE, _lease(token), EXPIRY_LEASE_S)
+    return True
 
 
 def enqueue_pending_evaluation(sender=None, person_ids=(), **kwargs):
@@ -89,3 +127,8 @@ def resume_pending_evaluation(sender=None, **kwargs):
     ingest queued while no worker ran, at once rather than at the scheduler's first tick, which
     django-q runs about 30 s after the cluster starts."""
     enqueue_at_worker_start("audiences.tasks.evaluate_pending_people", "resume pending evaluation")
+    # the waiter may have run in the worker that died (this one replaces it), or in the cluster
+    # that was restarted: its lease would keep any other from starting until it lapsed, and
+    # exits would wait for the minute's tick
+    if not Conf.SYNC and cache.get(EXPIRY_LEASE):
+        async_task("audiences.tasks.evaluate_expiring_people", takeover=True, task_name="take the expiry waiter over")

@@ -18,7 +18,8 @@ in full at the data's `now` (its realtime audiences' times written):
 * exit latency with the worker running: `planted` new people, each with an Added to Cart whose
   two hours end 8 to 38 seconds from now (wall clock), ingested in one batch; one qcluster
   (this database, its ORM broker); the time from each window's end to the bench process seeing
-  the exit written (polled every 20 ms), then the consistency check at that moment. The planted
+  the exit written (polled every 20 ms), then the consistency check at that moment; then again
+  with the qcluster SIGKILLed 20 s after planting and started again at once. The planted
   people are deleted afterwards, so the data stays datagen's.
 
 Database time is the time spent in the database driver's execute (each statement's round trip);
@@ -240,7 +241,9 @@ def write_floor(at, audience_ids: list[int], rows_due: int, changes) -> float:
     return spent
 
 
-def exit_latency(backend: str, planted: int = 200, seed: int = 4) -> None:
+def exit_latency(backend: str, planted: int = 200, seed: int = 4, crash_after: float | None = None) -> None:
+    """`crash_after`: seconds after planting at which the qcluster is SIGKILLed (its whole
+    process group, the waiter with it) and started again at once."""
     from django.db import close_old_connections
     from django.utils import timezone
 
@@ -261,6 +264,7 @@ def exit_latency(backend: str, planted: int = 200, seed: int = 4) -> None:
     source = Source.objects.filter(name="bench-expiry").first() or source_create(name="bench-expiry")[0]
     processes = Processes()
     processes.start_worker(os.environ.copy())
+    killed_at = None
     try:
         warm = f"{PLANTED_PREFIX}warm-up"
         ingest_messages(
@@ -281,8 +285,13 @@ def exit_latency(backend: str, planted: int = 200, seed: int = 4) -> None:
         ]
         ingest_messages(source=source, messages=messages, received_at=now)
         seen = {}
-        deadline = time.monotonic() + 120
+        planted_at = time.monotonic()
+        deadline = planted_at + 120
         while len(seen) < planted and time.monotonic() < deadline:
+            if crash_after is not None and killed_at is None and time.monotonic() - planted_at >= crash_after:
+                processes.kill_worker()
+                killed_at = timezone.now()
+                processes.start_worker(os.environ.copy())
             close_old_connections()
             for cid, exited in Membership.objects.filter(
                 audience__key="cart_0_2h", person__customer_id__in=list(set(ends) - set(seen)), exited_at__isnull=False
@@ -293,8 +302,19 @@ def exit_latency(backend: str, planted: int = 200, seed: int = 4) -> None:
         processes.stop()
     late = sorted((observed - ends[cid]).total_seconds() for cid, (observed, _) in seen.items())
     written = sorted((exited - ends[cid]).total_seconds() for cid, (_, exited) in seen.items())
+    crash = ""
+    if killed_at is not None:
+        after = [
+            (observed - ends[cid]).total_seconds()
+            for cid, (observed, _) in seen.items()
+            if 0 <= (ends[cid] - killed_at).total_seconds() < 10
+        ]
+        crash = (
+            f", the qcluster SIGKILLed {crash_after:.0f} s after planting and started again at once "
+            f"(the {len(after)} carts whose window ended in the 10 s after the kill: max {max(after, default=0):.2f} s late)"
+        )
     print(
-        f"[{backend}] exit latency, {planted} carts whose 2 h end 8-38 s after planting, one qcluster running: "
+        f"[{backend}] exit latency, {planted} carts whose 2 h end 8-38 s after planting, one qcluster running{crash}: "
         f"{len(seen)} exits seen; window end -> exit seen p50 {statistics.median(late):.2f} s, "
         f"p95 {percentile(late, 0.95):.2f} s, max {late[-1]:.2f} s (target p95 <= 5 s); "
         f"exit time written - window end p95 {percentile(written, 0.95):.2f} s"
@@ -308,3 +328,4 @@ def exit_latency(backend: str, planted: int = 200, seed: int = 4) -> None:
 def report(backend: str, now, people: int) -> None:
     tick_figures(backend, now, people)
     exit_latency(backend)
+    exit_latency(backend, crash_after=20)

@@ -18,7 +18,7 @@ from audiences.expiry import TICK, course_of, mark_due
 from audiences.ingest import person_erase, source_create
 from audiences.models import Audience, Membership, Person, WindowExpiry
 from audiences.services import audience_save
-from audiences.tasks import EXPIRY_LEASE, EXPIRY_POLL_S, evaluate_expiring_people
+from audiences.tasks import EXPIRY_LEASE, EXPIRY_POLL_S, EXPIRY_STALE_S, evaluate_expiring_people
 from syncs.models import Alert
 from syncs.monitoring import check_alerts
 from tests.audiences.test_evaluation import T0, identify, members, playbook, send
@@ -325,6 +325,73 @@ def test_the_waiter_evaluates_each_person_when_their_time_comes_then_lets_its_wo
 def test_a_second_waiter_leaves_it_to_the_first(source):
     cache.set(EXPIRY_LEASE, "another", 10)
     assert evaluate_expiring_people(sleep=lambda s: pytest.fail("must not wait")) == 0
+
+
+def two_carts_ending_soon(source):
+    audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
+    send(source, "a", "Added to Cart", T0 - timedelta(hours=2) + timedelta(seconds=3))
+    send(source, "b", "Added to Cart", T0 - timedelta(hours=2) + timedelta(seconds=5))
+    evaluate_pending(now=T0)
+    evaluate_all(now=T0)
+
+
+def test_a_waiter_started_by_a_new_worker_takes_over_a_lease_nobody_renews(source):
+    # the waiter died with its worker (or its cluster) a moment ago, its lease still there
+    two_carts_ending_soon(source)
+    cache.set(EXPIRY_LEASE, "dead:1700000000.000000", 10)
+    slept = []
+    with time_machine.travel(T0, tick=False) as traveller:
+
+        def sleep(seconds):
+            slept.append(seconds)
+            traveller.shift(seconds)
+
+        assert evaluate_expiring_people(sleep=sleep) == 0  # not started by a new worker: leaves it be
+        assert evaluate_expiring_people(takeover=True, sleep=sleep) == 2
+    assert members("carts") == set()
+    watched = slept[: next(i for i, s in enumerate(slept) if s != EXPIRY_POLL_S / 4)]
+    assert sum(watched) == pytest.approx(EXPIRY_STALE_S)  # watched that long, then taken over
+    assert cache.get(EXPIRY_LEASE) is None  # and let go once nothing was due any more
+
+
+def test_a_waiter_started_by_a_new_worker_leaves_a_lease_that_is_renewed_to_its_waiter(source):
+    two_carts_ending_soon(source)
+    cache.set(EXPIRY_LEASE, "alive:1.0", 10)
+    slept = []
+
+    def sleep(seconds):  # meanwhile the live waiter renews its lease
+        slept.append(seconds)
+        cache.set(EXPIRY_LEASE, f"alive:{1 + len(slept)}.0", 10)
+
+    assert evaluate_expiring_people(takeover=True, sleep=sleep) == 0
+    assert slept == [EXPIRY_POLL_S / 4] and cache.get(EXPIRY_LEASE) == "alive:2.0"
+    assert members("carts") == {"a", "b"}  # left to the live waiter
+
+
+def test_a_waiter_whose_lease_was_taken_over_stops(source):
+    two_carts_ending_soon(source)
+    with time_machine.travel(T0, tick=False) as traveller:
+
+        def sleep(seconds):  # it was slow to renew: a new worker's waiter took over
+            traveller.shift(seconds)
+            cache.set(EXPIRY_LEASE, "newer:2.0", 10)
+
+        assert evaluate_expiring_people(sleep=sleep) == 0  # nobody's time had come before it slept
+        assert cache.get(EXPIRY_LEASE) == "newer:2.0"  # neither renewed nor let go: the other's
+    assert members("carts") == {"a", "b"}  # left to the other
+
+
+def test_a_new_worker_starts_a_takeover_only_while_a_lease_is_held(settings, monkeypatch):
+    from audiences import tasks
+
+    queued = []
+    monkeypatch.setattr(tasks.Conf, "SYNC", False)
+    monkeypatch.setattr(tasks, "async_task", lambda func, *args, **kwargs: queued.append((func, kwargs.get("takeover"))))
+    tasks.resume_pending_evaluation()
+    assert queued == [("audiences.tasks.evaluate_pending_people", None)]
+    cache.set(EXPIRY_LEASE, "someone:1.0", 10)
+    tasks.resume_pending_evaluation()
+    assert queued[1:] == [("audiences.tasks.evaluate_pending_people", None), ("audiences.tasks.evaluate_expiring_people", True)]
 
 
 def test_the_consistency_check_command_prints_what_each_check_corrected(source):
