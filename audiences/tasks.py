@@ -1,16 +1,20 @@
 """Worker entry points. Tasks take ids, are idempotent, and call one service each."""
 
+import logging
 import secrets
 import time
 from datetime import timedelta
 
 from django.core.cache import cache
+from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 from django_q.conf import Conf
 from django_q.tasks import async_task
 
 from .evaluation import evaluate_due, evaluate_expired, evaluate_pending
 from .expiry import next_due_at
+
+logger = logging.getLogger(__name__)
 
 # The expiry waiter: one task at a time (a lease in the cache, renewed as it goes) holds a
 # worker while a realtime window is about to end, and looks at the next due time at least every
@@ -29,11 +33,30 @@ EXPIRY_HORIZON = timedelta(minutes=2)
 EXPIRY_TURN_S = 10.0
 
 
-def evaluate_pending_people():
+# A realtime pass the database fails (a cut connection: a failover, a restarted server) is tried
+# again this many times in all, a second apart, rather than leaving the people it had to evaluate
+# queued until the next wake-up (the next request's, or the minute's tick in a quiet hour).
+PENDING_ATTEMPTS = 5
+
+
+def evaluate_pending_people(*, sleep=time.sleep):
     """Realtime audiences for the people ingest queued; a burst coalesces into one pass."""
-    done = evaluate_pending()
-    wake_expiry_waiter()
-    return done
+    for attempt in range(1, PENDING_ATTEMPTS + 1):
+        try:
+            done = evaluate_pending()
+            wake_expiry_waiter()
+            return done
+        except (OperationalError, InterfaceError) as error:
+            if attempt == PENDING_ATTEMPTS:
+                raise
+            _database_failed("realtime evaluation", error)
+            sleep(EXPIRY_POLL_S)
+
+
+def _database_failed(what: str, error) -> None:
+    logger.warning("%s: the database failed (%s); trying again in %.0f s", what, error, EXPIRY_POLL_S)
+    if not connection.in_atomic_block:  # a new connection next time (a caller's transaction is the caller's)
+        connection.close()
 
 
 def evaluate_due_audiences():
@@ -65,11 +88,22 @@ def evaluate_expiring_people(token: str = "", *, takeover: bool = False, sleep=t
         return 0  # another waiter runs
     done, turn_ends = 0, time.monotonic() + EXPIRY_TURN_S
     while True:
-        done += evaluate_pending() + evaluate_expired()
-        if _holder(cache.get(EXPIRY_LEASE)) not in (token, None):
-            return done  # taken over while this one was slow to renew it: the other goes on
-        cache.set(EXPIRY_LEASE, _lease(token), EXPIRY_LEASE_S)
-        due, now = next_due_at(), timezone.now()
+        try:
+            done += evaluate_pending() + evaluate_expired()
+            if _holder(cache.get(EXPIRY_LEASE)) not in (token, None):
+                return done  # taken over while this one was slow to renew it: the other goes on
+            cache.set(EXPIRY_LEASE, _lease(token), EXPIRY_LEASE_S)
+            due, now = next_due_at(), timezone.now()
+        except (OperationalError, InterfaceError) as error:
+            # the connection was cut (a failover, a restarted server) or the database is away:
+            # look again with a new connection in a moment, lease kept, instead of failing the
+            # task and leaving the exits to the scheduler's next tick
+            _database_failed("expiry waiter", error)
+            if time.monotonic() >= turn_ends:
+                _let_go(token)  # the next wake-up (ingest, the minute's tick) starts another
+                raise
+            sleep(EXPIRY_POLL_S)
+            continue
         if due is None or due > now + EXPIRY_HORIZON:
             cache.delete(EXPIRY_LEASE)
             return done
@@ -81,6 +115,14 @@ def evaluate_expiring_people(token: str = "", *, takeover: bool = False, sleep=t
 
 def _lease(token: str) -> str:
     return f"{token}:{time.time():.6f}"
+
+
+def _let_go(token: str) -> None:
+    try:
+        if _holder(cache.get(EXPIRY_LEASE)) == token:
+            cache.delete(EXPIRY_LEASE)
+    except (OperationalError, InterfaceError):
+        pass  # a cache in the database that is away: the lease lapses by itself
 
 
 def _holder(lease: str | None) -> str | None:

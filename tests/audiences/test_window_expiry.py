@@ -12,6 +12,7 @@ from django.core.cache import cache
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from audiences.evaluation import evaluate_all, evaluate_due, evaluate_expired, evaluate_pending
 from audiences.expiry import TICK, course_of, mark_due
@@ -379,6 +380,59 @@ def test_a_waiter_whose_lease_was_taken_over_stops(source):
         assert evaluate_expiring_people(sleep=sleep) == 0  # nobody's time had come before it slept
         assert cache.get(EXPIRY_LEASE) == "newer:2.0"  # neither renewed nor let go: the other's
     assert members("carts") == {"a", "b"}  # left to the other
+
+
+def test_the_waiter_looks_again_when_the_database_fails_instead_of_failing_its_task(source, monkeypatch, caplog):
+    from django.db import OperationalError
+
+    from audiences import tasks
+
+    two_carts_ending_soon(source)
+    failures = iter([OperationalError("server closed the connection unexpectedly")])
+
+    def evaluate_expired_or_fail():
+        for error in failures:
+            raise error
+        return evaluate_expired()
+
+    monkeypatch.setattr(tasks, "evaluate_expired", evaluate_expired_or_fail)
+    with time_machine.travel(T0, tick=False) as traveller:
+        assert evaluate_expiring_people(sleep=traveller.shift) == 2
+    assert members("carts") == set() and cache.get(EXPIRY_LEASE) is None
+    assert "expiry waiter: the database failed (server closed the connection unexpectedly)" in caplog.text
+
+
+def test_a_realtime_pass_the_database_fails_is_tried_again_a_second_later(source, monkeypatch, caplog):
+    from django.db import OperationalError
+
+    from audiences import tasks
+    from audiences.models import PendingEvaluation
+
+    audience_save(data={"key": "buyers", "name": "Buyers", "rule": {"event": "Order Completed", "within": "24h"}})
+    send(source, "a", "Order Completed", timezone.now())
+    real = tasks.evaluate_pending
+    calls = []
+
+    def failing(times):
+        def evaluate_pending():
+            calls.append(1)
+            if len(calls) <= times:
+                raise OperationalError("terminating connection due to administrator command")
+            return real()
+
+        return evaluate_pending
+
+    monkeypatch.setattr(tasks, "evaluate_pending", failing(tasks.PENDING_ATTEMPTS))
+    slept = []
+    with pytest.raises(OperationalError):  # it gives up in the end, the person still queued
+        tasks.evaluate_pending_people(sleep=slept.append)
+    assert slept == [EXPIRY_POLL_S] * (tasks.PENDING_ATTEMPTS - 1) and PendingEvaluation.objects.count() == 1
+    assert "realtime evaluation: the database failed (terminating connection" in caplog.text
+    calls.clear()
+    slept.clear()
+    monkeypatch.setattr(tasks, "evaluate_pending", failing(2))
+    assert tasks.evaluate_pending_people(sleep=slept.append) == 1
+    assert slept == [EXPIRY_POLL_S] * 2 and members("buyers") == {"a"} and not PendingEvaluation.objects.exists()
 
 
 def test_a_new_worker_starts_a_takeover_only_while_a_lease_is_held(settings, monkeypatch):

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 import requests
 from django.core.cache import cache
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from audiences.ingest import source_create
@@ -84,3 +84,26 @@ def test_a_cart_leaves_within_seconds_when_the_worker_waiting_for_it_died_just_b
         late = seconds_late("u1", ended)
         print(f"left {late:.2f} s after the window ended, the worker killed 1 s before it and restarted")
         assert 0 < late < 10
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'", reason="drops the connections of PostgreSQL's other sessions")
+def test_a_cart_leaves_within_seconds_when_the_database_dropped_the_waiters_connection():
+    # a failover or a restarted server: every other session's connection is cut two seconds
+    # before the window ends, the waiter's among them
+    audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
+    _, key = source_create(name="web")
+    with running_stack() as stack:
+        cart(stack, key, "warm-up", timezone.now())
+        wait_until(lambda: membership("warm-up"), timeout=30)
+        ended = cart_ending_in(stack, key, "u1", 6)
+        wait_until(lambda: cache.get(EXPIRY_LEASE))
+        time.sleep(max((ended - timezone.now()).total_seconds() - 2, 0))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            assert cursor.fetchone()[0] >= 1
+        late = seconds_late("u1", ended)
+        print(f"left {late:.2f} s after the window ended, the database's connections cut 2 s before it")
+        assert 0 < late < 5
