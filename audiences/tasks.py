@@ -142,10 +142,10 @@ def _take_lease(token: str, takeover: bool, sleep) -> bool:
     while watched < EXPIRY_STALE_S:
         sleep(EXPIRY_POLL_S / 4)
         watched += EXPIRY_POLL_S / 4
-        now = cache.get(EXPIRY_LEASE)
-        if now is None:  # let go (or lapsed) meanwhile
+        seen = cache.get(EXPIRY_LEASE)
+        if seen is None:  # let go (or lapsed) meanwhile
             return cache.add(EXPIRY_LEASE, _lease(token), EXPIRY_LEASE_S)
-        if now != held:
+        if seen != held:
             return False
     cache.set(EXPIRY_LEASE, _lease(token), EXPIRY_LEASE_S)
     return True

@@ -12,7 +12,6 @@ from django.core.cache import cache
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from django.utils import timezone
 
 from audiences.evaluation import evaluate_all, evaluate_due, evaluate_expired, evaluate_pending
 from audiences.expiry import TICK, course_of, mark_due
@@ -302,12 +301,17 @@ def test_a_full_evaluation_makes_the_people_it_changed_due_for_the_realtime_audi
     assert members("carts") == set()
 
 
-def test_the_waiter_evaluates_each_person_when_their_time_comes_then_lets_its_worker_go(source):
+def two_carts_ending_soon(source):
+    """Carts of a and b whose 2 hours end 3 and 5 s after T0, evaluated at T0."""
     audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
     send(source, "a", "Added to Cart", T0 - timedelta(hours=2) + timedelta(seconds=3))
     send(source, "b", "Added to Cart", T0 - timedelta(hours=2) + timedelta(seconds=5))
     evaluate_pending(now=T0)
     evaluate_all(now=T0)
+
+
+def test_the_waiter_evaluates_each_person_when_their_time_comes_then_lets_its_worker_go(source):
+    two_carts_ending_soon(source)
     slept = []
     with time_machine.travel(T0, tick=False) as traveller:
 
@@ -326,14 +330,6 @@ def test_the_waiter_evaluates_each_person_when_their_time_comes_then_lets_its_wo
 def test_a_second_waiter_leaves_it_to_the_first(source):
     cache.set(EXPIRY_LEASE, "another", 10)
     assert evaluate_expiring_people(sleep=lambda s: pytest.fail("must not wait")) == 0
-
-
-def two_carts_ending_soon(source):
-    audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
-    send(source, "a", "Added to Cart", T0 - timedelta(hours=2) + timedelta(seconds=3))
-    send(source, "b", "Added to Cart", T0 - timedelta(hours=2) + timedelta(seconds=5))
-    evaluate_pending(now=T0)
-    evaluate_all(now=T0)
 
 
 def test_a_waiter_started_by_a_new_worker_takes_over_a_lease_nobody_renews(source):
@@ -409,7 +405,7 @@ def test_a_realtime_pass_the_database_fails_is_tried_again_a_second_later(source
     from audiences.models import PendingEvaluation
 
     audience_save(data={"key": "buyers", "name": "Buyers", "rule": {"event": "Order Completed", "within": "24h"}})
-    send(source, "a", "Order Completed", timezone.now())
+    send(source, "a", "Order Completed", T0)
     real = tasks.evaluate_pending
     calls = []
 
@@ -424,18 +420,19 @@ def test_a_realtime_pass_the_database_fails_is_tried_again_a_second_later(source
 
     monkeypatch.setattr(tasks, "evaluate_pending", failing(tasks.PENDING_ATTEMPTS))
     slept = []
-    with pytest.raises(OperationalError):  # it gives up in the end, the person still queued
-        tasks.evaluate_pending_people(sleep=slept.append)
-    assert slept == [EXPIRY_POLL_S] * (tasks.PENDING_ATTEMPTS - 1) and PendingEvaluation.objects.count() == 1
-    assert "realtime evaluation: the database failed (terminating connection" in caplog.text
-    calls.clear()
-    slept.clear()
-    monkeypatch.setattr(tasks, "evaluate_pending", failing(2))
-    assert tasks.evaluate_pending_people(sleep=slept.append) == 1
+    with time_machine.travel(T0, tick=False):
+        with pytest.raises(OperationalError):  # it gives up in the end, the person still queued
+            tasks.evaluate_pending_people(sleep=slept.append)
+        assert slept == [EXPIRY_POLL_S] * (tasks.PENDING_ATTEMPTS - 1) and PendingEvaluation.objects.count() == 1
+        assert "realtime evaluation: the database failed (terminating connection" in caplog.text
+        calls.clear()
+        slept.clear()
+        monkeypatch.setattr(tasks, "evaluate_pending", failing(2))
+        assert tasks.evaluate_pending_people(sleep=slept.append) == 1
     assert slept == [EXPIRY_POLL_S] * 2 and members("buyers") == {"a"} and not PendingEvaluation.objects.exists()
 
 
-def test_a_new_worker_starts_a_takeover_only_while_a_lease_is_held(settings, monkeypatch):
+def test_a_new_worker_starts_a_takeover_only_while_a_lease_is_held(monkeypatch):
     from audiences import tasks
 
     queued = []

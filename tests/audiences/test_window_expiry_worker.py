@@ -3,6 +3,7 @@ the audience within seconds of its window's end, with no new event and no full e
 does so too when the worker that waited for it died a moment before."""
 
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -53,12 +54,25 @@ def seconds_late(customer_id, ended) -> float:
     return (left.exited_at - ended).total_seconds()
 
 
-def test_a_cart_leaves_within_seconds_of_its_window_ending():
+@contextmanager
+def carts_with_a_worker():
+    """The carts audience, a web server and a worker that has evaluated a first cart: (stack, key)."""
     audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
     _, key = source_create(name="web")
     with running_stack() as stack:
         cart(stack, key, "warm-up", timezone.now())  # once this one is in, the worker is up
         wait_until(lambda: membership("warm-up"), timeout=30)
+        yield stack, key
+
+
+def while_the_waiter_waits(ended, seconds_before: float) -> None:
+    """Once the waiter holds its lease, until `seconds_before` the window's end."""
+    wait_until(lambda: cache.get(EXPIRY_LEASE))
+    time.sleep(max((ended - timezone.now()).total_seconds() - seconds_before, 0))
+
+
+def test_a_cart_leaves_within_seconds_of_its_window_ending():
+    with carts_with_a_worker() as (stack, key):
         ended = cart_ending_in(stack, key, "u1", 4)
         late = seconds_late("u1", ended)
         print(f"left {late:.2f} s after the window ended")
@@ -69,14 +83,9 @@ def test_a_cart_leaves_within_seconds_when_the_worker_waiting_for_it_died_just_b
     # The cluster is killed a second before the window ends, its waiter's lease still in the
     # cache, and started again at once: a new worker takes the lease over once nobody renews
     # it, instead of leaving the exit to the scheduler's first tick (~30 s later)
-    audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
-    _, key = source_create(name="web")
-    with running_stack() as stack:
-        cart(stack, key, "warm-up", timezone.now())
-        wait_until(lambda: membership("warm-up"), timeout=30)
+    with carts_with_a_worker() as (stack, key):
         ended = cart_ending_in(stack, key, "u1", 6)
-        wait_until(lambda: cache.get(EXPIRY_LEASE))  # the waiter waits for it
-        time.sleep(max((ended - timezone.now()).total_seconds() - 1, 0))
+        while_the_waiter_waits(ended, 1)
         lease = cache.get(EXPIRY_LEASE)
         stack.kill_worker(stack.workers[0])
         assert membership("u1").exited_at is None and lease
@@ -90,14 +99,9 @@ def test_a_cart_leaves_within_seconds_when_the_worker_waiting_for_it_died_just_b
 def test_a_cart_leaves_within_seconds_when_the_database_dropped_the_waiters_connection():
     # a failover or a restarted server: every other session's connection is cut two seconds
     # before the window ends, the waiter's among them
-    audience_save(data={"key": "carts", "name": "Carts", "rule": {"event": "Added to Cart", "within": "2h"}})
-    _, key = source_create(name="web")
-    with running_stack() as stack:
-        cart(stack, key, "warm-up", timezone.now())
-        wait_until(lambda: membership("warm-up"), timeout=30)
+    with carts_with_a_worker() as (stack, key):
         ended = cart_ending_in(stack, key, "u1", 6)
-        wait_until(lambda: cache.get(EXPIRY_LEASE))
-        time.sleep(max((ended - timezone.now()).total_seconds() - 2, 0))
+        while_the_waiter_waits(ended, 2)
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
