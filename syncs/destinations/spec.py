@@ -40,6 +40,19 @@ class Setting:
         return None
 
 
+def base_url(default: str, help: str) -> Setting:
+    """The address of a kind's API: an endpoint setting, so the credentials entered for it go
+    nowhere else."""
+    return Setting(
+        "base_url",
+        "base URL",
+        type="url",
+        default=default,
+        endpoint=True,
+        help=help,
+    )
+
+
 @dataclass(frozen=True)
 class Credential:
     """One write-only secret: stored encrypted, never shown again. A `mapping` credential is a

@@ -24,7 +24,7 @@ of service were accepted; set `customer_match_terms` to ACCEPTED once they are.
 
 import re
 
-from ..spec import MEMBERSHIP, Credential, DestinationSpec, Setting
+from ..spec import MEMBERSHIP, Credential, DestinationSpec, Setting, base_url
 from .identifiers import MATCH_KEYS
 from .transport import (
     ACCOUNT_TYPES,
@@ -59,14 +59,7 @@ SPEC = DestinationSpec(
     label="Google (Data Manager API)",
     transport=Transport,
     settings=(
-        Setting(
-            "base_url",
-            "base URL",
-            type="url",
-            default=DEFAULT_BASE_URL,
-            endpoint=True,
-            help="The Data Manager API's address; the access token belongs to it.",
-        ),
+        base_url(DEFAULT_BASE_URL, "The Data Manager API's address; the access token belongs to it."),
         Setting(
             "operating_account_type",
             "operating account type",

@@ -1,6 +1,6 @@
 """LiveLike: its spec and its transport (the Producer API its Segment integration uses)."""
 
-from ..spec import EVENTS, MEMBERSHIP, Credential, DestinationSpec, Setting
+from ..spec import EVENTS, MEMBERSHIP, Credential, DestinationSpec, Setting, base_url
 from .transport import DEFAULT_BASE_URL, MAX_BATCH, Transport
 
 SPEC = DestinationSpec(
@@ -8,14 +8,7 @@ SPEC = DestinationSpec(
     label="LiveLike",
     transport=Transport,
     settings=(
-        Setting(
-            "base_url",
-            "base URL",
-            type="url",
-            default=DEFAULT_BASE_URL,
-            endpoint=True,
-            help="The Producer API's address; the credentials belong to it.",
-        ),
+        base_url(DEFAULT_BASE_URL, "The Producer API's address; the credentials belong to it."),
         Setting("client_id", "client id", required=True, help="The LiveLike application's client id."),
     ),
     credentials=(Credential("producer_token", "LiveLike producer token", required=True),),

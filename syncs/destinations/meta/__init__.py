@@ -1,7 +1,7 @@
 """Meta Custom Audiences: its spec, its match keys and its transport (customer-list uploads of
 hashed identifiers, a weekly full replace, and a read-back of Meta's approximate count)."""
 
-from ..spec import MEMBERSHIP, Credential, DestinationSpec, Setting
+from ..spec import MEMBERSHIP, Credential, DestinationSpec, Setting, base_url
 from .identifiers import MATCH_KEYS
 from .transport import API_VERSION, DEFAULT_API_VERSION, DEFAULT_BASE_URL, MAX_BATCH, Transport
 
@@ -18,14 +18,7 @@ SPEC = DestinationSpec(
     label="Meta Custom Audiences",
     transport=Transport,
     settings=(
-        Setting(
-            "base_url",
-            "base URL",
-            type="url",
-            default=DEFAULT_BASE_URL,
-            endpoint=True,
-            help="The Graph API's address; the access token belongs to it.",
-        ),
+        base_url(DEFAULT_BASE_URL, "The Graph API's address; the access token belongs to it."),
         Setting(
             "api_version",
             "Graph API version",

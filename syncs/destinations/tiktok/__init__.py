@@ -1,7 +1,7 @@
 """TikTok: its spec and its transport (the Business API's DMP custom audience file upload and
 update). A sync's downstream audience id is the TikTok custom_audience_id."""
 
-from ..spec import MEMBERSHIP, Credential, DestinationSpec, Setting
+from ..spec import MEMBERSHIP, Credential, DestinationSpec, Setting, base_url
 from .identifiers import CALCULATE_TYPES, EMAIL_SHA256, MATCH_KEYS, calculate_type_for
 from .transport import DEFAULT_BASE_URL, MAX_BATCH, Transport
 
@@ -39,14 +39,7 @@ SPEC = TikTokSpec(
     label="TikTok",
     transport=Transport,
     settings=(
-        Setting(
-            "base_url",
-            "base URL",
-            type="url",
-            default=DEFAULT_BASE_URL,
-            endpoint=True,
-            help="The Business API's address; the access token belongs to it.",
-        ),
+        base_url(DEFAULT_BASE_URL, "The Business API's address; the access token belongs to it."),
         Setting("advertiser_id", "advertiser id", required=True, help="The TikTok ad account the audiences belong to."),
         Setting(
             "calculate_type",
