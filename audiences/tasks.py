@@ -129,17 +129,30 @@ def _holder(lease: str | None) -> str | None:
     return lease.split(":", 1)[0] if lease else None
 
 
+def _stale(lease: str | None) -> bool:
+    """Whether a lease was last renewed EXPIRY_STALE_S ago or more. A waiter on a host whose
+    clock is behind looks stale early: a worker that starts takes over from it, and it stops
+    at its next look (one handover, no exit missed)."""
+    try:
+        renewed = float(lease.split(":", 1)[1])
+    except (AttributeError, IndexError, ValueError):
+        return False  # no time in it: watched for EXPIRY_STALE_S
+    return time.time() - renewed >= EXPIRY_STALE_S
+
+
 def _take_lease(token: str, takeover: bool, sleep) -> bool:
     """Whether this task holds the waiter's lease: it was handed over, or there was none. With
     `takeover`, a lease held by another is watched until it is renewed (its waiter lives: False)
-    or for EXPIRY_STALE_S without (its waiter died: taken over)."""
+    or until EXPIRY_STALE_S have passed since it was, by the time it holds (its waiter died:
+    taken over), and for EXPIRY_STALE_S at most: a cluster started again at once takes over
+    when the dead waiter's lease is 2.5 s old, not 2.5 s after it starts."""
     held = cache.get(EXPIRY_LEASE)
     if _holder(held) == token or cache.add(EXPIRY_LEASE, _lease(token), EXPIRY_LEASE_S):
         return True
     if not takeover:
         return False
     watched = 0.0
-    while watched < EXPIRY_STALE_S:
+    while watched < EXPIRY_STALE_S and not _stale(held):
         sleep(EXPIRY_POLL_S / 4)
         watched += EXPIRY_POLL_S / 4
         seen = cache.get(EXPIRY_LEASE)

@@ -1,6 +1,7 @@
 """Window expiry: when realtime audiences' people are due, the tick that evaluates only them, the
 hourly consistency check that counts (and alerts) whom expiry missed, and the waiter task."""
 
+import itertools
 import logging
 import re
 from datetime import timedelta
@@ -332,10 +333,27 @@ def test_a_second_waiter_leaves_it_to_the_first(source):
     assert evaluate_expiring_people(sleep=lambda s: pytest.fail("must not wait")) == 0
 
 
-def test_a_waiter_started_by_a_new_worker_takes_over_a_lease_nobody_renews(source):
+def lease_renewed(seconds_before_t0: float, token: str = "dead") -> str:
+    return f"{token}:{T0.timestamp() - seconds_before_t0:.6f}"
+
+
+def quarter_sleeps(slept) -> float:
+    """The time a takeover watched the lease (in quarters of the poll) before the waiter ran."""
+    return sum(itertools.takewhile(lambda s: s == EXPIRY_POLL_S / 4, slept))
+
+
+@pytest.mark.parametrize(
+    "renewed_before, watched",
+    [
+        (1.0, EXPIRY_STALE_S - 1.0),  # the cluster started again at once: the lease is 1 s old
+        (60.0, 0.0),  # long dead: taken over at once
+        (-30.0, EXPIRY_STALE_S),  # a clock ahead of this one's: watched the whole time
+    ],
+)
+def test_a_waiter_started_by_a_new_worker_takes_over_a_lease_nobody_renews(source, renewed_before, watched):
     # the waiter died with its worker (or its cluster) a moment ago, its lease still there
     two_carts_ending_soon(source)
-    cache.set(EXPIRY_LEASE, "dead:1700000000.000000", 10)
+    cache.set(EXPIRY_LEASE, lease_renewed(renewed_before), 10)
     slept = []
     with time_machine.travel(T0, tick=False) as traveller:
 
@@ -346,22 +364,23 @@ def test_a_waiter_started_by_a_new_worker_takes_over_a_lease_nobody_renews(sourc
         assert evaluate_expiring_people(sleep=sleep) == 0  # not started by a new worker: leaves it be
         assert evaluate_expiring_people(takeover=True, sleep=sleep) == 2
     assert members("carts") == set()
-    watched = slept[: next(i for i, s in enumerate(slept) if s != EXPIRY_POLL_S / 4)]
-    assert sum(watched) == pytest.approx(EXPIRY_STALE_S)  # watched that long, then taken over
+    assert quarter_sleeps(slept) == pytest.approx(watched)  # watched until 2.5 s unrenewed, then taken over
     assert cache.get(EXPIRY_LEASE) is None  # and let go once nothing was due any more
 
 
 def test_a_waiter_started_by_a_new_worker_leaves_a_lease_that_is_renewed_to_its_waiter(source):
     two_carts_ending_soon(source)
-    cache.set(EXPIRY_LEASE, "alive:1.0", 10)
+    cache.set(EXPIRY_LEASE, lease_renewed(2.0, "alive"), 10)
     slept = []
+    with time_machine.travel(T0, tick=False) as traveller:
 
-    def sleep(seconds):  # meanwhile the live waiter renews its lease
-        slept.append(seconds)
-        cache.set(EXPIRY_LEASE, f"alive:{1 + len(slept)}.0", 10)
+        def sleep(seconds):  # meanwhile the live waiter renews its lease, 2.25 s after the last time
+            slept.append(seconds)
+            traveller.shift(seconds)
+            cache.set(EXPIRY_LEASE, lease_renewed(-len(slept), "alive"), 10)
 
-    assert evaluate_expiring_people(takeover=True, sleep=sleep) == 0
-    assert slept == [EXPIRY_POLL_S / 4] and cache.get(EXPIRY_LEASE) == "alive:2.0"
+        assert evaluate_expiring_people(takeover=True, sleep=sleep) == 0
+        assert slept == [EXPIRY_POLL_S / 4] and cache.get(EXPIRY_LEASE) == lease_renewed(-1.0, "alive")
     assert members("carts") == {"a", "b"}  # left to the live waiter
 
 
