@@ -583,3 +583,26 @@ def test_a_deleted_sync_takes_its_rollups_with_it(two_syncs):
     Sync.objects.filter(pk=buyers.pk).delete()
     assert not SyncDay.objects.exists()
     assert retention.pruned_lags([buyers.pk], since=T0 - timedelta(days=90), until=T0, action="enter") == Counter()
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'", reason="PostgreSQL's sessions")
+def test_the_storage_page_names_a_transaction_held_open_in_another_database(viewer_client, monkeypatch):
+    import psycopg
+
+    def page():
+        return viewer_client.get("/dashboard/storage/").content.decode()
+
+    assert "Transaction held open" not in page()  # this session's own transaction is not counted
+    params = connection.get_connection_params()
+    params = {k: v for k, v in params.items() if k in ("host", "port", "user", "password")}
+    with psycopg.connect(dbname="postgres", **params) as other:
+        other.execute("SELECT txid_current()")  # a transaction with an xid, left open
+        opened = retention.oldest_transaction()
+        assert opened is not None and opened.database == "postgres" and opened.state == "idle in transaction"
+        assert "Transaction held open" not in page()  # younger than LONG_TRANSACTION_S
+        monkeypatch.setattr(retention, "LONG_TRANSACTION_S", 0)
+        html = page()
+        assert "Transaction held open" in html and "<code>postgres</code>" in html
+        assert "idle_in_transaction_session_timeout" in html
+        other.rollback()
+    assert retention.oldest_transaction() is None or retention.oldest_transaction().database != "postgres"
