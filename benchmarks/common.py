@@ -22,14 +22,14 @@ def machine_line() -> str:
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (
         f"machine: {os.cpu_count()} cores, {mem_gib:.0f} GiB, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.machine()}; one core runs {core_speed():.1f} M steps/s of a Python loop "
-        "(this virtual machine's cores are not as fast every day: compare figures of different days by it)"
+        f"{platform.system()} {platform.machine()}; one core runs {core_speed():.1f} M steps/s of a Python loop"
     )
 
 
 def core_speed(steps: int = 2_000_000) -> float:
-    """Millions of steps a second of a plain Python loop, the best of three: a yardstick of the
-    cores the figures ran on (ingest's CPU per event has been 2.7 times another day's here)."""
+    """Millions of steps a second of a plain Python loop, the best of three: one yardstick of the
+    cores the figures ran on. It does not tell all: on 2026-12-03 it read 13-16 while ingest's
+    CPU per event, in gunicorn and in PostgreSQL alike, was 2.7 times the day before's."""
     best = float("inf")
     for _ in range(3):
         started = time.perf_counter()
