@@ -288,7 +288,7 @@ def child(backend: str, scale: int, days: int, steps_per_day: int, seed: int, de
             print(
                 f"  [{backend}] NOTE: a transaction was held open {held_open[0]:,.0f} s in database {held_open[1]} of this "
                 "server meanwhile: index pages emptied by deletes are not reused while it is, so the sizes above are "
-                "larger than the store's own (a clean year ends at about 87 MiB)"
+                "larger than the store's own"
             )
         tables = store_size().tables
         print(

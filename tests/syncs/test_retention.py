@@ -605,4 +605,5 @@ def test_the_storage_page_names_a_transaction_held_open_in_another_database(view
         assert "Transaction held open" in html and "<code>postgres</code>" in html
         assert "idle_in_transaction_session_timeout" in html
         other.rollback()
-    assert retention.oldest_transaction() is None or retention.oldest_transaction().database != "postgres"
+    after = retention.oldest_transaction()
+    assert after is None or after.database != "postgres"
